@@ -1,0 +1,2 @@
+//! Shared helpers for the codec benchmarks.
+#![forbid(unsafe_code)]

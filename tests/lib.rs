@@ -1,0 +1,2 @@
+//! Test support: start real processes on loopback.
+#![forbid(unsafe_code)]
