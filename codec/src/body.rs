@@ -86,9 +86,11 @@ impl<'a> BodyRef<'a> {
     /// # Errors
     /// The first [`BodyError`] met, or [`BodyError::TooDeep`] past [`MAX_DEPTH`].
     pub fn validate(&self) -> Result<(), BodyError> {
-        self.validate_depth(1)
+        // The body itself is depth 0: a list item in it is at depth 1, so 16 nested lists pass.
+        self.validate_depth(0)
     }
 
+    /// `depth` is how many lists enclose this body.
     fn validate_depth(&self, depth: usize) -> Result<(), BodyError> {
         // PROTOCOL.md §3: "Lists nest at most 16 deep; a deeper body is malformed."
         if depth > MAX_DEPTH {
@@ -208,7 +210,10 @@ pub struct Items<'a> {
 
 type NomErr<'a> = nom::Err<nom::error::Error<&'a [u8]>>;
 
-fn item_head(i: &[u8]) -> Result<(&[u8], (&[u8], u8)), NomErr<'_>> {
+/// An item's key and type byte.
+type ItemHead<'a> = (&'a [u8], u8);
+
+fn item_head(i: &[u8]) -> Result<(&[u8], ItemHead<'_>), NomErr<'_>> {
     let (i, klen) = be_u8(i)?;
     let (i, key) = nom::bytes::complete::take(klen).parse(i)?;
     let (i, t) = be_u8(i)?;
@@ -265,7 +270,8 @@ impl<'a> Iterator for Items<'a> {
 /// Appends items to a body under construction, straight into the destination buffer.
 ///
 /// Keys are at most 255 bytes (the key length is one byte). Debug builds assert it; release
-/// builds cut a longer key to its first 255 bytes. All keys in PROTOCOL.md are short.
+/// builds cut a longer key to at most 255 bytes, on a char boundary. All keys in PROTOCOL.md
+/// are short.
 #[derive(Debug)]
 pub struct BodyWriter<'a> {
     dst: &'a mut BytesMut,
@@ -278,9 +284,14 @@ impl<'a> BodyWriter<'a> {
     }
 
     fn key(&mut self, key: &str, t: u8) {
-        let k = key.as_bytes();
-        debug_assert!(k.len() <= 255, "body keys are at most 255 bytes");
-        let k = &k[..k.len().min(255)];
+        debug_assert!(key.len() <= 255, "body keys are at most 255 bytes");
+        // Cut on a char boundary: a key cut mid-character would not be UTF-8, and readers
+        // would then reject the whole body.
+        let mut cut = key.len().min(255);
+        while !key.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let k = &key.as_bytes()[..cut];
         // Cast is exact: the slice is at most 255 long.
         self.dst.put_u8(k.len() as u8);
         self.dst.put_slice(k);
@@ -394,15 +405,18 @@ mod tests {
 
     #[test]
     fn too_deep_is_rejected() {
-        // Build 17 nested lists from the inside out.
+        // Build nested lists from the inside out: 16 deep is the limit, 17 is too deep.
         let mut inner = BytesMut::new();
         for _ in 0..MAX_DEPTH {
             let mut outer = BytesMut::new();
             BodyWriter::new(&mut outer).raw_list("l", &inner).unwrap();
             inner = outer;
         }
+        assert_eq!(BodyRef::new(&inner).validate(), Ok(()));
+        let mut outer = BytesMut::new();
+        BodyWriter::new(&mut outer).raw_list("l", &inner).unwrap();
         assert_eq!(
-            BodyRef::new(&inner).validate(),
+            BodyRef::new(&outer).validate(),
             Err(BodyError::TooDeep(MAX_DEPTH))
         );
     }
