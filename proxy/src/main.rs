@@ -1,1 +1,211 @@
-fn main() {}
+//! `proxy`: the deskmux desktop proxy binary (supervisor, or a worker with `--worker-index`).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use deskmux_proxy::admin::{self, SupervisorState};
+use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
+use deskmux_proxy::metrics::{Metrics, Shared, Status};
+use deskmux_proxy::supervisor::{self, Plan};
+use deskmux_proxy::transport::{TcpTransport, reserve_port};
+use deskmux_proxy::worker::{Signals, Worker, WorkerOpts};
+use prometheus_client::registry::Registry;
+
+/// The deskmux desktop proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see `--example-config`). Without it, defaults apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Worker processes (overrides `workers`).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Desktop listen address (overrides `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP address (overrides `admin`).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Extra upstream, `SERVICE[,SERVICE]=ADDR` (e.g. `ixn,ucs=127.0.0.1:7100`); repeatable.
+    /// When given, these replace the file's `[[upstream]]` list.
+    #[arg(long)]
+    upstream: Vec<String>,
+    /// Links per upstream for `--upstream` entries.
+    #[arg(long)]
+    links: Option<u16>,
+    /// Parse and validate the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print an example configuration and exit.
+    #[arg(long)]
+    example_config: bool,
+    /// Internal: run as worker `i` (started by the supervisor).
+    #[arg(long, hide = true)]
+    worker_index: Option<usize>,
+}
+
+fn load(cli: &Cli) -> Result<Config> {
+    let mut cfg = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(w) = cli.workers {
+        cfg.workers = w;
+    }
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(a) = cli.admin {
+        cfg.admin = a;
+    }
+    if !cli.upstream.is_empty() {
+        cfg.upstream = cli
+            .upstream
+            .iter()
+            .map(|s| {
+                Upstream::parse_override(s).map(|mut u| {
+                    if let Some(n) = cli.links {
+                        u.links = n;
+                    }
+                    u
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+    }
+    cfg.normalize();
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.example_config {
+        print!("{EXAMPLE_CONFIG}");
+        return Ok(());
+    }
+    let cfg = load(&cli)?;
+    if cli.check_config {
+        println!("config ok: {cfg:#?}");
+        return Ok(());
+    }
+    match cli.worker_index {
+        Some(i) => run_worker(&cli, cfg, i),
+        None => run_supervisor(&cli, cfg),
+    }
+}
+
+fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
+    let mut registry = Registry::with_labels(
+        [(Cow::Borrowed("worker"), Cow::Owned(index.to_string()))].into_iter(),
+    );
+    let metrics = Metrics::new(&mut registry);
+    let status = Arc::new(Status::default());
+    let signals = Arc::new(Signals::default());
+    let shared = Shared {
+        registry: Arc::new(Mutex::new(registry)),
+        status: status.clone(),
+    };
+    let admin_addr = admin::spawn(
+        "127.0.0.1:0".parse()?,
+        admin::worker_app(shared),
+        signals.clone(),
+    )
+    .context("worker admin server")?;
+    println!("WORKER_ADMIN {admin_addr}");
+    // The supervisor holds our stdin open; EOF means it died: drain and exit, like SIGTERM.
+    let orphan = signals.clone();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = std::io::Read::read(&mut stdin, &mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        orphan
+            .term
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let listener = TcpTransport::bind(cfg.listen, cfg.backlog)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let reload_cli = Cli::parse();
+    let reload: Box<dyn Fn() -> Option<Config> + Send> =
+        Box::new(move || match load(&reload_cli) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "reload failed");
+                None
+            }
+        });
+    let _ = cli;
+    let worker = Worker::new(
+        WorkerOpts {
+            index,
+            config: cfg,
+            reload: Some(reload),
+        },
+        listener,
+        metrics,
+        status,
+        signals,
+    )?;
+    worker.run(|| println!("WORKER_READY {index}"))?;
+    Ok(())
+}
+
+fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
+    let (_reserved, listen) =
+        reserve_port(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+    let signals = Arc::new(Signals::default());
+    let workers = Arc::new(Mutex::new(Vec::new()));
+    let admin_addr = admin::spawn(
+        cfg.admin,
+        admin::supervisor_app(SupervisorState {
+            workers: workers.clone(),
+            listen,
+        }),
+        signals.clone(),
+    )
+    .with_context(|| format!("admin server on {}", cfg.admin))?;
+    println!("ADMIN {admin_addr}");
+    let mut worker_args = Vec::new();
+    if let Some(p) = &cli.config {
+        worker_args.push("--config".to_string());
+        worker_args.push(p.display().to_string());
+    }
+    for u in &cli.upstream {
+        worker_args.push("--upstream".to_string());
+        worker_args.push(u.clone());
+    }
+    if let Some(n) = cli.links {
+        worker_args.push("--links".to_string());
+        worker_args.push(n.to_string());
+    }
+    let plan = Plan {
+        workers: cfg.workers,
+        listen,
+        worker_args,
+        grace: Duration::from_millis(u64::from(cfg.limits.drain_grace_ms)),
+    };
+    if plan.workers == 0 {
+        bail!("no workers");
+    }
+    let code = supervisor::run(&plan, &signals, &workers, || {
+        println!("LISTENING {listen}");
+    })?;
+    std::process::exit(code);
+}

@@ -1,0 +1,281 @@
+//! The admin HTTP servers (axum): Prometheus `/metrics`, `/health` and JSON `/status`.
+//!
+//! Each worker serves its own registry on an ephemeral loopback port (announced to the
+//! supervisor as `WORKER_ADMIN <addr>`); the supervisor serves the configured admin address
+//! and merges: `/metrics` concatenates the workers' samples under one `# HELP`/`# TYPE` per
+//! family (each worker's samples carry `worker="i"`), `/status` lists the workers, `/health`
+//! is 200 while at least one worker is healthy. The admin thread of each process also owns the
+//! process's SIGTERM/SIGHUP handlers (tokio signals), turning them into flags the event loop
+//! polls.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::metrics::Shared;
+use crate::worker::Signals;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Start a thread running a current-thread tokio runtime that serves `app` on `addr` and
+/// turns SIGTERM/SIGHUP into `signals`. Returns the bound address.
+///
+/// # Errors
+/// The runtime or the bind failed.
+pub fn spawn(addr: SocketAddr, app: Router, signals: Arc<Signals>) -> std::io::Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (mut term, mut hup) = match (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) {
+                    (Ok(t), Ok(h)) => (t, h),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(listener.local_addr());
+                let sigs = signals.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = term.recv() => sigs.term.store(true, Ordering::Relaxed),
+                            _ = hup.recv() => sigs.hup.store(true, Ordering::Relaxed),
+                        }
+                    }
+                });
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| std::io::Error::other("admin thread did not start"))?
+}
+
+/// The worker's admin routes.
+pub fn worker_app(shared: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(worker_metrics))
+        .route("/health", get(worker_health))
+        .route("/status", get(worker_status))
+        .with_state(shared)
+}
+
+async fn worker_metrics(State(s): State<Shared>) -> Response {
+    let mut out = String::new();
+    let ok = match s.registry.lock() {
+        Ok(r) => prometheus_client::encoding::text::encode(&mut out, &r).is_ok(),
+        Err(_) => false,
+    };
+    if !ok {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, OPENMETRICS)], out).into_response()
+}
+
+async fn worker_health(State(s): State<Shared>) -> Response {
+    if s.status.healthy() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n").into_response()
+    }
+}
+
+async fn worker_status(State(s): State<Shared>) -> Response {
+    axum::Json(s.status.json()).into_response()
+}
+
+/// One worker, as the supervisor knows it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    /// Worker index.
+    pub index: usize,
+    /// Current pid (0 while not running).
+    pub pid: u32,
+    /// Its admin address, once announced.
+    pub admin: Option<SocketAddr>,
+    /// Times it was restarted.
+    pub restarts: u64,
+}
+
+/// What the supervisor's admin server sees.
+#[derive(Debug, Clone)]
+pub struct SupervisorState {
+    /// The workers.
+    pub workers: Arc<Mutex<Vec<WorkerInfo>>>,
+    /// The desktop address.
+    pub listen: SocketAddr,
+}
+
+/// The supervisor's admin routes.
+pub fn supervisor_app(state: SupervisorState) -> Router {
+    Router::new()
+        .route("/metrics", get(sup_metrics))
+        .route("/health", get(sup_health))
+        .route("/status", get(sup_status))
+        .with_state(state)
+}
+
+fn admins(s: &SupervisorState) -> Vec<WorkerInfo> {
+    s.workers.lock().map(|w| w.clone()).unwrap_or_default()
+}
+
+/// A minimal HTTP/1.0 GET to a worker's loopback admin port (the client side only; the
+/// servers are axum).
+async fn fetch(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Merge OpenMetrics texts: one `# HELP`/`# TYPE`/`# UNIT` header per family, all samples.
+pub fn merge_metrics(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut fams: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+        std::collections::HashMap::new();
+    for t in texts {
+        let mut cur = String::new();
+        for line in t.lines() {
+            if line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut it = rest.splitn(3, ' ');
+                let _kind = it.next();
+                let name = it.next().unwrap_or("").to_string();
+                let e = fams.entry(name.clone()).or_insert_with(|| {
+                    order.push(name.clone());
+                    (Vec::new(), Vec::new())
+                });
+                if !e.0.iter().any(|l| l == line) {
+                    e.0.push(line.to_string());
+                }
+                cur = name;
+            } else if let Some(e) = fams.get_mut(&cur) {
+                e.1.push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        if let Some((hdr, samples)) = fams.get(&name) {
+            for l in hdr.iter().chain(samples) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+async fn sup_metrics(State(s): State<SupervisorState>) -> Response {
+    let mut texts = Vec::new();
+    for w in admins(&s) {
+        if let Some(a) = w.admin
+            && let Some((200, body)) = fetch(a, "/metrics").await
+        {
+            texts.push(body);
+        }
+    }
+    ([(header::CONTENT_TYPE, OPENMETRICS)], merge_metrics(&texts)).into_response()
+}
+
+async fn sup_health(State(s): State<SupervisorState>) -> Response {
+    for w in admins(&s) {
+        if let Some(a) = w.admin
+            && let Some((200, _)) = fetch(a, "/health").await
+        {
+            return (StatusCode::OK, "ok\n").into_response();
+        }
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n").into_response()
+}
+
+async fn sup_status(State(s): State<SupervisorState>) -> Response {
+    let mut workers = Vec::new();
+    let mut desktops = 0u64;
+    for w in admins(&s) {
+        let st = match w.admin {
+            Some(a) => fetch(a, "/status")
+                .await
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok()),
+            None => None,
+        };
+        desktops += st
+            .as_ref()
+            .and_then(|v| v.get("desktops"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        workers.push(serde_json::json!({
+            "index": w.index,
+            "pid": w.pid,
+            "restarts": w.restarts,
+            "admin": w.admin.map(|a| a.to_string()),
+            "status": st,
+        }));
+    }
+    axum::Json(serde_json::json!({
+        "listen": s.listen.to_string(),
+        "desktops": desktops,
+        "workers": workers,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_families() {
+        let a = "# HELP x X.\n# TYPE x gauge\nx{worker=\"0\"} 1\n# EOF\n".to_string();
+        let b = "# HELP x X.\n# TYPE x gauge\nx{worker=\"1\"} 2\n# EOF\n".to_string();
+        let m = merge_metrics(&[a, b]);
+        assert_eq!(
+            m,
+            "# HELP x X.\n# TYPE x gauge\nx{worker=\"0\"} 1\nx{worker=\"1\"} 2\n# EOF\n"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Prometheus metrics and the shared status counters of one worker.
+//!
+//! The registry is built here and handed to the admin server; the worker updates the metrics
+//! (atomics, no locks on the hot path). Each worker has its own registry labelled
+//! `worker="i"`; the supervisor's `/metrics` merges the workers' expositions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label set with one label.
+pub type L1 = [(&'static str, String); 1];
+
+/// The worker's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Desktops connected (any phase).
+    pub desktops: Gauge,
+    /// Desktops whose session is open.
+    pub sessions: Gauge,
+    /// Requests accepted from desktops, by service.
+    pub requests: Family<L1, Counter>,
+    /// Requests in flight upstream.
+    pub in_flight: Gauge,
+    /// Frames + bytes queued per link (label `link`).
+    pub link_queue: Family<L1, Gauge>,
+    /// Links up (label `instance`).
+    pub links_up: Family<L1, Gauge>,
+    /// Link (re)connect attempts.
+    pub link_connects: Counter,
+    /// Request latency through the proxy (accepted from desktop → answer queued), seconds.
+    pub latency: Histogram,
+    /// Errors produced or relayed, by error name.
+    pub errors: Family<L1, Counter>,
+    /// Broadcast event deliveries to desktops (one event × subscribers).
+    pub fanout_deliveries: Counter,
+    /// Desktops disconnected, by reason.
+    pub disconnects: Family<L1, Counter>,
+}
+
+impl Metrics {
+    /// Create the metrics and register them in `reg`.
+    pub fn new(reg: &mut Registry) -> Metrics {
+        let m = Metrics {
+            desktops: Gauge::default(),
+            sessions: Gauge::default(),
+            requests: Family::default(),
+            in_flight: Gauge::default(),
+            link_queue: Family::default(),
+            links_up: Family::default(),
+            link_connects: Counter::default(),
+            latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            errors: Family::default(),
+            fanout_deliveries: Counter::default(),
+            disconnects: Family::default(),
+        };
+        reg.register(
+            "deskmux_proxy_desktops",
+            "Desktops connected",
+            m.desktops.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_sessions",
+            "Desktops with an open session",
+            m.sessions.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_requests",
+            "Requests accepted from desktops, by service",
+            m.requests.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_in_flight",
+            "Requests in flight upstream",
+            m.in_flight.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_link_queue_bytes",
+            "Bytes queued per upstream link",
+            m.link_queue.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_links_up",
+            "Upstream links up, by instance",
+            m.links_up.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_link_connects",
+            "Upstream link connect attempts",
+            m.link_connects.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_request_latency_seconds",
+            "Request latency through the proxy",
+            m.latency.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_errors",
+            "Error answers, by kind",
+            m.errors.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_fanout_deliveries",
+            "Broadcast event deliveries to desktops",
+            m.fanout_deliveries.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_disconnects",
+            "Desktops disconnected, by reason",
+            m.disconnects.clone(),
+        );
+        m
+    }
+
+    /// Count an error by name.
+    pub fn error(&self, name: &'static str) {
+        self.errors
+            .get_or_create(&[("kind", name.to_string())])
+            .inc();
+    }
+
+    /// Count a disconnect by reason.
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
+    }
+}
+
+/// Status shared with the admin server (JSON `/status`, `/health`).
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Worker index.
+    pub worker: AtomicU64,
+    /// Desktops connected.
+    pub desktops: AtomicU64,
+    /// Links up.
+    pub links_up: AtomicU64,
+    /// Links configured.
+    pub links_total: AtomicU64,
+    /// Requests in flight.
+    pub in_flight: AtomicU64,
+    /// Upstream subscriptions held.
+    pub subscriptions: AtomicU64,
+    /// Draining after SIGTERM.
+    pub draining: AtomicBool,
+    /// Config reloads applied.
+    pub reloads: AtomicU64,
+}
+
+impl Status {
+    /// A JSON snapshot.
+    pub fn json(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "worker": g(&self.worker),
+            "desktops": g(&self.desktops),
+            "links_up": g(&self.links_up),
+            "links_total": g(&self.links_total),
+            "in_flight": g(&self.in_flight),
+            "subscriptions": g(&self.subscriptions),
+            "draining": self.draining.load(Ordering::Relaxed),
+            "reloads": g(&self.reloads),
+            "pid": std::process::id(),
+        })
+    }
+
+    /// Healthy: at least one link up and not draining.
+    pub fn healthy(&self) -> bool {
+        self.links_up.load(Ordering::Relaxed) > 0 && !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// What the admin server of a worker serves.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The metrics registry.
+    pub registry: Arc<std::sync::Mutex<Registry>>,
+    /// The status counters.
+    pub status: Arc<Status>,
+}

@@ -1,0 +1,148 @@
+//! The desktop listener behind a transport abstraction, and every socket option in one place.
+//!
+//! The worker's event loop is generic over [`Transport`]: it only needs to accept connections
+//! that read, write (vectored) and register with mio. TCP is [`TcpTransport`]; QUIC desktops
+//! (a later issue) plug in as another implementation (a quinn-proto endpoint driven from the
+//! same loop, each stream exposed as a `Conn`), reusing the session logic unchanged.
+//!
+//! Sockets: the desktop port is bound with `SO_REUSEPORT` by every worker (the kernel spreads
+//! new connections over them), with an explicit backlog; accepted desktops and upstream links
+//! get `TCP_NODELAY` (frames are coalesced by the proxy's own vectored writes, so Nagle only
+//! adds latency).
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::event::Source;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A source of desktop connections.
+pub trait Transport: Source {
+    /// One accepted desktop connection.
+    type Conn: io::Read + io::Write + Source;
+
+    /// Accept one connection; `Ok(None)` when none is pending.
+    ///
+    /// # Errors
+    /// An accept error (other than would-block).
+    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>>;
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket has no address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Desktops over TCP.
+#[derive(Debug)]
+pub struct TcpTransport {
+    listener: mio::net::TcpListener,
+}
+
+impl TcpTransport {
+    /// Bind `addr` with `SO_REUSEPORT` and listen with `backlog`.
+    ///
+    /// # Errors
+    /// Socket, bind or listen failure.
+    pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpTransport> {
+        let s = reuseport_socket(addr)?;
+        s.listen(backlog)?;
+        s.set_nonblocking(true)?;
+        let std: std::net::TcpListener = s.into();
+        Ok(TcpTransport {
+            listener: mio::net::TcpListener::from_std(std),
+        })
+    }
+}
+
+impl Source for TcpTransport {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.listener.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.listener.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.listener.deregister(registry)
+    }
+}
+
+impl Transport for TcpTransport {
+    type Conn = mio::net::TcpStream;
+
+    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
+        match self.listener.accept() {
+            Ok((s, a)) => {
+                // Best effort: a failure here leaves Nagle on, which is only slower.
+                let _ = s.set_nodelay(true);
+                Ok(Some((s, a)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Bind (but do not listen on) `addr` with `SO_REUSEPORT`: the supervisor holds this socket so
+/// that port 0 resolves to one port that every worker then binds, and so that the port stays
+/// reserved while a worker restarts. A socket that never listens gets no connections.
+///
+/// # Errors
+/// Socket or bind failure.
+pub fn reserve_port(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
+    let s = reuseport_socket(addr)?;
+    let local = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an inet address"))?;
+    Ok((s, local))
+}
+
+/// Start a non-blocking connect to an upstream, with `TCP_NODELAY`.
+///
+/// # Errors
+/// Socket creation failure (a refused connection shows up later, on the first event).
+pub fn connect_upstream(addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let s = mio::net::TcpStream::connect(addr)?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_shared() {
+        let (_hold, addr) = reserve_port("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let a = TcpTransport::bind(addr, 16).unwrap();
+        let b = TcpTransport::bind(addr, 16).unwrap();
+        assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    }
+}
