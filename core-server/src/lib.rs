@@ -1,2 +1,31 @@
-//! placeholder
-#![forbid(unsafe_code)]
+//! `core-server`: the upstream servers — a multi-tenant Interaction Server and UCS — speaking
+//! PROTOCOL.md over TCP to desktops (direct connections) and proxies (links), over an embedded
+//! SQLite database.
+//!
+//! Modules, one job each:
+//! - [`config`]: the TOML configuration and its defaults;
+//! - [`admin`]: the operator's line protocol (service state, shutdown);
+//! - [`server`]: start-up (primary / warm standby), accept loop, signals;
+//! - [`conn`]: one connection (direct or link): handshakes, session routing, echo, writer;
+//! - [`ixn`]: the Interaction Server engine (agents, queues, invites, subscriptions);
+//! - [`ucs`]: the UCS requests (contacts, history);
+//! - [`db`]: the DB worker thread and its group commit;
+//! - [`storage`]: the storage trait and its SQLite backend;
+//! - [`lock`]: the standby lock (the only `unsafe`, one `flock` call);
+//! - [`wire`]: outbound queues and frame-building helpers.
+#![deny(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod db;
+pub mod ixn;
+pub mod lock;
+pub mod server;
+pub mod storage;
+pub mod ucs;
+pub mod wire;

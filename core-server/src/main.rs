@@ -1,1 +1,134 @@
-fn main() {}
+//! The `core-server` binary: parse the command line, load the config, serve.
+//!
+//! Prints `LISTENING <addr>` on stdout once the listener is bound (tests parse it; port 0
+//! works), and `ROLE backup` / `ROLE primary` for a standby and its takeover.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use deskmux_core_server::config::{Config, DEFAULT_CONFIG, Role};
+use deskmux_core_server::server::Server;
+
+/// Interaction Server and/or UCS speaking the deskmux protocol.
+#[derive(Debug, Parser)]
+#[command(name = "core-server", version)]
+struct Cli {
+    /// TOML configuration file (see `--default-config`). Without it the embedded demo
+    /// configuration is used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override `listen` (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override `role`: ixn, ucs or both.
+    #[arg(long)]
+    role: Option<Role>,
+    /// Override `db` (the SQLite data file).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Override `instance`.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Override `link_secret`.
+    #[arg(long)]
+    link_secret: Option<String>,
+    /// Override `invite_timeout_ms`.
+    #[arg(long)]
+    invite_timeout_ms: Option<u32>,
+    /// Override `heartbeat_ms`.
+    #[arg(long)]
+    heartbeat_ms: Option<u32>,
+    /// Override `admin_listen` (the admin line protocol address).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Start as a warm standby: wait for the data file's lock, then take over.
+    #[arg(long)]
+    standby: bool,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    default_config: bool,
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let text = match &cli.config {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => DEFAULT_CONFIG.to_string(),
+    };
+    let mut cfg = Config::from_toml(&text)?;
+    if let Some(v) = cli.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = cli.role {
+        cfg.role = v;
+    }
+    if let Some(v) = &cli.db {
+        cfg.db = v.clone();
+    }
+    if let Some(v) = &cli.instance {
+        cfg.instance = v.clone();
+    }
+    if let Some(v) = &cli.link_secret {
+        cfg.link_secret = v.clone();
+    }
+    if let Some(v) = cli.invite_timeout_ms {
+        cfg.invite_timeout_ms = v;
+    }
+    if let Some(v) = cli.heartbeat_ms {
+        cfg.heartbeat_ms = v;
+    }
+    if let Some(v) = cli.admin_listen {
+        cfg.admin_listen = Some(v);
+    }
+    cfg.standby |= cli.standby;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.default_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let cfg = load(&cli)?;
+    if cli.check_config {
+        println!(
+            "config ok: {} tenants, role {:?}, db {}",
+            cfg.tenants.len(),
+            cfg.role,
+            cfg.db.display()
+        );
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let server = Server::bind(cfg).await?;
+        let addr = server.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "LISTENING {addr}")?;
+        if let Some(a) = server.admin_addr() {
+            writeln!(out, "ADMIN {a}")?;
+        }
+        out.flush()?;
+        drop(out);
+        server.run().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,92 @@
+//! The operator's admin port: a tiny line protocol on TCP (configure `admin_listen`; bind it to
+//! loopback — it has no authentication).
+//!
+//! One command per line, one answer line each:
+//! - `state` → `state=running|unavailable role=primary|backup instance=NAME`
+//! - `unavailable` → marks the service unavailable (SERVICE_STATE on every connection) → `ok`
+//! - `available` → back to running → `ok`
+//! - `stats` → `db_batches=N db_ops=N db_max_batch=N` (group-commit effect: ops per batch)
+//! - `shutdown` → `ok`, then graceful shutdown (GO_AWAY, grace period, exit)
+//! - anything else → `error unknown command`
+//!
+//! The same controls exist as signals (SIGUSR1, SIGUSR2, SIGTERM; see [`crate::server`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use deskmux_codec::msg::{Role, State};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::server::Shared;
+
+/// Serve admin connections forever.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(session(shared.clone(), s));
+            }
+            Err(e) => {
+                tracing::warn!("admin accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn session(shared: Arc<Shared>, s: TcpStream) {
+    let (rd, mut wr) = s.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match line.trim() {
+            "state" => {
+                let st = shared.service_state();
+                format!(
+                    "state={} role={} instance={}",
+                    if st.state == State::Running {
+                        "running"
+                    } else {
+                        "unavailable"
+                    },
+                    if st.role == Role::Primary {
+                        "primary"
+                    } else {
+                        "backup"
+                    },
+                    st.instance
+                )
+            }
+            "stats" => match shared.db.get() {
+                Some(db) => format!(
+                    "db_batches={} db_ops={} db_max_batch={}",
+                    db.stats.batches.load(Ordering::Relaxed),
+                    db.stats.ops.load(Ordering::Relaxed),
+                    db.stats.max_batch.load(Ordering::Relaxed)
+                ),
+                None => "db_batches=0 db_ops=0 db_max_batch=0".to_string(),
+            },
+            "unavailable" => {
+                shared.set_unavailable(true);
+                "ok".to_string()
+            }
+            "available" => {
+                shared.set_unavailable(false);
+                "ok".to_string()
+            }
+            "shutdown" => {
+                let _ = wr.write_all(b"ok\n").await;
+                crate::server::shutdown(&shared).await;
+                return;
+            }
+            _ => "error unknown command".to_string(),
+        };
+        if wr
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

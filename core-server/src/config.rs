@@ -1,0 +1,264 @@
+//! The server's configuration: one TOML file, every field optional with a documented default.
+//!
+//! It exists as its own module so that the defaults live in one place (the `Default` impls and
+//! [`DEFAULT_CONFIG`], which `core-server --default-config` prints) and so that the command
+//! line can override a few fields after the file is read.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7100"      # address to listen on (port 0: any free port)
+//! role = "both"                  # "ixn", "ucs" or "both"
+//! db = "deskmux-core.db"         # SQLite data file; a lock file "<db>.lock" sits next to it
+//! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
+//! link_secret = "change-me"      # secret a proxy must present in LINK_HELLO
+//! heartbeat_ms = 5000            # heartbeat interval; 3 silent intervals close a connection
+//! handshake_timeout_ms = 10000   # a hello must complete within this
+//! max_frame = 2097152            # largest frame (head + body) accepted, bytes
+//! max_in_flight = 256            # requests a session may have outstanding
+//! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
+//! outbound_queue = 8192          # frames queued per connection before it is a slow consumer
+//! group_commit_max = 512         # most storage operations committed in one transaction
+//! shutdown_grace_ms = 2000       # after GO_AWAY, how long in-flight work may take
+//! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
+//! sqlite_synchronous = "full"    # "full" (fsync per group commit) or "normal" (see field docs)
+//! admin_listen = "127.0.0.1:7101" # optional admin line protocol (default: none)
+//! standby = false                # start as a warm standby (also --standby)
+//!
+//! [[tenants]]
+//! id = 1
+//! name = "acme"
+//! tokens = ["acme-token"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The embedded demo configuration (two tenants, a local data file).
+pub const DEFAULT_CONFIG: &str = r#"# core-server demo configuration (see core-server/src/config.rs for every field)
+listen = "127.0.0.1:7100"
+role = "both"
+db = "deskmux-core.db"
+instance = "core-1"
+link_secret = "deskmux-link-secret"
+heartbeat_ms = 5000
+handshake_timeout_ms = 10000
+max_frame = 2097152
+max_in_flight = 256
+invite_timeout_ms = 30000
+
+[[tenants]]
+id = 1
+name = "acme"
+tokens = ["acme-token"]
+
+[[tenants]]
+id = 2
+name = "globex"
+tokens = ["globex-token"]
+"#;
+
+/// Which services this instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Interaction Server only.
+    Ixn,
+    /// UCS only.
+    Ucs,
+    /// Both (default).
+    #[default]
+    Both,
+}
+
+impl Role {
+    /// Whether the Interaction Server role runs.
+    pub fn ixn(self) -> bool {
+        matches!(self, Role::Ixn | Role::Both)
+    }
+
+    /// Whether the UCS role runs.
+    pub fn ucs(self) -> bool {
+        matches!(self, Role::Ucs | Role::Both)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ixn" => Ok(Role::Ixn),
+            "ucs" => Ok(Role::Ucs),
+            "both" => Ok(Role::Both),
+            other => Err(format!("unknown role {other:?} (ixn, ucs or both)")),
+        }
+    }
+}
+
+/// One tenant and the tokens its desktops may log in with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tenant {
+    /// Tenant id, as carried in every frame head. Must be non-zero.
+    pub id: u32,
+    /// Name, for logs.
+    #[serde(default)]
+    pub name: String,
+    /// Accepted credential tokens (any one of them authenticates).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+/// The whole configuration. Every field has a default (see the module docs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address. Default `127.0.0.1:7100`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Services run: `ixn`, `ucs` or `both`. Default `both`.
+    pub role: Role,
+    /// SQLite data file. Default `deskmux-core.db`. The standby lock is `<db>.lock`.
+    pub db: PathBuf,
+    /// Instance name announced to proxies. Default `core-1`.
+    pub instance: String,
+    /// Secret a proxy presents in `LINK_HELLO`. Default `deskmux-link-secret`.
+    pub link_secret: String,
+    /// Heartbeat interval in ms; a connection silent for 3 intervals is closed. Default 5000.
+    pub heartbeat_ms: u32,
+    /// Handshake deadline in ms (not reset by each byte). Default 10000.
+    pub handshake_timeout_ms: u32,
+    /// Largest frame (head + body) accepted. Default 2 MiB.
+    pub max_frame: u32,
+    /// Requests a session may have in flight. Default 256.
+    pub max_in_flight: u32,
+    /// Invite timeout in ms. Default 30000.
+    pub invite_timeout_ms: u32,
+    /// Frames queued towards one connection before it counts as a slow consumer. Default 8192.
+    pub outbound_queue: usize,
+    /// Most storage operations run in one group-commit transaction. Default 512.
+    pub group_commit_max: usize,
+    /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
+    pub shutdown_grace_ms: u32,
+    /// `reconnect_ms` announced in GO_AWAY. Default 1000.
+    pub go_away_reconnect_ms: u32,
+    /// SQLite `synchronous` setting: `full` (default: every commit fsyncs the WAL, so an
+    /// acknowledged write survives power loss) or `normal` (commits are not fsynced; they
+    /// survive a process crash or kill -9, but not an OS crash or power loss).
+    pub sqlite_synchronous: String,
+    /// Optional admin line-protocol address (see `admin.rs`), loopback recommended. Default none.
+    pub admin_listen: Option<SocketAddr>,
+    /// Start as a warm standby: wait for the primary's lock, then take over. Default false.
+    pub standby: bool,
+    /// Tenants and their credentials. Default: none (every hello fails).
+    pub tenants: Vec<Tenant>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            role: Role::Both,
+            db: PathBuf::from("deskmux-core.db"),
+            instance: "core-1".into(),
+            link_secret: "deskmux-link-secret".into(),
+            heartbeat_ms: 5000,
+            handshake_timeout_ms: 10_000,
+            max_frame: 2 * 1024 * 1024,
+            max_in_flight: 256,
+            invite_timeout_ms: 30_000,
+            outbound_queue: 8192,
+            group_commit_max: 512,
+            shutdown_grace_ms: 2000,
+            go_away_reconnect_ms: 1000,
+            sqlite_synchronous: "full".into(),
+            admin_listen: None,
+            standby: false,
+            tenants: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML did not parse.
+    #[error("config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    ///
+    /// # Errors
+    /// [`ConfigError`] on bad TOML or invalid values.
+    pub fn from_toml(s: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(s)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check ranges and uniqueness.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_frame < 1024 {
+            return bad("max_frame must be at least 1024");
+        }
+        if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
+            return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
+        }
+        if self.max_in_flight == 0 || self.outbound_queue == 0 || self.group_commit_max == 0 {
+            return bad("max_in_flight, outbound_queue and group_commit_max must be non-zero");
+        }
+        if !matches!(
+            self.sqlite_synchronous.as_str(),
+            "full" | "normal" | "extra"
+        ) {
+            return bad("sqlite_synchronous must be full, normal or extra");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if t.id == 0 {
+                return bad("tenant id 0 is reserved for control frames");
+            }
+            if !seen.insert(t.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {} listed twice",
+                    t.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `token` is a credential of tenant `tenant`.
+    pub fn check_token(&self, tenant: u32, token: &str) -> bool {
+        self.tenants
+            .iter()
+            .any(|t| t.id == tenant && t.tokens.iter().any(|k| k == token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_parses() {
+        let c = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert!(c.check_token(1, "acme-token"));
+        assert!(!c.check_token(2, "acme-token"));
+    }
+
+    #[test]
+    fn rejects_unknown_and_bad() {
+        assert!(Config::from_toml("bogus = 1").is_err());
+        assert!(Config::from_toml("[[tenants]]\nid = 0").is_err());
+    }
+}

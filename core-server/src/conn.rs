@@ -1,0 +1,539 @@
+//! One TCP connection: a direct desktop (one session) or a proxy link (many sessions).
+//!
+//! The reader decodes frames with `FrameDecoder` and handles each at once: handshakes,
+//! heartbeats and ECHO right here (echo re-stamps the head's kind and sends the request's own
+//! body bytes back), Interaction Server requests to the engine, UCS requests to the DB worker.
+//! The writer drains the connection's [`Outbox`] in batches with vectored writes, so all the
+//! frames that became ready during one wake-up leave in one syscall.
+//!
+//! Bad input never takes the server down: a malformed body, an unknown kind or message type,
+//! or a frame out of order is answered with an error (a response to a request, a control error
+//! otherwise) and the connection stays; only lost framing (bad magic or version, a frame over
+//! the maximum) or a deadline closes it, after a control error.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use deskmux_codec::msg::{DesktopHello, LinkHello, LinkHelloAck, ServerHello, control, ixn};
+use deskmux_codec::{ErrorCode, Flags, Frame, FrameDecoder, Head, Kind, Service, control_error};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ixn::{Input, LinkId, SessKey};
+use crate::server::Shared;
+use crate::wire::{self, Out, Outbox, Peer};
+
+/// One authenticated session on this connection.
+#[derive(Debug)]
+struct Sess {
+    key: SessKey,
+    tenant: u32,
+    peer: Peer,
+    /// Session id as it appears in heads (server-assigned on direct connections).
+    wire: u64,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Waiting for `HELLO` or `LINK_HELLO`.
+    Fresh,
+    /// A desktop connected directly.
+    Direct(Sess),
+    /// A proxy link and its sessions, by the proxy's session id.
+    Link(LinkId, HashMap<u64, Sess>),
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    out: Outbox,
+    mode: Mode,
+    /// Set when the connection must close after flushing.
+    closing: bool,
+}
+
+/// Serve one accepted connection until it closes.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let cancel = CancellationToken::new();
+    let (out, rx) = Outbox::new(shared.cfg.outbound_queue, cancel.clone());
+    let id = shared.next_id();
+    shared.register(id, out.clone());
+    let (rd, wr) = stream.into_split();
+    let hb = Duration::from_millis(u64::from(shared.cfg.heartbeat_ms));
+    let writer = tokio::spawn(write_loop(wr, rx, cancel.clone(), hb));
+    let mut conn = Conn {
+        shared: shared.clone(),
+        out,
+        mode: Mode::Fresh,
+        closing: false,
+    };
+    conn.read_loop(rd, &cancel).await;
+    conn.teardown();
+    shared.unregister(id);
+    cancel.cancel();
+    drop(conn);
+    let _ = writer.await;
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    cancel: CancellationToken,
+    hb: Duration,
+) {
+    // Grows on demand: an idle desktop connection should cost little memory.
+    let mut batch: Vec<Out> = Vec::with_capacity(8);
+    let mut last_write = Instant::now();
+    let timer = tokio::time::sleep(hb);
+    tokio::pin!(timer);
+    let mut hb_corr: u64 = 1 << 63;
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        let mut stop = false;
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    stop = true;
+                }
+            }
+            () = &mut cancelled => {
+                while let Ok(o) = rx.try_recv() {
+                    batch.push(o);
+                }
+                stop = true;
+            }
+            () = &mut timer => {
+                if last_write.elapsed() >= hb {
+                    hb_corr += 1;
+                    let mut h = Head::new(Kind::Request, Service::Control, control::HEARTBEAT);
+                    h.correlation = hb_corr;
+                    batch.push(Out::Frame(bytes::Bytes::copy_from_slice(&h.to_bytes())));
+                    timer.as_mut().reset((Instant::now() + hb).into());
+                } else {
+                    timer.as_mut().reset((last_write + hb).into());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            if write_batch(&mut wr, &batch).await.is_err() {
+                cancel.cancel();
+                break;
+            }
+            batch.clear();
+            last_write = Instant::now();
+        }
+        if stop {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Out]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+    for o in batch {
+        match o {
+            Out::Frame(b) => slices.push(IoSlice::new(b)),
+            Out::Split(h, b) => {
+                slices.push(IoSlice::new(h));
+                if !b.is_empty() {
+                    slices.push(IoSlice::new(b));
+                }
+            }
+        }
+    }
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = wr.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+impl Conn {
+    async fn read_loop(
+        &mut self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        cancel: &CancellationToken,
+    ) {
+        let cfg = &self.shared.cfg;
+        let mut dec = FrameDecoder::new(cfg.max_frame as usize);
+        // Reads start small (tens of thousands of idle desktops may connect directly) and grow
+        // to 64 KiB once a read fills the space offered (a busy link).
+        let mut read_size = 4 * 1024;
+        let mut buf = BytesMut::with_capacity(read_size);
+        let handshake_deadline =
+            Instant::now() + Duration::from_millis(u64::from(cfg.handshake_timeout_ms));
+        let idle = Duration::from_millis(u64::from(cfg.heartbeat_ms) * 3);
+        let mut last_rx = Instant::now();
+        let timer = tokio::time::sleep_until(handshake_deadline.into());
+        let mut armed_for_handshake = true;
+        tokio::pin!(timer);
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(f)) => {
+                        self.on_frame(f);
+                        if self.closing {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("framing lost: {e}");
+                        self.out
+                            .frame(control_error(0, e.code(), &e.to_string()).freeze());
+                        return;
+                    }
+                }
+            }
+            if armed_for_handshake && !matches!(self.mode, Mode::Fresh) {
+                armed_for_handshake = false;
+                timer.as_mut().reset((last_rx + idle).into());
+            }
+            if buf.capacity() - buf.len() < read_size / 4 {
+                buf.reserve(read_size);
+            }
+            let offered = buf.capacity() - buf.len();
+            // The deadline timer is re-armed lazily when it fires, not on every read.
+            tokio::select! {
+                () = &mut cancelled => return,
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        last_rx = Instant::now();
+                        if n >= offered && read_size < 64 * 1024 {
+                            read_size *= 4;
+                        }
+                    }
+                },
+                () = &mut timer => {
+                    let fresh = matches!(self.mode, Mode::Fresh);
+                    let deadline = if fresh { handshake_deadline } else { last_rx + idle };
+                    if Instant::now() >= deadline {
+                        let what = if fresh { "handshake deadline" } else { "idle deadline" };
+                        self.out.frame(control_error(0, ErrorCode::DEADLINE, what).freeze());
+                        return;
+                    }
+                    timer.as_mut().reset(deadline.into());
+                }
+            }
+        }
+    }
+
+    /// End every session of this connection.
+    fn teardown(&mut self) {
+        let engine = self.shared.engine.get();
+        match std::mem::replace(&mut self.mode, Mode::Fresh) {
+            Mode::Fresh => {}
+            Mode::Direct(s) => {
+                if let Some(e) = engine {
+                    let _ = e.send(Input::Close(s.key));
+                }
+            }
+            Mode::Link(id, sessions) => {
+                if let Some(e) = engine {
+                    for s in sessions.values() {
+                        let _ = e.send(Input::Close(s.key));
+                    }
+                    let _ = e.send(Input::LinkClosed(id));
+                }
+            }
+        }
+    }
+
+    fn control_err(&self, session: u64, code: ErrorCode, m: &str) {
+        self.out.frame(control_error(session, code, m).freeze());
+    }
+
+    fn err(&self, req: &Head, code: ErrorCode, m: &str) {
+        self.out.frame(wire::error(req, code, m));
+    }
+
+    fn on_frame(&mut self, f: Frame) {
+        let h = *f.head();
+        match h.kind {
+            Kind::Request => self.on_request(f),
+            Kind::Control => self.on_control(&h),
+            // Answers to our own heartbeats.
+            Kind::Response if h.service == Service::Control && h.msg_type == control::HEARTBEAT => {
+            }
+            // Never answer an error with an error (no ping-pong).
+            _ if h.flags.has(Flags::ERROR) => {}
+            Kind::Response | Kind::Event => {
+                self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected frame kind")
+            }
+            Kind::Unknown(_) => {
+                self.control_err(h.session, ErrorCode::PROTOCOL, "unknown frame kind")
+            }
+        }
+    }
+
+    fn on_control(&mut self, h: &Head) {
+        match (h.service, h.msg_type) {
+            (Service::Control, control::SESSION_CLOSE) => {
+                if let Mode::Link(_, sessions) = &mut self.mode {
+                    if let Some(s) = sessions.remove(&h.session) {
+                        if let Some(e) = self.shared.engine.get() {
+                            let _ = e.send(Input::Close(s.key));
+                        }
+                    }
+                } else {
+                    self.control_err(
+                        h.session,
+                        ErrorCode::PROTOCOL,
+                        "SESSION_CLOSE outside a link",
+                    );
+                }
+            }
+            (Service::Control, control::ERROR | control::GO_AWAY | control::SERVICE_STATE) => {}
+            _ if h.flags.has(Flags::ERROR) => {}
+            _ => self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected control frame"),
+        }
+    }
+
+    fn on_request(&mut self, f: Frame) {
+        let h = *f.head();
+        if h.service == Service::Control {
+            match h.msg_type {
+                control::HEARTBEAT => self.out.frame(wire::ok(&h)),
+                control::HELLO => self.hello(&f),
+                control::LINK_HELLO => self.link_hello(&f),
+                control::SESSION_OPEN => self.session_open(&f),
+                _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+            }
+            return;
+        }
+        // Resolve the session named by the head.
+        let sess = match &self.mode {
+            Mode::Fresh => return self.err(&h, ErrorCode::INVALID_STATE, "hello first"),
+            Mode::Direct(s) => {
+                if h.session != 0 && h.session != s.wire {
+                    return self.err(
+                        &h,
+                        ErrorCode::INVALID_STATE,
+                        "session id is not this session's",
+                    );
+                }
+                s
+            }
+            Mode::Link(_, sessions) => match sessions.get(&h.session) {
+                Some(s) => s,
+                None => return self.err(&h, ErrorCode::INVALID_STATE, "unknown session"),
+            },
+        };
+        if h.tenant != sess.tenant {
+            return self.err(
+                &h,
+                ErrorCode::TENANT_MISMATCH,
+                "tenant is not the session's",
+            );
+        }
+        let role = self.shared.cfg.role;
+        let served = match h.service {
+            Service::Interaction => role.ixn(),
+            Service::Ucs => role.ucs(),
+            _ => false,
+        };
+        if !served {
+            return self.err(&h, ErrorCode::NO_ROUTE, "service not run by this server");
+        }
+        if h.msg_type == ixn::ECHO {
+            // Answered at minimum cost: the same body bytes behind a re-stamped head.
+            let (mut head, body) = f.into_parts();
+            head.kind = Kind::Response;
+            self.out.send(Out::Split(head.to_bytes(), body));
+            return;
+        }
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return self.err(&h, ErrorCode::SHUTTING_DOWN, "shutting down");
+        }
+        let max = self.shared.cfg.max_in_flight;
+        if sess.peer.inflight.load(Ordering::Acquire) >= max {
+            return self.err(
+                &h,
+                ErrorCode::TOO_MANY_IN_FLIGHT,
+                "too many requests in flight",
+            );
+        }
+        match h.service {
+            Service::Interaction => match self.shared.engine.get() {
+                Some(e) => {
+                    sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if e.send(Input::Request(sess.key, f)).is_err() {
+                        sess.peer
+                            .reply(wire::error(&h, ErrorCode::UNAVAILABLE, "engine stopped"));
+                    }
+                }
+                None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
+            },
+            _ => match self.shared.db.get() {
+                Some(db) => {
+                    sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    crate::ucs::handle(db, sess.tenant, &f, sess.peer.clone());
+                }
+                None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
+            },
+        }
+    }
+
+    /// Checks shared by `HELLO` and `SESSION_OPEN`; `Err` is already answered and says whether
+    /// it was `AUTH_FAILED`.
+    fn admit<'a>(&self, f: &'a Frame) -> Result<DesktopHello<'a>, bool> {
+        let h = f.head();
+        let hello = match DesktopHello::read(f.body()) {
+            Ok(x) => x,
+            Err(e) => {
+                self.err(h, ErrorCode::MALFORMED, &format!("bad hello: {e}"));
+                return Err(false);
+            }
+        };
+        if hello.version != u32::from(deskmux_codec::VERSION) {
+            self.err(h, ErrorCode::PROTOCOL, "unsupported protocol version");
+            return Err(false);
+        }
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            self.err(h, ErrorCode::SHUTTING_DOWN, "shutting down");
+            return Err(false);
+        }
+        if !self.shared.primary.load(Ordering::Acquire) {
+            self.err(h, ErrorCode::UNAVAILABLE, "standby instance");
+            return Err(false);
+        }
+        if self.shared.unavailable.load(Ordering::Acquire) {
+            self.err(h, ErrorCode::SERVICE_UNAVAILABLE, "service unavailable");
+            return Err(false);
+        }
+        if h.tenant == 0 || !self.shared.cfg.check_token(h.tenant, hello.token) {
+            self.err(h, ErrorCode::AUTH_FAILED, "bad tenant or token");
+            return Err(true);
+        }
+        Ok(hello)
+    }
+
+    fn server_hello(&self, req: &Head, session: u64) {
+        let cfg = &self.shared.cfg;
+        let sh = ServerHello {
+            session,
+            max_frame: cfg.max_frame,
+            heartbeat_ms: cfg.heartbeat_ms,
+            max_in_flight: cfg.max_in_flight,
+        };
+        let mut h = *req;
+        h.session = session;
+        self.out.frame(wire::response(&h, |w| sh.write(w)));
+    }
+
+    fn new_session(
+        &self,
+        tenant: u32,
+        agent: &str,
+        wire_id: Option<u64>,
+        link: Option<LinkId>,
+    ) -> Sess {
+        let key = self.shared.next_id();
+        let wire = wire_id.unwrap_or(key);
+        let peer = Peer {
+            out: self.out.clone(),
+            inflight: Arc::new(AtomicU32::new(0)),
+        };
+        if let Some(e) = self.shared.engine.get() {
+            let _ = e.send(Input::Open {
+                key,
+                tenant,
+                agent: agent.to_string(),
+                wire,
+                peer: peer.clone(),
+                link,
+            });
+        }
+        Sess {
+            key,
+            tenant,
+            peer,
+            wire,
+        }
+    }
+
+    fn hello(&mut self, f: &Frame) {
+        let h = *f.head();
+        if !matches!(self.mode, Mode::Fresh) {
+            return self.err(&h, ErrorCode::INVALID_STATE, "hello already done");
+        }
+        let hello = match self.admit(f) {
+            Ok(x) => x,
+            Err(auth_failed) => {
+                // AUTH_FAILED closes a direct connection; other refusals keep it for a retry.
+                self.closing = auth_failed;
+                return;
+            }
+        };
+        let s = self.new_session(h.tenant, hello.agent, None, None);
+        self.server_hello(&h, s.wire);
+        self.mode = Mode::Direct(s);
+    }
+
+    fn link_hello(&mut self, f: &Frame) {
+        let h = *f.head();
+        if !matches!(self.mode, Mode::Fresh) {
+            return self.err(&h, ErrorCode::INVALID_STATE, "hello already done");
+        }
+        let lh = match LinkHello::read(f.body()) {
+            Ok(x) => x,
+            Err(e) => return self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}")),
+        };
+        if !ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
+            self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
+            self.closing = true;
+            return;
+        }
+        tracing::info!("link {:?} up", lh.link);
+        let cfg = &self.shared.cfg;
+        let ack = LinkHelloAck {
+            max_frame: cfg.max_frame,
+            heartbeat_ms: cfg.heartbeat_ms,
+            state: self.shared.service_state(),
+        };
+        self.out.frame(wire::response(&h, |w| ack.write(w)));
+        self.mode = Mode::Link(self.shared.next_id(), HashMap::new());
+    }
+
+    fn session_open(&mut self, f: &Frame) {
+        let h = *f.head();
+        let Mode::Link(link, sessions) = &self.mode else {
+            return self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link");
+        };
+        let link = *link;
+        if h.session == 0 || sessions.contains_key(&h.session) {
+            return self.err(&h, ErrorCode::INVALID_STATE, "session id zero or in use");
+        }
+        let Ok(hello) = self.admit(f) else { return };
+        let s = self.new_session(h.tenant, hello.agent, Some(h.session), Some(link));
+        self.server_hello(&h, h.session);
+        if let Mode::Link(_, sessions) = &mut self.mode {
+            sessions.insert(h.session, s);
+        }
+    }
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,354 @@
+//! Process-level wiring: shared state, start-up (primary or warm standby), the accept loop,
+//! and the operator's controls.
+//!
+//! Operator controls — signals, and the optional admin line protocol ([`crate::admin`]):
+//! - `SIGUSR1`: mark the server *service unavailable* — `SERVICE_STATE state=1` on every
+//!   connection; existing sessions continue, new `HELLO`/`SESSION_OPEN` get
+//!   `SERVICE_UNAVAILABLE`.
+//! - `SIGUSR2`: back to running (`SERVICE_STATE state=0`).
+//! - `SIGTERM`/`SIGINT`: graceful shutdown — `GO_AWAY` on every connection, new requests get
+//!   `SHUTTING_DOWN`, in-flight work has `shutdown_grace_ms` to finish, then the process exits.
+//!
+//! Warm standby: the data file is guarded by an exclusive lock on `<db>.lock` ([`crate::lock`]).
+//! A primary takes it at start (and refuses to start if it is held). A standby (`--standby`)
+//! listens at once, answering link hellos with `role=1` and refusing sessions with
+//! `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the standby gets the
+//! lock, loads the persisted state, switches to `role=0`, announces `SERVICE_STATE` on every
+//! link and prints `ROLE primary` on stdout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deskmux_codec::msg::{self, GoAway, ServiceState, control};
+use deskmux_codec::{Head, Kind, Service};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::ixn::{self, Engine, Input, Settings};
+use crate::lock::InstanceLock;
+use crate::storage::sqlite::SqliteStore;
+use crate::storage::{IxnRow, Store, StoreError};
+use crate::wire::{self, Outbox};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// I/O (bind, lock file).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The data file could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Another instance holds the data file and this one is not a standby.
+    #[error("data file {0} is locked by another instance (start with --standby to wait)")]
+    Locked(String),
+}
+
+/// State shared by every connection task.
+pub struct Shared {
+    /// The configuration.
+    pub cfg: Config,
+    /// True once this instance serves (primary); false while a standby waits.
+    pub primary: AtomicBool,
+    /// Marked "service unavailable" by the operator.
+    pub unavailable: AtomicBool,
+    /// GO_AWAY sent: new requests get `SHUTTING_DOWN`.
+    pub shutting_down: AtomicBool,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Outbox>>,
+    /// The Interaction Server engine's inbox (set once primary, if the role runs).
+    pub engine: OnceLock<mpsc::UnboundedSender<Input>>,
+    /// The DB worker (set once primary).
+    pub db: OnceLock<Db>,
+    lock: Mutex<Option<InstanceLock>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("instance", &self.cfg.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// A fresh process-unique id (connections, sessions, links).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Track a connection for broadcasts.
+    pub fn register(&self, id: u64, out: Outbox) {
+        if let Ok(mut m) = self.conns.lock() {
+            m.insert(id, out);
+        }
+    }
+
+    /// Forget a connection.
+    pub fn unregister(&self, id: u64) {
+        if let Ok(mut m) = self.conns.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Send a frame on every connection.
+    pub fn broadcast(&self, b: &Bytes) {
+        if let Ok(m) = self.conns.lock() {
+            for o in m.values() {
+                o.frame(b.clone());
+            }
+        }
+    }
+
+    /// The current state and role.
+    pub fn service_state(&self) -> ServiceState<'_> {
+        ServiceState {
+            state: if self.unavailable.load(Ordering::Acquire) {
+                msg::State::Unavailable
+            } else {
+                msg::State::Running
+            },
+            role: if self.primary.load(Ordering::Acquire) {
+                msg::Role::Primary
+            } else {
+                msg::Role::Backup
+            },
+            instance: &self.cfg.instance,
+        }
+    }
+
+    /// A `SERVICE_STATE` control frame.
+    pub fn service_state_frame(&self) -> Bytes {
+        let st = self.service_state();
+        wire::build(
+            Head::new(Kind::Control, Service::Control, control::SERVICE_STATE),
+            |w| st.write(w),
+        )
+    }
+
+    /// Mark the service (un)available and announce it everywhere.
+    pub fn set_unavailable(&self, v: bool) {
+        self.unavailable.store(v, Ordering::Release);
+        self.broadcast(&self.service_state_frame());
+    }
+}
+
+/// A bound server, not yet accepting.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+/// An opened store, the open interactions to recover and the highest interaction id.
+type Opened = (Box<dyn Store>, Vec<IxnRow>, u64);
+
+/// Open the data file and read what the engine needs to recover.
+fn open_store(cfg: &Config) -> Result<Opened, StoreError> {
+    let mut store = SqliteStore::open_with(&cfg.db, &cfg.sqlite_synchronous)?;
+    let (rows, max) = if cfg.role.ixn() {
+        (store.ixn_load()?, store.ixn_max_id()?)
+    } else {
+        (Vec::new(), 0)
+    };
+    Ok((Box::new(store), rows, max))
+}
+
+/// Start the roles on an opened store (must run inside the runtime).
+fn activate(
+    shared: &Shared,
+    store: Box<dyn Store>,
+    rows: Vec<IxnRow>,
+    max_id: u64,
+) -> Result<(), ServerError> {
+    let db = Db::start(store, shared.cfg.group_commit_max)?;
+    if shared.cfg.role.ixn() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let set = Settings {
+            invite_timeout: Duration::from_millis(u64::from(shared.cfg.invite_timeout_ms)),
+            with_ucs: shared.cfg.role.ucs(),
+        };
+        tracing::info!("recovered {} open interactions", rows.len());
+        let engine = Engine::new(set, db.clone(), tx.clone(), rows, max_id);
+        tokio::spawn(ixn::run(engine, rx));
+        let _ = shared.engine.set(tx);
+    }
+    let _ = shared.db.set(db);
+    shared.primary.store(true, Ordering::Release);
+    Ok(())
+}
+
+impl Server {
+    /// Take the lock (or prepare to wait for it), open storage and bind the listener.
+    ///
+    /// # Errors
+    /// [`ServerError`].
+    pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
+        let lock = InstanceLock::try_acquire(&cfg.db)?;
+        if lock.is_none() && !cfg.standby {
+            return Err(ServerError::Locked(cfg.db.display().to_string()));
+        }
+        let shared = Arc::new(Shared {
+            primary: AtomicBool::new(false),
+            unavailable: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            engine: OnceLock::new(),
+            db: OnceLock::new(),
+            lock: Mutex::new(None),
+            cfg,
+        });
+        if let Some(l) = lock {
+            let (store, rows, max) = open_store(&shared.cfg)?;
+            activate(&shared, store, rows, max)?;
+            if let Ok(mut g) = shared.lock.lock() {
+                *g = Some(l);
+            }
+        }
+        let listener = TcpListener::bind(shared.cfg.listen).await?;
+        let admin = match shared.cfg.admin_listen {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        Ok(Server {
+            shared,
+            listener,
+            admin,
+        })
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// From the socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin port's bound address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Whether this instance is serving (false: a standby still waiting).
+    pub fn is_primary(&self) -> bool {
+        self.shared.primary.load(Ordering::Acquire)
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accept connections forever (and, as a standby, take over when the lock frees).
+    ///
+    /// # Errors
+    /// Never in practice; accept errors are logged and retried.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let shared = self.shared.clone();
+        if !shared.primary.load(Ordering::Acquire) {
+            tokio::spawn(standby(shared.clone()));
+        }
+        tokio::spawn(signals(shared.clone()));
+        if let Some(admin) = self.admin {
+            tokio::spawn(crate::admin::serve(shared.clone(), admin));
+        }
+        loop {
+            match self.listener.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(crate::conn::serve(shared.clone(), s));
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn standby(shared: Arc<Shared>) {
+    println!("ROLE backup");
+    let cfg = shared.cfg.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let lock = InstanceLock::acquire_blocking(&cfg.db)?;
+        let opened = open_store(&cfg)?;
+        Ok::<_, ServerError>((lock, opened))
+    })
+    .await;
+    match got {
+        Ok(Ok((lock, (store, rows, max)))) => {
+            if let Err(e) = activate(&shared, store, rows, max) {
+                tracing::error!("takeover failed: {e}");
+                std::process::exit(1);
+            }
+            if let Ok(mut g) = shared.lock.lock() {
+                *g = Some(lock);
+            }
+            tracing::warn!("standby took over as primary");
+            println!("ROLE primary");
+            shared.broadcast(&shared.service_state_frame());
+        }
+        Ok(Err(e)) => {
+            tracing::error!("standby could not take over: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            tracing::error!("standby task failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn signals(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut usr1), Ok(mut usr2), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => { tracing::warn!("service unavailable"); shared.set_unavailable(true); }
+            _ = usr2.recv() => { tracing::warn!("service running"); shared.set_unavailable(false); }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    shutdown(&shared).await;
+}
+
+/// Graceful shutdown: GO_AWAY everywhere, refuse new work, let in-flight work finish, exit.
+pub async fn shutdown(shared: &Shared) {
+    shared.shutting_down.store(true, Ordering::Release);
+    let ga = GoAway {
+        reason: "shutting down",
+        reconnect_ms: shared.cfg.go_away_reconnect_ms,
+    };
+    let frame = wire::build(
+        Head::new(Kind::Control, Service::Control, control::GO_AWAY),
+        |w| ga.write(w),
+    );
+    shared.broadcast(&frame);
+    tracing::warn!(
+        "GO_AWAY sent; exiting after {} ms",
+        shared.cfg.shutdown_grace_ms
+    );
+    tokio::time::sleep(Duration::from_millis(u64::from(
+        shared.cfg.shutdown_grace_ms,
+    )))
+    .await;
+    std::process::exit(0);
+}

@@ -1,0 +1,167 @@
+//! The data layer behind a small trait, so that SQLite (today) and PostgreSQL (later) can back
+//! the same server.
+//!
+//! The trait is deliberately *primitive*: row-level reads and writes scoped by tenant, plus
+//! explicit transaction boundaries. Everything above it (merging attributes, identify-or-create,
+//! group commit) lives in [`crate::db`] and works for any backend. Every method takes the
+//! tenant and every query filters on it, so a row of another tenant is simply "not found".
+//!
+//! Attributes and properties are stored as their encoded wire form (a body item list of `str`
+//! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
+
+pub mod sqlite;
+
+/// A storage failure (the answer is `INTERNAL`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The SQLite backend failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Anything else (I/O on the data file, corrupt row).
+    #[error("storage: {0}")]
+    Other(String),
+}
+
+/// A contact: id and its attributes in wire form (an item list of `str` values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRow {
+    /// Contact id (unique across tenants).
+    pub id: i64,
+    /// Encoded attribute items.
+    pub attrs: Vec<u8>,
+}
+
+/// One history record, without its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// History id.
+    pub id: i64,
+    /// Interaction id, 0 if none.
+    pub interaction: i64,
+    /// Subject line.
+    pub subject: String,
+    /// Creation time, microseconds since the UNIX epoch.
+    pub created_us: i64,
+    /// Text length in bytes.
+    pub len: i64,
+}
+
+/// Where a persisted interaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IxnState {
+    /// Waiting in its queue (an outstanding invite is not persisted: it is still queued).
+    Queued,
+    /// Accepted; owned by an agent.
+    Owned,
+    /// Stopped; kept for history.
+    Completed,
+}
+
+impl IxnState {
+    /// Stable integer code stored in the database.
+    pub fn code(self) -> i64 {
+        match self {
+            IxnState::Queued => 0,
+            IxnState::Owned => 1,
+            IxnState::Completed => 2,
+        }
+    }
+
+    /// Inverse of [`IxnState::code`].
+    pub fn from_code(c: i64) -> IxnState {
+        match c {
+            0 => IxnState::Queued,
+            1 => IxnState::Owned,
+            _ => IxnState::Completed,
+        }
+    }
+}
+
+/// A persisted interaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IxnRow {
+    /// Interaction id.
+    pub id: u64,
+    /// Its tenant.
+    pub tenant: u32,
+    /// The queue it is in (or was last in).
+    pub queue: String,
+    /// Encoded property items.
+    pub props: Vec<u8>,
+    /// Queued, owned or completed.
+    pub state: IxnState,
+    /// Owning agent id when owned.
+    pub owner: Option<String>,
+    /// Position in its queue: lower is served first.
+    pub qpos: i64,
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage primitives. Called from one thread (the DB worker), inside explicit
+/// transactions opened with [`Store::begin`].
+pub trait Store: Send {
+    /// Open a write transaction.
+    fn begin(&mut self) -> StoreResult<()>;
+    /// Commit it; returns once the commit is durable.
+    fn commit(&mut self) -> StoreResult<()>;
+    /// Abandon it.
+    fn rollback(&mut self);
+
+    /// Create a contact with encoded attributes; `pairs` are the same attributes, indexed for
+    /// search. Returns the new id.
+    fn contact_create(
+        &mut self,
+        tenant: u32,
+        attrs: &[u8],
+        pairs: &[(String, String)],
+    ) -> StoreResult<i64>;
+    /// A contact's encoded attributes, if it exists in this tenant.
+    fn contact_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<Vec<u8>>>;
+    /// Replace a contact's attributes. False if it does not exist in this tenant.
+    fn contact_put(
+        &mut self,
+        tenant: u32,
+        id: i64,
+        attrs: &[u8],
+        pairs: &[(String, String)],
+    ) -> StoreResult<bool>;
+    /// Delete a contact and its history. False if it does not exist in this tenant.
+    fn contact_delete(&mut self, tenant: u32, id: i64) -> StoreResult<bool>;
+    /// Contacts whose attribute `key` equals `value`, lowest id first.
+    fn contact_find(
+        &mut self,
+        tenant: u32,
+        key: &str,
+        value: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<ContactRow>>;
+
+    /// Insert a history record; `None` if the contact does not exist in this tenant.
+    fn history_insert(
+        &mut self,
+        tenant: u32,
+        contact: i64,
+        interaction: i64,
+        subject: &str,
+        text: &str,
+        now_us: i64,
+    ) -> StoreResult<Option<i64>>;
+    /// A contact's history, newest first; `None` if the contact does not exist in this tenant.
+    fn history_list(
+        &mut self,
+        tenant: u32,
+        contact: i64,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<HistoryRow>>>;
+    /// A history record's text.
+    fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>>;
+
+    /// All queued and owned interactions (restart recovery).
+    fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>>;
+    /// The highest interaction id ever stored (0 if none).
+    fn ixn_max_id(&mut self) -> StoreResult<u64>;
+    /// Insert or replace an interaction.
+    fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()>;
+}

@@ -1,0 +1,337 @@
+//! The SQLite backend (rusqlite, bundled).
+//!
+//! Why SQLite: the server needs a real embedded database with one data file per instance, no
+//! separate process to operate, crash safety under `kill -9` and file-level sharing with a warm
+//! standby on the same host. SQLite in WAL mode gives exactly that; bundling it pins the
+//! version and needs no system library. Its one weakness, a single writer, is what group commit
+//! ([`crate::db`]) is for: one thread owns the connection and commits many operations per
+//! transaction, so one WAL fsync covers a whole batch.
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit returns only after the
+//! WAL is fsynced — an acknowledged write survives a crash or power loss. (`sqlite_synchronous =
+//! "normal"` in the config trades that for speed: still safe against kill -9, not power loss.)
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS contacts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant INTEGER NOT NULL,
+    attrs BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS contact_attrs(
+    contact INTEGER NOT NULL,
+    tenant INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS contact_attrs_kv ON contact_attrs(tenant, key, value, contact);
+CREATE INDEX IF NOT EXISTS contact_attrs_c ON contact_attrs(contact);
+CREATE TABLE IF NOT EXISTS history(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant INTEGER NOT NULL,
+    contact INTEGER NOT NULL,
+    interaction INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    text TEXT NOT NULL,
+    len INTEGER NOT NULL,
+    created_us INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS history_c ON history(contact, id);
+CREATE TABLE IF NOT EXISTS interactions(
+    id INTEGER PRIMARY KEY,
+    tenant INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    props BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    owner TEXT,
+    qpos INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS interactions_open ON interactions(state) WHERE state < 2;
+";
+
+/// A SQLite data file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the data file at `path`, with `synchronous=FULL`.
+    ///
+    /// # Errors
+    /// The file cannot be opened or the schema cannot be created.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, "full")
+    }
+
+    /// Open with a given `synchronous` setting (`full`, `normal` or `extra`).
+    ///
+    /// # Errors
+    /// The file cannot be opened, the setting is unknown, or the schema cannot be created.
+    pub fn open_with(path: &Path, synchronous: &str) -> StoreResult<SqliteStore> {
+        if !matches!(synchronous, "full" | "normal" | "extra") {
+            return Err(StoreError::Other(format!("synchronous={synchronous}")));
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Other(format!(
+                "journal_mode is {mode}, not wal"
+            )));
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF;"
+        ))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore { conn })
+    }
+
+    fn put_pairs(&mut self, tenant: u32, id: i64, pairs: &[(String, String)]) -> StoreResult<()> {
+        let mut ins = self.conn.prepare_cached(
+            "INSERT INTO contact_attrs(contact, tenant, key, value) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (k, v) in pairs {
+            ins.execute(params![id, tenant, k, v])?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn contact_create(
+        &mut self,
+        tenant: u32,
+        attrs: &[u8],
+        pairs: &[(String, String)],
+    ) -> StoreResult<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO contacts(tenant, attrs) VALUES (?1, ?2)")?
+            .execute(params![tenant, attrs])?;
+        let id = self.conn.last_insert_rowid();
+        self.put_pairs(tenant, id, pairs)?;
+        Ok(id)
+    }
+
+    fn contact_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT attrs FROM contacts WHERE id = ?1 AND tenant = ?2")?
+            .query_row(params![id, tenant], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn contact_put(
+        &mut self,
+        tenant: u32,
+        id: i64,
+        attrs: &[u8],
+        pairs: &[(String, String)],
+    ) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE contacts SET attrs = ?3 WHERE id = ?1 AND tenant = ?2")?
+            .execute(params![id, tenant, attrs])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("DELETE FROM contact_attrs WHERE contact = ?1")?
+            .execute(params![id])?;
+        self.put_pairs(tenant, id, pairs)?;
+        Ok(true)
+    }
+
+    fn contact_delete(&mut self, tenant: u32, id: i64) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM contacts WHERE id = ?1 AND tenant = ?2")?
+            .execute(params![id, tenant])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("DELETE FROM contact_attrs WHERE contact = ?1")?
+            .execute(params![id])?;
+        self.conn
+            .prepare_cached("DELETE FROM history WHERE contact = ?1")?
+            .execute(params![id])?;
+        Ok(true)
+    }
+
+    fn contact_find(
+        &mut self,
+        tenant: u32,
+        key: &str,
+        value: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<ContactRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.id, c.attrs FROM contacts c WHERE c.id IN
+               (SELECT contact FROM contact_attrs WHERE tenant = ?1 AND key = ?2 AND value = ?3)
+             AND c.tenant = ?1 ORDER BY c.id LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![tenant, key, value, limit], |r| {
+            Ok(ContactRow {
+                id: r.get(0)?,
+                attrs: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn history_insert(
+        &mut self,
+        tenant: u32,
+        contact: i64,
+        interaction: i64,
+        subject: &str,
+        text: &str,
+        now_us: i64,
+    ) -> StoreResult<Option<i64>> {
+        let exists: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM contacts WHERE id = ?1 AND tenant = ?2")?
+            .query_row(params![contact, tenant], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO history(tenant, contact, interaction, subject, text, len, created_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                tenant,
+                contact,
+                interaction,
+                subject,
+                text,
+                text.len() as i64,
+                now_us
+            ])?;
+        Ok(Some(self.conn.last_insert_rowid()))
+    }
+
+    fn history_list(
+        &mut self,
+        tenant: u32,
+        contact: i64,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<HistoryRow>>> {
+        if self.contact_get(tenant, contact)?.is_none() {
+            return Ok(None);
+        }
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, interaction, subject, created_us, len FROM history
+             WHERE contact = ?1 AND tenant = ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![contact, tenant, limit], |r| {
+            Ok(HistoryRow {
+                id: r.get(0)?,
+                interaction: r.get(1)?,
+                subject: r.get(2)?,
+                created_us: r.get(3)?,
+                len: r.get(4)?,
+            })
+        })?;
+        Ok(Some(rows.collect::<Result<Vec<_>, _>>()?))
+    }
+
+    fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT text FROM history WHERE id = ?1 AND tenant = ?2")?
+            .query_row(params![id, tenant], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, tenant, queue, props, state, owner, qpos FROM interactions
+             WHERE state < 2 ORDER BY qpos, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(IxnRow {
+                id: r.get::<_, i64>(0)? as u64,
+                tenant: r.get(1)?,
+                queue: r.get(2)?,
+                props: r.get(3)?,
+                state: IxnState::from_code(r.get(4)?),
+                owner: r.get(5)?,
+                qpos: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn ixn_max_id(&mut self) -> StoreResult<u64> {
+        let m: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(id) FROM interactions", [], |r| r.get(0))?;
+        Ok(m.unwrap_or(0).max(0) as u64)
+    }
+
+    fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO interactions(id, tenant, queue, props, state, owner, qpos)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                row.id as i64,
+                row.tenant,
+                row.queue,
+                row.props,
+                row.state.code(),
+                row.owner,
+                row.qpos
+            ])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts_are_tenant_scoped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.begin().unwrap();
+        let pairs = vec![("email".to_string(), "a@x".to_string())];
+        let id = s.contact_create(1, b"raw", &pairs).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.contact_get(1, id).unwrap(), Some(b"raw".to_vec()));
+        assert_eq!(s.contact_get(2, id).unwrap(), None);
+        assert_eq!(s.contact_find(1, "email", "a@x", 10).unwrap().len(), 1);
+        assert!(s.contact_find(2, "email", "a@x", 10).unwrap().is_empty());
+        s.begin().unwrap();
+        assert!(!s.contact_delete(2, id).unwrap());
+        assert!(s.contact_delete(1, id).unwrap());
+        s.commit().unwrap();
+    }
+}

@@ -1,0 +1,218 @@
+//! Small shared helpers between the connection tasks, the engine and the DB worker: the
+//! outbound queue of a connection, reply bookkeeping, and building response/event frames.
+//!
+//! A connection's writer drains an [`Outbox`]; anything (the reader, the engine task, the DB
+//! thread) may push to it without blocking. A full queue means the peer is not reading: the
+//! connection is cancelled as a slow consumer rather than blocking the pusher.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use deskmux_codec::{
+    BodyError, BodyRef, BodyWriter, ErrorCode, Flags, HEAD_LEN, Head, Kind, Value, encode_with,
+    error_response,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Microseconds since the UNIX epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One queued outbound item.
+#[derive(Debug)]
+pub enum Out {
+    /// A whole encoded frame.
+    Frame(Bytes),
+    /// A frame sent as a re-stamped head plus the original body bytes (echo: no copy, no
+    /// allocation beyond this queue slot).
+    Split([u8; HEAD_LEN], Bytes),
+}
+
+/// The sending side of a connection's outbound queue.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Out>,
+    cancel: CancellationToken,
+}
+
+impl Outbox {
+    /// A queue of `cap` items; the receiver goes to the writer task.
+    pub fn new(cap: usize, cancel: CancellationToken) -> (Outbox, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (Outbox { tx, cancel }, rx)
+    }
+
+    /// Queue an item; a full queue cancels the connection (slow consumer).
+    pub fn send(&self, item: Out) {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.cancel.is_cancelled() {
+                    tracing::warn!("outbound queue full: slow consumer, closing");
+                    self.cancel.cancel();
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queue a whole frame.
+    pub fn frame(&self, b: Bytes) {
+        self.send(Out::Frame(b));
+    }
+
+    /// Whether two outboxes feed the same connection.
+    pub fn same(&self, other: &Outbox) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// The connection's cancellation token.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// Where a session's answers go: its connection's outbox and its in-flight counter.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection's outbound queue.
+    pub out: Outbox,
+    /// Requests accepted and not yet answered.
+    pub inflight: Arc<AtomicU32>,
+}
+
+impl Peer {
+    /// Answer one request (counts it out of the in-flight window).
+    pub fn reply(&self, b: Bytes) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.out.frame(b);
+    }
+
+    /// Push an event (no in-flight accounting).
+    pub fn push(&self, b: Bytes) {
+        self.out.frame(b);
+    }
+}
+
+/// A response to `req` with the body `f` writes.
+pub fn response(req: &Head, f: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>) -> Bytes {
+    let mut head = *req;
+    head.kind = Kind::Response;
+    head.flags = Flags::default();
+    let mut buf = BytesMut::with_capacity(HEAD_LEN + 64);
+    match encode_with(head, &mut buf, f) {
+        Ok(_) => buf.freeze(),
+        Err(_) => error(req, ErrorCode::INTERNAL, "response too large"),
+    }
+}
+
+/// An empty response to `req`.
+pub fn ok(req: &Head) -> Bytes {
+    response(req, |_| Ok(()))
+}
+
+/// An error response to `req`.
+pub fn error(req: &Head, code: ErrorCode, msg: &str) -> Bytes {
+    error_response(req, code, msg).freeze()
+}
+
+/// A frame with `head` (body length patched) and the body `f` writes.
+pub fn build(head: Head, f: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEAD_LEN + 96);
+    match encode_with(head, &mut buf, f) {
+        Ok(_) => buf.freeze(),
+        Err(_) => {
+            let mut h = head;
+            h.body_len = 0;
+            Bytes::copy_from_slice(&h.to_bytes())
+        }
+    }
+}
+
+/// A property list (`props`, `attrs`): `str` items, key = name.
+pub type Pairs = Vec<(String, String)>;
+
+/// Read a property list; every item must be a string.
+///
+/// # Errors
+/// A malformed list or a non-string value.
+pub fn read_pairs(b: BodyRef<'_>, key: &'static str) -> Result<Pairs, BodyError> {
+    let mut out = Vec::new();
+    for item in b.iter() {
+        let (k, v) = item?;
+        match v {
+            Value::Str(s) => out.push((k.to_string(), s.to_string())),
+            _ => return Err(BodyError::WrongType(key)),
+        }
+    }
+    Ok(out)
+}
+
+/// Encode a property list as items (the content of a `list` value).
+pub fn encode_pairs(p: &[(String, String)]) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(p.iter().map(|(k, v)| k.len() + v.len() + 6).sum());
+    {
+        let mut w = BodyWriter::new(&mut buf);
+        for (k, v) in p {
+            // Cannot fail: each value is far below u32::MAX (it came from a frame).
+            let _ = w.str(k, v);
+        }
+    }
+    buf.to_vec()
+}
+
+/// Merge `upd` into `base`: a key is replaced in place or appended; an empty value removes it.
+pub fn merge_pairs(base: &mut Pairs, upd: Pairs) {
+    for (k, v) in upd {
+        let pos = base.iter().position(|(bk, _)| *bk == k);
+        match (pos, v.is_empty()) {
+            (Some(i), true) => {
+                base.remove(i);
+            }
+            (Some(i), false) => base[i].1 = v,
+            (None, true) => {}
+            (None, false) => base.push((k, v)),
+        }
+    }
+}
+
+/// Read a full body and check it nests properly (PROTOCOL.md §3).
+///
+/// # Errors
+/// The first body error.
+pub fn validate(b: BodyRef<'_>) -> Result<(), BodyError> {
+    b.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_replaces_appends_removes() {
+        let mut p = vec![("a".into(), "1".into()), ("b".into(), "2".into())];
+        merge_pairs(
+            &mut p,
+            vec![
+                ("a".into(), "9".into()),
+                ("b".into(), String::new()),
+                ("c".into(), "3".into()),
+            ],
+        );
+        assert_eq!(
+            p,
+            vec![
+                ("a".to_string(), "9".to_string()),
+                ("c".to_string(), "3".to_string())
+            ]
+        );
+        let enc = encode_pairs(&p);
+        assert_eq!(read_pairs(BodyRef::new(&enc), "props").unwrap(), p);
+    }
+}

@@ -1,0 +1,449 @@
+//! Private support for the `core_server_*` integration tests: start a real `core-server`
+//! process on loopback with a temp data dir, and a small blocking client speaking the wire
+//! protocol through the real codec. Everything is bounded by timeouts; children die on drop.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use deskmux_codec::msg::{DesktopHello, LinkHello, control, key};
+use deskmux_codec::{BodyError, BodyWriter, ErrorCode, Frame, FrameDecoder, Head, Kind, Service};
+
+pub const T1: u32 = 1;
+pub const T2: u32 = 2;
+pub const TOKEN1: &str = "tok-acme";
+pub const TOKEN2: &str = "tok-globex";
+pub const SECRET: &str = "test-link-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// `target/debug/core-server`, next to this test's `deps/` directory.
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join("core-server");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p deskmux-core-server` first",
+        p.display()
+    );
+    p
+}
+
+/// A config file for tests: two tenants, short invite timeout, db in `dir`.
+pub fn write_config(dir: &Path, invite_timeout_ms: u32, extra: &str) -> PathBuf {
+    let cfg = format!(
+        r#"listen = "127.0.0.1:0"
+db = "{db}"
+instance = "test-core"
+link_secret = "{SECRET}"
+heartbeat_ms = 60000
+invite_timeout_ms = {invite_timeout_ms}
+shutdown_grace_ms = 300
+{extra}
+[[tenants]]
+id = 1
+name = "acme"
+tokens = ["{TOKEN1}"]
+
+[[tenants]]
+id = 2
+name = "globex"
+tokens = ["{TOKEN2}"]
+"#,
+        db = dir.join("core.db").display()
+    );
+    let p = dir.join("core.toml");
+    std::fs::write(&p, cfg).expect("write config");
+    p
+}
+
+/// A running core-server process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Start with `config` and extra args; waits for `LISTENING`.
+    pub fn start(config: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn core-server");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            lines: rx,
+        };
+        let l = s.wait_line("LISTENING ");
+        s.addr = l
+            .trim_start_matches("LISTENING ")
+            .trim()
+            .parse()
+            .expect("addr");
+        s
+    }
+
+    /// Wait for a stdout line starting with `prefix`.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        let end = Instant::now() + WAIT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no {prefix:?} line from core-server"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send a signal by name (`USR1`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            st.map(|s| s.success()).unwrap_or(false),
+            "kill -{sig} failed"
+        );
+    }
+
+    /// Wait for exit (bounded).
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking protocol client (a direct desktop, or a proxy link).
+pub struct Client {
+    s: TcpStream,
+    dec: FrameDecoder,
+    buf: BytesMut,
+    corr: u64,
+    pub tenant: u32,
+    pub session: u64,
+    /// Frames received while waiting for something else.
+    pub stash: VecDeque<Frame>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(Duration::from_millis(50))).ok();
+        Client {
+            s,
+            dec: FrameDecoder::new(4 * 1024 * 1024),
+            buf: BytesMut::with_capacity(64 * 1024),
+            corr: 0,
+            tenant: 0,
+            session: 0,
+            stash: VecDeque::new(),
+        }
+    }
+
+    /// Connect and hello as a desktop of `tenant`; panics on refusal.
+    pub fn desktop(addr: SocketAddr, tenant: u32, agent: &str, token: &str) -> Client {
+        let mut c = Client::connect(addr);
+        let r = c.hello(tenant, agent, token);
+        assert!(r.error().is_none(), "hello refused: {:?}", r.error());
+        c
+    }
+
+    /// A second handle on the socket (for a writer thread).
+    pub fn raw_stream(&self) -> TcpStream {
+        self.s.try_clone().expect("clone socket")
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write");
+    }
+
+    /// Next frame within `d`, or None (timeout / closed).
+    pub fn read_frame(&mut self, d: Duration) -> Option<Frame> {
+        if let Some(f) = self.stash.pop_front() {
+            return Some(f);
+        }
+        self.read_wire(d)
+    }
+
+    fn read_wire(&mut self, d: Duration) -> Option<Frame> {
+        let end = Instant::now() + d;
+        loop {
+            if let Ok(Some(f)) = self.dec.decode(&mut self.buf) {
+                // Answer server heartbeats like a desktop would.
+                let h = f.head();
+                if h.kind == Kind::Request
+                    && h.service == Service::Control
+                    && h.msg_type == control::HEARTBEAT
+                {
+                    let mut r = *h;
+                    r.kind = Kind::Response;
+                    let b = r.to_bytes();
+                    let _ = self.s.write_all(&b);
+                    continue;
+                }
+                return Some(f);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            let mut tmp = [0u8; 65536];
+            match self.s.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (reads EOF within `d`, ignoring frames).
+    pub fn closed_within(&mut self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            let mut tmp = [0u8; 4096];
+            match self.s.read(&mut tmp) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Send a request with an explicit head (correlation assigned here); return its response.
+    pub fn call_head<'f>(
+        &mut self,
+        mut h: Head,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> + 'f,
+    ) -> Frame {
+        self.corr += 1;
+        h.kind = Kind::Request;
+        h.correlation = self.corr;
+        let f = Frame::build(h, body).expect("build");
+        self.send_raw(f.as_bytes());
+        self.wait_response(self.corr)
+    }
+
+    pub fn wait_response(&mut self, corr: u64) -> Frame {
+        let end = Instant::now() + WAIT;
+        // Look in the stash first.
+        if let Some(i) = self
+            .stash
+            .iter()
+            .position(|f| f.head().kind == Kind::Response && f.head().correlation == corr)
+        {
+            return self.stash.remove(i).unwrap();
+        }
+        while Instant::now() < end {
+            if let Some(f) = self.read_wire(Duration::from_millis(100)) {
+                if f.head().kind == Kind::Response && f.head().correlation == corr {
+                    return f;
+                }
+                self.stash.push_back(f);
+            }
+        }
+        panic!("no response to correlation {corr}");
+    }
+
+    /// A request of this client's tenant and session.
+    pub fn call<'f>(
+        &mut self,
+        service: Service,
+        ty: u16,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> + 'f,
+    ) -> Frame {
+        let mut h = Head::new(Kind::Request, service, ty);
+        h.tenant = self.tenant;
+        h.session = self.session;
+        self.call_head(h, body)
+    }
+
+    pub fn ixn<'f>(
+        &mut self,
+        ty: u16,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> + 'f,
+    ) -> Frame {
+        self.call(Service::Interaction, ty, body)
+    }
+
+    pub fn ucs<'f>(
+        &mut self,
+        ty: u16,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> + 'f,
+    ) -> Frame {
+        self.call(Service::Ucs, ty, body)
+    }
+
+    pub fn hello(&mut self, tenant: u32, agent: &str, token: &str) -> Frame {
+        let mut h = Head::new(Kind::Request, Service::Control, control::HELLO);
+        h.tenant = tenant;
+        let hello = DesktopHello {
+            version: 1,
+            agent,
+            token,
+            services: 6,
+        };
+        let r = self.call_head(h, |w| hello.write(w));
+        if r.error().is_none() {
+            self.tenant = tenant;
+            self.session = r.body().int(key::SESSION).unwrap() as u64;
+        }
+        r
+    }
+
+    pub fn link_hello(&mut self, secret: &[u8]) -> Frame {
+        let h = Head::new(Kind::Request, Service::Control, control::LINK_HELLO);
+        let lh = LinkHello {
+            version: 1,
+            link: "test-link",
+            secret,
+        };
+        self.call_head(h, |w| lh.write(w))
+    }
+
+    pub fn session_open(&mut self, session: u64, tenant: u32, agent: &str, token: &str) -> Frame {
+        let mut h = Head::new(Kind::Request, Service::Control, control::SESSION_OPEN);
+        h.tenant = tenant;
+        h.session = session;
+        let hello = DesktopHello {
+            version: 1,
+            agent,
+            token,
+            services: 6,
+        };
+        self.call_head(h, |w| hello.write(w))
+    }
+
+    /// A request on a link for `session` of `tenant`.
+    pub fn on<'f>(
+        &mut self,
+        session: u64,
+        tenant: u32,
+        service: Service,
+        ty: u16,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> + 'f,
+    ) -> Frame {
+        let mut h = Head::new(Kind::Request, service, ty);
+        h.tenant = tenant;
+        h.session = session;
+        self.call_head(h, body)
+    }
+
+    /// Wait for a non-response frame matching `pred` (others are kept in the stash).
+    pub fn wait_for(&mut self, d: Duration, pred: impl Fn(&Frame) -> bool) -> Option<Frame> {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i);
+        }
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if let Some(f) = self.read_wire(Duration::from_millis(50)) {
+                if pred(&f) {
+                    return Some(f);
+                }
+                self.stash.push_back(f);
+            }
+        }
+        None
+    }
+
+    /// Wait for an event of message type `ty`.
+    pub fn event(&mut self, ty: u16, d: Duration) -> Option<Frame> {
+        self.wait_for(d, |f| {
+            f.head().kind == Kind::Event && f.head().msg_type == ty
+        })
+    }
+}
+
+/// The error code of a frame, if it is an error.
+pub fn code(f: &Frame) -> Option<ErrorCode> {
+    f.error().map(|(c, _)| c)
+}
+
+/// Assert success and return the frame.
+#[track_caller]
+pub fn ok(f: Frame) -> Frame {
+    assert!(f.error().is_none(), "unexpected error {:?}", f.error());
+    f
+}
+
+/// Assert an error code.
+#[track_caller]
+pub fn err(f: &Frame, c: ErrorCode) {
+    assert_eq!(code(f), Some(c), "expected {c}, got {:?}", f.error());
+}
+
+pub fn props<'a>(
+    w: &mut BodyWriter<'_>,
+    k: &'static str,
+    items: &'a [(&'a str, &'a str)],
+) -> Result<(), BodyError> {
+    w.list(k, |w| {
+        for (a, b) in items {
+            w.str(a, b)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn int(f: &Frame, k: &'static str) -> i64 {
+    f.body().int(k).unwrap_or_else(|e| panic!("key {k}: {e}"))
+}
