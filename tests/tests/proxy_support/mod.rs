@@ -1,0 +1,216 @@
+//! Private support for the `proxy_*` integration tests: real `core-server` and `proxy`
+//! processes on loopback with temp configs, driven by `deskmux_tests::TestClient`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use deskmux_codec::msg::{ixn, key, ucs};
+use deskmux_codec::{ErrorCode, Frame, Service};
+use deskmux_tests::{Proc, TestClient};
+use tempfile::TempDir;
+
+pub const T1: u32 = 1;
+pub const T2: u32 = 2;
+pub const TOKEN1: &str = "tok-acme";
+pub const TOKEN2: &str = "tok-globex";
+pub const SECRET: &str = "proxy-test-secret";
+pub const START: Duration = Duration::from_secs(20);
+
+/// Write a core-server config in `dir` (listen on `listen`).
+pub fn core_config(dir: &Path, name: &str, listen: &str) -> PathBuf {
+    core_config_with(dir, name, listen, "")
+}
+
+/// As [`core_config`], with extra top-level TOML lines (e.g. `role = "ucs"`).
+pub fn core_config_with(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
+    let cfg = format!(
+        r#"{extra}
+listen = "{listen}"
+db = "{db}"
+instance = "{name}"
+link_secret = "{SECRET}"
+heartbeat_ms = 60000
+invite_timeout_ms = 30000
+shutdown_grace_ms = 300
+
+[[tenants]]
+id = 1
+name = "acme"
+tokens = ["{TOKEN1}"]
+
+[[tenants]]
+id = 2
+name = "globex"
+tokens = ["{TOKEN2}"]
+"#,
+        db = dir.join(format!("{name}.db")).display()
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, cfg).expect("write core config");
+    p
+}
+
+/// Start a core-server; returns it and its address.
+pub fn start_core(dir: &Path, name: &str, listen: &str) -> (Proc, SocketAddr) {
+    start_core_with(dir, name, listen, "")
+}
+
+/// Start a core-server with extra config lines.
+pub fn start_core_with(dir: &Path, name: &str, listen: &str, extra: &str) -> (Proc, SocketAddr) {
+    let cfg = core_config_with(dir, name, listen, extra);
+    let mut p = Proc::spawn("core-server", &["--config", cfg.to_str().unwrap_or("")])
+        .expect("spawn core-server");
+    let addr = p.listening(START).expect("core-server listening");
+    (p, addr)
+}
+
+/// Write a proxy config: one upstream serving both services (`links` links), `limits` TOML
+/// lines appended under `[limits]`.
+pub fn proxy_config(
+    dir: &Path,
+    upstreams: &[(&str, SocketAddr)],
+    workers: usize,
+    links: u16,
+    limits: &str,
+) -> PathBuf {
+    let mut s = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = {workers}\nlink_secret = \"{SECRET}\"\n\n[limits]\n{limits}\n"
+    );
+    for (i, (svc, addr)) in upstreams.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[upstream]]\nname = \"up{i}\"\nservice = {svc}\naddr = \"{addr}\"\nlinks = {links}\n"
+        ));
+    }
+    let p = dir.join("proxy.toml");
+    std::fs::write(&p, s).expect("write proxy config");
+    p
+}
+
+/// A running proxy: process, desktop address, admin address.
+pub struct Proxy {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+}
+
+pub fn start_proxy(config: PathBuf) -> Proxy {
+    let mut proc = Proxy::spawn(&config);
+    let addr = proc.listening(START).expect("proxy listening");
+    let admin = proc
+        .wait_line("ADMIN ", START)
+        .expect("proxy admin")
+        .parse()
+        .expect("admin addr");
+    Proxy {
+        proc,
+        addr,
+        admin,
+        config,
+    }
+}
+
+impl Proxy {
+    fn spawn(config: &Path) -> Proc {
+        Proc::spawn_env(
+            "proxy",
+            &["--config", config.to_str().unwrap_or("")],
+            &[("RUST_LOG", "warn")],
+        )
+        .expect("spawn proxy")
+    }
+}
+
+/// The standard stack: one core-server (both roles), one proxy in front.
+pub struct Stack {
+    pub dir: TempDir,
+    pub core: Proc,
+    pub core_addr: SocketAddr,
+    pub proxy: Proxy,
+}
+
+pub fn stack(workers: usize, links: u16, limits: &str) -> Stack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
+    let cfg = proxy_config(
+        dir.path(),
+        &[("[\"interaction\", \"ucs\"]", core_addr)],
+        workers,
+        links,
+        limits,
+    );
+    let proxy = start_proxy(cfg);
+    Stack {
+        dir,
+        core,
+        core_addr,
+        proxy,
+    }
+}
+
+/// Minimal blocking HTTP GET (admin port).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+pub fn status(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = http_get(admin, "/status");
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Poll `f` until true or `timeout`.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub async fn desktop(addr: SocketAddr, tenant: u32) -> TestClient {
+    let token = if tenant == T2 { TOKEN2 } else { TOKEN1 };
+    TestClient::connect_hello(addr, tenant, &format!("agent-{}", fastid()), token)
+        .await
+        .expect("hello through proxy")
+}
+
+fn fastid() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    u64::from(std::process::id()) * 1_000_000 + N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub async fn echo(c: &mut TestClient, service: Service, data: &[u8]) -> Frame {
+    let t = if service == Service::Ucs {
+        ucs::ECHO
+    } else {
+        ixn::ECHO
+    };
+    c.request(service, t, |w| {
+        w.bin(key::DATA, data)?;
+        Ok(())
+    })
+    .await
+    .expect("echo")
+}
+
+pub fn code(f: &Frame) -> Option<ErrorCode> {
+    f.error().map(|(c, _)| c)
+}
