@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::metrics::Shared;
+use crate::metrics::{AdminCommand, Shared};
 use crate::worker::Signals;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -87,7 +87,54 @@ pub fn worker_app(shared: Shared) -> Router {
         .route("/metrics", get(worker_metrics))
         .route("/health", get(worker_health))
         .route("/status", get(worker_status))
+        .route("/instances/{name}/{action}", post(worker_instance))
         .with_state(shared)
+}
+
+/// `POST /instances/{name}/disable|enable` on a worker: queue the command for the event loop
+/// and wait (at most 2 s) until its tick applied it.
+async fn worker_instance(
+    State(s): State<Shared>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let cmd = match action.as_str() {
+        "disable" => AdminCommand::Disable(name.clone()),
+        "enable" => AdminCommand::Enable(name.clone()),
+        _ => return (StatusCode::NOT_FOUND, "actions: disable, enable\n").into_response(),
+    };
+    let known = s.status.instances.lock().is_ok_and(|v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|i| i.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
+        })
+    });
+    if !known {
+        return (StatusCode::NOT_FOUND, format!("no instance {name:?}\n")).into_response();
+    }
+    let before = s.status.commands_done.load(Ordering::Relaxed);
+    let queued = match s.status.commands.lock() {
+        Ok(mut q) => {
+            q.push(cmd);
+            q.len() as u64
+        }
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while s.status.commands_done.load(Ordering::Relaxed) < before + queued {
+        if tokio::time::Instant::now() >= deadline {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                "worker did not apply in time\n",
+            )
+                .into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    axum::Json(serde_json::json!({
+        "instance": name,
+        "disabled": action == "disable",
+    }))
+    .into_response()
 }
 
 async fn worker_metrics(State(s): State<Shared>) -> Response {
@@ -134,6 +181,8 @@ pub struct SupervisorState {
     pub workers: Arc<Mutex<Vec<WorkerInfo>>>,
     /// The desktop address.
     pub listen: SocketAddr,
+    /// Instances disabled by an operator (re-sent to restarted workers).
+    pub disabled: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// The supervisor's admin routes.
@@ -142,7 +191,63 @@ pub fn supervisor_app(state: SupervisorState) -> Router {
         .route("/metrics", get(sup_metrics))
         .route("/health", get(sup_health))
         .route("/status", get(sup_status))
+        .route("/instances/{name}/{action}", post(sup_instance))
         .with_state(state)
+}
+
+/// `POST /instances/{name}/disable|enable`: fan the command out to every worker (each owns
+/// its own links and router). 200 when every running worker applied it, 404 for an unknown
+/// instance, 502 if some worker failed. Disabled names are remembered and re-sent to a
+/// worker that restarts.
+async fn sup_instance(
+    State(s): State<SupervisorState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if action != "disable" && action != "enable" {
+        return (StatusCode::NOT_FOUND, "actions: disable, enable\n").into_response();
+    }
+    let path = format!("/instances/{name}/{action}");
+    let mut results = Vec::new();
+    let (mut ok, mut not_found, mut failed) = (0, 0, 0);
+    for w in admins(&s) {
+        let r = match w.admin {
+            Some(a) => request(a, "POST", &path).await,
+            None => None,
+        };
+        match r.as_ref().map(|(c, _)| *c) {
+            Some(200) => ok += 1,
+            Some(404) => not_found += 1,
+            _ => failed += 1,
+        }
+        results.push(serde_json::json!({
+            "index": w.index,
+            "code": r.map(|(c, _)| c),
+        }));
+    }
+    if ok == 0 && not_found > 0 {
+        return (StatusCode::NOT_FOUND, format!("no instance {name:?}\n")).into_response();
+    }
+    if let Ok(mut d) = s.disabled.lock() {
+        if action == "disable" {
+            d.insert(name.clone());
+        } else {
+            d.remove(&name);
+        }
+    }
+    let code = if failed == 0 && not_found == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({
+            "instance": name,
+            "disabled": action == "disable",
+            "workers": results,
+        })),
+    )
+        .into_response()
 }
 
 fn admins(s: &SupervisorState) -> Vec<WorkerInfo> {
@@ -152,9 +257,16 @@ fn admins(s: &SupervisorState) -> Vec<WorkerInfo> {
 /// A minimal HTTP/1.0 GET to a worker's loopback admin port (the client side only; the
 /// servers are axum).
 async fn fetch(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.0 request with an empty body to a worker's loopback admin port.
+async fn request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
@@ -236,6 +348,7 @@ async fn sup_health(State(s): State<SupervisorState>) -> Response {
 async fn sup_status(State(s): State<SupervisorState>) -> Response {
     let mut workers = Vec::new();
     let mut desktops = 0u64;
+    let mut per_worker: Vec<serde_json::Value> = Vec::new();
     for w in admins(&s) {
         let st = match w.admin {
             Some(a) => fetch(a, "/status")
@@ -243,6 +356,9 @@ async fn sup_status(State(s): State<SupervisorState>) -> Response {
                 .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok()),
             None => None,
         };
+        if let Some(v) = st.as_ref().and_then(|v| v.get("instances")) {
+            per_worker.push(v.clone());
+        }
         desktops += st
             .as_ref()
             .and_then(|v| v.get("desktops"))
@@ -259,14 +375,102 @@ async fn sup_status(State(s): State<SupervisorState>) -> Response {
     axum::Json(serde_json::json!({
         "listen": s.listen.to_string(),
         "desktops": desktops,
+        "instances": merge_instances(&per_worker),
         "workers": workers,
     }))
     .into_response()
 }
 
+/// Merge the workers' instance lists by name: counts are summed; the state is the workers'
+/// common state, else `running` if any worker runs it, else `disabled` if any worker still
+/// has sessions on a disabled instance, else the first worker's; `drained` only when every
+/// worker says so.
+pub fn merge_instances(per_worker: &[serde_json::Value]) -> serde_json::Value {
+    use serde_json::Value;
+    let mut order: Vec<String> = Vec::new();
+    let mut merged: std::collections::HashMap<String, (Value, Vec<String>)> =
+        std::collections::HashMap::new();
+    for list in per_worker {
+        for inst in list.as_array().into_iter().flatten() {
+            let Some(name) = inst.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let state = inst
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            match merged.get_mut(name) {
+                None => {
+                    order.push(name.to_string());
+                    merged.insert(name.to_string(), (inst.clone(), vec![state]));
+                }
+                Some((acc, states)) => {
+                    states.push(state);
+                    for k in ["sessions", "aliases", "in_flight", "links_up", "links"] {
+                        let sum = acc.get(k).and_then(Value::as_u64).unwrap_or(0)
+                            + inst.get(k).and_then(Value::as_u64).unwrap_or(0);
+                        acc[k] = Value::from(sum);
+                    }
+                    let drained = acc.get("drained").and_then(Value::as_bool) == Some(true)
+                        && inst.get("drained").and_then(Value::as_bool) == Some(true);
+                    acc["drained"] = Value::from(drained);
+                }
+            }
+        }
+    }
+    let out: Vec<Value> = order
+        .into_iter()
+        .filter_map(|n| merged.remove(&n))
+        .map(|(mut acc, states)| {
+            let first = states.first().cloned().unwrap_or_default();
+            let state = if states.iter().all(|s| *s == first) {
+                first
+            } else if states.iter().any(|s| s == "running") {
+                "running".to_string()
+            } else if states.iter().any(|s| s == "disabled") {
+                // Drained only once every worker's sessions ended.
+                "disabled".to_string()
+            } else {
+                first
+            };
+            acc["state"] = Value::from(state);
+            acc["worker_states"] = Value::from(states);
+            acc
+        })
+        .collect();
+    Value::Array(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merges_instances() {
+        let w0 = serde_json::json!([
+            {"name": "a", "state": "running", "sessions": 2, "aliases": 3, "in_flight": 1, "drained": false},
+            {"name": "b", "state": "drained", "sessions": 0, "aliases": 0, "in_flight": 0, "drained": true},
+        ]);
+        let w1 = serde_json::json!([
+            {"name": "a", "state": "stopped", "sessions": 1, "aliases": 1, "in_flight": 4, "drained": false},
+            {"name": "b", "state": "drained", "sessions": 0, "aliases": 0, "in_flight": 0, "drained": true},
+        ]);
+        let m = merge_instances(&[w0, w1]);
+        assert_eq!(m[0]["name"], "a");
+        assert_eq!(m[0]["state"], "running");
+        assert_eq!(m[0]["sessions"], 3);
+        assert_eq!(m[0]["in_flight"], 5);
+        assert_eq!(m[1]["state"], "drained");
+        assert_eq!(m[1]["drained"], true);
+        let w0 = serde_json::json!([{"name": "b", "state": "drained", "drained": true}]);
+        let w1 = serde_json::json!([{"name": "b", "state": "disabled", "drained": false}]);
+        let m = merge_instances(&[w0, w1]);
+        assert_eq!(
+            (&m[0]["state"], &m[0]["drained"]),
+            (&"disabled".into(), &false.into())
+        );
+    }
 
     #[test]
     fn merges_families() {

@@ -26,12 +26,23 @@
 //! go_away_reconnect_ms = 1000      # reconnect_ms announced to desktops in GO_AWAY
 //! link_backoff_min_ms = 100        # first link reconnect delay (doubles, with ±50 % jitter)
 //! link_backoff_max_ms = 5000       # largest link reconnect delay
+//! link_heartbeat_ms = 0            # proxy-side link heartbeat; 3 silent intervals = stopped
+//!                                  # (0: the server's announced heartbeat_ms)
 //!
 //! [[upstream]]
 //! name = "core-1"                  # instance name, for logs and metrics
 //! service = ["interaction", "ucs"] # one or several: "interaction"/"ixn", "ucs", or a number
 //! addr = "127.0.0.1:7100"
 //! links = 2                        # links per worker to this instance (the fan-out)
+//! cluster = ""                     # a key of [clusters] ("" = default cluster, round robin)
+//! backup = "core-1b"               # optional: warm-standby backup (another upstream's name)
+//!
+//! [clusters.core]
+//! balance = "round_robin"          # or "least_outstanding" (power of two choices)
+//!
+//! [[tenant]]                       # tenant 7's UCS sessions only on "ucs-2" (or its backup)
+//! id = 7
+//! ucs = "ucs-2"
 //! ```
 
 use std::net::SocketAddr;
@@ -55,6 +66,15 @@ name = "core-1"
 service = ["interaction", "ucs"]
 addr = "127.0.0.1:7100"
 links = 2
+# cluster = "core"              # declared under [clusters.core]
+# backup = "core-1b"            # warm standby: a core-server --standby on the same data file
+
+# [clusters.core]
+# balance = "least_outstanding" # or "round_robin" (default)
+
+# [[tenant]]                    # tenant routing: tenant 7's UCS only on instance "ucs-2"
+# id = 7
+# ucs = "ucs-2"
 "#;
 
 /// A service byte, written in TOML as `"interaction"` (or `"ixn"`), `"ucs"`, or a number.
@@ -125,6 +145,21 @@ pub struct Upstream {
     /// Links each worker keeps to this instance (the fan-out). Default 2.
     #[serde(default = "default_links")]
     pub links: u16,
+    /// The cluster this instance belongs to (a key of `[clusters]`, which sets its balancing).
+    /// Default `""`: the implicit default cluster (round robin).
+    #[serde(default)]
+    pub cluster: String,
+    /// Capabilities this instance advertises (queue or strategy names), for a cluster with
+    /// `capability_key`: requests naming one go round robin among the instances advertising
+    /// it. Default: none.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Warm standby: the name of this instance's backup (another `[[upstream]]`). The backup
+    /// gets no new sessions while this instance (the primary) is up and announces itself
+    /// primary; once every link to the primary is lost (or it announces `role = backup`),
+    /// new sessions go to the backup. Default: none.
+    #[serde(default)]
+    pub backup: Option<String>,
 }
 
 impl Upstream {
@@ -148,8 +183,86 @@ impl Upstream {
             services,
             addr,
             links: default_links(),
+            cluster: String::new(),
+            capabilities: Vec::new(),
+            backup: None,
         })
     }
+}
+
+/// How new sessions are spread over the instances of a cluster.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each new session goes to the next eligible instance in turn (default).
+    #[default]
+    RoundRobin,
+    /// Power of two choices: two eligible instances are drawn at random and the one with fewer
+    /// requests in flight (over this worker's links) gets the session.
+    LeastOutstanding,
+}
+
+/// One cluster: the instances whose `cluster` names it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// Balancing of new sessions over the cluster's instances. Default `round_robin`.
+    pub balance: Balance,
+    /// Partitioned routing (the seeds' SMS subsets): the body field (a `str`) holding each
+    /// request's key, e.g. `"phone"`. With it, a desktop's hello opens a session on every
+    /// partition's instance and each request goes to the instance owning its key. Default:
+    /// none (not partitioned).
+    pub partition_key: Option<String>,
+    /// The characters keys are made of. Default `"0123456789"`.
+    pub key_space: String,
+    /// The partitions: each instance of the cluster (backups excepted) with the key prefixes
+    /// it owns. Validated: no overlaps, no gaps over the key space. At most 3 (a desktop has
+    /// at most 4 upstream sessions). Default: none.
+    pub partitions: Vec<Partition>,
+    /// Capability routing (the seeds' URS round robin): the body field (a `str`) naming the
+    /// capability, e.g. `"queue"`. With it, a desktop's hello opens a session on every
+    /// running instance of the cluster (at most 4), and each request of `capability_types`
+    /// goes round robin among the instances advertising its capability (`capabilities` on
+    /// the upstream); other requests use the session's alias. If an instance dies, its
+    /// capability-routed requests that were not sent are resubmitted to another instance
+    /// with the capability; sent ones get `LINK_LOST` (never duplicated). Default: none.
+    pub capability_key: Option<String>,
+    /// Message types routed by capability. Default `[32]` (Interaction `SUBMIT`, 0x0020).
+    pub capability_types: Vec<u16>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            balance: Balance::default(),
+            partition_key: None,
+            key_space: "0123456789".into(),
+            partitions: Vec::new(),
+            capability_key: None,
+            capability_types: vec![0x0020],
+        }
+    }
+}
+
+/// One partition of a partitioned cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// The owning instance (an `[[upstream]]` name in this cluster).
+    pub instance: String,
+    /// Key prefixes it owns (e.g. `["1", "2", "3"]`).
+    pub prefixes: Vec<String>,
+}
+
+/// Tenant routing: a tenant's UCS requests go only to one UCS instance.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRoute {
+    /// Tenant id (as in frame heads), non-zero.
+    pub id: u32,
+    /// Name of the `[[upstream]]` instance serving this tenant's UCS (at most one per tenant;
+    /// several tenants may share one). Its configured backup may take over for it.
+    pub ucs: String,
 }
 
 /// Per-desktop and per-worker limits. All can be changed by SIGHUP.
@@ -184,6 +297,12 @@ pub struct Limits {
     pub link_backoff_min_ms: u32,
     /// Largest link reconnect delay (ms). Default 5000.
     pub link_backoff_max_ms: u32,
+    /// Link heartbeat interval (ms) used by the proxy when shorter than the server's announced
+    /// `heartbeat_ms`: a link silent for 3 intervals is failed and, if it was the instance's
+    /// last, the instance is `stopped` (and a warm-standby backup takes new sessions). The
+    /// server answers heartbeats at once, so e.g. 200 detects a hung server in ≈600 ms.
+    /// Default 0: the server's interval.
+    pub link_heartbeat_ms: u32,
 }
 
 impl Default for Limits {
@@ -202,6 +321,7 @@ impl Default for Limits {
             go_away_reconnect_ms: 1000,
             link_backoff_min_ms: 100,
             link_backoff_max_ms: 5000,
+            link_heartbeat_ms: 0,
         }
     }
 }
@@ -224,6 +344,13 @@ pub struct Config {
     pub limits: Limits,
     /// Upstream instances. Default: none (every hello gets UNAVAILABLE).
     pub upstream: Vec<Upstream>,
+    /// Clusters by name (`[clusters.NAME]`), referenced by `upstream.cluster`. Instances
+    /// without a cluster form the default cluster (round robin). Default: none.
+    pub clusters: std::collections::BTreeMap<String, Cluster>,
+    /// Tenant → UCS instance (`[[tenant]]`, reloadable with SIGHUP). A mapped tenant's UCS
+    /// sessions open only on its instance (or that instance's backup); unmapped tenants are
+    /// balanced as usual. Default: none.
+    pub tenant: Vec<TenantRoute>,
 }
 
 impl Default for Config {
@@ -236,6 +363,8 @@ impl Default for Config {
             backlog: 4096,
             limits: Limits::default(),
             upstream: Vec::new(),
+            clusters: std::collections::BTreeMap::new(),
+            tenant: Vec::new(),
         }
     }
 }
@@ -326,7 +455,199 @@ impl Config {
                 ));
             }
         }
+        self.validate_topology()
+    }
+
+    /// Names, clusters, backup pairs and tenant routes (after [`Config::normalize`]; names
+    /// that are still empty are checked by their address).
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let name_of = |u: &Upstream| {
+            if u.name.is_empty() {
+                u.addr.to_string()
+            } else {
+                u.name.clone()
+            }
+        };
+        let names: Vec<String> = self.upstream.iter().map(name_of).collect();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return bad(format!("upstream name {n:?} is used twice"));
+            }
+        }
+        // One cluster per service, so that a service has one balancing policy.
+        let mut owner: std::collections::BTreeMap<u8, &str> = std::collections::BTreeMap::new();
+        for (u, n) in self.upstream.iter().zip(&names) {
+            if !u.cluster.is_empty() && !self.clusters.contains_key(&u.cluster) {
+                return bad(format!(
+                    "upstream {n}: cluster {:?} is not declared in [clusters]",
+                    u.cluster
+                ));
+            }
+            for s in &u.services {
+                match owner.get(&s.0) {
+                    Some(c) if *c != u.cluster.as_str() => {
+                        return bad(format!(
+                            "service {} is served by clusters {c:?} and {:?}: one cluster per service",
+                            s.0, u.cluster
+                        ));
+                    }
+                    _ => {
+                        owner.insert(s.0, u.cluster.as_str());
+                    }
+                }
+            }
+        }
+        for (cname, c) in &self.clusters {
+            self.validate_partitions(cname, c, &names)?;
+        }
+        let mut backups: Vec<&str> = Vec::new();
+        for (u, n) in self.upstream.iter().zip(&names) {
+            let Some(b) = &u.backup else { continue };
+            let Some(bi) = names.iter().position(|x| x == b) else {
+                return bad(format!("upstream {n}: backup {b:?} is not an upstream"));
+            };
+            let bu = &self.upstream[bi];
+            if b == n {
+                return bad(format!("upstream {n}: is its own backup"));
+            }
+            if bu.backup.is_some() {
+                return bad(format!(
+                    "upstream {n}: backup {b:?} has a backup itself (pairs only)"
+                ));
+            }
+            if backups.contains(&b.as_str()) {
+                return bad(format!("upstream {b}: backup of two primaries"));
+            }
+            if bu.services != u.services || bu.cluster != u.cluster {
+                return bad(format!(
+                    "upstream {n}: backup {b:?} must serve the same services in the same cluster"
+                ));
+            }
+            backups.push(b);
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        for t in &self.tenant {
+            if t.id == 0 {
+                return bad("tenant: id 0 is not a tenant".into());
+            }
+            if seen.contains(&t.id) {
+                return bad(format!(
+                    "tenant {}: mapped twice (at most one UCS instance per tenant)",
+                    t.id
+                ));
+            }
+            seen.push(t.id);
+            let Some(i) = names.iter().position(|x| *x == t.ucs) else {
+                return bad(format!(
+                    "tenant {}: ucs instance {:?} is not an upstream",
+                    t.id, t.ucs
+                ));
+            };
+            if !self.upstream[i].services.contains(&ServiceId(2)) {
+                return bad(format!(
+                    "tenant {}: instance {:?} does not serve ucs",
+                    t.id, t.ucs
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_partitions(
+        &self,
+        cname: &str,
+        c: &Cluster,
+        names: &[String],
+    ) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if c.capability_key.is_some() {
+            if c.partition_key.is_some() {
+                return bad(format!(
+                    "cluster {cname}: partition_key and capability_key exclude each other"
+                ));
+            }
+            if c.capability_types.is_empty() {
+                return bad(format!("cluster {cname}: capability_types is empty"));
+            }
+            let n = self.upstream.iter().filter(|u| u.cluster == cname).count();
+            if n > 4 {
+                return bad(format!(
+                    "cluster {cname}: at most 4 instances with capability routing (a desktop has at most 6 upstream sessions)"
+                ));
+            }
+        }
+        for (u, n) in self.upstream.iter().zip(names) {
+            if !u.capabilities.is_empty()
+                && self
+                    .clusters
+                    .get(&u.cluster)
+                    .is_none_or(|c| c.capability_key.is_none())
+            {
+                return bad(format!(
+                    "upstream {n}: capabilities need a cluster with capability_key"
+                ));
+            }
+        }
+        match (&c.partition_key, c.partitions.is_empty()) {
+            (None, true) => return Ok(()),
+            (None, false) => {
+                return bad(format!(
+                    "cluster {cname}: partitions need partition_key (the body field)"
+                ));
+            }
+            (Some(_), true) => {
+                return bad(format!("cluster {cname}: partition_key without partitions"));
+            }
+            (Some(_), false) => {}
+        }
+        if c.partitions.len() > 3 {
+            return bad(format!(
+                "cluster {cname}: at most 3 partitions (a desktop has at most 4 upstream sessions)"
+            ));
+        }
+        for (i, p) in c.partitions.iter().enumerate() {
+            if c.partitions[..i].iter().any(|q| q.instance == p.instance) {
+                return bad(format!(
+                    "cluster {cname}: instance {:?} owns two partitions (merge their prefixes)",
+                    p.instance
+                ));
+            }
+            let Some(u) = names.iter().position(|n| *n == p.instance) else {
+                return bad(format!(
+                    "cluster {cname}: partition instance {:?} is not an upstream",
+                    p.instance
+                ));
+            };
+            if self.upstream[u].cluster != cname {
+                return bad(format!(
+                    "cluster {cname}: partition instance {:?} is not in this cluster",
+                    p.instance
+                ));
+            }
+        }
+        let backups: Vec<&str> = self
+            .upstream
+            .iter()
+            .filter_map(|u| u.backup.as_deref())
+            .collect();
+        for (u, n) in self.upstream.iter().zip(names) {
+            if u.cluster == cname
+                && !backups.contains(&n.as_str())
+                && !c.partitions.iter().any(|p| &p.instance == n)
+            {
+                return bad(format!(
+                    "cluster {cname}: instance {n:?} owns no partition (give it prefixes, or make it a backup)"
+                ));
+            }
+        }
+        let parts: Vec<(&str, &[String])> = c
+            .partitions
+            .iter()
+            .map(|p| (p.instance.as_str(), p.prefixes.as_slice()))
+            .collect();
+        crate::partition::validate(&c.key_space, &parts)
+            .map_err(|e| ConfigError::Invalid(format!("cluster {cname}: {e}")))
     }
 
     /// Fill in defaults that depend on other fields (instance names).
@@ -371,6 +692,102 @@ mod tests {
             Config::from_toml("[[upstream]]\nservice = \"nope\"\naddr = \"127.0.0.1:1\"").is_err()
         );
         assert!(Config::from_toml("[[upstream]]\nservice = 0\naddr = \"127.0.0.1:1\"").is_err());
+    }
+
+    fn err(toml: &str) -> String {
+        match Config::from_toml(toml) {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const TWO: &str = "[[upstream]]\nname = \"a\"\nservice = \"ixn\"\naddr = \"127.0.0.1:1\"\n[[upstream]]\nname = \"b\"\nservice = \"ixn\"\naddr = \"127.0.0.1:2\"\n";
+
+    #[test]
+    fn clusters_pairs_and_tenants() {
+        let c = Config::from_toml(&format!(
+            "[clusters.x]\nbalance = \"least_outstanding\"\n{}",
+            TWO.replace("service =", "cluster = \"x\"\nservice =")
+        ))
+        .unwrap();
+        assert_eq!(c.clusters["x"].balance, Balance::LeastOutstanding);
+        assert_eq!(c.upstream[1].cluster, "x");
+        assert!(err(&TWO.replace("name = \"b\"", "name = \"a\"")).contains("used twice"));
+        assert!(
+            err(&TWO.replacen("service =", "cluster = \"nope\"\nservice =", 1))
+                .contains("not declared")
+        );
+        assert!(
+            err(&format!(
+                "[clusters.x]\n{}",
+                TWO.replacen("service =", "cluster = \"x\"\nservice =", 1)
+            ))
+            .contains("one cluster per service")
+        );
+        let pair = TWO.replacen("service =", "backup = \"b\"\nservice =", 1);
+        assert_eq!(
+            Config::from_toml(&pair).unwrap().upstream[0]
+                .backup
+                .as_deref(),
+            Some("b")
+        );
+        assert!(
+            err(&TWO.replacen("service =", "backup = \"zz\"\nservice =", 1))
+                .contains("not an upstream")
+        );
+        assert!(
+            err(&TWO.replacen("service =", "backup = \"a\"\nservice =", 1)).contains("own backup")
+        );
+        let ucs = TWO.replace("\"ixn\"", "\"ucs\"");
+        let t = Config::from_toml(&format!(
+            "{ucs}[[tenant]]\nid = 1\nucs = \"a\"\n[[tenant]]\nid = 2\nucs = \"a\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.tenant.len(), 2, "tenants may share an instance");
+        assert!(
+            err(&format!(
+                "{ucs}[[tenant]]\nid = 1\nucs = \"a\"\n[[tenant]]\nid = 1\nucs = \"b\"\n"
+            ))
+            .contains("at most one UCS")
+        );
+        assert!(
+            err(&format!("{TWO}[[tenant]]\nid = 1\nucs = \"a\"\n")).contains("does not serve ucs")
+        );
+    }
+
+    #[test]
+    fn partitions_validate() {
+        let base = "[[upstream]]\nname = \"s1\"\ncluster = \"sms\"\nservice = 5\naddr = \"127.0.0.1:1\"\n[[upstream]]\nname = \"s2\"\ncluster = \"sms\"\nservice = 5\naddr = \"127.0.0.1:2\"\n[clusters.sms]\npartition_key = \"phone\"\n";
+        let ok = format!(
+            "{base}partitions = [{{ instance = \"s1\", prefixes = [\"0\",\"1\",\"2\",\"3\",\"4\"] }}, {{ instance = \"s2\", prefixes = [\"5\",\"6\",\"7\",\"8\",\"9\"] }}]\n"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.clusters["sms"].partitions.len(), 2);
+        assert_eq!(c.clusters["sms"].key_space, "0123456789");
+        let gap = ok
+            .replace("\"4\"]", "\"3\"]")
+            .replace("\"3\",\"3\"", "\"3\"");
+        let e = err(&gap);
+        assert!(e.contains("gaps") && e.contains("\"4\""), "{e}");
+        let overlap = ok.replace("[\"5\"", "[\"4\",\"5\"");
+        let e = err(&overlap);
+        assert!(e.contains("\"4\"") && e.contains("overlap"), "{e}");
+        let e = err(&ok.replace("partition_key = \"phone\"\n", ""));
+        assert!(e.contains("partition_key"), "{e}");
+        let e = err(&ok.replace("instance = \"s2\"", "instance = \"s9\""));
+        assert!(e.contains("not an upstream"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_validate() {
+        let base = "[[upstream]]\nname = \"r1\"\ncluster = \"urs\"\ncapabilities = [\"sales\"]\nservice = \"ixn\"\naddr = \"127.0.0.1:1\"\n[clusters.urs]\ncapability_key = \"queue\"\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.clusters["urs"].capability_types, vec![0x20]);
+        assert_eq!(c.upstream[0].capabilities, vec!["sales".to_string()]);
+        let e = err(&base.replace("capability_key = \"queue\"\n", ""));
+        assert!(e.contains("capabilities need"), "{e}");
+        let e = err(&format!("{base}capability_types = []\n"));
+        assert!(e.contains("empty"), "{e}");
     }
 
     #[test]

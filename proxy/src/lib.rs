@@ -14,8 +14,11 @@
 //!   tokio task per connection (details and commands in `proxy/README.md`).
 //! - **Sans-IO cores**, unit-tested without sockets: [`session`] (hello order, tenant check,
 //!   in-flight cap, bounded outbound queue), [`link`] (the id slab, generations, LINK_LOST vs
-//!   LINK_LOST_UNSENT), [`router`] (service → instance → link, round robin, sticky), [`fanout`]
-//!   (one upstream subscription per (link, tenant, topic)).
+//!   LINK_LOST_UNSENT), [`router`] (instance states running / unavailable / backup / stopped /
+//!   disabled / drained; round robin or least outstanding per cluster; sticky aliases; warm
+//!   standby pairs; tenant → UCS routing; partitions; capabilities), [`partition`] (prefix
+//!   tables with overlap/gap validation), [`fanout`] (one upstream subscription per
+//!   (link, tenant, topic)).
 //! - **Hot path.** Frames are decoded with `FrameDecoder` out of a worker-wide arena
 //!   (`split_to`, no copy), restamped in place (`set_correlation`, `set_session`) and queued as
 //!   `Bytes`; each socket with queued frames gets one vectored write per wake-up. Broadcast
@@ -44,6 +47,7 @@ pub mod error;
 pub mod fanout;
 pub mod link;
 pub mod metrics;
+pub mod partition;
 pub mod router;
 pub mod session;
 pub mod supervisor;

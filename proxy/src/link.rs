@@ -58,6 +58,9 @@ pub struct Pending {
     pub sent: bool,
     /// When the proxy accepted it (latency metrics, timeouts).
     pub started: Instant,
+    /// Routed by capability: if the link dies before it is sent, it may be resubmitted to
+    /// another instance with the capability (never once sent: its outcome would be unknown).
+    pub reroute: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -175,15 +178,16 @@ impl IdSlab {
         out
     }
 
-    /// The link died: every entry, with the error it must be answered with. The slab is left
-    /// empty (all generations bumped), ready to be dropped.
-    pub fn fail_all(&mut self) -> Vec<(Pending, ErrorCode)> {
+    /// The link died: every entry (with its link id), with the error it must be answered
+    /// with. The slab is left empty (all generations bumped), ready to be dropped.
+    pub fn fail_all(&mut self) -> Vec<(u64, Pending, ErrorCode)> {
         let mut out = Vec::with_capacity(self.live);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if let Some(e) = s.entry.take() {
+                let id = make_id(i as u32, s.generation);
                 s.generation = s.generation.wrapping_add(1).max(1);
                 self.free.push(i as u32);
-                out.push((e, loss_code(e.sent)));
+                out.push((id, e, loss_code(e.sent)));
             }
         }
         self.live = 0;
@@ -204,6 +208,7 @@ mod tests {
             req,
             sent: false,
             started: Instant::now(),
+            reroute: false,
         }
     }
 
@@ -240,9 +245,9 @@ mod tests {
         let b = s.insert(p(1, 2));
         s.mark_sent(a);
         let mut out = s.fail_all();
-        out.sort_by_key(|(e, _)| e.req.correlation);
-        assert_eq!(out[0].1, ErrorCode::LINK_LOST);
-        assert_eq!(out[1].1, ErrorCode::LINK_LOST_UNSENT);
+        out.sort_by_key(|(_, e, _)| e.req.correlation);
+        assert_eq!((out[0].0, out[0].2), (a, ErrorCode::LINK_LOST));
+        assert_eq!((out[1].0, out[1].2), (b, ErrorCode::LINK_LOST_UNSENT));
         assert!(s.take(a).is_none() && s.take(b).is_none());
         assert!(s.is_empty());
     }

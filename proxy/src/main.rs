@@ -45,6 +45,9 @@ struct Cli {
     /// Print an example configuration and exit.
     #[arg(long)]
     example_config: bool,
+    /// Internal: instances an operator disabled (passed by the supervisor to a worker).
+    #[arg(long, hide = true)]
+    disabled: Vec<String>,
     /// Internal: run as worker `i` (started by the supervisor).
     #[arg(long, hide = true)]
     worker_index: Option<usize>,
@@ -151,12 +154,12 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
                 None
             }
         });
-    let _ = cli;
     let worker = Worker::new(
         WorkerOpts {
             index,
             config: cfg,
             reload: Some(reload),
+            disabled: cli.disabled.clone(),
         },
         listener,
         metrics,
@@ -172,11 +175,13 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
         reserve_port(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let signals = Arc::new(Signals::default());
     let workers = Arc::new(Mutex::new(Vec::new()));
+    let disabled = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let admin_addr = admin::spawn(
         cfg.admin,
         admin::supervisor_app(SupervisorState {
             workers: workers.clone(),
             listen,
+            disabled: disabled.clone(),
         }),
         signals.clone(),
     )
@@ -200,6 +205,7 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
         listen,
         worker_args,
         grace: Duration::from_millis(u64::from(cfg.limits.drain_grace_ms)),
+        disabled,
     };
     if plan.workers == 0 {
         bail!("no workers");

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub fanout_deliveries: Counter,
     /// Desktops disconnected, by reason.
     pub disconnects: Family<L1, Counter>,
+    /// Desktops with an upstream session on each instance (label `instance`).
+    pub instance_sessions: Family<L1, Gauge>,
+    /// Requests in flight on each instance's links (label `instance`).
+    pub instance_in_flight: Family<L1, Gauge>,
+    /// 1 while the instance takes new sessions (state `running`), else 0 (label `instance`).
+    pub instance_running: Family<L1, Gauge>,
 }
 
 impl Metrics {
@@ -58,7 +64,25 @@ impl Metrics {
             errors: Family::default(),
             fanout_deliveries: Counter::default(),
             disconnects: Family::default(),
+            instance_sessions: Family::default(),
+            instance_in_flight: Family::default(),
+            instance_running: Family::default(),
         };
+        reg.register(
+            "deskmux_proxy_instance_sessions",
+            "Desktops with an upstream session on the instance",
+            m.instance_sessions.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_instance_in_flight",
+            "Requests in flight on the instance's links",
+            m.instance_in_flight.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_instance_running",
+            "1 while the instance takes new sessions (state running)",
+            m.instance_running.clone(),
+        );
         reg.register(
             "deskmux_proxy_desktops",
             "Desktops connected",
@@ -151,6 +175,21 @@ pub struct Status {
     pub draining: AtomicBool,
     /// Config reloads applied.
     pub reloads: AtomicU64,
+    /// Operator commands queued by the admin thread, applied by the event loop's next tick.
+    pub commands: std::sync::Mutex<Vec<AdminCommand>>,
+    /// Operator commands applied so far.
+    pub commands_done: AtomicU64,
+    /// Per-instance state, published by the event loop every tick (a JSON array).
+    pub instances: std::sync::Mutex<serde_json::Value>,
+}
+
+/// An operator command for the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Take the named instance out of the pool for new sessions.
+    Disable(String),
+    /// Return it to the pool.
+    Enable(String),
 }
 
 impl Status {
@@ -167,6 +206,7 @@ impl Status {
             "draining": self.draining.load(Ordering::Relaxed),
             "reloads": g(&self.reloads),
             "pid": std::process::id(),
+            "instances": self.instances.lock().map(|v| v.clone()).unwrap_or_default(),
         })
     }
 

@@ -1,14 +1,50 @@
-//! Sans-IO routing: service byte → instances that serve it → one of their links.
+//! Sans-IO routing: service byte → eligible instances → one of their links.
 //!
-//! New sessions are spread round-robin over the instances of a service and, inside an
-//! instance, over its links that are up. A desktop's sessions are sticky: once bound, every
-//! request of that service goes to the same link until the link dies (see `session`). One
-//! upstream session per (desktop, instance): when one instance serves both Interaction and
-//! UCS, the desktop gets a single session there. Instances that are `Unavailable`, `Backup`,
-//! draining after `GO_AWAY` or removed by a reload get no new sessions. This is the seam where
-//! issue 6's balancing and warm standby plug in ([`Router::pick`]).
+//! # Instance states
+//!
+//! Every upstream instance is in one of these states (as in the seeds' application-cluster
+//! model), computed by [`Router::state`] from what the worker knows:
+//!
+//! | state | cause | new sessions | existing sessions |
+//! |---|---|---|---|
+//! | `running` | a link is up, the server announces running + primary | yes | continue |
+//! | `unavailable` | the server announced `state = 1` (`SERVICE_STATE` or link hello ack) | no | continue |
+//! | `backup` | the server announced `role = 1` (a warm standby waiting), or it is the configured backup of a live primary | no | continue |
+//! | `stopped` | no link up (links lost, heartbeats missed; they reconnect with backoff) | no | got `LINK_LOST` |
+//! | `disabled` | an operator (`POST /instances/{name}/disable`) | no | continue |
+//! | `drained` | disabled, and its last session ended | no | none left |
+//!
+//! Removed by a SIGHUP reload (`retired`) is like disabled, and not shown.
+//!
+//! # Balancing
+//!
+//! Per cluster ([`Balance`]): `round_robin` rotates over the eligible instances;
+//! `least_outstanding` is power of two choices: two eligible instances are drawn at random and
+//! the one with fewer requests in flight wins. Inside an instance, links are taken round robin
+//! (`round_robin`) or by fewest in flight (`least_outstanding`).
+//!
+//! # Aliases (stickiness)
+//!
+//! A desktop's session gets one alias per service (its `Binding`: the link, hence the
+//! instance) when the session opens. Every later request of that service goes there; it is
+//! never re-hashed: if the instance dies, the requests get explicit errors and the desktop is
+//! told (see `worker`). One upstream session per (desktop, instance): when one instance serves
+//! both Interaction and UCS, the desktop gets a single session there (`prefer`).
+//!
+//! # Warm standby and tenants
+//!
+//! A configured backup (`backup = "name"` on the primary) gets no new sessions while its
+//! primary has a link up and does not announce `role = backup`. A tenant mapped to a UCS
+//! instance (`[[tenant]]`) opens its UCS session only there (or on that instance's backup),
+//! never on another tenant's instance.
 
-use crate::config::Upstream;
+use std::collections::HashMap;
+
+use crate::config::{Balance, Config, Upstream};
+use crate::partition::PartitionTable;
+
+/// UCS service byte (tenant routing applies to it).
+pub const UCS: u8 = 2;
 
 /// Routing-relevant state of one upstream instance.
 #[derive(Debug, Clone)]
@@ -17,11 +53,54 @@ pub struct Instance {
     pub conf: Upstream,
     /// Global link indexes of this instance's links in the worker.
     pub links: Vec<usize>,
-    /// Whether the instance takes new sessions (state running, role primary, not retired).
-    pub accepting: bool,
+    /// The server announced state running (not "service unavailable").
+    pub running: bool,
+    /// The server announced role primary (not a waiting warm standby).
+    pub primary: bool,
+    /// Disabled by an operator: no new sessions, existing ones continue.
+    pub disabled: bool,
     /// Removed by a config reload: keep existing sessions, open no new ones.
     pub retired: bool,
+    /// If this instance is the configured backup of another: that primary's index.
+    pub backup_of: Option<usize>,
+    /// Balancing of its cluster.
+    pub balance: Balance,
+    /// Desktops with an upstream session here (refreshed by the worker's tick).
+    pub sessions: u64,
+    /// Aliases (desktop, service) pointing here (refreshed by the worker's tick).
+    pub aliases: u64,
     rr: usize,
+}
+
+/// An instance's state (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstState {
+    /// Takes new sessions.
+    Running,
+    /// The server announced service unavailable.
+    Unavailable,
+    /// Warm standby: waiting (announced role backup, or its primary is live).
+    Backup,
+    /// No link up.
+    Stopped,
+    /// Disabled by an operator; sessions remain.
+    Disabled,
+    /// Disabled and no session left.
+    Drained,
+}
+
+impl InstState {
+    /// The name shown in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstState::Running => "running",
+            InstState::Unavailable => "unavailable",
+            InstState::Backup => "backup",
+            InstState::Stopped => "stopped",
+            InstState::Disabled => "disabled",
+            InstState::Drained => "drained",
+        }
+    }
 }
 
 impl Instance {
@@ -29,14 +108,59 @@ impl Instance {
     pub fn serves(&self, service: u8) -> bool {
         self.conf.services.iter().any(|s| s.0 == service)
     }
+
+    fn any_up(&self, up: &impl Fn(usize) -> bool) -> bool {
+        self.links.iter().any(|l| up(*l))
+    }
 }
 
-/// All instances, and the round-robin cursor.
-#[derive(Debug, Default)]
+/// All instances, the round-robin cursor and the tenant map.
+#[derive(Debug)]
 pub struct Router {
     /// Instances, in configuration order (indexes are stable; removed ones are retired).
     pub instances: Vec<Instance>,
+    /// Tenant → name of its UCS instance.
+    pub tenant_ucs: HashMap<u32, String>,
+    /// Partitioned services: service byte → key field and prefix table (owners are instance
+    /// indexes).
+    pub partitions: HashMap<u8, Partitioned>,
+    /// Capability-routed services: service byte → key field and message types.
+    pub capability: HashMap<u8, CapRoute>,
+    cap_rr: usize,
     rr: usize,
+    rng: fastrand::Rng,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            instances: Vec::new(),
+            tenant_ucs: HashMap::new(),
+            partitions: HashMap::new(),
+            capability: HashMap::new(),
+            cap_rr: 0,
+            rr: 0,
+            rng: fastrand::Rng::new(),
+        }
+    }
+}
+
+/// A partitioned service's routing table.
+#[derive(Debug, Clone)]
+pub struct Partitioned {
+    /// Body field holding the key.
+    pub key: String,
+    /// Prefix → instance index.
+    pub table: PartitionTable,
+}
+
+/// A capability-routed service.
+#[derive(Debug, Clone)]
+pub struct CapRoute {
+    /// Body field naming the capability.
+    pub key: String,
+    /// Message types routed by capability.
+    pub types: Vec<u16>,
 }
 
 /// Why no link could be picked for a service.
@@ -46,7 +170,7 @@ pub enum NoLink {
     NoRoute,
     /// Instances exist but none has a link up.
     Unavailable,
-    /// Links are up, but every instance refuses new sessions (service unavailable, backup).
+    /// Links are up, but every instance refuses new sessions (unavailable, backup, disabled).
     NotAccepting,
 }
 
@@ -56,16 +180,288 @@ impl Router {
         Router::default()
     }
 
+    /// An empty router with a seeded random source (tests).
+    pub fn with_seed(seed: u64) -> Router {
+        Router {
+            rng: fastrand::Rng::with_seed(seed),
+            ..Router::default()
+        }
+    }
+
     /// Add an instance whose links have global indexes `links`; returns its index.
-    pub fn add(&mut self, conf: Upstream, links: Vec<usize>) -> usize {
+    pub fn add(&mut self, conf: Upstream, links: Vec<usize>, balance: Balance) -> usize {
         self.instances.push(Instance {
             conf,
             links,
-            accepting: true,
+            running: true,
+            primary: true,
+            disabled: false,
             retired: false,
+            backup_of: None,
+            balance,
+            sessions: 0,
+            aliases: 0,
             rr: 0,
         });
+        self.link_pairs();
         self.instances.len() - 1
+    }
+
+    /// Recompute `backup_of` from the (non-retired) instances' `backup` names.
+    pub fn link_pairs(&mut self) {
+        let pairs: Vec<(usize, usize)> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.retired)
+            .filter_map(|(pi, p)| {
+                let b = p.conf.backup.as_ref()?;
+                let bi = self
+                    .instances
+                    .iter()
+                    .position(|x| !x.retired && &x.conf.name == b)?;
+                Some((pi, bi))
+            })
+            .collect();
+        for i in &mut self.instances {
+            i.backup_of = None;
+        }
+        for (p, b) in pairs {
+            self.instances[b].backup_of = Some(p);
+        }
+    }
+
+    /// (Re)build the partition tables from `cfg` (instance names → indexes).
+    pub fn set_partitions(&mut self, cfg: &Config) {
+        self.partitions.clear();
+        for c in cfg.clusters.values() {
+            let Some(key) = &c.partition_key else {
+                continue;
+            };
+            let mut parts: Vec<(&[String], usize)> = Vec::new();
+            let mut services: Vec<u8> = Vec::new();
+            for p in &c.partitions {
+                if let Some(idx) = self.find(&p.instance) {
+                    parts.push((p.prefixes.as_slice(), idx));
+                    for s in &self.instances[idx].conf.services {
+                        if !services.contains(&s.0) {
+                            services.push(s.0);
+                        }
+                    }
+                }
+            }
+            let table = PartitionTable::new(&parts);
+            for s in services {
+                self.partitions.insert(
+                    s,
+                    Partitioned {
+                        key: key.clone(),
+                        table: table.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// (Re)build the capability routes from `cfg`.
+    pub fn set_capabilities(&mut self, cfg: &Config) {
+        self.capability.clear();
+        for (name, c) in &cfg.clusters {
+            let Some(key) = &c.capability_key else {
+                continue;
+            };
+            for u in cfg.upstream.iter().filter(|u| &u.cluster == name) {
+                for s in &u.services {
+                    self.capability.insert(
+                        s.0,
+                        CapRoute {
+                            key: key.clone(),
+                            types: c.capability_types.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// For a capability-routed `service`: one link on every running instance serving it
+    /// (`prefer` links reused per instance).
+    ///
+    /// # Errors
+    /// [`NoLink`] when no instance runs.
+    pub fn pick_all(
+        &mut self,
+        service: u8,
+        prefer: &[usize],
+        up: impl Fn(usize) -> bool,
+        load: impl Fn(usize) -> usize,
+    ) -> Result<Vec<usize>, NoLink> {
+        let mut out = Vec::new();
+        let mut refusing = false;
+        let mut any = false;
+        for idx in 0..self.instances.len() {
+            let inst = &self.instances[idx];
+            if inst.retired || !inst.serves(service) {
+                continue;
+            }
+            any = true;
+            if self.state(idx, &up) != InstState::Running {
+                refusing |= inst.any_up(&up);
+                continue;
+            }
+            if let Some(l) = prefer.iter().find(|l| inst.links.contains(l)) {
+                out.push(*l);
+            } else if let Some(l) = self.link_in(idx, &up, &load) {
+                out.push(l);
+            }
+        }
+        if out.is_empty() {
+            return Err(if !any {
+                NoLink::NoRoute
+            } else if refusing {
+                NoLink::NotAccepting
+            } else {
+                NoLink::Unavailable
+            });
+        }
+        Ok(out)
+    }
+
+    /// Round robin among `bound` (the desktop's live links for the service) whose instance
+    /// runs and advertises `cap`.
+    ///
+    /// # Errors
+    /// [`NoLink::NoRoute`] when no instance advertises `cap` at all, else
+    /// [`NoLink::Unavailable`].
+    pub fn pick_capable(
+        &mut self,
+        service: u8,
+        cap: &str,
+        bound: &[usize],
+        up: impl Fn(usize) -> bool,
+    ) -> Result<usize, NoLink> {
+        let advertised = self.instances.iter().any(|i| {
+            !i.retired && i.serves(service) && i.conf.capabilities.iter().any(|c| c == cap)
+        });
+        if !advertised {
+            return Err(NoLink::NoRoute);
+        }
+        let mut cands: Vec<(usize, usize)> = bound
+            .iter()
+            .filter_map(|l| Some((self.instance_of(*l)?, *l)))
+            .filter(|(i, _)| {
+                let inst = &self.instances[*i];
+                !inst.retired
+                    && inst.conf.capabilities.iter().any(|c| c == cap)
+                    && self.state(*i, &up) == InstState::Running
+            })
+            .collect();
+        if cands.is_empty() {
+            return Err(NoLink::Unavailable);
+        }
+        cands.sort_unstable();
+        let k = self.cap_rr % cands.len();
+        self.cap_rr = self.cap_rr.wrapping_add(1);
+        Ok(cands[k].1)
+    }
+
+    /// For a partitioned `service`: one link per partition owner (or its backup, when the
+    /// owner is stopped and the backup runs); owners with no usable instance are skipped
+    /// (their keys get `UNAVAILABLE`). `prefer` links are reused per instance.
+    ///
+    /// # Errors
+    /// [`NoLink`] when no partition has a usable instance.
+    pub fn pick_partitioned(
+        &mut self,
+        service: u8,
+        prefer: &[usize],
+        up: impl Fn(usize) -> bool,
+        load: impl Fn(usize) -> usize,
+    ) -> Result<Vec<usize>, NoLink> {
+        let Some(p) = self.partitions.get(&service) else {
+            return Err(NoLink::NoRoute);
+        };
+        let owners = p.table.owners();
+        let mut out = Vec::new();
+        let mut refusing = false;
+        for o in owners {
+            let backup = self
+                .instances
+                .iter()
+                .position(|i| !i.retired && i.backup_of == Some(o));
+            let pick = [Some(o), backup]
+                .into_iter()
+                .flatten()
+                .find(|i| self.state(*i, &up) == InstState::Running);
+            let Some(idx) = pick else {
+                refusing |= self.instances[o].any_up(&up);
+                continue;
+            };
+            if let Some(l) = prefer
+                .iter()
+                .find(|l| self.instances[idx].links.contains(l))
+            {
+                out.push(*l);
+            } else if let Some(l) = self.link_in(idx, &up, &load) {
+                out.push(l);
+            }
+        }
+        if out.is_empty() {
+            return Err(if refusing {
+                NoLink::NotAccepting
+            } else {
+                NoLink::Unavailable
+            });
+        }
+        Ok(out)
+    }
+
+    /// The owner of a partitioned request's key, and whether `link` serves it (the owner's
+    /// link, or its backup's).
+    pub fn partition_owner(&self, service: u8, key: &str) -> Option<usize> {
+        self.partitions.get(&service)?.table.lookup(key)
+    }
+
+    /// Whether `link` belongs to instance `owner` or to its backup.
+    pub fn link_serves_owner(&self, link: usize, owner: usize) -> bool {
+        self.instance_of(link)
+            .is_some_and(|i| i == owner || self.instances[i].backup_of == Some(owner))
+    }
+
+    /// A link of instance `idx` that is up, by its cluster's balancing.
+    fn link_in(
+        &mut self,
+        idx: usize,
+        up: &impl Fn(usize) -> bool,
+        load: &impl Fn(usize) -> usize,
+    ) -> Option<usize> {
+        let inst = &mut self.instances[idx];
+        let m = inst.links.len();
+        match inst.balance {
+            Balance::RoundRobin => {
+                for j in 0..m {
+                    let l = inst.links[(inst.rr + j) % m];
+                    if up(l) {
+                        inst.rr = (inst.rr + j + 1) % m;
+                        return Some(l);
+                    }
+                }
+                None
+            }
+            Balance::LeastOutstanding => inst
+                .links
+                .iter()
+                .copied()
+                .filter(|l| up(*l))
+                .min_by_key(|l| load(*l)),
+        }
+    }
+
+    /// Index of the live (non-retired) instance called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.instances
+            .iter()
+            .position(|i| !i.retired && i.conf.name == name)
     }
 
     /// Whether any (non-retired) instance serves `service`.
@@ -86,22 +482,74 @@ impl Router {
         m
     }
 
-    /// Pick a link for a new session of `service`. `prefer` lists links this desktop already
-    /// has a session on (reused when their instance serves `service`); `up(link)` says
-    /// whether a link is up.
+    /// The state of instance `idx` (see the module docs).
+    pub fn state(&self, idx: usize, up: impl Fn(usize) -> bool) -> InstState {
+        let i = &self.instances[idx];
+        if i.disabled || i.retired {
+            return if i.sessions == 0 {
+                InstState::Drained
+            } else {
+                InstState::Disabled
+            };
+        }
+        if !i.any_up(&up) {
+            return InstState::Stopped;
+        }
+        if !i.primary || self.primary_live(idx, &up) {
+            return InstState::Backup;
+        }
+        if !i.running {
+            return InstState::Unavailable;
+        }
+        InstState::Running
+    }
+
+    /// For a configured backup: whether its primary is live (has a link up and does not
+    /// announce itself a backup), which keeps new sessions off the backup.
+    fn primary_live(&self, idx: usize, up: &impl Fn(usize) -> bool) -> bool {
+        match self.instances[idx].backup_of {
+            Some(p) => {
+                let p = &self.instances[p];
+                p.primary && p.any_up(up)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether tenant routing allows instance `idx` for a `service` session of `tenant`.
+    fn tenant_allows(&self, idx: usize, service: u8, tenant: u32) -> bool {
+        if service != UCS {
+            return true;
+        }
+        let Some(name) = self.tenant_ucs.get(&tenant) else {
+            return true;
+        };
+        let i = &self.instances[idx];
+        &i.conf.name == name
+            || i.backup_of
+                .is_some_and(|p| &self.instances[p].conf.name == name)
+    }
+
+    /// Pick a link for a new session of `service` for `tenant`. `prefer` lists links this
+    /// desktop already has a session on (reused when their instance serves `service` and the
+    /// tenant may use it); `up(link)` says whether a link is up; `load(link)` is its requests
+    /// in flight.
     ///
     /// # Errors
     /// [`NoLink`].
     pub fn pick(
         &mut self,
         service: u8,
+        tenant: u32,
         prefer: &[usize],
         up: impl Fn(usize) -> bool,
+        load: impl Fn(usize) -> usize,
     ) -> Result<usize, NoLink> {
         let n = self.instances.len();
         let mut any = false;
-        for inst in &self.instances {
-            if inst.retired || !inst.serves(service) {
+        for idx in 0..n {
+            let inst = &self.instances[idx];
+            if inst.retired || !inst.serves(service) || !self.tenant_allows(idx, service, tenant) {
                 continue;
             }
             any = true;
@@ -113,31 +561,54 @@ impl Router {
             return Err(NoLink::NoRoute);
         }
         let mut refusing = false;
+        let mut cands: Vec<usize> = Vec::new();
         for k in 0..n {
             let idx = (self.rr + k) % n;
-            let inst = &mut self.instances[idx];
-            if inst.retired || !inst.serves(service) {
+            let inst = &self.instances[idx];
+            if inst.retired || !inst.serves(service) || !self.tenant_allows(idx, service, tenant) {
                 continue;
             }
-            if !inst.accepting {
-                refusing |= inst.links.iter().any(|l| up(*l));
-                continue;
-            }
-            let m = inst.links.len();
-            for j in 0..m {
-                let l = inst.links[(inst.rr + j) % m];
-                if up(l) {
-                    inst.rr = (inst.rr + j + 1) % m;
-                    self.rr = (idx + 1) % n;
-                    return Ok(l);
-                }
+            match self.state(idx, &up) {
+                InstState::Running => cands.push(idx),
+                InstState::Stopped => {}
+                _ => refusing |= inst.any_up(&up),
             }
         }
-        Err(if refusing {
-            NoLink::NotAccepting
-        } else {
-            NoLink::Unavailable
-        })
+        let Some(&first) = cands.first() else {
+            return Err(if refusing {
+                NoLink::NotAccepting
+            } else {
+                NoLink::Unavailable
+            });
+        };
+        let balance = self.instances[first].balance;
+        let inst_load = |r: &Router, i: usize| -> usize {
+            r.instances[i].links.iter().map(|l| load(*l)).sum::<usize>()
+        };
+        let chosen = match balance {
+            Balance::RoundRobin => {
+                self.rr = (first + 1) % n;
+                first
+            }
+            Balance::LeastOutstanding => {
+                if cands.len() == 1 {
+                    first
+                } else {
+                    let a = self.rng.usize(0..cands.len());
+                    let mut b = self.rng.usize(0..cands.len() - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let (a, b) = (cands[a], cands[b]);
+                    if inst_load(self, b) < inst_load(self, a) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }
+        };
+        self.link_in(chosen, &up, &load).ok_or(NoLink::Unavailable)
     }
 
     /// The instance that owns global link `link`.
@@ -157,40 +628,271 @@ mod tests {
             services: services.iter().map(|s| ServiceId(*s)).collect(),
             addr: ([127, 0, 0, 1], port).into(),
             links: 2,
+            cluster: String::new(),
+            capabilities: Vec::new(),
+            backup: None,
         }
+    }
+
+    fn rr() -> Balance {
+        Balance::RoundRobin
+    }
+
+    fn none(_: usize) -> usize {
+        0
     }
 
     #[test]
     fn round_robin_and_sticky_instance() {
         let mut r = Router::new();
-        r.add(up(&[1, 2], 1), vec![0, 1]);
-        r.add(up(&[1], 2), vec![2, 3]);
+        r.add(up(&[1, 2], 1), vec![0, 1], rr());
+        r.add(up(&[1], 2), vec![2, 3], rr());
         let all = |_| true;
-        let a = r.pick(1, &[], all).unwrap();
-        let b = r.pick(1, &[], all).unwrap();
+        let a = r.pick(1, 1, &[], all, none).unwrap();
+        let b = r.pick(1, 1, &[], all, none).unwrap();
         assert_ne!(r.instance_of(a), r.instance_of(b), "spread over instances");
         // A desktop bound to link 1 for service 1 reuses it for service 2 (same instance).
-        assert_eq!(r.pick(2, &[1], all).unwrap(), 1);
-        assert_eq!(r.pick(9, &[], all), Err(NoLink::NoRoute));
-        assert_eq!(r.pick(2, &[], |_| false), Err(NoLink::Unavailable));
+        assert_eq!(r.pick(2, 1, &[1], all, none).unwrap(), 1);
+        assert_eq!(r.pick(9, 1, &[], all, none), Err(NoLink::NoRoute));
+        assert_eq!(r.pick(2, 1, &[], |_| false, none), Err(NoLink::Unavailable));
         // Only link 3 up: always it.
         for _ in 0..3 {
-            assert_eq!(r.pick(1, &[], |l| l == 3).unwrap(), 3);
+            assert_eq!(r.pick(1, 1, &[], |l| l == 3, none).unwrap(), 3);
         }
         assert_eq!(r.mask(), 0b110);
     }
 
     #[test]
-    fn not_accepting_gets_no_new_sessions() {
+    fn states_exclude_new_sessions() {
         let mut r = Router::new();
-        r.add(up(&[1], 1), vec![0]);
-        r.add(up(&[1], 2), vec![1]);
-        r.instances[0].accepting = false;
+        r.add(up(&[1], 1), vec![0], rr());
+        r.add(up(&[1], 2), vec![1], rr());
+        let all = |_| true;
+        // Unavailable (announced by the server): excluded.
+        r.instances[0].running = false;
+        assert_eq!(r.state(0, all), InstState::Unavailable);
         for _ in 0..4 {
-            assert_eq!(r.pick(1, &[], |_| true).unwrap(), 1);
+            assert_eq!(r.pick(1, 1, &[], all, none).unwrap(), 1);
         }
+        // Disabled by an operator: excluded; drained once no session is left.
+        r.instances[0].running = true;
+        r.instances[1].disabled = true;
+        r.instances[1].sessions = 3;
+        assert_eq!(r.state(1, all), InstState::Disabled);
+        for _ in 0..4 {
+            assert_eq!(r.pick(1, 1, &[], all, none).unwrap(), 0);
+        }
+        r.instances[1].sessions = 0;
+        assert_eq!(r.state(1, all), InstState::Drained);
+        // Stopped: no link up.
+        assert_eq!(r.state(0, |l| l != 0), InstState::Stopped);
+        assert_eq!(
+            r.pick(1, 1, &[], |l| l != 0, none),
+            Err(NoLink::NotAccepting)
+        );
+        assert_eq!(r.pick(1, 1, &[], |_| false, none), Err(NoLink::Unavailable));
+        // Enabled again: back in the pool.
+        r.instances[1].disabled = false;
+        let picks: Vec<usize> = (0..4)
+            .map(|_| r.pick(1, 1, &[], all, none).unwrap())
+            .collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+        // Retired by reload: not routable when alone.
+        r.instances[0].retired = true;
         r.instances[1].retired = true;
-        assert_eq!(r.pick(1, &[], |_| true), Err(NoLink::NotAccepting));
-        assert_eq!(r.pick(1, &[], |_| false), Err(NoLink::Unavailable));
+        assert_eq!(r.pick(1, 1, &[], all, none), Err(NoLink::NoRoute));
+    }
+
+    #[test]
+    fn least_outstanding_prefers_the_less_loaded() {
+        let mut r = Router::with_seed(7);
+        for k in 0..3u16 {
+            r.add(
+                up(&[1], k + 1),
+                vec![usize::from(k)],
+                Balance::LeastOutstanding,
+            );
+        }
+        // Link 0 has 100 in flight, link 1 has 10, link 2 has 0.
+        let load = |l: usize| [100, 10, 0][l];
+        let mut hits = [0u32; 3];
+        for _ in 0..300 {
+            hits[r.pick(1, 1, &[], |_| true, load).unwrap()] += 1;
+        }
+        // With two choices the most loaded instance can never win a draw.
+        assert_eq!(hits[0], 0, "{hits:?}");
+        assert!(hits[2] > hits[1], "{hits:?}");
+        // Equal loads: all instances get sessions.
+        let mut hits = [0u32; 3];
+        for _ in 0..300 {
+            hits[r.pick(1, 1, &[], |_| true, none).unwrap()] += 1;
+        }
+        assert!(hits.iter().all(|h| *h > 30), "{hits:?}");
+        // Inside an instance, the link with fewest in flight.
+        let mut r = Router::with_seed(1);
+        r.add(up(&[1], 1), vec![0, 1, 2], Balance::LeastOutstanding);
+        assert_eq!(r.pick(1, 1, &[], |_| true, |l| [5, 1, 3][l]).unwrap(), 1);
+    }
+
+    #[test]
+    fn warm_standby_pair() {
+        let mut r = Router::new();
+        let mut p = up(&[1], 1);
+        p.backup = Some("i2".into());
+        r.add(p, vec![0], rr());
+        r.add(up(&[1], 2), vec![1], rr());
+        assert_eq!(r.instances[1].backup_of, Some(0));
+        let all = |_| true;
+        // Primary up: the backup gets nothing, even if it announces itself primary.
+        assert_eq!(r.state(1, all), InstState::Backup);
+        for _ in 0..4 {
+            assert_eq!(r.pick(1, 1, &[], all, none).unwrap(), 0);
+        }
+        // Primary lost: new sessions go to the backup at once...
+        let p_down = |l| l != 0;
+        assert_eq!(r.state(0, p_down), InstState::Stopped);
+        assert_eq!(r.state(1, p_down), InstState::Running);
+        assert_eq!(r.pick(1, 1, &[], p_down, none).unwrap(), 1);
+        // ... unless the backup is a standby still waiting (announces role backup).
+        r.instances[1].primary = false;
+        assert_eq!(r.pick(1, 1, &[], p_down, none), Err(NoLink::NotAccepting));
+        // The old primary came back as a standby (role backup) and the backup took over.
+        r.instances[1].primary = true;
+        r.instances[0].primary = false;
+        assert_eq!(r.state(0, all), InstState::Backup);
+        assert_eq!(r.state(1, all), InstState::Running);
+        assert_eq!(r.pick(1, 1, &[], all, none).unwrap(), 1);
+    }
+
+    #[test]
+    fn partitioned_sessions_and_owners() {
+        let cfg = Config::from_toml(
+            r#"
+[clusters.sms]
+partition_key = "phone"
+partitions = [
+  { instance = "s1", prefixes = ["0", "1", "2", "3", "4"] },
+  { instance = "s2", prefixes = ["5", "6", "7", "8", "9"] },
+]
+[[upstream]]
+name = "s1"
+cluster = "sms"
+service = 5
+addr = "127.0.0.1:1"
+links = 1
+backup = "s1b"
+[[upstream]]
+name = "s1b"
+cluster = "sms"
+service = 5
+addr = "127.0.0.1:2"
+links = 1
+[[upstream]]
+name = "s2"
+cluster = "sms"
+service = 5
+addr = "127.0.0.1:3"
+links = 1
+"#,
+        )
+        .unwrap();
+        let mut r = Router::new();
+        for (k, u) in cfg.upstream.iter().enumerate() {
+            r.add(u.clone(), vec![k], rr());
+        }
+        r.set_partitions(&cfg);
+        let all = |_| true;
+        // A session on each owner (the backup only stands by).
+        assert_eq!(r.pick_partitioned(5, &[], all, none).unwrap(), vec![0, 2]);
+        assert_eq!(r.partition_owner(5, "0612"), Some(0));
+        assert_eq!(r.partition_owner(5, "7"), Some(2));
+        assert_eq!(r.partition_owner(5, ""), None);
+        assert!(r.link_serves_owner(0, 0) && r.link_serves_owner(1, 0));
+        assert!(!r.link_serves_owner(2, 0));
+        // s1 stopped: its backup takes its partition.
+        assert_eq!(
+            r.pick_partitioned(5, &[], |l| l != 0, none).unwrap(),
+            vec![1, 2]
+        );
+        // s2 stopped: only s1's partition gets a session.
+        assert_eq!(
+            r.pick_partitioned(5, &[], |l| l != 2, none).unwrap(),
+            vec![0]
+        );
+        assert_eq!(
+            r.pick_partitioned(5, &[], |_| false, none),
+            Err(NoLink::Unavailable)
+        );
+        assert_eq!(r.pick_partitioned(1, &[], all, none), Err(NoLink::NoRoute));
+    }
+
+    #[test]
+    fn capability_round_robin() {
+        let mut r = Router::new();
+        for (k, caps) in [vec!["sales"], vec!["sales", "vip"], vec!["vip"]]
+            .into_iter()
+            .enumerate()
+        {
+            let mut u = up(&[1], k as u16 + 1);
+            u.capabilities = caps.into_iter().map(String::from).collect();
+            r.add(u, vec![k], rr());
+        }
+        let all = |_| true;
+        // A session on every running instance.
+        assert_eq!(r.pick_all(1, &[], all, none).unwrap(), vec![0, 1, 2]);
+        assert_eq!(r.pick_all(1, &[], |l| l != 1, none).unwrap(), vec![0, 2]);
+        let bound = [0, 1, 2];
+        let picks: Vec<usize> = (0..4)
+            .map(|_| r.pick_capable(1, "sales", &bound, all).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1], "round robin among advertisers");
+        for _ in 0..3 {
+            let l = r.pick_capable(1, "vip", &bound, all).unwrap();
+            assert!(l == 1 || l == 2);
+        }
+        // Instance 1 died: its capability goes to the others that have it.
+        for _ in 0..3 {
+            assert_eq!(r.pick_capable(1, "vip", &bound, |l| l != 1).unwrap(), 2);
+        }
+        // Only bound links count (the desktop has no session on instance 2).
+        assert_eq!(
+            r.pick_capable(1, "vip", &[0], all),
+            Err(NoLink::Unavailable)
+        );
+        assert_eq!(
+            r.pick_capable(1, "nobody", &bound, all),
+            Err(NoLink::NoRoute)
+        );
+        // Server announced unavailable: excluded.
+        r.instances[0].running = false;
+        assert_eq!(r.pick_capable(1, "sales", &bound, all).unwrap(), 1);
+    }
+
+    #[test]
+    fn tenant_routing_never_crosses() {
+        let mut r = Router::new();
+        r.add(up(&[1], 1), vec![0], rr());
+        r.add(up(&[2], 2), vec![1], rr());
+        r.add(up(&[2], 3), vec![2], rr());
+        r.tenant_ucs.insert(10, "i2".into());
+        r.tenant_ucs.insert(20, "i3".into());
+        let all = |_| true;
+        for _ in 0..4 {
+            assert_eq!(r.pick(UCS, 10, &[], all, none).unwrap(), 1);
+            assert_eq!(r.pick(UCS, 20, &[], all, none).unwrap(), 2);
+        }
+        // The tenant's instance is down: no fallback to another tenant's instance.
+        assert_eq!(
+            r.pick(UCS, 10, &[], |l| l != 1, none),
+            Err(NoLink::Unavailable)
+        );
+        // A prefer link on another tenant's instance is not reused.
+        assert_eq!(r.pick(UCS, 10, &[2], all, none).unwrap(), 1);
+        // Unmapped tenants are balanced over all UCS instances; other services ignore the map.
+        let picks: Vec<usize> = (0..4)
+            .map(|_| r.pick(UCS, 30, &[], all, none).unwrap())
+            .collect();
+        assert!(picks.contains(&1) && picks.contains(&2));
+        assert_eq!(r.pick(1, 10, &[], all, none).unwrap(), 0);
     }
 }

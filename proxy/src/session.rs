@@ -24,8 +24,9 @@ use deskmux_codec::{ErrorCode, Head, Kind, Service};
 
 use crate::config::Limits;
 
-/// Most upstream bindings (distinct services) a desktop may have.
-pub const MAX_BINDINGS: usize = 4;
+/// Most upstream bindings a desktop may have: one per service, or one per partition instance
+/// for a partitioned service (see `partition`).
+pub const MAX_BINDINGS: usize = 6;
 
 /// Where the desktop's hello is at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

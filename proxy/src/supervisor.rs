@@ -35,6 +35,9 @@ pub struct Plan {
     pub worker_args: Vec<String>,
     /// How long to wait for workers to drain after SIGTERM before killing them.
     pub grace: Duration,
+    /// Instances disabled by an operator: passed to every (re)started worker
+    /// (`--disabled NAME`), so that a restarted worker keeps them out of the pool.
+    pub disabled: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 struct Slot {
@@ -66,6 +69,16 @@ fn spawn_worker(
         .arg(index.to_string())
         .arg("--listen")
         .arg(plan.listen.to_string())
+        .args(
+            plan.disabled
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .flat_map(|n| ["--disabled".to_string(), n.clone()])
+                        .collect()
+                })
+                .unwrap_or_else(|_| Vec::new()),
+        )
         // A pipe the worker watches: EOF means the supervisor is gone, and the worker drains.
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

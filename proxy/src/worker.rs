@@ -52,7 +52,7 @@ use crate::config::{Config, Limits, Upstream};
 use crate::error::WorkerError;
 use crate::fanout::{Fanout, SubscribeOutcome};
 use crate::link::{IdSlab, Owner, Pending};
-use crate::metrics::{Metrics, Status};
+use crate::metrics::{AdminCommand, Metrics, Status};
 use crate::router::{NoLink, Router};
 use crate::session::{Action, Binding, Desktop, OutQueue, Phase, Timer};
 use crate::transport::{Transport, connect_upstream};
@@ -86,6 +86,8 @@ pub struct WorkerOpts {
     pub config: Config,
     /// Where to re-read the configuration on SIGHUP (`None`: reload keeps the current one).
     pub reload: Option<Box<dyn Fn() -> Option<Config> + Send>>,
+    /// Instances disabled by an operator before this worker started.
+    pub disabled: Vec<String>,
 }
 
 impl std::fmt::Debug for WorkerOpts {
@@ -261,6 +263,16 @@ impl<T: Transport> Worker<T> {
         for u in opts.config.upstream {
             w.add_instance(u);
         }
+        w.router.tenant_ucs = tenant_map(&w.cfg);
+        let cfg = w.cfg.clone();
+        w.router.set_partitions(&cfg);
+        w.router.set_capabilities(&cfg);
+        for n in &opts.disabled {
+            if let Some(i) = w.router.find(n) {
+                w.router.instances[i].disabled = true;
+            }
+        }
+        w.publish_instances();
         Ok(w)
     }
 
@@ -296,7 +308,13 @@ impl<T: Transport> Worker<T> {
             });
         }
         let ids = (first..self.links.len()).collect();
-        self.router.add(u, ids);
+        let balance = self
+            .cfg
+            .clusters
+            .get(&u.cluster)
+            .map(|c| c.balance)
+            .unwrap_or_default();
+        self.router.add(u, ids, balance);
         self.status
             .links_total
             .store(self.links.len() as u64, Ordering::Relaxed);
@@ -720,7 +738,25 @@ impl<T: Transport> Worker<T> {
             Action::Leave => self.to_close.push((slot, "desktop_left")),
             Action::Forward(b) => {
                 self.count_request(h.service);
-                self.forward(slot, b, f, Owner::Desktop { session: sid });
+                if self.router.partitions.is_empty() && self.router.capability.is_empty() {
+                    self.forward(slot, b, f, Owner::Desktop { session: sid }, false);
+                    return;
+                }
+                let b = match self.partition_binding(slot, &f, b) {
+                    Ok(b) => b,
+                    Err((code, m)) => {
+                        self.reply_error(slot, &h, code, m);
+                        return;
+                    }
+                };
+                let (b, reroute) = match self.capability_binding(slot, &f, b) {
+                    Ok(x) => x,
+                    Err((code, m)) => {
+                        self.reply_error(slot, &h, code, m);
+                        return;
+                    }
+                };
+                self.forward(slot, b, f, Owner::Desktop { session: sid }, reroute);
             }
             Action::Subscribe(b) => {
                 self.count_request(h.service);
@@ -732,7 +768,7 @@ impl<T: Transport> Worker<T> {
                     .map(Box::<str>::from);
                 let Some(topic) = topic else {
                     // Let the server answer MALFORMED.
-                    self.forward(slot, b, f, Owner::Desktop { session: sid });
+                    self.forward(slot, b, f, Owner::Desktop { session: sid }, false);
                     return;
                 };
                 if !self.link_ok(b) {
@@ -799,6 +835,144 @@ impl<T: Transport> Worker<T> {
         }
     }
 
+    /// For a partitioned service, the binding to the instance owning the request's key (read
+    /// lazily from the body field named by `partition_key`); otherwise `b` unchanged.
+    fn partition_binding(
+        &self,
+        slot: usize,
+        f: &Frame,
+        b: Binding,
+    ) -> Result<Binding, (ErrorCode, &'static str)> {
+        let Some(p) = self.router.partitions.get(&b.service) else {
+            return Ok(b);
+        };
+        let key = match f.body().get(&p.key) {
+            Ok(Some(deskmux_codec::Value::Str(k))) => k,
+            Ok(_) => return Err((ErrorCode::MALFORMED, "missing partition key (str)")),
+            Err(_) => return Err((ErrorCode::MALFORMED, "bad body")),
+        };
+        let Some(owner) = p.table.lookup(key) else {
+            return Err((
+                ErrorCode::MALFORMED,
+                "partition key outside every partition",
+            ));
+        };
+        let Some(c) = self.conns.get(slot) else {
+            return Err((ErrorCode::UNAVAILABLE, "gone"));
+        };
+        c.d.bindings
+            .iter()
+            .copied()
+            .find(|x| {
+                x.service == b.service && self.router.link_serves_owner(x.link as usize, owner)
+            })
+            .ok_or((
+                ErrorCode::UNAVAILABLE,
+                "the key's partition had no instance when the session opened",
+            ))
+    }
+
+    /// For a capability-routed request (its type listed and its body naming a capability):
+    /// round robin among the desktop's live bindings whose instance advertises it. Returns
+    /// the binding and whether it was capability-routed.
+    fn capability_binding(
+        &mut self,
+        slot: usize,
+        f: &Frame,
+        b: Binding,
+    ) -> Result<(Binding, bool), (ErrorCode, &'static str)> {
+        let Some(cr) = self.router.capability.get(&b.service) else {
+            return Ok((b, false));
+        };
+        if !cr.types.contains(&f.head().msg_type) {
+            return Ok((b, false));
+        }
+        let cap = match f.body().get(&cr.key) {
+            Ok(Some(deskmux_codec::Value::Str(k))) => k,
+            // No capability named: the session's alias (the server answers MALFORMED if it
+            // needed one).
+            _ => return Ok((b, false)),
+        };
+        let Some(c) = self.conns.get(slot) else {
+            return Err((ErrorCode::UNAVAILABLE, "gone"));
+        };
+        let bound: Vec<usize> =
+            c.d.bindings
+                .iter()
+                .filter(|x| x.service == b.service && self.link_ok(**x))
+                .map(|x| x.link as usize)
+                .collect();
+        let links = &self.links;
+        match self
+            .router
+            .pick_capable(b.service, cap, &bound, |l| links[l].up())
+        {
+            Ok(l) => {
+                let nb =
+                    c.d.bindings
+                        .iter()
+                        .copied()
+                        .find(|x| x.service == b.service && x.link as usize == l)
+                        .unwrap_or(b);
+                Ok((nb, true))
+            }
+            Err(NoLink::NoRoute) => Err((ErrorCode::NO_ROUTE, "no instance has this capability")),
+            Err(_) => Err((
+                ErrorCode::UNAVAILABLE,
+                "no running instance with this capability for this session",
+            )),
+        }
+    }
+
+    /// A capability-routed request that was never sent on a link that died: route it again
+    /// (same bytes, a new link id) to another instance with the capability on which the
+    /// desktop has a live session. False if there is none (the caller answers the error).
+    fn resubmit(&mut self, p: &Pending, bytes: &Bytes) -> bool {
+        let Owner::Desktop { session } = p.owner else {
+            return false;
+        };
+        let slot = slot_of(session);
+        let Some(c) = self.conns.get(slot) else {
+            return false;
+        };
+        if c.d.sid != session || c.d.phase != Phase::Open || bytes.len() < HEAD_LEN {
+            return false;
+        }
+        let service = p.req.service.to_u8();
+        let Some(cr) = self.router.capability.get(&service) else {
+            return false;
+        };
+        let body = deskmux_codec::BodyRef::new(&bytes[HEAD_LEN..]);
+        let Ok(Some(deskmux_codec::Value::Str(cap))) = body.get(&cr.key) else {
+            return false;
+        };
+        let bound: Vec<usize> =
+            c.d.bindings
+                .iter()
+                .filter(|x| x.service == service && self.link_ok(**x))
+                .map(|x| x.link as usize)
+                .collect();
+        let links = &self.links;
+        let Ok(l) = self
+            .router
+            .pick_capable(service, cap, &bound, |l| links[l].up())
+        else {
+            return false;
+        };
+        let id = self.links[l].ids.insert(Pending {
+            sent: false,
+            started: p.started,
+            ..*p
+        });
+        self.in_flight += 1;
+        self.metrics.in_flight.inc();
+        self.metrics.error("resubmitted_unsent");
+        let mut b = BytesMut::from(&bytes[..]);
+        deskmux_codec::head::restamp_correlation(&mut b, id);
+        self.push_link(l, b.freeze(), id);
+        true
+    }
+
     fn count_request(&self, s: Service) {
         let i = match s {
             Service::Interaction => 0,
@@ -826,7 +1000,7 @@ impl<T: Transport> Worker<T> {
     }
 
     /// Forward a desktop request on its binding's link.
-    fn forward(&mut self, slot: usize, b: Binding, mut f: Frame, owner: Owner) {
+    fn forward(&mut self, slot: usize, b: Binding, mut f: Frame, owner: Owner, reroute: bool) {
         let h = *f.head();
         if !self.link_ok(b) {
             self.reply_error(slot, &h, ErrorCode::LINK_LOST_UNSENT, "upstream link lost");
@@ -851,16 +1025,28 @@ impl<T: Transport> Worker<T> {
         };
         c.d.in_flight += 1;
         f.set_session(c.d.sid);
-        self.forward_raw(l, f, owner, h);
+        self.forward_raw_with(l, f, owner, h, reroute);
     }
 
     /// Record `f` (whose original head is `orig`) in the link's id slab, restamp and queue it.
-    fn forward_raw(&mut self, l: usize, mut f: Frame, owner: Owner, orig: Head) {
+    fn forward_raw(&mut self, l: usize, f: Frame, owner: Owner, orig: Head) {
+        self.forward_raw_with(l, f, owner, orig, false);
+    }
+
+    fn forward_raw_with(
+        &mut self,
+        l: usize,
+        mut f: Frame,
+        owner: Owner,
+        orig: Head,
+        reroute: bool,
+    ) {
         let id = self.links[l].ids.insert(Pending {
             owner,
             req: orig,
             sent: false,
             started: Instant::now(),
+            reroute,
         });
         self.in_flight += 1;
         self.metrics.in_flight.inc();
@@ -901,7 +1087,36 @@ impl<T: Transport> Worker<T> {
             }
             let prefer: Vec<usize> = chosen.iter().map(|(_, l)| *l).collect();
             let links = &self.links;
-            match self.router.pick(s, &prefer, |l| links[l].up()) {
+            let partitioned = self.router.partitions.contains_key(&s);
+            if partitioned || self.router.capability.contains_key(&s) {
+                let up = |l: usize| links[l].up();
+                let load = |l: usize| links[l].ids.len();
+                let picked = if partitioned {
+                    self.router.pick_partitioned(s, &prefer, up, load)
+                } else {
+                    self.router.pick_all(s, &prefer, up, load)
+                };
+                match picked {
+                    Ok(ls) => chosen.extend(ls.into_iter().map(|l| (s, l))),
+                    Err(NoLink::NotAccepting) => {
+                        refused = Some((
+                            ErrorCode::SERVICE_UNAVAILABLE,
+                            "the service's servers take no new sessions",
+                        ));
+                    }
+                    Err(_) => {
+                        refused = Some((ErrorCode::UNAVAILABLE, "no upstream instance available"));
+                    }
+                }
+                continue;
+            }
+            match self.router.pick(
+                s,
+                h.tenant,
+                &prefer,
+                |l| links[l].up(),
+                |l| links[l].ids.len(),
+            ) {
                 Ok(l) => chosen.push((s, l)),
                 Err(NoLink::NotAccepting) => {
                     refused = Some((
@@ -927,9 +1142,14 @@ impl<T: Transport> Worker<T> {
         };
         c.d.tenant = h.tenant;
         c.d.phase = Phase::Opening;
+        let mut full = false;
         for (s, l) in &chosen {
-            if c.d.binding(*s).is_none() {
-                c.d.bind(Binding {
+            let known =
+                c.d.bindings
+                    .iter()
+                    .any(|b| b.service == *s && b.link as usize == *l);
+            if !known {
+                full |= !c.d.bind(Binding {
                     service: *s,
                     link: *l as u16,
                     link_gen: self.links[*l].generation,
@@ -938,6 +1158,17 @@ impl<T: Transport> Worker<T> {
             if !opened.contains(l) {
                 opened.push(*l);
             }
+        }
+        if full {
+            // Only possible with partitioned services beyond the validated limits.
+            self.reply_error(
+                slot,
+                &h,
+                ErrorCode::UNAVAILABLE,
+                "too many upstream sessions",
+            );
+            self.to_close.push((slot, "hello_refused"));
+            return;
         }
         c.d.pending_opens = opened.len() as u8;
         for l in opened {
@@ -1299,7 +1530,15 @@ impl<T: Transport> Worker<T> {
 
     fn set_instance_state(&mut self, inst: usize, st: ServiceState<'_>) {
         if let Some(i) = self.router.instances.get_mut(inst) {
-            i.accepting = st.state == msg::State::Running && st.role == msg::Role::Primary;
+            let (running, primary) = (
+                st.state == msg::State::Running,
+                st.role == msg::Role::Primary,
+            );
+            if (running, primary) != (i.running, i.primary) {
+                info!(instance = %i.conf.name, running, primary, "instance state announced");
+            }
+            i.running = running;
+            i.primary = primary;
         }
     }
 
@@ -1359,6 +1598,15 @@ impl<T: Transport> Worker<T> {
         warn!(link = %link.name, why, retry_ms = jittered, "link down");
         let dead_gen = link.generation;
         link.generation = link.generation.wrapping_add(1).max(1);
+        // Frames never (completely) written, by link id: capability-routed ones among them
+        // may be resubmitted elsewhere.
+        let unsent: std::collections::HashMap<u64, Bytes> = link
+            .out_ids
+            .iter()
+            .copied()
+            .zip(link.out.q.iter().cloned())
+            .filter(|(id, _)| *id != 0)
+            .collect();
         link.out = OutQueue::default();
         link.out_ids.clear();
         link.rbuf = BytesMut::new();
@@ -1366,9 +1614,16 @@ impl<T: Transport> Worker<T> {
         let failed = link.ids.fail_all();
         self.update_links_up();
         // 1. Every request in flight gets its explicit error.
-        for (p, code) in failed {
+        for (id, p, code) in failed {
             self.in_flight -= 1;
             self.metrics.in_flight.dec();
+            if p.reroute
+                && code == ErrorCode::LINK_LOST_UNSENT
+                && let Some(bytes) = unsent.get(&id)
+                && self.resubmit(&p, bytes)
+            {
+                continue;
+            }
             match p.owner {
                 Owner::Internal => {}
                 Owner::Desktop { session } => {
@@ -1587,12 +1842,21 @@ impl<T: Transport> Worker<T> {
                     }
                 }
                 LinkState::Up => {
-                    let hb = self.links[i].heartbeat;
+                    let mut hb = self.links[i].heartbeat;
+                    // With a proxy-side interval, also probe a link that sends but hears
+                    // nothing, so a hung server is detected while requests keep flowing.
+                    let mut probe = false;
+                    if self.limits.link_heartbeat_ms > 0 {
+                        hb = hb.min(Duration::from_millis(u64::from(
+                            self.limits.link_heartbeat_ms.max(20),
+                        )));
+                        probe = now.duration_since(self.links[i].last_rx) >= hb;
+                    }
                     if now.duration_since(self.links[i].last_rx) > hb * 3 {
                         self.fail_link(i, "link silent for 3 heartbeats");
                         continue;
                     }
-                    if now.duration_since(self.links[i].last_tx) >= hb {
+                    if probe || now.duration_since(self.links[i].last_tx) >= hb {
                         let h = Head::new(Kind::Request, Service::Control, msg::control::HEARTBEAT);
                         self.forward_raw(i, empty_frame(h), Owner::Internal, h);
                     }
@@ -1608,7 +1872,26 @@ impl<T: Transport> Worker<T> {
         let mut deadline = Vec::new();
         let mut beat = Vec::new();
         let mut gone = Vec::new();
+        let mut per_inst = vec![(0u64, 0u64); self.router.instances.len()];
         for (slot, c) in &self.conns {
+            if matches!(c.d.phase, Phase::Open | Phase::Opening) {
+                for b in c.d.bindings.iter().filter(|b| b.service != 0) {
+                    let l = &self.links[b.link as usize];
+                    if l.generation == b.link_gen
+                        && let Some(e) = per_inst.get_mut(l.instance)
+                    {
+                        e.1 += 1;
+                    }
+                }
+                for (link, g) in c.d.links() {
+                    let l = &self.links[link as usize];
+                    if l.generation == g
+                        && let Some(e) = per_inst.get_mut(l.instance)
+                    {
+                        e.0 += 1;
+                    }
+                }
+            }
             match c
                 .d
                 .timer(now_ms, &self.limits, CLOSE_FLUSH.as_millis() as u32)
@@ -1636,6 +1919,84 @@ impl<T: Transport> Worker<T> {
         self.status
             .in_flight
             .store(self.in_flight, Ordering::Relaxed);
+        for (i, (sessions, aliases)) in per_inst.into_iter().enumerate() {
+            self.router.instances[i].sessions = sessions;
+            self.router.instances[i].aliases = aliases;
+        }
+        self.admin_commands();
+        self.publish_instances();
+    }
+
+    /// Apply the operator commands queued by the admin thread.
+    fn admin_commands(&mut self) {
+        let cmds: Vec<AdminCommand> = match self.status.commands.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return,
+        };
+        for cmd in cmds {
+            let (name, disable) = match &cmd {
+                AdminCommand::Disable(n) => (n, true),
+                AdminCommand::Enable(n) => (n, false),
+            };
+            if let Some(idx) = self.router.find(name) {
+                let inst = &mut self.router.instances[idx];
+                if inst.disabled != disable {
+                    info!(instance = %name, disable, "operator command");
+                }
+                inst.disabled = disable;
+            }
+            self.status.commands_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publish every instance's state for `/status`.
+    fn publish_instances(&mut self) {
+        let links = &self.links;
+        let up = |l: usize| links[l].state == LinkState::Up && !links[l].draining;
+        let mut out = Vec::new();
+        for (idx, inst) in self.router.instances.iter().enumerate() {
+            if inst.retired && inst.sessions == 0 {
+                continue;
+            }
+            let st = self.router.state(idx, up);
+            let in_flight: usize = inst.links.iter().map(|l| links[*l].ids.len()).sum();
+            let links_up = inst.links.iter().filter(|l| up(**l)).count();
+            let label = [("instance", inst.conf.name.clone())];
+            self.metrics
+                .instance_sessions
+                .get_or_create(&label)
+                .set(inst.sessions as i64);
+            self.metrics
+                .instance_in_flight
+                .get_or_create(&label)
+                .set(in_flight as i64);
+            self.metrics
+                .instance_running
+                .get_or_create(&label)
+                .set(i64::from(st == crate::router::InstState::Running));
+            out.push(serde_json::json!({
+                "name": inst.conf.name,
+                "addr": inst.conf.addr.to_string(),
+                "cluster": inst.conf.cluster,
+                "balance": inst.balance,
+                "backup": inst.conf.backup,
+                "backup_of": inst.backup_of.map(|p| self.router.instances[p].conf.name.clone()),
+                "state": st.name(),
+                "server_running": inst.running,
+                "server_primary": inst.primary,
+                "disabled": inst.disabled,
+                "retired": inst.retired,
+                "drained": st == crate::router::InstState::Drained,
+                "sessions": inst.sessions,
+                "aliases": inst.aliases,
+                "in_flight": in_flight,
+                "links_up": links_up,
+                "links": inst.links.len(),
+            }));
+        }
+        if let Ok(mut v) = self.status.instances.lock() {
+            *v = serde_json::Value::Array(out);
+        }
     }
 
     fn timeout_request(&mut self, l: usize, id: u64) {
@@ -1688,6 +2049,7 @@ impl<T: Transport> Worker<T> {
                 }
             }
         }
+        self.cfg = new.clone();
         for u in new.upstream.clone() {
             let exists = self
                 .router
@@ -1698,7 +2060,18 @@ impl<T: Transport> Worker<T> {
                 self.add_instance(u);
             }
         }
-        self.cfg = new;
+        for inst in &mut self.router.instances {
+            inst.balance = new
+                .clusters
+                .get(&inst.conf.cluster)
+                .map(|c| c.balance)
+                .unwrap_or_default();
+        }
+        self.router.link_pairs();
+        // Tenant routing: new sessions follow the new map; existing aliases stay.
+        self.router.tenant_ucs = tenant_map(&new);
+        self.router.set_partitions(&new);
+        self.router.set_capabilities(&new);
         self.status.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -1792,6 +2165,11 @@ fn write_queue<W: Write>(w: &mut W, q: &OutQueue) -> io::Result<usize> {
         n += 1;
     }
     w.write_vectored(&iov[..n])
+}
+
+/// The tenant → UCS instance map of a configuration.
+fn tenant_map(c: &Config) -> std::collections::HashMap<u32, String> {
+    c.tenant.iter().map(|t| (t.id, t.ucs.clone())).collect()
 }
 
 /// Error type re-export for `main`.
