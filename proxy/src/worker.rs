@@ -1615,39 +1615,16 @@ impl<T: Transport> Worker<T> {
         self.update_links_up();
         // 1. Every request in flight gets its explicit error.
         for (id, p, code) in failed {
-            self.in_flight -= 1;
-            self.metrics.in_flight.dec();
             if p.reroute
                 && code == ErrorCode::LINK_LOST_UNSENT
                 && let Some(bytes) = unsent.get(&id)
                 && self.resubmit(&p, bytes)
             {
+                self.in_flight -= 1;
+                self.metrics.in_flight.dec();
                 continue;
             }
-            match p.owner {
-                Owner::Internal => {}
-                Owner::Desktop { session } => {
-                    let slot = slot_of(session);
-                    if let Some(c) = self.conns.get_mut(slot)
-                        && c.d.sid == session
-                    {
-                        c.d.in_flight = c.d.in_flight.saturating_sub(1);
-                        self.reply_error(slot, &p.req, code, "upstream link lost");
-                    }
-                }
-                Owner::Open { session } => {
-                    let c = if code == ErrorCode::LINK_LOST_UNSENT {
-                        ErrorCode::UNAVAILABLE
-                    } else {
-                        code
-                    };
-                    self.open_answer(i, session, p.req, Some(c));
-                }
-                Owner::Subscribe { sub } => {
-                    let waiting = self.fanout.answered(sub, None);
-                    self.fail_waiting(waiting, code);
-                }
-            }
+            self.answer_pending(i, p, code, "upstream link lost");
         }
         let waiting = self.fanout.drop_link(i as u16);
         self.fail_waiting(waiting, ErrorCode::LINK_LOST_UNSENT);
@@ -2003,6 +1980,13 @@ impl<T: Transport> Worker<T> {
         let Some(p) = self.links[l].ids.take(id) else {
             return;
         };
+        self.answer_pending(l, p, ErrorCode::TIMEOUT, "no answer from upstream in time");
+    }
+
+    /// Answer a request taken out of link `l`'s id slab with the error `code`: the desktop
+    /// that sent it, the session open waiting on it, or every desktop waiting on the
+    /// subscription it carried. The one place that keeps "answered exactly once" for failures.
+    fn answer_pending(&mut self, l: usize, p: Pending, code: ErrorCode, why: &str) {
         self.in_flight -= 1;
         self.metrics.in_flight.dec();
         match p.owner {
@@ -2013,20 +1997,22 @@ impl<T: Transport> Worker<T> {
                     && c.d.sid == session
                 {
                     c.d.in_flight = c.d.in_flight.saturating_sub(1);
-                    self.reply_error(
-                        slot,
-                        &p.req,
-                        ErrorCode::TIMEOUT,
-                        "no answer from upstream in time",
-                    );
+                    self.reply_error(slot, &p.req, code, why);
                 }
             }
             Owner::Open { session } => {
-                self.open_answer(l, session, p.req, Some(ErrorCode::TIMEOUT))
+                // A session open that never reached the server: the instance is unavailable
+                // to this desktop (the hello may be retried elsewhere).
+                let c = if code == ErrorCode::LINK_LOST_UNSENT {
+                    ErrorCode::UNAVAILABLE
+                } else {
+                    code
+                };
+                self.open_answer(l, session, p.req, Some(c));
             }
             Owner::Subscribe { sub } => {
                 let waiting = self.fanout.answered(sub, None);
-                self.fail_waiting(waiting, ErrorCode::TIMEOUT);
+                self.fail_waiting(waiting, code);
             }
         }
     }
