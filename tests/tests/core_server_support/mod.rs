@@ -4,16 +4,15 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use deskmux_codec::msg::{DesktopHello, LinkHello, control, key};
 use deskmux_codec::{BodyError, BodyWriter, ErrorCode, Frame, FrameDecoder, Head, Kind, Service};
+use deskmux_tests::Proc;
 
 pub const T1: u32 = 1;
 pub const T2: u32 = 2;
@@ -22,11 +21,9 @@ pub const TOKEN2: &str = "tok-globex";
 pub const SECRET: &str = "test-link-secret";
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// `target/debug/core-server`, next to this test's `deps/` directory.
+/// The `core-server` binary (see [`deskmux_tests::bin_path`]); panics if it is not built.
 pub fn bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join("core-server");
+    let p = deskmux_tests::bin_path("core-server");
     assert!(
         p.exists(),
         "{} missing: run `cargo build -p deskmux-core-server` first",
@@ -63,101 +60,50 @@ tokens = ["{TOKEN2}"]
     p
 }
 
-/// A running core-server process.
+/// A running core-server process: the shared [`Proc`] harness plus its address.
 pub struct Server {
-    child: Child,
+    proc_: Proc,
     pub addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
     /// Start with `config` and extra args; waits for `LISTENING`.
     pub fn start(config: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let config = config.to_str().expect("utf-8 config path");
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        let mut proc_ = Proc::spawn_env("core-server", &all, &[("RUST_LOG", "error")])
             .expect("spawn core-server");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = Server {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            lines: rx,
-        };
-        let l = s.wait_line("LISTENING ");
-        s.addr = l
-            .trim_start_matches("LISTENING ")
-            .trim()
-            .parse()
-            .expect("addr");
-        s
+        let addr = proc_.listening(WAIT).expect("core-server LISTENING");
+        Server { proc_, addr }
     }
 
-    /// Wait for a stdout line starting with `prefix`.
+    /// Wait for a stdout line starting with `prefix`; returns the whole line.
     pub fn wait_line(&mut self, prefix: &str) -> String {
-        let end = Instant::now() + WAIT;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("no {prefix:?} line from core-server"),
-            }
-        }
+        let rest = self
+            .proc_
+            .wait_line(prefix, WAIT)
+            .expect("core-server line");
+        format!("{prefix}{rest}")
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc_.pid().expect("running")
     }
 
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc_.kill();
     }
 
     /// Send a signal by name (`USR1`, `TERM`, ...).
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
-        assert!(
-            st.map(|s| s.success()).unwrap_or(false),
-            "kill -{sig} failed"
-        );
+        self.proc_.signal(sig).expect("signal core-server");
     }
 
     /// Wait for exit (bounded).
     pub fn wait_exit(&mut self, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc_.wait_exit(within).is_ok()
     }
 }
 
