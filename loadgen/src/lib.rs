@@ -1,2 +1,23 @@
-//! placeholder
+//! deskmux loadgen: simulated desktops speaking PROTOCOL.md, with honest measurement.
+//!
+//! - [`client`]: the reusable desktop client (site list, retry with backoff and jitter, hello,
+//!   login, allocation-free frame reader);
+//! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`);
+//! - [`recorder`]: coordinated-omission-corrected HdrHistograms per worker, merged;
+//! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
+//! - [`shard`]: worker processes by open-file limit, source addresses over 127.0.0.x;
+//! - [`engine`]: per-core event loops; [`runner`]: sharding over processes and progress;
+//! - [`report`]: table, JSON, HDR interval log, HTML; [`demo`]: core-server + proxy on loopback.
 #![forbid(unsafe_code)]
+
+pub mod args;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod recorder;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod shard;
+pub mod verify;

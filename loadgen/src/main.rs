@@ -1,1 +1,279 @@
-fn main() {}
+//! `loadgen`: simulated deskmux desktops. Subcommands: `run` (against given sites), `demo`
+//! (start core-server + proxy on loopback and drive 25,000 desktops through the proxy),
+//! `compare` (the same load direct and through the proxy, with ratios).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use deskmux_loadgen::args::LoadArgs;
+use deskmux_loadgen::config::RunConfig;
+use deskmux_loadgen::demo::{self, Stack};
+use deskmux_loadgen::report::{self, Summary};
+use deskmux_loadgen::{runner, shard};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Simulated deskmux desktops with honest measurement"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Drive desktops against running sites (a proxy or a server).
+    Run {
+        /// Target site (repeatable, in failover order).
+        #[arg(long = "site", required = true)]
+        sites: Vec<SocketAddr>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Start core-server and proxy from this workspace on loopback, drive desktops through
+    /// the proxy, print the summary.
+    Demo {
+        /// Proxy worker processes.
+        #[arg(long, default_value_t = 2)]
+        proxy_workers: usize,
+        /// Bypass the proxy: drive core-server directly.
+        #[arg(long)]
+        direct: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Run the same load direct and through the proxy; print throughput, server CPU per request
+    /// and p99 ratios. Desktops are capped under the server's open-file limit.
+    Compare {
+        /// Proxy worker processes.
+        #[arg(long, default_value_t = 2)]
+        proxy_workers: usize,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Internal: run one shard of a sharded run (started by the parent loadgen).
+    #[command(hide = true)]
+    Shard {
+        /// `i/N`.
+        #[arg(long)]
+        shard: String,
+        /// The run configuration.
+        #[arg(long)]
+        config_json: String,
+    },
+}
+
+fn finish(
+    cfg: &RunConfig,
+    shards: &[deskmux_loadgen::engine::ShardResult],
+    load: &LoadArgs,
+    server: Option<serde_json::Value>,
+) -> Result<Summary> {
+    let (mut summary, rec) = report::aggregate(cfg, shards).map_err(|e| anyhow!(e))?;
+    summary.server = server;
+    println!("{}", report::table(&summary));
+    if let Some(p) = &load.json {
+        std::fs::write(p, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &load.hdr_log {
+        report::write_hdr_log(p, cfg, &rec).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &load.html {
+        std::fs::write(p, report::html(&summary, &rec))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(summary)
+}
+
+/// Run `load` against a fresh stack; returns the summary.
+fn run_on_stack(load: &LoadArgs, proxy_workers: Option<usize>) -> Result<Summary> {
+    let stack = Stack::start(proxy_workers).map_err(|e| anyhow!(e))?;
+    let target = stack.target().map_err(|e| anyhow!(e))?;
+    let via = if proxy_workers.is_some() {
+        "proxy"
+    } else {
+        "direct"
+    };
+    let mut cfg = load.to_config(vec![target]).map_err(|e| anyhow!(e))?;
+    if proxy_workers.is_none() {
+        cap_direct(&mut cfg, stack.server.pid());
+    }
+    eprintln!(
+        "loadgen: {} desktops {via} to {target} ({} shard(s))",
+        cfg.desktops,
+        runner::shards_for(&cfg)
+    );
+    runner::schedule(&mut cfg);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = demo::sample_cpu(
+        &cfg,
+        stack.server.pid(),
+        stack.proxy.as_ref().map(|p| p.pid()),
+        done.clone(),
+    );
+    let shards = runner::run(cfg.clone(), load.quiet);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let shards = shards.map_err(|e| anyhow!(e))?;
+    let cpu = sampler
+        .join()
+        .map_err(|_| anyhow!("cpu sampler panicked"))?;
+    let measured: u64 = report::aggregate(&cfg, &shards)
+        .map_err(|e| anyhow!(e))?
+        .0
+        .requests
+        .measured;
+    let server = demo::server_json(via, &cpu, cfg.duration_s, measured);
+    let s = finish(&cfg, &shards, load, Some(server))?;
+    drop(stack);
+    Ok(s)
+}
+
+/// `dir/name-TAG.ext` for `dir/name.ext`.
+fn suffixed(p: &std::path::Path, tag: &str) -> std::path::PathBuf {
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match p.extension() {
+        Some(e) => format!("{stem}-{tag}.{}", e.to_string_lossy()),
+        None => format!("{stem}-{tag}"),
+    };
+    p.with_file_name(name)
+}
+
+/// Keep a direct run under the server's open-file limit.
+fn cap_direct(cfg: &mut RunConfig, server_pid: u32) {
+    let limit = shard::nofile_limit_of(server_pid).unwrap_or(1024);
+    let cap = limit.saturating_sub(500).max(1);
+    if cfg.desktops > cap {
+        eprintln!("loadgen: direct run capped at {cap} desktops (server open-file limit {limit})");
+        cfg.desktops = cap;
+    }
+}
+
+fn verdict(s: &Summary) -> ExitCode {
+    if s.verification_failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Shard { shard, config_json } => {
+            let (i, n) = shard::parse_shard(&shard).map_err(|e| anyhow!(e))?;
+            let cfg: RunConfig = serde_json::from_str(&config_json)?;
+            runner::shard_main(cfg, i, n).map_err(|e| anyhow!(e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { sites, load } => {
+            let cfg = load.to_config(sites).map_err(|e| anyhow!(e))?;
+            let shards = runner::run(cfg.clone(), load.quiet).map_err(|e| anyhow!(e))?;
+            let s = finish(&cfg, &shards, &load, None)?;
+            Ok(verdict(&s))
+        }
+        Cmd::Demo {
+            proxy_workers,
+            direct,
+            mut load,
+        } => {
+            load.desktops.get_or_insert(25_000);
+            let s = run_on_stack(&load, if direct { None } else { Some(proxy_workers) })?;
+            Ok(verdict(&s))
+        }
+        Cmd::Compare {
+            proxy_workers,
+            load,
+        } => {
+            // Same load both ways: cap to what a direct run can hold.
+            let mut load = load;
+            let probe = Stack::start(None).map_err(|e| anyhow!(e))?;
+            let limit = shard::nofile_limit_of(probe.server.pid()).unwrap_or(1024);
+            drop(probe);
+            let cap = limit.saturating_sub(500).max(1);
+            let n = load.desktops.unwrap_or(cap).min(cap);
+            if load.desktops.is_some_and(|d| d > cap) {
+                eprintln!(
+                    "loadgen: compare capped at {cap} desktops (server open-file limit {limit})"
+                );
+            }
+            load.desktops = Some(n);
+            let json = load.json.take();
+            let html = load.html.take();
+            let hdr = load.hdr_log.take();
+            let for_run = |tag: &str| {
+                let mut l = load.clone();
+                l.html = html.as_deref().map(|p| suffixed(p, tag));
+                l.hdr_log = hdr.as_deref().map(|p| suffixed(p, tag));
+                l
+            };
+            eprintln!("== direct ==");
+            let d = run_on_stack(&for_run("direct"), None)?;
+            eprintln!("== through the proxy ==");
+            let p = run_on_stack(&for_run("proxy"), Some(proxy_workers))?;
+            let g = |s: &Summary, k: &str| {
+                s.server
+                    .as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0)
+            };
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            let cmp = serde_json::json!({
+                "desktops": n,
+                "direct": d,
+                "proxy": p,
+                "ratios_proxy_over_direct": {
+                    "throughput": ratio(p.throughput_rps, d.throughput_rps),
+                    "server_cpu_per_request": ratio(g(&p, "server_cpu_us_per_request"), g(&d, "server_cpu_us_per_request")),
+                    "p99": ratio(p.latency_us.p99, d.latency_us.p99),
+                },
+            });
+            println!(
+                "compare ({} desktops): proxy/direct throughput {:.2}×, server CPU per request {:.2}×, p99 {:.2}×",
+                n,
+                ratio(p.throughput_rps, d.throughput_rps),
+                ratio(
+                    g(&p, "server_cpu_us_per_request"),
+                    g(&d, "server_cpu_us_per_request")
+                ),
+                ratio(p.latency_us.p99, d.latency_us.p99)
+            );
+            println!(
+                "  direct: {:.0} req/s, server {:.2} µs cpu/req, p99 {:.0} µs | proxy: {:.0} req/s, server {:.2} µs cpu/req, proxy {:.2} µs cpu/req, p99 {:.0} µs",
+                d.throughput_rps,
+                g(&d, "server_cpu_us_per_request"),
+                d.latency_us.p99,
+                p.throughput_rps,
+                g(&p, "server_cpu_us_per_request"),
+                g(&p, "proxy_cpu_us_per_request"),
+                p.latency_us.p99
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&cmp)?)?;
+            }
+            if d.verification_failed || p.verification_failed {
+                return Ok(ExitCode::from(2));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! `demo` and `compare`: start `core-server` and `proxy` from this workspace (the binaries next
+//! to the loadgen executable) with embedded configurations on loopback, wait for their
+//! `LISTENING` lines, drive them, and kill them. `compare` runs the same load direct and
+//! through the proxy and prints the ratios of throughput, server CPU per request and p99.
+//!
+//! Server figures added to the summary's `server` object: `via` (`direct`/`proxy`),
+//! `server_cpu_percent`, `server_cpu_us_per_request`, `proxy_cpu_percent`,
+//! `proxy_cpu_us_per_request`, `proxy_processes`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{self, process_cpu_ns};
+
+/// Link secret shared by the demo's server and proxy.
+pub const DEMO_SECRET: &str = "deskmux-demo-link-secret";
+
+/// The demo's core-server configuration (`listen` on any free port, data under `dir`).
+pub fn core_config(dir: &Path) -> String {
+    format!(
+        r#"# written by loadgen demo
+listen = "127.0.0.1:0"
+role = "both"
+db = "{}"
+instance = "demo-core-1"
+link_secret = "{DEMO_SECRET}"
+heartbeat_ms = 5000
+max_in_flight = 256
+
+[[tenants]]
+id = 1
+name = "acme"
+tokens = ["acme-token"]
+
+[[tenants]]
+id = 2
+name = "globex"
+tokens = ["globex-token"]
+"#,
+        dir.join("core.db").display()
+    )
+}
+
+/// The demo's proxy configuration, pointing at `server`.
+pub fn proxy_config(server: SocketAddr, workers: usize) -> String {
+    format!(
+        r#"# written by loadgen demo
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+workers = {workers}
+link_secret = "{DEMO_SECRET}"
+backlog = 8192
+
+[limits]
+max_desktops = 20000
+max_in_flight = 256
+heartbeat_ms = 5000
+
+[[upstream]]
+name = "demo-core-1"
+service = ["interaction", "ucs"]
+addr = "{server}"
+links = 2
+"#
+    )
+}
+
+/// Directory of the workspace binaries: `DESKMUX_BIN_DIR`, else the loadgen executable's.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DESKMUX_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// Pids of the stack processes started and not yet stopped, so that an abort (second Ctrl-C)
+/// can still kill them — they run in their own process group.
+static STARTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// SIGKILL every stack process still running and its children (used on abort).
+pub fn kill_started() {
+    let pids: Vec<u32> = STARTED.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut all = Vec::new();
+    for p in pids {
+        all.extend(process_tree(p));
+    }
+    if !all.is_empty() {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(all.iter().map(u32::to_string))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process, killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    child: Child,
+    /// Name, for messages.
+    pub name: String,
+    /// Lines it printed with the prefixes waited for (prefix → rest of the line).
+    pub announced: HashMap<String, String>,
+}
+
+impl Proc {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Start `bin` with `args` and wait until it printed a line starting with each of `want`.
+    ///
+    /// # Errors
+    /// Missing binary, early exit, or no announcement within `timeout`.
+    pub fn start(
+        bin: &Path,
+        args: &[&str],
+        want: &[&str],
+        timeout: Duration,
+    ) -> Result<Proc, String> {
+        let name = bin
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found — build the workspace binaries first: \
+                 cargo build --release --workspace --bins",
+                bin.display()
+            ));
+        }
+        // Own process group: a Ctrl-C at the terminal stops loadgen (which then reports and
+        // stops these), not the server under test in the middle of the run.
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(bin)
+            .process_group(0)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        if let Ok(mut v) = STARTED.lock() {
+            v.push(child.id());
+        }
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel::<String>();
+        // Keep draining stdout for the child's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut p = Proc {
+            child,
+            name,
+            announced: HashMap::new(),
+        };
+        let deadline = Instant::now() + timeout;
+        while want.iter().any(|w| !p.announced.contains_key(*w)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    for w in want {
+                        if let Some(rest) = line.strip_prefix(w) {
+                            p.announced
+                                .insert((*w).to_string(), rest.trim().to_string());
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        return Err(format!("{} exited early: {st}", p.name));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!("{} did not announce {want:?} in time", p.name));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = p.child.wait();
+                    return Err(format!(
+                        "{} closed stdout before announcing {want:?}",
+                        p.name
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The address announced after `prefix`.
+    ///
+    /// # Errors
+    /// Not announced or not an address.
+    pub fn addr(&self, prefix: &str) -> Result<SocketAddr, String> {
+        self.announced
+            .get(prefix)
+            .ok_or_else(|| format!("{} did not announce {prefix}", self.name))?
+            .parse()
+            .map_err(|e| format!("{} announced a bad address: {e}", self.name))
+    }
+}
+
+impl Proc {
+    /// Stop the process and the children it started (the proxy's workers): SIGTERM, a grace
+    /// period, then SIGKILL for whatever of that tree is left. Only these pids are signalled.
+    pub fn stop(&mut self) {
+        let pid = self.pid();
+        if let Ok(mut v) = STARTED.lock() {
+            v.retain(|p| *p != pid);
+        }
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let tree = process_tree(pid);
+        let signal = |sig: &str, pids: &[u32]| {
+            if pids.is_empty() {
+                return;
+            }
+            let _ = Command::new("kill")
+                .arg(sig)
+                .args(pids.iter().map(u32::to_string))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM", &[pid]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let left: Vec<u32> = tree[1..]
+            .iter()
+            .copied()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        signal("-KILL", &left);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The processes of `pid` and its direct children (the proxy's workers), from `/proc`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let ppid = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// CPU ns of a set of processes.
+pub fn cpu_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| process_cpu_ns(*p)).sum()
+}
+
+/// core-server, and optionally a proxy in front of it, on loopback.
+#[derive(Debug)]
+pub struct Stack {
+    /// Data directory (removed on drop).
+    pub dir: PathBuf,
+    /// The server.
+    pub server: Proc,
+    /// The proxy.
+    pub proxy: Option<Proc>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            drop(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Stack {
+    /// Start the server (and a proxy with `proxy_workers` workers, if `Some`).
+    ///
+    /// # Errors
+    /// A process failed to start or announce itself.
+    pub fn start(proxy_workers: Option<usize>) -> Result<Stack, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "deskmux-demo-{}-{}",
+            std::process::id(),
+            engine::unix_ns() % 1_000_000
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let bins = bin_dir();
+        let core_cfg = dir.join("core-server.toml");
+        std::fs::write(&core_cfg, core_config(&dir)).map_err(|e| e.to_string())?;
+        let cfg_arg = core_cfg.to_string_lossy().into_owned();
+        let server = Proc::start(
+            &bins.join("core-server"),
+            &["--config", &cfg_arg],
+            &["LISTENING"],
+            Duration::from_secs(20),
+        )?;
+        let server_addr = server.addr("LISTENING")?;
+        eprintln!(
+            "demo: core-server (pid {}) listening on {server_addr}",
+            server.pid()
+        );
+        let proxy = match proxy_workers {
+            None => None,
+            Some(w) => {
+                let pcfg = dir.join("proxy.toml");
+                std::fs::write(&pcfg, proxy_config(server_addr, w)).map_err(|e| e.to_string())?;
+                let arg = pcfg.to_string_lossy().into_owned();
+                let p = Proc::start(
+                    &bins.join("proxy"),
+                    &["--config", &arg],
+                    &["LISTENING", "ADMIN"],
+                    Duration::from_secs(20),
+                )?;
+                eprintln!(
+                    "demo: proxy (pid {}, {w} workers) listening on {}, admin {}",
+                    p.pid(),
+                    p.addr("LISTENING")?,
+                    p.announced.get("ADMIN").cloned().unwrap_or_default()
+                );
+                Some(p)
+            }
+        };
+        Ok(Stack { dir, server, proxy })
+    }
+
+    /// Where desktops connect: the proxy if there is one, else the server.
+    ///
+    /// # Errors
+    /// Bad announcement.
+    pub fn target(&self) -> Result<SocketAddr, String> {
+        match &self.proxy {
+            Some(p) => p.addr("LISTENING"),
+            None => self.server.addr("LISTENING"),
+        }
+    }
+}
+
+/// CPU used by the server and proxy processes over the run's measurement window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackCpu {
+    /// Server CPU ns in the window.
+    pub server_ns: u64,
+    /// Proxy (all processes) CPU ns in the window.
+    pub proxy_ns: u64,
+    /// Proxy processes counted.
+    pub proxy_procs: usize,
+}
+
+/// Sample the stack's CPU at the window's start and end (a background thread; join it after
+/// the run). `cfg.start_unix_ns` must be set.
+pub fn sample_cpu(
+    cfg: &crate::config::RunConfig,
+    server: u32,
+    proxy: Option<u32>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<StackCpu> {
+    let clock = engine::Clock::new(cfg.start_unix_ns);
+    let w = engine::window_of(cfg);
+    std::thread::spawn(move || {
+        // Until `t`, or until the run is over (stopped early).
+        let wait = |t: u64| loop {
+            let now = clock.now_ns();
+            if now >= t || done.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_nanos((t - now).min(100_000_000)));
+        };
+        wait(w.start_ns);
+        let proxies = proxy.map(process_tree).unwrap_or_default();
+        let s0 = cpu_of(&[server]);
+        let p0 = cpu_of(&proxies);
+        wait(w.end_ns);
+        StackCpu {
+            server_ns: cpu_of(&[server]).saturating_sub(s0),
+            proxy_ns: cpu_of(&proxies).saturating_sub(p0),
+            proxy_procs: proxies.len(),
+        }
+    })
+}
+
+/// The `server` object of the summary.
+pub fn server_json(via: &str, cpu: &StackCpu, window_s: f64, measured: u64) -> serde_json::Value {
+    let per = |ns: u64| {
+        if measured == 0 {
+            0.0
+        } else {
+            ns as f64 / 1000.0 / measured as f64
+        }
+    };
+    serde_json::json!({
+        "via": via,
+        "server_cpu_percent": cpu.server_ns as f64 / 1e9 / window_s.max(1e-9) * 100.0,
+        "server_cpu_us_per_request": per(cpu.server_ns),
+        "proxy_cpu_percent": cpu.proxy_ns as f64 / 1e9 / window_s.max(1e-9) * 100.0,
+        "proxy_cpu_us_per_request": per(cpu.proxy_ns),
+        "proxy_processes": cpu.proxy_procs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_plausible_toml() {
+        let c: toml::Value = toml::from_str(&core_config(Path::new("/tmp/x"))).unwrap();
+        assert_eq!(c["listen"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
+        let p: toml::Value =
+            toml::from_str(&proxy_config("127.0.0.1:7100".parse().unwrap(), 2)).unwrap();
+        assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
+        assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
+    }
+
+    #[test]
+    fn own_process_is_in_its_tree_and_has_cpu() {
+        let me = std::process::id();
+        assert_eq!(process_tree(me)[0], me);
+        assert!(process_cpu_ns(me).is_some());
+    }
+}

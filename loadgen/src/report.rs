@@ -1,0 +1,864 @@
+//! Results: shard results merged into one [`Summary`] (histograms merged, never percentiles
+//! averaged), printed as a table, written as JSON with stable keys, as an HDR interval log,
+//! and as a self-contained HTML report with inline SVG plots.
+//!
+//! JSON keys (all nested objects; latencies in microseconds):
+//! - `scenario`, `load_model` (`closed`/`open`), `target_rate_rps`, `window`, `sites`,
+//!   `ramp_s`, `warmup_s`, `duration_s`, `shards`, `threads_per_shard`
+//! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
+//!   peak_connected}`
+//! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
+//!   wrong, unknown_correlation, duplicates, measured}`
+//! - `throughput_rps` (answered ok per second inside the window)
+//! - `latency_us.{count, mean, p50, p90, p99, p999, p9999, max}` — corrected for coordinated
+//!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`
+//! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
+//!   delivery_us.*, last_subscriber_us.*}`
+//! - `ops.<name>.*` (agent scenario, per request type), `storm[]` ({`jitter`, `reconnected`,
+//!   `failed`, `failed_attempts`, `reconnect_us.*`})
+//! - `loadgen_saturated`, `loadgen_saturation_reasons[]`, `loadgen_cpu_percent`,
+//!   `loadgen_cpu_us_per_request`, `loadgen_thread_busy_max`, `loadgen_runqueue_wait_max`,
+//!   `loadgen_sched_lag_us.*`
+//! - `stopped_early`, `verification_failed`, `samples[]`, `latency_over_time[]` ({`t_s`, `count`, `p50`, `p99`,
+//!   `max`}), and in `compare`/`demo` runs `server.*` (see `demo.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use serde::Serialize;
+
+use crate::config::{RunConfig, Scenario};
+use crate::engine::{EventStats, ShardResult, merge_delivery};
+use crate::recorder::{self, Percentiles, Recorder};
+use crate::verify::Tally;
+
+/// A thread busier than this share of a core marks loadgen as the bottleneck.
+pub const BUSY_LIMIT: f64 = 0.90;
+/// A scheduler-lag p99 over this (µs) marks loadgen as the bottleneck.
+pub const SCHED_LAG_LIMIT_US: f64 = 5_000.0;
+
+/// `clients.*`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Clients {
+    /// Desktops targeted.
+    pub target: u64,
+    /// Desktops that got a session.
+    pub connected: u64,
+    /// Desktops that never did.
+    pub failed: u64,
+    /// Failed attempts (retried).
+    pub failed_attempts: u64,
+    /// Sessions re-established after a drop.
+    pub reconnects: u64,
+    /// Sessions that died.
+    pub dropped: u64,
+    /// Logins refused.
+    pub login_failed: u64,
+    /// Most connected at once (sum of the shards' peaks).
+    pub peak_connected: u64,
+}
+
+/// `requests.errors_by_class`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ErrorClasses {
+    /// Not sent: safe to retry.
+    pub not_sent: u64,
+    /// Outcome unknown.
+    pub outcome_unknown: u64,
+    /// Rejected.
+    pub rejected: u64,
+}
+
+/// `requests.*`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Requests {
+    /// Written.
+    pub sent: u64,
+    /// Answered correctly.
+    pub ok: u64,
+    /// Error answers.
+    pub errors: u64,
+    /// Error answers by retry class.
+    pub errors_by_class: ErrorClasses,
+    /// Never answered.
+    pub lost: u64,
+    /// Wrong content or message type.
+    pub wrong: u64,
+    /// Answers with a correlation id never sent.
+    pub unknown_correlation: u64,
+    /// Second answers.
+    pub duplicates: u64,
+    /// Answered ok with an intended time inside the window.
+    pub measured: u64,
+}
+
+/// `events.*`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Events {
+    /// Received.
+    pub received: u64,
+    /// Missed (sequence gaps, including `missed_at_end`).
+    pub gaps: u64,
+    /// Missed after a subscriber's last event, found by comparing subscribers of the same
+    /// subscription at the end.
+    pub missed_at_end: u64,
+    /// Subscriber sessions included in the `missed_at_end` check.
+    pub subscribers_checked: u64,
+    /// Seen twice.
+    pub duplicates: u64,
+    /// Invites.
+    pub invites: u64,
+    /// Properties-changed events.
+    pub props_changed: u64,
+    /// Revoked invites.
+    pub revoked: u64,
+    /// Distinct subscription events seen.
+    pub published: u64,
+    /// Publication → each subscriber.
+    pub delivery_us: Percentiles,
+    /// Publication → the last subscriber, per event.
+    pub last_subscriber_us: Percentiles,
+}
+
+/// `storm[]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Storm {
+    /// Jittered backoff?
+    pub jitter: bool,
+    /// Desktops back.
+    pub reconnected: u64,
+    /// Desktops that did not come back.
+    pub failed: u64,
+    /// Failed attempts.
+    pub failed_attempts: u64,
+    /// Drop → session again, per desktop.
+    pub reconnect_us: Percentiles,
+}
+
+/// `latency_over_time[]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Interval {
+    /// Start of the interval, seconds into the window.
+    pub t_s: f64,
+    /// Requests.
+    pub count: u64,
+    /// p50, µs.
+    pub p50: f64,
+    /// p99, µs.
+    pub p99: f64,
+    /// max, µs.
+    pub max: f64,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// `closed` or `open`.
+    pub load_model: String,
+    /// Open loop: target rate.
+    pub target_rate_rps: Option<f64>,
+    /// Closed loop: outstanding per desktop.
+    pub window: u32,
+    /// Targets.
+    pub sites: Vec<String>,
+    /// Ramp-up.
+    pub ramp_s: f64,
+    /// Warm-up (excluded).
+    pub warmup_s: f64,
+    /// Measured.
+    pub duration_s: f64,
+    /// Worker processes.
+    pub shards: u64,
+    /// Event-loop threads per process.
+    pub threads_per_shard: usize,
+    /// Clients.
+    pub clients: Clients,
+    /// Requests.
+    pub requests: Requests,
+    /// Ok answers per second in the window.
+    pub throughput_rps: f64,
+    /// Corrected latency.
+    pub latency_us: Percentiles,
+    /// Uncorrected latency.
+    pub latency_uncorrected_us: Percentiles,
+    /// Send lag.
+    pub send_lag_us: Percentiles,
+    /// Events.
+    pub events: Events,
+    /// Per operation (agent).
+    pub ops: BTreeMap<String, Percentiles>,
+    /// Storm rounds.
+    pub storm: Vec<Storm>,
+    /// Loadgen was the bottleneck.
+    pub loadgen_saturated: bool,
+    /// Why.
+    pub loadgen_saturation_reasons: Vec<String>,
+    /// Loadgen CPU over the window, percent of one core (all processes).
+    pub loadgen_cpu_percent: f64,
+    /// Loadgen CPU per answered request, µs.
+    pub loadgen_cpu_us_per_request: f64,
+    /// Busiest event-loop thread, share of a core.
+    pub loadgen_thread_busy_max: f64,
+    /// Most run-queue wait of an event-loop thread (runnable, no CPU), share of the window:
+    /// how much the machine's other processes held loadgen back.
+    pub loadgen_runqueue_wait_max: f64,
+    /// Event-loop scheduler lag.
+    pub loadgen_sched_lag_us: Percentiles,
+    /// Stopped early (Ctrl-C): rates and CPU shares are over the planned window.
+    pub stopped_early: bool,
+    /// Lost or wrong answers.
+    pub verification_failed: bool,
+    /// First verification failures and errors.
+    pub samples: Vec<String>,
+    /// Corrected latency per interval.
+    pub latency_over_time: Vec<Interval>,
+    /// Server-side figures (demo / compare), filled in by the caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<serde_json::Value>,
+}
+
+/// Merge shard results into the summary and the merged recorder (for the log and HTML).
+///
+/// # Errors
+/// A corrupt histogram in a shard's result.
+pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Recorder), String> {
+    let window = crate::engine::window_of(cfg);
+    let mut rec = Recorder::new(window);
+    let mut tally = Tally::default();
+    let mut events = EventStats::default();
+    let mut clients = crate::engine::ClientStats::default();
+    let mut sched = recorder::new_hist();
+    let mut samples = Vec::new();
+    let mut cpu_ns = 0u64;
+    let mut busy_max: f64 = 0.0;
+    let mut wait_max: f64 = 0.0;
+    let mut threads = 0;
+    let mut ops: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let mut storms: Vec<(bool, Histogram<u64>, u64, u64)> = Vec::new();
+    let wns = (window.end_ns - window.start_ns).max(1) as f64;
+    for s in shards {
+        rec.merge(&Recorder::from_wire(window, &s.rec)?);
+        tally.merge(&s.tally);
+        let ev = EventStats::from_wire(&s.events)?;
+        // per-event deliveries merge across shards by (tenant, seq)
+        for (k, d) in &ev.per_event {
+            merge_delivery(events.per_event.entry(*k).or_default(), d);
+        }
+        let mut ev2 = ev;
+        ev2.per_event.clear();
+        events.merge(&ev2);
+        // (tails are merged by `merge` and checked below)
+        clients.merge(&s.clients);
+        let _ = sched.add(recorder::hist_from_hex(&s.sched_lag)?);
+        samples.extend(s.samples.iter().cloned());
+        cpu_ns += s.process_cpu_ns;
+        threads = threads.max(s.threads);
+        for t in &s.thread_cpu_ns {
+            busy_max = busy_max.max(*t as f64 / wns);
+        }
+        for t in &s.thread_wait_ns {
+            wait_max = wait_max.max(*t as f64 / wns);
+        }
+        for (k, h) in &s.ops {
+            let _ = ops
+                .entry(k.clone())
+                .or_insert_with(recorder::new_hist)
+                .add(recorder::hist_from_hex(h)?);
+        }
+        for (i, r) in s.storm.iter().enumerate() {
+            if storms.len() <= i {
+                storms.push((r.jitter, recorder::new_hist(), 0, 0));
+            }
+            let _ = storms[i].1.add(recorder::hist_from_hex(&r.reconnect)?);
+            storms[i].2 += r.failed_attempts;
+            storms[i].3 += r.failed;
+        }
+    }
+    samples.truncate(20);
+    let missed_at_end = crate::engine::missed_tails(&events.tails);
+    let mut last = recorder::new_hist();
+    for d in events.per_event.values() {
+        if d.count > 0 && d.published_us > 0 {
+            last.saturating_record(d.last_us.saturating_sub(d.published_us).max(1) * 1000);
+        }
+    }
+    let measured = rec.count();
+    let secs = window.secs().max(1e-9);
+    let cpu_percent = cpu_ns as f64 / wns * 100.0;
+    let per_req_base = measured + events.received;
+    let cpu_per_req = if per_req_base > 0 {
+        cpu_ns as f64 / 1000.0 / per_req_base as f64
+    } else {
+        0.0
+    };
+    let sched_p = Percentiles::of(&sched);
+    let mut reasons = Vec::new();
+    if busy_max > BUSY_LIMIT {
+        reasons.push(format!(
+            "an event-loop thread was busy {:.0} % of the window (limit {:.0} %)",
+            busy_max * 100.0,
+            BUSY_LIMIT * 100.0
+        ));
+    }
+    if sched_p.p99 > SCHED_LAG_LIMIT_US {
+        reasons.push(format!(
+            "event-loop scheduler lag p99 {:.1} ms (limit {:.1} ms){}",
+            sched_p.p99 / 1000.0,
+            SCHED_LAG_LIMIT_US / 1000.0,
+            if busy_max <= BUSY_LIMIT {
+                format!(
+                    " although loadgen's busiest thread was busy only {:.0} % of the window \
+                     (and waited for a CPU {:.0} % of it): ready desktops queue behind each \
+                     other in bursts and/or other processes hold the CPUs, so answers waited \
+                     for loadgen",
+                    busy_max * 100.0,
+                    wait_max * 100.0
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let latency_over_time = rec
+        .intervals
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let p = Percentiles::of(h);
+            Interval {
+                t_s: i as f64 * window.interval_ns as f64 / 1e9,
+                count: p.count,
+                p50: p.p50,
+                p99: p.p99,
+                max: p.max,
+            }
+        })
+        .collect();
+    let summary = Summary {
+        scenario: cfg.scenario.as_str().into(),
+        load_model: match (cfg.scenario, cfg.rate) {
+            (Scenario::Agent | Scenario::Supervisor, _) => "sequential",
+            (_, Some(_)) => "open",
+            (_, None) => "closed",
+        }
+        .into(),
+        target_rate_rps: cfg.rate,
+        window: cfg.window,
+        sites: cfg.sites.iter().map(|s| s.to_string()).collect(),
+        ramp_s: cfg.ramp_s,
+        warmup_s: cfg.warmup_s,
+        duration_s: cfg.duration_s,
+        shards: shards.len() as u64,
+        threads_per_shard: threads,
+        clients: Clients {
+            target: cfg.desktops,
+            connected: clients.connected,
+            failed: clients.failed,
+            failed_attempts: clients.failed_attempts,
+            reconnects: clients.reconnects,
+            dropped: clients.dropped,
+            login_failed: clients.login_failed,
+            peak_connected: clients.peak_connected,
+        },
+        requests: Requests {
+            sent: tally.sent,
+            ok: tally.ok,
+            errors: tally.errors(),
+            errors_by_class: ErrorClasses {
+                not_sent: tally.err_not_sent,
+                outcome_unknown: tally.err_outcome_unknown,
+                rejected: tally.err_rejected,
+            },
+            lost: tally.lost,
+            wrong: tally.wrong,
+            unknown_correlation: tally.unknown,
+            duplicates: tally.duplicates,
+            measured,
+        },
+        throughput_rps: measured as f64 / secs,
+        latency_us: Percentiles::of(&rec.corrected),
+        latency_uncorrected_us: Percentiles::of(&rec.uncorrected),
+        send_lag_us: Percentiles::of(&rec.send_lag),
+        events: Events {
+            received: events.received,
+            gaps: events.gaps + missed_at_end,
+            missed_at_end,
+            subscribers_checked: events.tails.len() as u64,
+            duplicates: events.duplicates,
+            invites: events.invites,
+            props_changed: events.props_changed,
+            revoked: events.revoked,
+            published: events.per_event.len() as u64,
+            delivery_us: Percentiles::of(&events.delivery),
+            last_subscriber_us: Percentiles::of(&last),
+        },
+        ops: ops
+            .iter()
+            .map(|(k, h)| (k.clone(), Percentiles::of(h)))
+            .collect(),
+        storm: storms
+            .iter()
+            .map(|(j, h, fa, f)| Storm {
+                jitter: *j,
+                reconnected: h.len(),
+                failed: *f,
+                failed_attempts: *fa,
+                reconnect_us: Percentiles::of(h),
+            })
+            .collect(),
+        loadgen_saturated: !reasons.is_empty(),
+        loadgen_saturation_reasons: reasons,
+        loadgen_cpu_percent: cpu_percent,
+        loadgen_cpu_us_per_request: cpu_per_req,
+        loadgen_thread_busy_max: busy_max,
+        loadgen_runqueue_wait_max: wait_max,
+        loadgen_sched_lag_us: sched_p,
+        stopped_early: shards.iter().any(|s| s.stopped_early),
+        verification_failed: tally.failed() || events.gaps + missed_at_end > 0,
+        samples,
+        latency_over_time,
+        server: None,
+    };
+    Ok((summary, rec))
+}
+
+fn pct_row(out: &mut String, name: &str, p: &Percentiles) {
+    let _ = writeln!(
+        out,
+        "  {name:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
+        p.count, p.p50, p.p90, p.p99, p.p999, p.max
+    );
+}
+
+/// The end-of-run table.
+pub fn table(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "loadgen {} — {}{}, {} desktops over {} shard(s) × {} thread(s), {:.0} s measured \
+         (ramp {:.0} s, warm-up {:.0} s excluded)",
+        s.scenario,
+        s.load_model,
+        match (s.load_model.as_str(), s.target_rate_rps) {
+            ("sequential", _) => {
+                " (one request at a time per desktop; media servers submit open loop)".to_string()
+            }
+            (_, Some(r)) => format!(" loop at {r:.0} req/s"),
+            _ => format!(" loop, {} outstanding per desktop", s.window),
+        },
+        s.clients.target,
+        s.shards,
+        s.threads_per_shard,
+        s.duration_s,
+        s.ramp_s,
+        s.warmup_s
+    );
+    let c = &s.clients;
+    let _ = writeln!(
+        o,
+        "clients   target {}  connected {}  failed {}  (peak {}, failed attempts {}, reconnects {}, dropped {}, login refused {})",
+        c.target,
+        c.connected,
+        c.failed,
+        c.peak_connected,
+        c.failed_attempts,
+        c.reconnects,
+        c.dropped,
+        c.login_failed
+    );
+    let r = &s.requests;
+    let _ = writeln!(
+        o,
+        "requests  sent {}  ok {}  errors {} (not_sent {}, outcome_unknown {}, rejected {})  lost {}  wrong {}  unknown-id {}  duplicate {}",
+        r.sent,
+        r.ok,
+        r.errors,
+        r.errors_by_class.not_sent,
+        r.errors_by_class.outcome_unknown,
+        r.errors_by_class.rejected,
+        r.lost,
+        r.wrong,
+        r.unknown_correlation,
+        r.duplicates
+    );
+    let _ = writeln!(
+        o,
+        "throughput {:.0} req/s (ok, inside the window)",
+        s.throughput_rps
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    pct_row(&mut o, "corrected", &s.latency_us);
+    pct_row(&mut o, "uncorrected", &s.latency_uncorrected_us);
+    pct_row(&mut o, "send lag", &s.send_lag_us);
+    for (k, p) in &s.ops {
+        pct_row(&mut o, &format!("op {k}"), p);
+    }
+    if s.events.received > 0 || s.scenario == "supervisor" {
+        let e = &s.events;
+        let _ = writeln!(
+            o,
+            "events    received {}  gaps {} (at end {}, {} subscribers checked)  duplicates {}  distinct published {}  invites {}  props {}  revoked {}",
+            e.received,
+            e.gaps,
+            e.missed_at_end,
+            e.subscribers_checked,
+            e.duplicates,
+            e.published,
+            e.invites,
+            e.props_changed,
+            e.revoked
+        );
+        pct_row(&mut o, "event delivery", &e.delivery_us);
+        pct_row(&mut o, "publish→last subscr.", &e.last_subscriber_us);
+    }
+    for (i, st) in s.storm.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "storm {} ({}): reconnected {}  failed {}  failed attempts {}",
+            i + 1,
+            if st.jitter {
+                "jittered backoff"
+            } else {
+                "no jitter"
+            },
+            st.reconnected,
+            st.failed,
+            st.failed_attempts
+        );
+        pct_row(&mut o, "reconnect time", &st.reconnect_us);
+    }
+    let _ = writeln!(
+        o,
+        "loadgen   cpu {:.0} % of a core, {:.2} µs cpu/request, busiest thread {:.0} % (run-queue wait up to {:.0} %), sched lag p99 {:.0} µs max {:.0} µs{}",
+        s.loadgen_cpu_percent,
+        s.loadgen_cpu_us_per_request,
+        s.loadgen_thread_busy_max * 100.0,
+        s.loadgen_runqueue_wait_max * 100.0,
+        s.loadgen_sched_lag_us.p99,
+        s.loadgen_sched_lag_us.max,
+        if s.loadgen_saturated {
+            format!(
+                "  ** SATURATED: {} **",
+                s.loadgen_saturation_reasons.join("; ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    if s.stopped_early {
+        let _ = writeln!(
+            o,
+            "STOPPED EARLY (Ctrl-C): throughput and CPU shares are divided by the planned window"
+        );
+    }
+    if let Some(sv) = &s.server {
+        let _ = writeln!(o, "server    {sv}");
+    }
+    let _ = writeln!(
+        o,
+        "verification {}",
+        if s.verification_failed {
+            "FAILED (requests lost or answered wrongly, or event gaps)"
+        } else {
+            "passed: every request answered exactly once with the right content"
+        }
+    );
+    for smp in s.samples.iter().take(5) {
+        let _ = writeln!(o, "  sample: {smp}");
+    }
+    o
+}
+
+/// Write the corrected-latency HDR interval log (values in ns; `max` column in µs).
+///
+/// # Errors
+/// I/O.
+pub fn write_hdr_log(
+    path: &std::path::Path,
+    cfg: &RunConfig,
+    rec: &Recorder,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    let mut ser = V2DeflateSerializer::new();
+    let start = UNIX_EPOCH + Duration::from_nanos(cfg.start_unix_ns + rec.window.start_ns);
+    {
+        let mut w = IntervalLogWriterBuilder::new()
+            .add_comment("deskmux loadgen: corrected latency (ns) per interval")
+            .with_start_time(start)
+            .with_base_time(start)
+            .with_max_value_divisor(1000.0)
+            .begin_log_with(&mut out, &mut ser)?;
+        let step = Duration::from_nanos(rec.window.interval_ns);
+        for (i, h) in rec.intervals.iter().enumerate() {
+            w.write_histogram(h, step * i as u32, step, None)
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        }
+    }
+    std::fs::write(path, out)
+}
+
+fn svg_polyline(points: &[(f64, f64)], color: &str) -> String {
+    let mut s = format!("<polyline fill='none' stroke='{color}' stroke-width='1.5' points='");
+    for (x, y) in points {
+        let _ = write!(s, "{x:.1},{y:.1} ");
+    }
+    s.push_str("'/>");
+    s
+}
+
+/// A log-scale y axis mapping µs to pixels.
+fn log_y(v: f64, lo: f64, hi: f64, h: f64) -> f64 {
+    let v = v.max(lo);
+    let f = (v.ln() - lo.ln()) / (hi.ln() - lo.ln()).max(1e-9);
+    h - f * h
+}
+
+fn y_ticks(lo: f64, hi: f64, w: f64, h: f64, left: f64, top: f64) -> String {
+    let mut s = String::new();
+    let mut t = 10f64.powf(lo.log10().floor());
+    while t <= hi * 1.0001 {
+        if t >= lo {
+            let y = top + log_y(t, lo, hi, h);
+            let label = if t >= 1e6 {
+                format!("{} s", t / 1e6)
+            } else if t >= 1e3 {
+                format!("{} ms", t / 1e3)
+            } else {
+                format!("{t} µs")
+            };
+            let _ = write!(
+                s,
+                "<line x1='{left}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/>\
+                 <text x='{}' y='{:.1}' font-size='10' text-anchor='end'>{label}</text>",
+                left + w,
+                left - 4.0,
+                y + 3.0
+            );
+        }
+        t *= 10.0;
+    }
+    s
+}
+
+/// The self-contained HTML report: latency over time and the percentile distribution.
+pub fn html(s: &Summary, rec: &Recorder) -> String {
+    let (w, h, left, top) = (760.0, 260.0, 60.0, 20.0);
+    // Latency over time.
+    let iv = &s.latency_over_time;
+    let lo = iv
+        .iter()
+        .map(|i| i.p50)
+        .filter(|v| *v > 0.0)
+        .fold(f64::MAX, f64::min)
+        .min(s.latency_us.p50.max(1.0))
+        .max(1.0);
+    let hi = iv
+        .iter()
+        .map(|i| i.max)
+        .fold(s.latency_us.max, f64::max)
+        .max(lo * 10.0);
+    let n = iv.len().max(2) as f64 - 1.0;
+    let series = |f: &dyn Fn(&Interval) -> f64| -> Vec<(f64, f64)> {
+        iv.iter()
+            .enumerate()
+            .filter(|(_, i)| i.count > 0)
+            .map(|(k, i)| (left + k as f64 / n * w, top + log_y(f(i), lo, hi, h)))
+            .collect()
+    };
+    let mut over_time = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
+        w + left + 20.0,
+        h + top + 40.0
+    );
+    over_time.push_str(&y_ticks(lo, hi, w, h, left, top));
+    over_time.push_str(&svg_polyline(&series(&|i| i.p50), "#2a7"));
+    over_time.push_str(&svg_polyline(&series(&|i| i.p99), "#e80"));
+    over_time.push_str(&svg_polyline(&series(&|i| i.max), "#c22"));
+    let _ = write!(
+        over_time,
+        "<text x='{left}' y='{}' font-size='11'>seconds into the window (0 – {:.0} s); \
+         <tspan fill='#2a7'>p50</tspan> <tspan fill='#e80'>p99</tspan> \
+         <tspan fill='#c22'>max</tspan> per {} ms interval</text></svg>",
+        top + h + 25.0,
+        s.duration_s,
+        rec.window.interval_ns / 1_000_000
+    );
+    // Percentile distribution: x = log10(1/(1-q)), as HdrHistogram plots do.
+    let mut dist = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
+        w + left + 20.0,
+        h + top + 40.0
+    );
+    let xmax = 5.0; // up to 99.999 %
+    let curve = |hist: &Histogram<u64>| -> Vec<(f64, f64)> {
+        let mut pts = Vec::new();
+        if hist.is_empty() {
+            return pts;
+        }
+        for k in 0..=200 {
+            let x = k as f64 / 200.0 * xmax;
+            let q = 1.0 - 10f64.powf(-x);
+            let v = hist.value_at_quantile(q) as f64 / 1000.0;
+            pts.push((left + x / xmax * w, top + log_y(v, lo, hi, h)));
+        }
+        pts
+    };
+    dist.push_str(&y_ticks(lo, hi, w, h, left, top));
+    for (k, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
+        let x = left + k as f64 / xmax * w;
+        let _ = write!(
+            dist,
+            "<line x1='{x:.1}' x2='{x:.1}' y1='{top}' y2='{}' stroke='#eee'/>\
+             <text x='{x:.1}' y='{}' font-size='10' text-anchor='middle'>{label}</text>",
+            top + h,
+            top + h + 12.0
+        );
+    }
+    dist.push_str(&svg_polyline(&curve(&rec.corrected), "#c22"));
+    dist.push_str(&svg_polyline(&curve(&rec.uncorrected), "#27c"));
+    let _ = write!(
+        dist,
+        "<text x='{left}' y='{}' font-size='11'>percentile; \
+         <tspan fill='#c22'>corrected (from intended send time)</tspan>, \
+         <tspan fill='#27c'>uncorrected</tspan></text></svg>",
+        top + h + 30.0
+    );
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;");
+    let json = serde_json::to_string_pretty(s).unwrap_or_default();
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>deskmux loadgen report</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}</style>\
+         </head><body><h1>deskmux loadgen — {}</h1><pre>{}</pre>\
+         <h2>Latency over time</h2>{over_time}<h2>Latency by percentile</h2>{dist}\
+         <h2>JSON</h2><pre>{}</pre><p>Generated {:?}</p></body></html>",
+        esc(&s.scenario),
+        esc(&table(s)),
+        esc(&json),
+        SystemTime::now()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn cfg() -> RunConfig {
+        RunConfig {
+            sites: vec!["127.0.0.1:1".parse().unwrap()],
+            desktops: 10,
+            scenario: Scenario::Ping,
+            window: 1,
+            rate: None,
+            ramp_s: 0.0,
+            warmup_s: 1.0,
+            duration_s: 2.0,
+            drain_s: 1.0,
+            threads: 1,
+            tenants: vec![],
+            login: false,
+            echo_service: 1,
+            per_source: 100,
+            per_process: 100,
+            port_range: (32768, 60999),
+            interval_ms: 1000,
+            media_share: 0.0,
+            submit_rate: 0.0,
+            queue: "q".into(),
+            backoff_base_ms: 10,
+            backoff_max_ms: 100,
+            jitter: true,
+            storm_spread_ms: 100,
+            connect_timeout_s: 1.0,
+            start_unix_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn aggregate_merges_shards_and_keys_are_stable() {
+        let c = cfg();
+        let w = crate::engine::window_of(&c);
+        let mut shards = Vec::new();
+        for k in 0..2u64 {
+            let mut r = Recorder::new(w);
+            for i in 0..100u64 {
+                let t = w.start_ns + i * 10_000_000;
+                r.record(t, t, t + 1000 * (k + 1) * 100);
+            }
+            shards.push(ShardResult {
+                desktops: 5,
+                threads: 1,
+                tally: Tally {
+                    sent: 100,
+                    ok: 100,
+                    ..Tally::default()
+                },
+                rec: r.to_wire(),
+                thread_cpu_ns: vec![1_000_000_000],
+                process_cpu_ns: 1_000_000_000,
+                ..ShardResult::default()
+            });
+        }
+        let (s, rec) = aggregate(&c, &shards).unwrap();
+        assert_eq!(s.requests.ok, 200);
+        assert_eq!(s.requests.measured, 200);
+        assert!((s.throughput_rps - 100.0).abs() < 1e-6);
+        assert!((s.latency_us.p50 - 100.0).abs() < 1.0);
+        assert!((s.latency_us.max - 200.0).abs() < 1.0);
+        assert!((s.loadgen_cpu_percent - 100.0).abs() < 1e-6);
+        assert!(!s.verification_failed);
+        assert_eq!(rec.count(), 200);
+        let v = serde_json::to_value(&s).unwrap();
+        for key in [
+            "/clients/target",
+            "/clients/connected",
+            "/clients/failed",
+            "/requests/sent",
+            "/requests/ok",
+            "/requests/errors",
+            "/requests/lost",
+            "/throughput_rps",
+            "/latency_us/p50",
+            "/latency_us/p99",
+            "/latency_us/p999",
+            "/latency_us/max",
+            "/events/received",
+            "/events/gaps",
+            "/loadgen_saturated",
+            "/loadgen_cpu_percent",
+        ] {
+            assert!(v.pointer(key).is_some(), "missing {key}");
+        }
+        let html = html(&s, &rec);
+        assert!(html.contains("<svg") && html.contains("polyline"));
+        assert!(table(&s).contains("verification passed"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.hlog");
+        write_hdr_log(&p, &c, &rec).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("#[StartTime:"));
+        let n =
+            hdrhistogram::serialization::interval_log::IntervalLogIterator::new(text.as_bytes())
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(_))
+                    )
+                })
+                .count();
+        assert_eq!(n, rec.intervals.len());
+        assert!(n >= 1);
+    }
+}

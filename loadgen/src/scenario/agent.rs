@@ -1,0 +1,131 @@
+//! `agent`: a realistic agent desktop. Agents log in, become ready, and for each invite:
+//! accept, change properties, look up the customer in UCS (`CONTACT_IDENTIFY`), insert a history
+//! record (`HISTORY_INSERT`), and stop processing. A share of the desktops act as media servers
+//! submitting the interactions (open loop, `submit_rate` in total). Every answer is verified
+//! (correlation, type, content: the accepted interaction is the invited one, ids are present).
+
+use std::rc::Rc;
+
+use deskmux_codec::{Service, msg};
+
+use crate::engine::Ctx;
+use crate::scenario::session::{End, Event, Session, run_sessions};
+use crate::scenario::supervisor::{is_media, submitter};
+
+/// Handle invites until the end of the run.
+async fn agent(s: &mut Session<'_>) -> End {
+    let end = s.ctx.cfg.measure_end_ns();
+    let gid = s.gid;
+    match s
+        .request(
+            "ready",
+            Service::Interaction,
+            msg::ixn::AGENT_READY,
+            |_| Ok(()),
+            |_| true,
+        )
+        .await
+    {
+        Err(e) => return e,
+        Ok(false) => return super::supervisor::idle(s).await,
+        Ok(true) => {}
+    }
+    let queue = s.ctx.cfg.queue.clone();
+    loop {
+        let ix = match s.next_event(end).await {
+            Err(e) => return e,
+            Ok(None) => return End::Done,
+            Ok(Some(Event::Revoked(_))) => continue,
+            Ok(Some(Event::Invite(ix))) => ix,
+        };
+        macro_rules! step {
+            ($r:expr) => {
+                match $r.await {
+                    Err(e) => return e,
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
+            };
+        }
+        step!(s.request(
+            "accept",
+            Service::Interaction,
+            msg::ixn::ACCEPT,
+            |w| {
+                w.int(msg::key::INTERACTION, ix);
+                Ok(())
+            },
+            |b| b.int(msg::key::INTERACTION).ok() == Some(ix),
+        ));
+        step!(s.request(
+            "change_properties",
+            Service::Interaction,
+            msg::ixn::CHANGE_PROPERTIES,
+            |w| {
+                w.int(msg::key::INTERACTION, ix);
+                w.list(msg::key::PROPS, |p| {
+                    p.str("disposition", "handled")?;
+                    p.str("agent", &format!("lg-{gid}"))?;
+                    Ok(())
+                })?;
+                Ok(())
+            },
+            |_| true,
+        ));
+        let mut contact = 0i64;
+        step!(s.request(
+            "contact_identify",
+            Service::Ucs,
+            msg::ucs::CONTACT_IDENTIFY,
+            |w| {
+                w.str(
+                    msg::key::EMAIL,
+                    &format!("customer{}@example.com", ix % 5000),
+                )?;
+                Ok(())
+            },
+            |b| {
+                contact = b.int(msg::key::CONTACT).unwrap_or(0);
+                contact > 0
+            },
+        ));
+        step!(s.request(
+            "history_insert",
+            Service::Ucs,
+            msg::ucs::HISTORY_INSERT,
+            |w| {
+                w.int(msg::key::CONTACT, contact);
+                w.int(msg::key::INTERACTION, ix);
+                w.str(msg::key::SUBJECT, &queue)?;
+                w.str(msg::key::TEXT, "loadgen agent scenario: handled")?;
+                Ok(())
+            },
+            |b| b.int(msg::key::HISTORY).is_ok_and(|h| h > 0),
+        ));
+        step!(s.request(
+            "stop_processing",
+            Service::Interaction,
+            msg::ixn::STOP_PROCESSING,
+            |w| {
+                w.int(msg::key::INTERACTION, ix);
+                Ok(())
+            },
+            |_| true,
+        ));
+    }
+}
+
+/// Run one agent (or media-server) desktop.
+pub async fn run(ctx: Rc<Ctx>, gid: u64) {
+    let cfg = ctx.cfg.clone();
+    let media = is_media(gid, cfg.desktops, cfg.media_share, cfg.tenants.len() as u64);
+    // Agents must log in to be offered work; media servers need no login.
+    run_sessions(&ctx, gid, !media, async |s: &mut Session<'_>| {
+        if media {
+            submitter(s).await
+        } else {
+            agent(s).await
+        }
+    })
+    .await;
+}

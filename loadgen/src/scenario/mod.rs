@@ -1,0 +1,139 @@
+//! Scenarios: what each simulated desktop does once connected, plus the shared connect/login
+//! step. Each desktop is one small local task on its thread's event loop.
+
+pub mod agent;
+pub mod ping;
+pub mod session;
+pub mod storm;
+pub mod supervisor;
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::client::{self, Backoff, ClientError, ConnectOptions, Desktop, Identity, SourcePlan};
+use crate::config::{RunConfig, Scenario};
+use crate::engine::Ctx;
+use crate::shard;
+
+/// Run desktop `gid` to the end of the run.
+pub async fn run_desktop(ctx: Rc<Ctx>, gid: u64) {
+    match ctx.cfg.scenario {
+        Scenario::Ping | Scenario::Storm => ping::run(ctx, gid).await,
+        Scenario::Agent => agent::run(ctx, gid).await,
+        Scenario::Supervisor => supervisor::run(ctx, gid).await,
+    }
+}
+
+/// Desktop `gid`'s identity: tenants round-robin, agent id `lg-<gid>`, both services.
+pub fn identity(cfg: &RunConfig, gid: u64) -> Identity {
+    let t = &cfg.tenants[(gid as usize) % cfg.tenants.len().max(1)];
+    Identity {
+        tenant: t.id,
+        agent: format!("lg-{gid}"),
+        token: t.token.clone(),
+        services: 0b110,
+    }
+}
+
+/// Desktop `gid`'s source plan (None: let the kernel pick, for non-loopback targets).
+///
+/// Loopback targets always get an explicit source (127.0.0.2 and up, explicit port), however
+/// few desktops there are: 127.0.0.1's port space is shared with everything else on the machine
+/// and fills with TIME_WAIT sockets (60 s each) after big runs; measured, a 2 000-desktop run
+/// right after several 25 000-desktop ones got `EADDRNOTAVAIL` and multi-second event-loop
+/// stalls in the kernel's free-port search when it let `connect()` pick.
+pub fn source(cfg: &RunConfig, gid: u64) -> Option<SourcePlan> {
+    if !cfg.sites.iter().all(|s| s.ip().is_loopback()) {
+        return None;
+    }
+    // `total` above `per_source` forces the spread even for small runs.
+    shard::source_addr(gid, cfg.desktops.max(cfg.per_source + 1), cfg.per_source)
+        .ok()
+        .flatten()
+        .map(|ip| SourcePlan {
+            ip: IpAddr::V4(ip),
+            id: gid,
+            per_source: cfg.per_source,
+            range: cfg.port_range,
+        })
+}
+
+/// Sleep until run time `t`.
+pub async fn sleep_until(ctx: &Ctx, t: u64) {
+    tokio::time::sleep_until(ctx.clock.tokio_instant(t)).await;
+}
+
+/// Connect (with site failover and backoff), hello and — if configured — log in. Counts
+/// failed attempts and refused logins. `Err` carries the number of failed attempts.
+pub async fn connect(
+    ctx: &Ctx,
+    gid: u64,
+    site: usize,
+    generation: &mut u64,
+    jitter: bool,
+    login: bool,
+) -> Result<(Desktop, u32), u32> {
+    let cfg = &ctx.cfg;
+    let id = identity(cfg, gid);
+    let timeout = Duration::from_secs_f64(cfg.connect_timeout_s);
+    let opts = ConnectOptions {
+        timeout,
+        backoff: Backoff {
+            base: Duration::from_millis(cfg.backoff_base_ms),
+            max: Duration::from_millis(cfg.backoff_max_ms),
+            jitter,
+        },
+        max_attempts: 0,
+        read_buf: 1024,
+    };
+    let deadline = ctx.clock.tokio_instant(cfg.measure_end_ns());
+    let (mut d, attempts) = match client::connect_sites(
+        &cfg.sites,
+        site,
+        source(cfg, gid),
+        generation,
+        &id,
+        &opts,
+        deadline,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err((e, attempts)) => {
+            let mut s = ctx.stats.borrow_mut();
+            s.clients.failed_attempts += u64::from(attempts);
+            s.sample(|| format!("desktop {gid}: connect failed after {attempts} attempts: {e}"));
+            return Err(attempts);
+        }
+    };
+    ctx.stats.borrow_mut().clients.failed_attempts += u64::from(attempts);
+    if login {
+        let place = format!("place-{gid}");
+        let mut tries = 0;
+        loop {
+            match client::login(&mut d, &place, timeout).await {
+                Ok(()) => break,
+                // The previous session of this agent may not be closed yet (reconnect storm).
+                Err(ClientError::Refused { code, .. })
+                    if code == deskmux_codec::ErrorCode::INVALID_STATE && tries < 20 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    let mut s = ctx.stats.borrow_mut();
+                    s.clients.login_failed += 1;
+                    s.sample(|| format!("desktop {gid}: login failed: {e}"));
+                    return Err(attempts + 1);
+                }
+            }
+        }
+    }
+    Ok((d, attempts))
+}
+
+/// Whether a `try_read` error means "nothing more now" rather than a dead connection.
+pub fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}

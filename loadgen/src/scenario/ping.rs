@@ -1,0 +1,381 @@
+//! `ping`: the smallest request/response (`ECHO`), to measure the proxy itself. Also the load
+//! of the `storm` scenario, which drops and reconnects every desktop at scheduled times.
+//!
+//! Per request: the desktop's pre-encoded echo frame gets its correlation id and unique
+//! payload patched in place and is appended to a reused write buffer; answers are parsed in
+//! place from the reader's buffer. Nothing is allocated per request.
+
+use std::rc::Rc;
+
+use deskmux_codec::head::restamp_correlation;
+use deskmux_codec::{Flags, HEAD_LEN, Head, Kind, Service, msg};
+
+use crate::client::{self, CLIENT_CORR_BASE, Desktop};
+use crate::engine::Ctx;
+use crate::scenario::{self, storm};
+use crate::verify::{self, ECHO_BODY_LEN, Pending, Verdict};
+
+/// A request in flight: intended and actual send time (run ns).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// When it should have been sent (open loop schedule; = `sent` in closed loop).
+    pub intended: u64,
+    /// When it was written.
+    pub sent: u64,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The run is over.
+    Done,
+    /// The connection died (or the peer sent GO_AWAY): reconnect to the next site.
+    Dropped,
+    /// A storm round: drop deliberately and reconnect.
+    Storm,
+}
+
+/// Cap on requests in flight per desktop in open loop (also bounded by the server's
+/// `max_in_flight`): requests due beyond it wait, and their wait counts in corrected latency.
+const OPEN_LOOP_CAP: u32 = 64;
+
+/// Run one ping (or storm) desktop.
+pub async fn run(ctx: Rc<Ctx>, gid: u64) {
+    let cfg = ctx.cfg.clone();
+    let connect_at = cfg.connect_at_ns(gid);
+    scenario::sleep_until(&ctx, connect_at).await;
+    let nsites = cfg.sites.len().max(1);
+    let mut site = gid as usize % nsites;
+    let mut pending: Pending<Sent> = Pending::new(1);
+    let rounds = cfg.storm_rounds();
+    let mut next_round = 0usize;
+    let mut storm_drop: Option<usize> = None;
+    let period = cfg
+        .rate
+        .map(|r| ((cfg.desktops as f64 / r.max(1e-9)) * 1e9) as u64)
+        .map(|p| p.max(1));
+    // Spread desktops' schedules over one period.
+    let mut next_intended = connect_at + period.map(|p| fastrand::u64(0..p)).unwrap_or(0);
+    let mut ever = false;
+    let mut generation = 0u64;
+    loop {
+        if ctx.clock.now_ns() >= cfg.measure_end_ns() || ctx.stopping() {
+            if !ever {
+                ctx.stats.borrow_mut().clients.failed += 1;
+                ctx.live
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            break;
+        }
+        let jitter = match storm_drop {
+            Some(r) => {
+                let (_, j) = rounds[r];
+                if j {
+                    let d = storm::initial_delay(cfg.storm_spread_ms, fastrand::f64());
+                    tokio::time::sleep(d).await;
+                }
+                j
+            }
+            None => cfg.jitter,
+        };
+        let res = scenario::connect(&ctx, gid, site, &mut generation, jitter, cfg.login).await;
+        let (mut d, attempts) = match res {
+            Ok(x) => x,
+            Err(_) => {
+                let mut s = ctx.stats.borrow_mut();
+                if let Some(r) = storm_drop {
+                    s.storm[r].failed += 1;
+                } else if !ever {
+                    s.clients.failed += 1;
+                    ctx.live
+                        .failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                break;
+            }
+        };
+        {
+            let mut s = ctx.stats.borrow_mut();
+            if let Some(r) = storm_drop.take() {
+                let took = ctx.clock.now_ns().saturating_sub(rounds[r].0).max(1);
+                s.storm[r].reconnect.saturating_record(took);
+                s.storm[r].failed_attempts += u64::from(attempts);
+            } else if ever {
+                s.clients.reconnects += 1;
+            } else {
+                s.clients.connected += 1;
+            }
+        }
+        ever = true;
+        ctx.connected();
+        let storm_at = rounds.get(next_round).map(|r| r.0);
+        let end = session(
+            &ctx,
+            gid,
+            &mut d,
+            &mut pending,
+            &mut next_intended,
+            period,
+            storm_at,
+        )
+        .await;
+        ctx.disconnected();
+        let lost = pending.drain().count() as u64;
+        if lost > 0 {
+            let mut s = ctx.stats.borrow_mut();
+            s.tally.lost += lost;
+            s.sample(|| format!("desktop {gid}: {lost} requests lost ({end:?})"));
+        }
+        match end {
+            End::Done => break,
+            End::Dropped => {
+                ctx.stats.borrow_mut().clients.dropped += 1;
+                site = (d.site + 1) % nsites;
+            }
+            End::Storm => {
+                storm_drop = Some(next_round);
+                next_round += 1;
+                site = d.site;
+            }
+        }
+        drop(d);
+    }
+}
+
+/// The pre-encoded echo request of desktop `gid`; [`patch`] fills in each request.
+fn echo_template(service: u8, tenant: u32) -> [u8; HEAD_LEN + ECHO_BODY_LEN] {
+    let mut head = Head::new(Kind::Request, Service::from_u8(service), msg::ixn::ECHO);
+    head.tenant = tenant;
+    head.body_len = ECHO_BODY_LEN as u32;
+    let mut f = [0u8; HEAD_LEN + ECHO_BODY_LEN];
+    f[..HEAD_LEN].copy_from_slice(&head.to_bytes());
+    f
+}
+
+/// Stamp correlation `corr` and its unique payload into the template.
+fn patch(frame: &mut [u8; HEAD_LEN + ECHO_BODY_LEN], corr: u64, gid: u64) {
+    restamp_correlation(frame, corr);
+    verify::write_echo_body(&mut frame[HEAD_LEN..], corr, gid);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    ctx: &Ctx,
+    gid: u64,
+    d: &mut Desktop,
+    pending: &mut Pending<Sent>,
+    next_intended: &mut u64,
+    period: Option<u64>,
+    storm_at: Option<u64>,
+) -> End {
+    let cfg = &ctx.cfg;
+    let end = cfg.measure_end_ns();
+    let drain_end = cfg.drain_end_ns();
+    let mut frame = echo_template(cfg.echo_service, d.tenant);
+    let window = cfg.window.max(1).min(d.hello.max_in_flight.max(1)) as usize;
+    let cap = OPEN_LOOP_CAP.min(d.hello.max_in_flight.max(1)) as usize;
+    let mut wbuf: Vec<u8> = Vec::with_capacity(frame.len() * window.max(4) + 64);
+    let hb_ns = (u64::from(d.hello.heartbeat_ms.max(100)) * 1_000_000) / 2;
+    let mut hb_corr = CLIENT_CORR_BASE + 16;
+    let mut last_write = ctx.clock.now_ns();
+    let stop_at = storm_at
+        .map(|s| s.saturating_sub(storm::QUIESCE_NS))
+        .unwrap_or(u64::MAX)
+        .min(end);
+    let mut go_away = false;
+    let sleep = tokio::time::sleep_until(ctx.clock.tokio_instant(0));
+    tokio::pin!(sleep);
+    loop {
+        let now = ctx.clock.now_ns();
+        let sending = now < stop_at && !go_away && !ctx.stopping();
+        if sending {
+            let mut n = 0;
+            match period {
+                None => {
+                    while pending.in_flight() < window {
+                        let corr = pending.issue(Sent {
+                            intended: now,
+                            sent: now,
+                        });
+                        patch(&mut frame, corr, gid);
+                        wbuf.extend_from_slice(&frame);
+                        n += 1;
+                    }
+                }
+                Some(p) => {
+                    while *next_intended <= now && pending.in_flight() < cap {
+                        let corr = pending.issue(Sent {
+                            intended: *next_intended,
+                            sent: now,
+                        });
+                        patch(&mut frame, corr, gid);
+                        wbuf.extend_from_slice(&frame);
+                        *next_intended += p;
+                        n += 1;
+                    }
+                }
+            }
+            if n > 0 {
+                ctx.stats.borrow_mut().tally.sent += n;
+            }
+        }
+        if wbuf.is_empty() && now.saturating_sub(last_write) >= hb_ns {
+            let mut h = Head::new(Kind::Request, Service::Control, msg::control::HEARTBEAT);
+            h.tenant = d.tenant;
+            h.correlation = hb_corr;
+            hb_corr += 1;
+            wbuf.extend_from_slice(&h.to_bytes());
+        }
+        if !wbuf.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            if d.stream.write_all(&wbuf).await.is_err() {
+                return End::Dropped;
+            }
+            wbuf.clear();
+            last_write = now;
+        }
+        if let Some(s) = storm_at {
+            if now >= s {
+                return End::Storm;
+            }
+        }
+        if pending.in_flight() == 0 {
+            if now >= end || ctx.stopping() {
+                return End::Done;
+            }
+            if go_away {
+                return End::Dropped;
+            }
+        }
+        if now >= drain_end {
+            return End::Done;
+        }
+        // Next wake-up: a heartbeat, the next scheduled send, the end of sending, a storm,
+        // the end of the drain — or a read.
+        let mut wake = last_write + hb_ns;
+        if sending {
+            if let Some(_p) = period {
+                if pending.in_flight() < cap {
+                    wake = wake.min(*next_intended);
+                }
+            }
+            wake = wake.min(stop_at);
+        }
+        if let Some(s) = storm_at {
+            wake = wake.min(s);
+        }
+        wake = wake.min(drain_end).max(now);
+        if wake > now {
+            sleep.as_mut().reset(ctx.clock.tokio_instant(wake));
+            tokio::select! {
+                biased;
+                r = d.stream.readable() => {
+                    if r.is_err() {
+                        return End::Dropped;
+                    }
+                }
+                _ = &mut sleep => {}
+            }
+        }
+        // Read everything available and judge each frame.
+        loop {
+            match d.reader.try_read_once(&d.stream) {
+                Ok(0) => return End::Dropped,
+                Ok(_) => {
+                    let recv = ctx.clock.now_ns();
+                    let mut s = ctx.stats.borrow_mut();
+                    loop {
+                        let (head, body) = match d.reader.next_frame() {
+                            Ok(Some(x)) => x,
+                            Ok(None) => break,
+                            Err(e) => {
+                                s.sample(|| format!("desktop {gid}: framing lost: {e}"));
+                                return End::Dropped;
+                            }
+                        };
+                        match head.kind {
+                            Kind::Response if head.correlation >= CLIENT_CORR_BASE => {}
+                            Kind::Response => {
+                                let (v, e) =
+                                    verify::judge_echo(pending, &head, body, cfg.echo_service, gid);
+                                s.tally.count(v);
+                                match (v, e) {
+                                    (Verdict::Ok, Some(e)) => {
+                                        s.rec.record(e.intended, e.sent, recv);
+                                    }
+                                    (Verdict::Ok, None) => {}
+                                    (Verdict::Error(_), _) => {
+                                        if let Some((code, m)) = error_of(&head, body) {
+                                            s.sample(|| {
+                                                format!(
+                                                    "desktop {gid}: error response {code:#06x} {m}"
+                                                )
+                                            });
+                                        }
+                                    }
+                                    (Verdict::Wrong(w), _) => s.sample(|| {
+                                        format!(
+                                            "desktop {gid}: wrong answer {w:?} corr {} type {:#06x} len {}",
+                                            head.correlation,
+                                            head.msg_type,
+                                            body.len()
+                                        )
+                                    }),
+                                }
+                            }
+                            Kind::Request
+                                if head.service == Service::Control
+                                    && head.msg_type == msg::control::HEARTBEAT =>
+                            {
+                                wbuf.extend_from_slice(&client::heartbeat_answer(&head));
+                            }
+                            Kind::Control if head.msg_type == msg::control::GO_AWAY => {
+                                go_away = true;
+                            }
+                            Kind::Control if head.flags.has(Flags::ERROR) => {
+                                if let Some((code, m)) = error_of(&head, body) {
+                                    s.sample(|| {
+                                        format!("desktop {gid}: control error {code:#06x} {m}")
+                                    });
+                                }
+                            }
+                            Kind::Event => s.events.received += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if scenario::would_block(&e) => break,
+                Err(_) => return End::Dropped,
+            }
+        }
+    }
+}
+
+/// The code and message of an error frame.
+fn error_of(head: &Head, body: &[u8]) -> Option<(u16, String)> {
+    if !head.flags.has(Flags::ERROR) {
+        return None;
+    }
+    msg::ErrorBody::read(deskmux_codec::BodyRef::new(body))
+        .ok()
+        .map(|e| (e.code.0, e.message.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_patch_is_a_valid_echo_request() {
+        let mut f = echo_template(1, 7);
+        patch(&mut f, 99, 5);
+        let h = Head::parse(&f).unwrap().unwrap();
+        assert_eq!(h.correlation, 99);
+        assert_eq!(h.tenant, 7);
+        assert_eq!(h.body_len as usize, ECHO_BODY_LEN);
+        assert!(verify::echo_body_matches(&f[HEAD_LEN..], 99, 5));
+        patch(&mut f, 100, 5);
+        assert!(verify::echo_body_matches(&f[HEAD_LEN..], 100, 5));
+    }
+}

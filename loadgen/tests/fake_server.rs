@@ -1,0 +1,256 @@
+//! End-to-end: the loadgen binary against an in-process fake server speaking just enough of
+//! PROTOCOL.md (hello, login, heartbeat, echo), honest or deliberately faulty. Checks the
+//! JSON keys, the sharding over worker processes, and that a lost or wrong answer makes the
+//! run exit non-zero.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use deskmux_codec::msg::{self, ServerHello};
+use deskmux_codec::{Frame, FrameDecoder, Head, Kind, Service, encode_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    /// Never answer every n-th echo.
+    Drop(u64),
+    /// Answer every n-th echo with a flipped payload byte.
+    Corrupt(u64),
+}
+
+async fn serve(listener: TcpListener, fault: Fault) {
+    let counter = Arc::new(AtomicU64::new(0));
+    let sessions = Arc::new(AtomicU64::new(1));
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let counter = counter.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let _ = sock.set_nodelay(true);
+            let mut dec = FrameDecoder::default();
+            let mut rbuf = BytesMut::with_capacity(4096);
+            let mut out = BytesMut::new();
+            loop {
+                match sock.read_buf(&mut rbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while let Ok(Some(f)) = dec.decode(&mut rbuf) {
+                    let h = *f.head();
+                    if h.kind != Kind::Request {
+                        continue;
+                    }
+                    let mut rh = h;
+                    rh.kind = Kind::Response;
+                    match (h.service, h.msg_type) {
+                        (Service::Control, msg::control::HELLO) => {
+                            let sh = ServerHello {
+                                session: sessions.fetch_add(1, Ordering::Relaxed),
+                                max_frame: 1 << 21,
+                                heartbeat_ms: 5000,
+                                max_in_flight: 256,
+                            };
+                            encode_with(rh, &mut out, |w| sh.write(w)).unwrap();
+                        }
+                        (Service::Interaction, msg::ixn::ECHO) => {
+                            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                            let mut body = f.body_bytes().to_vec();
+                            match fault {
+                                Fault::Drop(k) if n % k == 0 => continue,
+                                Fault::Corrupt(k) if n % k == 0 => {
+                                    if let Some(b) = body.last_mut() {
+                                        *b ^= 0xFF;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            out.extend_from_slice(Frame::with_body(rh, &body).unwrap().as_bytes());
+                        }
+                        _ => {
+                            // Login, heartbeat: empty answer.
+                            let mut e: Head = rh;
+                            e.body_len = 0;
+                            out.extend_from_slice(&e.to_bytes());
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if sock.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            }
+        });
+    }
+}
+
+fn start(fault: Fault) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, fault).await;
+        });
+    });
+    (rx.recv().unwrap(), h)
+}
+
+fn run_loadgen(addr: SocketAddr, extra: &[&str]) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let html = dir.path().join("out.html");
+    let hlog = dir.path().join("out.hlog");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            "--site",
+            &addr.to_string(),
+            "-q",
+            "--ramp",
+            "0.3",
+            "--warmup",
+            "0.3",
+        ])
+        .args(["--duration", "1", "--drain", "1", "--threads", "1"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .arg("--hdr-log")
+        .arg(&hlog)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no json ({e}); stdout {stdout} stderr {stderr}"));
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+    assert!(
+        std::fs::read_to_string(&hlog)
+            .unwrap()
+            .contains("StartTime")
+    );
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn honest_server_passes_with_sharding() {
+    let (addr, _h) = start(Fault::None);
+    // 60 desktops at 25 per process: 3 worker processes, results merged.
+    // 20 per source address: 127.0.0.2, .3 and .4, explicit source ports.
+    let (code, v) = run_loadgen(
+        addr,
+        &[
+            "-n",
+            "60",
+            "--per-process",
+            "25",
+            "--per-source",
+            "20",
+            "--window",
+            "2",
+        ],
+    );
+    assert_eq!(v["shards"], 3, "{v:#}");
+    assert_eq!(v["clients"]["target"], 60);
+    assert_eq!(v["clients"]["connected"], 60, "{v:#}");
+    assert_eq!(v["clients"]["failed"], 0);
+    assert_eq!(v["requests"]["lost"], 0, "{v:#}");
+    assert_eq!(v["requests"]["wrong"], 0);
+    assert!(v["requests"]["ok"].as_u64().unwrap() > 100);
+    assert!(v["throughput_rps"].as_f64().unwrap() > 0.0);
+    assert!(v["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    for k in ["p50", "p999", "max"] {
+        assert!(v["latency_us"][k].is_number());
+    }
+    assert!(v["events"]["received"].is_number() && v["events"]["gaps"].is_number());
+    assert!(v["loadgen_saturated"].is_boolean());
+    assert!(v["loadgen_cpu_percent"].is_number());
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+fn open_loop_honest() {
+    let (addr, _h) = start(Fault::None);
+    let (code, v) = run_loadgen(addr, &["-n", "20", "--rate", "2000"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["load_model"], "open");
+    let tput = v["throughput_rps"].as_f64().unwrap();
+    assert!(tput > 1500.0 && tput < 2500.0, "throughput {tput}");
+    assert!(v["send_lag_us"]["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn lost_answers_fail_the_run() {
+    let (addr, _h) = start(Fault::Drop(50));
+    let (code, v) = run_loadgen(addr, &["-n", "10", "--window", "4"]);
+    assert!(v["requests"]["lost"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["verification_failed"], true);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn wrong_answers_fail_the_run() {
+    let (addr, _h) = start(Fault::Corrupt(100));
+    let (code, v) = run_loadgen(addr, &["-n", "10"]);
+    assert!(v["requests"]["wrong"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["requests"]["lost"], 0);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn dead_site_fails_over_to_the_next() {
+    let (addr, _h) = start(Fault::None);
+    // A port nobody listens on first: half the desktops start there, fail, back off and move on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            "--site",
+            &dead_addr.to_string(),
+            "--site",
+            &addr.to_string(),
+        ])
+        .args([
+            "-q",
+            "-n",
+            "20",
+            "--ramp",
+            "0.2",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ])
+        .args(["--backoff-base-ms", "20", "--threads", "1"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["clients"]["connected"], 20, "{v:#}");
+    assert_eq!(v["clients"]["failed"], 0);
+    assert!(
+        v["clients"]["failed_attempts"].as_u64().unwrap() >= 10,
+        "{v:#}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
