@@ -625,9 +625,16 @@ fn log_y(v: f64, lo: f64, hi: f64, h: f64) -> f64 {
 
 fn y_ticks(lo: f64, hi: f64, w: f64, h: f64, left: f64, top: f64) -> String {
     let mut s = String::new();
-    let mut t = 10f64.powf(lo.log10().floor());
-    while t <= hi * 1.0001 {
-        if t >= lo {
+    let mut decade = 10f64.powf(lo.log10().floor());
+    // Gridlines at 1, 2 and 5 of each decade, so a chart that spans less than one decade
+    // still has a scale.
+    let ticks = std::iter::from_fn(|| {
+        let d = decade;
+        decade *= 10.0;
+        (d <= hi * 1.0001).then_some([d, 2.0 * d, 5.0 * d])
+    });
+    for t in ticks.flatten() {
+        if t >= lo * 0.9999 && t <= hi * 1.0001 {
             let y = top + log_y(t, lo, hi, h);
             let label = if t >= 1e6 {
                 format!("{} s", t / 1e6)
@@ -645,7 +652,6 @@ fn y_ticks(lo: f64, hi: f64, w: f64, h: f64, left: f64, top: f64) -> String {
                 y + 3.0
             );
         }
-        t *= 10.0;
     }
     s
 }
@@ -667,6 +673,9 @@ pub fn html(s: &Summary, rec: &Recorder) -> String {
         .map(|i| i.max)
         .fold(s.latency_us.max, f64::max)
         .max(lo * 10.0);
+    // Whole decades at both ends, so the lowest and highest gridlines are labelled.
+    let lo = 10f64.powf(lo.log10().floor());
+    let hi = 10f64.powf(hi.log10().ceil());
     let n = iv.len().max(2) as f64 - 1.0;
     let series = |f: &dyn Fn(&Interval) -> f64| -> Vec<(f64, f64)> {
         iv.iter()
