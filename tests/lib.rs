@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod procs;
+pub mod secure_client;
 
 pub use client::TestClient;
 pub use procs::{Proc, bin_path};

@@ -43,6 +43,16 @@
 //! [[tenant]]                       # tenant 7's UCS sessions only on "ucs-2" (or its backup)
 //! id = 7
 //! ucs = "ucs-2"
+//!
+//! [tls]                            # optional: TLS on the desktop TCP port (absent: plain TCP)
+//! cert = "/etc/deskmux/proxy.crt"  # PEM chain, leaf first
+//! key = "/etc/deskmux/proxy.key"   # PEM private key; ALPN offered: deskmux/1
+//!
+//! [quic]                           # optional: QUIC desktops on UDP, same port number as listen
+//! # cert = "..."  key = "..."      # default: the [tls] ones (QUIC is always encrypted)
+//! max_handshakes = 256             # per worker, connections handshaking at once
+//! max_desktops = 100000            # per worker; QUIC desktops use no file descriptor
+//! retry = true                     # stateless retry for unvalidated addresses
 //! ```
 
 use std::net::SocketAddr;
@@ -75,6 +85,14 @@ links = 2
 # [[tenant]]                    # tenant routing: tenant 7's UCS only on instance "ucs-2"
 # id = 7
 # ucs = "ucs-2"
+
+# [tls]                         # TLS on the desktop TCP port (absent: plain TCP)
+# cert = "/etc/deskmux/proxy.crt"
+# key = "/etc/deskmux/proxy.key"
+
+# [quic]                        # QUIC desktops on UDP, same port number (certificate: [tls]'s)
+# max_handshakes = 256
+# max_desktops = 100000
 "#;
 
 /// A service byte, written in TOML as `"interaction"` (or `"ixn"`), `"ucs"`, or a number.
@@ -351,6 +369,68 @@ pub struct Config {
     /// sessions open only on its instance (or that instance's backup); unmapped tenants are
     /// balanced as usual. Default: none.
     pub tenant: Vec<TenantRoute>,
+    /// TLS on the desktop TCP port (`[tls]`). Default: none (plain TCP).
+    pub tls: Option<Tls>,
+    /// QUIC desktops on UDP, same port number as `listen` (`[quic]`). Default: none.
+    pub quic: Option<Quic>,
+}
+
+/// QUIC desktops (always encrypted: TLS 1.3 inside QUIC, ALPN `deskmux/1`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quic {
+    /// PEM certificate chain. Default: `tls.cert` (one of the two must be set).
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key. Default: `tls.key`.
+    pub key: Option<std::path::PathBuf>,
+    /// Connections handshaking at once per worker; more are refused. Default 256.
+    pub max_handshakes: usize,
+    /// QUIC desktops per worker. They use no file descriptor, so this is not bounded by the
+    /// fd limit like `limits.max_desktops` (TCP). Default 100000.
+    pub max_desktops: usize,
+    /// Stateless retry for every address not yet validated (no state under an Initial
+    /// flood; costs one round trip per new connection). Default true.
+    pub retry: bool,
+}
+
+impl Default for Quic {
+    fn default() -> Self {
+        Quic {
+            cert: None,
+            key: None,
+            max_handshakes: 256,
+            max_desktops: 100_000,
+            retry: true,
+        }
+    }
+}
+
+impl Config {
+    /// The QUIC certificate and key paths (`[quic]`, else `[tls]`).
+    pub fn quic_cert(&self) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let q = self.quic.as_ref()?;
+        let cert = q
+            .cert
+            .clone()
+            .or_else(|| self.tls.as_ref().map(|t| t.cert.clone()))?;
+        let key = q
+            .key
+            .clone()
+            .or_else(|| self.tls.as_ref().map(|t| t.key.clone()))?;
+        Some((cert, key))
+    }
+}
+
+/// TLS for TCP desktops: a certificate chain and its key, PEM files. Read when a worker
+/// starts (a SIGHUP does not re-read them; restart the proxy to rotate certificates). The
+/// server offers ALPN `deskmux/1`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first (relative paths: from the proxy's working directory).
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -365,6 +445,8 @@ impl Default for Config {
             upstream: Vec::new(),
             clusters: std::collections::BTreeMap::new(),
             tenant: Vec::new(),
+            tls: None,
+            quic: None,
         }
     }
 }
@@ -454,6 +536,18 @@ impl Config {
                     u.name
                 ));
             }
+        }
+        if let Some(t) = &self.tls {
+            crate::tls::server_config(&t.cert, &t.key).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(q) = &self.quic {
+            let Some((cert, key)) = self.quic_cert() else {
+                return bad("quic: needs cert and key (in [quic] or [tls])".into());
+            };
+            if q.max_handshakes == 0 || q.max_desktops == 0 {
+                return bad("quic: max_handshakes and max_desktops must be > 0".into());
+            }
+            crate::tls::server_config(&cert, &key).map_err(ConfigError::Invalid)?;
         }
         self.validate_topology()
     }
@@ -788,6 +882,25 @@ mod tests {
         assert!(e.contains("capabilities need"), "{e}");
         let e = err(&format!("{base}capability_types = []\n"));
         assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_quic_validate() {
+        assert!(
+            err("[quic]\n").contains("needs cert and key"),
+            "quic without a certificate"
+        );
+        let e = err("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n");
+        assert!(
+            e.contains("tls.cert") && e.contains("/nonexistent.crt"),
+            "{e}"
+        );
+        let e = err("[quic]\ncert = \"/no.crt\"\nkey = \"/no.key\"\nmax_handshakes = 0\n");
+        assert!(e.contains("max_handshakes"), "{e}");
+        assert!(
+            Config::from_toml("[tls]\ncert = \"a\"\n").is_err(),
+            "key is required"
+        );
     }
 
     #[test]

@@ -36,6 +36,13 @@
 //!   client reconnects (no transparent re-open: server-side state is gone).
 //!   Hellos are verified by the server every time (no cache of answers): the session must be
 //!   opened upstream anyway.
+//! - **Transports.** Desktops arrive over TCP, TLS over TCP ([`tls`]: rustls driven sans-IO in
+//!   the loop, optional `[tls]`), or QUIC ([`quic`]: quinn-proto driven sans-IO in the loop, one
+//!   `SO_REUSEPORT` UDP socket per worker on the same port number, optional `[quic]`). A QUIC
+//!   desktop is one connection with one bidirectional stream carrying the framed protocol
+//!   (responses and events on that stream, in order); it holds no file descriptor, so QUIC
+//!   desktops are not bounded by the fd limit. All kinds share the same session logic and
+//!   upstream links ([`transport::DesktopStream`]).
 //! - **Operations.** TOML [`config`], `--check-config`, admin HTTP ([`admin`], axum) with
 //!   Prometheus [`metrics`], SIGTERM drain (GO_AWAY, grace, exit), SIGHUP reload.
 #![forbid(unsafe_code)]
@@ -48,8 +55,10 @@ pub mod fanout;
 pub mod link;
 pub mod metrics;
 pub mod partition;
+pub mod quic;
 pub mod router;
 pub mod session;
 pub mod supervisor;
+pub mod tls;
 pub mod transport;
 pub mod worker;

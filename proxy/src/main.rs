@@ -12,7 +12,7 @@ use deskmux_proxy::admin::{self, SupervisorState};
 use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
 use deskmux_proxy::metrics::{Metrics, Shared, Status};
 use deskmux_proxy::supervisor::{self, Plan};
-use deskmux_proxy::transport::{TcpTransport, reserve_port};
+use deskmux_proxy::transport::{DesktopTransport, TcpTransport, reserve_port};
 use deskmux_proxy::worker::{Signals, Worker, WorkerOpts};
 use prometheus_client::registry::Registry;
 
@@ -143,8 +143,34 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
             .term
             .store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let listener = TcpTransport::bind(cfg.listen, cfg.backlog)
+    let tcp = TcpTransport::bind(cfg.listen, cfg.backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(Arc::new(
+            deskmux_proxy::tls::server_config(&t.cert, &t.key).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let listener = DesktopTransport::new(tcp, tls);
+    let quic = match cfg.quic_cert() {
+        Some((cert, key)) => {
+            let q = cfg.quic.clone().unwrap_or_default();
+            let settings = deskmux_proxy::quic::QuicSettings {
+                max_handshakes: q.max_handshakes,
+                max_desktops: q.max_desktops,
+                idle: Duration::from_millis(3 * u64::from(cfg.limits.heartbeat_ms)),
+                retry: q.retry,
+                handshake: Duration::from_millis(u64::from(cfg.limits.handshake_ms)),
+            };
+            let sc = deskmux_proxy::quic::server_config(&cert, &key, &settings)
+                .map_err(anyhow::Error::msg)?;
+            let ep = deskmux_proxy::quic::QuicEndpoint::bind(cfg.listen, sc, settings)
+                .with_context(|| format!("binding udp {}", cfg.listen))?;
+            println!("WORKER_QUIC {}", ep.local_addr()?);
+            Some(ep)
+        }
+        None => None,
+    };
     let reload_cli = Cli::parse();
     let reload: Box<dyn Fn() -> Option<Config> + Send> =
         Box::new(move || match load(&reload_cli) {
@@ -160,6 +186,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
             config: cfg,
             reload: Some(reload),
             disabled: cli.disabled.clone(),
+            quic,
         },
         listener,
         metrics,

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub errors: Family<L1, Counter>,
     /// Broadcast event deliveries to desktops (one event × subscribers).
     pub fanout_deliveries: Counter,
+    /// QUIC endpoint counters (label `what`: retries, refused, accepted, failed, desktops).
+    pub quic: Family<L1, Gauge>,
     /// Desktops disconnected, by reason.
     pub disconnects: Family<L1, Counter>,
     /// Desktops with an upstream session on each instance (label `instance`).
@@ -63,6 +65,7 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             errors: Family::default(),
             fanout_deliveries: Counter::default(),
+            quic: Family::default(),
             disconnects: Family::default(),
             instance_sessions: Family::default(),
             instance_in_flight: Family::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "deskmux_proxy_fanout_deliveries",
             "Broadcast event deliveries to desktops",
             m.fanout_deliveries.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_quic",
+            "QUIC endpoint: stateless retries sent, connections refused / accepted / failed in the handshake, desktops now",
+            m.quic.clone(),
         );
         reg.register(
             "deskmux_proxy_disconnects",

@@ -1,9 +1,11 @@
 //! The desktop listener behind a transport abstraction, and every socket option in one place.
 //!
 //! The worker's event loop is generic over [`Transport`]: it only needs to accept connections
-//! that read, write (vectored) and register with mio. TCP is [`TcpTransport`]; QUIC desktops
-//! (a later issue) plug in as another implementation (a quinn-proto endpoint driven from the
-//! same loop, each stream exposed as a `Conn`), reusing the session logic unchanged.
+//! that read, write (vectored) and register with mio. TCP is [`TcpTransport`];
+//! [`DesktopTransport`] adds optional TLS ([`crate::tls`]). Every desktop is a
+//! [`DesktopStream`]: plain TCP, TLS, or the stream of a QUIC connection ([`crate::quic`], whose
+//! endpoint the worker drives itself; its streams register with mio as no-ops and get their
+//! readiness from the endpoint). The session logic is the same for all three.
 //!
 //! Sockets: the desktop port is bound with `SO_REUSEPORT` by every worker (the kernel spreads
 //! new connections over them), with an explicit backlog; accepted desktops and upstream links
@@ -18,8 +20,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// A source of desktop connections.
 pub trait Transport: Source {
-    /// One accepted desktop connection.
-    type Conn: io::Read + io::Write + Source;
+    /// One accepted desktop connection (QUIC desktops, which have no socket of their own, are
+    /// wrapped into the same type).
+    type Conn: io::Read + io::Write + Source + From<crate::quic::QuicStream>;
 
     /// Accept one connection; `Ok(None)` when none is pending.
     ///
@@ -80,10 +83,12 @@ impl Source for TcpTransport {
     }
 }
 
-impl Transport for TcpTransport {
-    type Conn = mio::net::TcpStream;
-
-    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
+impl TcpTransport {
+    /// Accept one TCP connection (with `TCP_NODELAY`); `Ok(None)` when none is pending.
+    ///
+    /// # Errors
+    /// An accept error (other than would-block).
+    pub fn accept_tcp(&mut self) -> io::Result<Option<(mio::net::TcpStream, SocketAddr)>> {
         match self.listener.accept() {
             Ok((s, a)) => {
                 // Best effort: a failure here leaves Nagle on, which is only slower.
@@ -94,9 +99,172 @@ impl Transport for TcpTransport {
             Err(e) => Err(e),
         }
     }
+}
+
+impl Transport for TcpTransport {
+    type Conn = DesktopStream;
+
+    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
+        Ok(self
+            .accept_tcp()?
+            .map(|(s, a)| (DesktopStream::Plain(s), a)))
+    }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+}
+
+/// A desktop connection accepted on the TCP port: plain, or TLS when `[tls]` is configured.
+#[derive(Debug)]
+pub enum DesktopStream {
+    /// Plain TCP.
+    Plain(mio::net::TcpStream),
+    /// TLS over TCP (boxed: the rustls state is a few KiB, plain desktops stay small).
+    Tls(Box<crate::tls::TlsStream>),
+    /// The desktop stream of a QUIC connection (no file descriptor).
+    Quic(crate::quic::QuicStream),
+}
+
+impl From<crate::quic::QuicStream> for DesktopStream {
+    fn from(q: crate::quic::QuicStream) -> DesktopStream {
+        DesktopStream::Quic(q)
+    }
+}
+
+impl io::Read for DesktopStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DesktopStream::Plain(s) => s.read(buf),
+            DesktopStream::Tls(s) => s.read(buf),
+            DesktopStream::Quic(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for DesktopStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            DesktopStream::Plain(s) => s.write(buf),
+            DesktopStream::Tls(s) => s.write(buf),
+            DesktopStream::Quic(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            DesktopStream::Plain(s) => s.write_vectored(bufs),
+            DesktopStream::Tls(s) => s.write_vectored(bufs),
+            DesktopStream::Quic(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            DesktopStream::Plain(s) => s.flush(),
+            DesktopStream::Tls(s) => s.flush(),
+            DesktopStream::Quic(s) => s.flush(),
+        }
+    }
+}
+
+impl Source for DesktopStream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            DesktopStream::Plain(s) => s.register(registry, token, interests),
+            DesktopStream::Tls(s) => s.register(registry, token, interests),
+            DesktopStream::Quic(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            DesktopStream::Plain(s) => s.reregister(registry, token, interests),
+            DesktopStream::Tls(s) => s.reregister(registry, token, interests),
+            DesktopStream::Quic(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            DesktopStream::Plain(s) => s.deregister(registry),
+            DesktopStream::Tls(s) => s.deregister(registry),
+            DesktopStream::Quic(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// Desktops over TCP, optionally with TLS (rustls, sans-IO: see [`crate::tls`]).
+#[derive(Debug)]
+pub struct DesktopTransport {
+    tcp: TcpTransport,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+impl DesktopTransport {
+    /// Wrap a bound TCP listener; with `tls`, every accepted connection starts a TLS handshake.
+    pub fn new(
+        tcp: TcpTransport,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> DesktopTransport {
+        DesktopTransport { tcp, tls }
+    }
+}
+
+impl Source for DesktopTransport {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.tcp.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.tcp.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.tcp.deregister(registry)
+    }
+}
+
+impl Transport for DesktopTransport {
+    type Conn = DesktopStream;
+
+    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
+        loop {
+            let Some((s, peer)) = self.tcp.accept_tcp()? else {
+                return Ok(None);
+            };
+            let Some(cfg) = &self.tls else {
+                return Ok(Some((DesktopStream::Plain(s), peer)));
+            };
+            match crate::tls::TlsStream::new(s, cfg.clone(), peer) {
+                Ok(t) => return Ok(Some((DesktopStream::Tls(Box::new(t)), peer))),
+                Err(e) => tracing::warn!(%peer, error = %e, "tls session setup failed"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
     }
 }
 

@@ -14,7 +14,11 @@
 //!    restamping the correlation and session ids, answer locally, or fan out;
 //! 2. every socket that got frames queued is flushed with one vectored write (`writev` over the
 //!    queued `Bytes`); a partial write waits for the next writable edge;
-//! 3. every ~100 ms: deadlines (handshake, idle, request timeouts), heartbeats, link
+//! 3. with `[quic]`: the UDP socket's datagrams (at most 512 per wake-up) are fed to the
+//!    quinn-proto endpoint; the endpoint is driven before the writes (its events make desktops,
+//!    read readable streams, flush writable ones) and again after them (transmits); the poll
+//!    timeout is never later than the next QUIC timer;
+//! 4. every ~100 ms: deadlines (handshake, idle, request timeouts), heartbeats, link
 //!    reconnects with backoff and jitter, SIGTERM drain and SIGHUP reload.
 //!
 //! Ids: a desktop's session id is `(generation << 32) | slab slot`, with the worker-wide
@@ -53,11 +57,13 @@ use crate::error::WorkerError;
 use crate::fanout::{Fanout, SubscribeOutcome};
 use crate::link::{IdSlab, Owner, Pending};
 use crate::metrics::{AdminCommand, Metrics, Status};
+use crate::quic::{QuicEndpoint, QuicEvent};
 use crate::router::{NoLink, Router};
 use crate::session::{Action, Binding, Desktop, OutQueue, Phase, Timer};
 use crate::transport::{Transport, connect_upstream};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const QUIC: Token = Token(usize::MAX - 2);
 const LINK_BASE: usize = 1 << 40;
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes read from one socket per wake-up before others get a turn.
@@ -88,6 +94,8 @@ pub struct WorkerOpts {
     pub reload: Option<Box<dyn Fn() -> Option<Config> + Send>>,
     /// Instances disabled by an operator before this worker started.
     pub disabled: Vec<String>,
+    /// The QUIC endpoint (UDP, same port number), when `[quic]` is configured.
+    pub quic: Option<QuicEndpoint>,
 }
 
 impl std::fmt::Debug for WorkerOpts {
@@ -199,6 +207,12 @@ pub struct Worker<T: Transport> {
     frames: Vec<Frame>,
     /// Request counters for interaction, ucs, other (cached handles).
     request_counters: [prometheus_client::metrics::counter::Counter; 3],
+    /// QUIC desktops' endpoint (see `quic`): desktops without a file descriptor.
+    quic: Option<QuicEndpoint>,
+    /// QUIC events not yet acted on.
+    quic_events: Vec<QuicEvent>,
+    /// The UDP socket's read budget ran out: datagrams are still pending.
+    quic_more: bool,
 }
 
 impl<T: Transport> std::fmt::Debug for Worker<T> {
@@ -224,6 +238,10 @@ impl<T: Transport> Worker<T> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut quic = opts.quic;
+        if let Some(q) = quic.as_mut() {
+            poll.registry().register(q, QUIC, Interest::READABLE)?;
+        }
         let limits = opts.config.limits.clone();
         let request_counters = ["interaction", "ucs", "other"].map(|n| {
             metrics
@@ -258,6 +276,9 @@ impl<T: Transport> Worker<T> {
             in_flight: 0,
             request_counters,
             frames: Vec::new(),
+            quic,
+            quic_events: Vec::new(),
+            quic_more: false,
         };
         w.status.worker.store(opts.index as u64, Ordering::Relaxed);
         for u in opts.config.upstream {
@@ -347,15 +368,24 @@ impl<T: Transport> Worker<T> {
         let mut last_tick = Instant::now() - TICK;
         let mut pending_reads: Vec<usize> = Vec::new();
         loop {
-            let timeout = if pending_reads.is_empty() {
-                TICK
-            } else {
-                Duration::ZERO
-            };
+            let mut timeout =
+                if pending_reads.is_empty() && self.quic_events.is_empty() && !self.quic_more {
+                    TICK
+                } else {
+                    Duration::ZERO
+                };
+            if let Some(at) = self.quic.as_ref().and_then(QuicEndpoint::next_timeout) {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
+            }
+            if std::mem::take(&mut self.quic_more)
+                && let Some(q) = self.quic.as_mut()
+            {
+                self.quic_more = q.recv(Instant::now());
             }
             let carry = std::mem::take(&mut pending_reads);
             for slot in carry {
@@ -367,6 +397,10 @@ impl<T: Transport> Worker<T> {
                 let t = ev.token();
                 if t == LISTENER {
                     self.accept();
+                } else if t == QUIC {
+                    if let Some(q) = self.quic.as_mut() {
+                        self.quic_more = q.recv(Instant::now());
+                    }
                 } else if t.0 >= LINK_BASE {
                     let i = t.0 - LINK_BASE;
                     self.link_event(i, ev.is_readable(), ev.is_writable() || ev.is_error());
@@ -384,7 +418,12 @@ impl<T: Transport> Worker<T> {
                     }
                 }
             }
+            self.quic_round(&mut pending_reads);
             self.flush_all();
+            if let Some(q) = self.quic.as_mut() {
+                // Transmit what the desktops' writes queued; events wait for the next round.
+                q.drive(Instant::now(), &mut self.quic_events);
+            }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
@@ -404,6 +443,49 @@ impl<T: Transport> Worker<T> {
                 }
             }
         }
+    }
+
+    /// Drive the QUIC endpoint and act on its events: new desktop streams become desktops,
+    /// readable ones are read, writable ones flushed.
+    fn quic_round(&mut self, pending_reads: &mut Vec<usize>) {
+        let Some(q) = self.quic.as_mut() else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut self.quic_events);
+        q.drive(Instant::now(), &mut evs);
+        for ev in evs.drain(..) {
+            match ev {
+                QuicEvent::NewDesktop(ch, peer) => {
+                    let Some(slot) = self.insert_quic(ch, peer) else {
+                        continue;
+                    };
+                    if self.read_desktop(slot) && !pending_reads.contains(&slot) {
+                        pending_reads.push(slot);
+                    }
+                }
+                QuicEvent::Readable(slot) => {
+                    if self.conns.contains(slot)
+                        && self.read_desktop(slot)
+                        && !pending_reads.contains(&slot)
+                    {
+                        pending_reads.push(slot);
+                    }
+                }
+                QuicEvent::Writable(slot) => self.mark_dirty(slot),
+            }
+        }
+        self.quic_events = evs;
+    }
+
+    fn insert_quic(
+        &mut self,
+        ch: quinn_proto::ConnectionHandle,
+        peer: SocketAddr,
+    ) -> Option<usize> {
+        let slot = self.conns.vacant_key();
+        let q = self.quic.as_mut()?;
+        let stream = q.attach(ch, slot)?;
+        self.insert_desktop(T::Conn::from(stream), peer)
     }
 
     fn mark_dirty(&mut self, slot: usize) {
@@ -431,12 +513,20 @@ impl<T: Transport> Worker<T> {
                     return;
                 }
             };
-            if self.conns.len() >= self.limits.max_desktops {
+            let quic = self.quic.as_ref().map_or(0, QuicEndpoint::desktops);
+            if self.conns.len().saturating_sub(quic) >= self.limits.max_desktops {
                 let f = control_error(0, ErrorCode::OVERLOADED, "proxy is at its desktop limit");
                 let _ = sock.write(f.as_bytes());
                 self.metrics.error("overloaded");
                 continue;
             }
+            self.insert_desktop(sock, peer);
+        }
+    }
+
+    /// Add a connected desktop to the slab (TCP, TLS or a QUIC stream); its slot.
+    fn insert_desktop(&mut self, mut sock: T::Conn, peer: SocketAddr) -> Option<usize> {
+        {
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             let generation = self.next_gen;
@@ -449,7 +539,7 @@ impl<T: Transport> Worker<T> {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 warn!(error = %e, "register failed");
-                continue;
+                return None;
             }
             let now = self.start.elapsed().as_millis() as u32;
             entry.insert(Conn {
@@ -461,6 +551,7 @@ impl<T: Transport> Worker<T> {
             self.status.desktops.fetch_add(1, Ordering::Relaxed);
             let _s = info_span!("desktop", sid, %peer).entered();
             debug!("accepted");
+            Some(slot)
         }
     }
 
@@ -566,8 +657,15 @@ impl<T: Transport> Worker<T> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => {
-                    self.close_desktop(slot, "io_error");
+                Err(e) => {
+                    // InvalidData: a TLS failure (handshake or record), logged by the stream.
+                    let reason = if e.kind() == io::ErrorKind::InvalidData {
+                        self.metrics.error("tls");
+                        "tls_error"
+                    } else {
+                        "io_error"
+                    };
+                    self.close_desktop(slot, reason);
                     self.remove_desktop(slot);
                     return false;
                 }
@@ -1731,12 +1829,16 @@ impl<T: Transport> Worker<T> {
             return;
         };
         let mut broken = false;
+        let mut blocked = false;
         while !c.d.out.is_empty() {
             match write_queue(&mut c.sock, &c.d.out) {
                 Ok(n) => {
                     c.d.out.consume(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     broken = true;
@@ -1744,11 +1846,20 @@ impl<T: Transport> Worker<T> {
                 }
             }
         }
+        // Bytes a connection buffers below the frame queue (TLS records) go out here, also
+        // on a writable edge with an empty queue; a plain socket's flush is a no-op.
+        if !broken && !blocked {
+            match c.sock.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
+                Err(_) => broken = true,
+            }
+        }
         let closing = c.d.phase == Phase::Closing;
         if broken {
             self.close_desktop(slot, "io_error");
             self.remove_desktop(slot);
-        } else if closing && c.d.out.is_empty() {
+        } else if closing && c.d.out.is_empty() && !blocked {
             self.remove_desktop(slot);
         }
     }
@@ -1902,6 +2013,21 @@ impl<T: Transport> Worker<T> {
         }
         self.admin_commands();
         self.publish_instances();
+        if let Some(q) = &self.quic {
+            let st = q.stats();
+            for (what, v) in [
+                ("retries", st.retries),
+                ("refused", st.refused),
+                ("accepted", st.accepted),
+                ("failed", st.failed),
+                ("desktops", q.desktops() as u64),
+            ] {
+                self.metrics
+                    .quic
+                    .get_or_create(&[("what", what.to_string())])
+                    .set(v as i64);
+            }
+        }
     }
 
     /// Apply the operator commands queued by the admin thread.
@@ -2068,6 +2194,9 @@ impl<T: Transport> Worker<T> {
             Some(Instant::now() + Duration::from_millis(u64::from(self.limits.drain_grace_ms)));
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(q) = self.quic.as_mut() {
+            q.stop_accepting();
         }
         let g = msg::GoAway {
             reason: "proxy shutting down",

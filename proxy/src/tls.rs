@@ -1,0 +1,210 @@
+//! TLS for TCP desktops: rustls driven sans-IO inside the worker's mio loop.
+//!
+//! A [`TlsStream`] wraps a non-blocking `mio::net::TcpStream` and a
+//! [`rustls::ServerConnection`]. It is a plain `Read + Write + Source`, so the worker treats it
+//! like any other desktop socket:
+//!
+//! - `read` returns decrypted bytes. It pulls TLS records from the socket until plaintext is
+//!   available or the socket would block, processes them, and writes any handshake output
+//!   (server flight, alerts) at once. A handshake failure (bad certificate, wrong ALPN,
+//!   garbage) returns an `InvalidData` error after trying to send rustls' alert, and the worker
+//!   closes only that desktop; it is logged once with the peer and the rustls reason.
+//! - `write` / `write_vectored` first flush TLS records still waiting from an earlier write;
+//!   while any remain it answers `WouldBlock` (so the rustls buffer never grows past one
+//!   vectored write of frames). Otherwise it encrypts what it is given, tries to send the
+//!   records, and reports the plaintext as written: records the socket did not take stay
+//!   pending, and the socket's next writable edge makes the worker call `flush`, which sends
+//!   them. The worker also waits for `flush` before dropping a closing desktop.
+//!
+//! The whole desktop handshake (TLS + hello) is bounded by `limits.handshake_ms`, counted from
+//! accept, exactly as for plain TCP. ALPN: the server offers `deskmux/1`; a client offering
+//! only other protocols is refused with a `no_application_protocol` alert; a client offering no
+//! ALPN at all is accepted (plain TLS tooling such as `openssl s_client` sends none).
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use mio::event::Source;
+use rustls::ServerConnection;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::warn;
+
+/// The ALPN protocol id of the deskmux protocol, version 1 (TLS over TCP and QUIC).
+pub const ALPN: &[u8] = b"deskmux/1";
+
+/// Load a certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or
+/// SEC1) and build the server configuration (TLS 1.2 and 1.3, ring, ALPN `deskmux/1`).
+///
+/// # Errors
+/// Unreadable files, no certificate, no key, or a key that does not match the certificate.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: certificate/key {}: {e}", cert.display()))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// Read a PEM certificate chain.
+///
+/// # Errors
+/// Unreadable file or no certificate in it.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("tls.cert {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("tls.cert {}: no CERTIFICATE in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Read a PEM private key.
+///
+/// # Errors
+/// Unreadable file or no key in it.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("tls.key {}: {e}", path.display()))
+}
+
+/// One TLS desktop connection.
+#[derive(Debug)]
+pub struct TlsStream {
+    sock: mio::net::TcpStream,
+    tls: ServerConnection,
+    peer: SocketAddr,
+    /// The peer closed its side (TCP EOF).
+    eof: bool,
+}
+
+impl TlsStream {
+    /// Start the server side of a handshake on an accepted socket.
+    ///
+    /// # Errors
+    /// rustls refused to create the connection (not expected with a valid configuration).
+    pub fn new(
+        sock: mio::net::TcpStream,
+        cfg: Arc<rustls::ServerConfig>,
+        peer: SocketAddr,
+    ) -> io::Result<TlsStream> {
+        let mut tls = ServerConnection::new(cfg).map_err(io::Error::other)?;
+        // Plaintext queued before the handshake completes (a control error at most) is kept
+        // whole; afterwards `write` only hands rustls new data once earlier records are sent.
+        tls.set_buffer_limit(None);
+        Ok(TlsStream {
+            sock,
+            tls,
+            peer,
+            eof: false,
+        })
+    }
+
+    /// The negotiated ALPN protocol, once the handshake is done.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.alpn_protocol()
+    }
+
+    /// Send pending TLS records; `Ok(true)` once none remain, `Ok(false)` on would-block.
+    fn send_pending(&mut self) -> io::Result<bool> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.eof {
+                        return Ok(0);
+                    }
+                }
+                // The peer closed without close_notify: an EOF for the worker.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            match self.tls.read_tls(&mut self.sock) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                // Best effort: rustls queued an alert that tells the client why.
+                let _ = self.send_pending();
+                let handshaking = self.tls.is_handshaking();
+                warn!(peer = %self.peer, error = %e, handshaking, "tls error; closing desktop");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake flights and key updates go out now; what the socket does not take
+            // waits for its writable edge (the worker then calls `flush`).
+            self.send_pending()?;
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if !self.send_pending()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.writer().write_vectored(bufs)?;
+        self.send_pending()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.send_pending()? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+}
+
+impl Source for TlsStream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.sock.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.sock.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.sock.deregister(registry)
+    }
+}
