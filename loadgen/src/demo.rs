@@ -22,6 +22,17 @@ pub const DEMO_SECRET: &str = "deskmux-demo-link-secret";
 
 /// The demo's core-server configuration (`listen` on any free port, data under `dir`).
 pub fn core_config(dir: &Path) -> String {
+    core_config_with(dir, None)
+}
+
+/// [`core_config`] with the server's per-connection `outbound_queue` (frames queued towards one
+/// connection before the server closes it as a slow consumer) set, if `Some`; the server's
+/// default (8192) otherwise. A proxy link carries the answers of thousands of desktops, so
+/// pipelined runs through the proxy may need more (`--server-outbound-queue`).
+pub fn core_config_with(dir: &Path, outbound_queue: Option<usize>) -> String {
+    let oq = outbound_queue
+        .map(|n| format!("outbound_queue = {n}\n"))
+        .unwrap_or_default();
     format!(
         r#"# written by loadgen demo
 listen = "127.0.0.1:0"
@@ -31,7 +42,7 @@ instance = "demo-core-1"
 link_secret = "{DEMO_SECRET}"
 heartbeat_ms = 5000
 max_in_flight = 256
-
+{oq}
 [[tenants]]
 id = 1
 name = "acme"
@@ -318,6 +329,17 @@ impl Stack {
     /// # Errors
     /// A process failed to start or announce itself.
     pub fn start(proxy_workers: Option<usize>) -> Result<Stack, String> {
+        Self::start_with(proxy_workers, None)
+    }
+
+    /// [`Stack::start`] with the server's `outbound_queue` set (see [`core_config_with`]).
+    ///
+    /// # Errors
+    /// A process failed to start or announce itself.
+    pub fn start_with(
+        proxy_workers: Option<usize>,
+        server_outbound_queue: Option<usize>,
+    ) -> Result<Stack, String> {
         let dir = std::env::temp_dir().join(format!(
             "deskmux-demo-{}-{}",
             std::process::id(),
@@ -326,7 +348,8 @@ impl Stack {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let bins = bin_dir();
         let core_cfg = dir.join("core-server.toml");
-        std::fs::write(&core_cfg, core_config(&dir)).map_err(|e| e.to_string())?;
+        std::fs::write(&core_cfg, core_config_with(&dir, server_outbound_queue))
+            .map_err(|e| e.to_string())?;
         let cfg_arg = core_cfg.to_string_lossy().into_owned();
         let server = Proc::start(
             &bins.join("core-server"),
@@ -445,6 +468,11 @@ mod tests {
     fn configs_are_plausible_toml() {
         let c: toml::Value = toml::from_str(&core_config(Path::new("/tmp/x"))).unwrap();
         assert_eq!(c["listen"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
+        assert!(c.get("outbound_queue").is_none());
+        let c: toml::Value =
+            toml::from_str(&core_config_with(Path::new("/tmp/x"), Some(500_000))).unwrap();
+        assert_eq!(c["outbound_queue"].as_integer(), Some(500_000));
         assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
         let p: toml::Value =
             toml::from_str(&proxy_config("127.0.0.1:7100".parse().unwrap(), 2)).unwrap();

@@ -44,6 +44,10 @@ enum Cmd {
         /// Bypass the proxy: drive core-server directly.
         #[arg(long)]
         direct: bool,
+        /// core-server `outbound_queue`: frames queued towards one connection (a proxy link
+        /// too) before the server closes it as a slow consumer. Default: the server's (8192).
+        #[arg(long)]
+        server_outbound_queue: Option<usize>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -53,6 +57,10 @@ enum Cmd {
         /// Proxy worker processes.
         #[arg(long, default_value_t = 2)]
         proxy_workers: usize,
+        /// core-server `outbound_queue` for both runs (see `demo --help`). Default: the
+        /// server's (8192).
+        #[arg(long)]
+        server_outbound_queue: Option<usize>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -92,8 +100,12 @@ fn finish(
 }
 
 /// Run `load` against a fresh stack; returns the summary.
-fn run_on_stack(load: &LoadArgs, proxy_workers: Option<usize>) -> Result<Summary> {
-    let stack = Stack::start(proxy_workers).map_err(|e| anyhow!(e))?;
+fn run_on_stack(
+    load: &LoadArgs,
+    proxy_workers: Option<usize>,
+    server_outbound_queue: Option<usize>,
+) -> Result<Summary> {
+    let stack = Stack::start_with(proxy_workers, server_outbound_queue).map_err(|e| anyhow!(e))?;
     let target = stack.target().map_err(|e| anyhow!(e))?;
     let via = if proxy_workers.is_some() {
         "proxy"
@@ -183,14 +195,20 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo {
             proxy_workers,
             direct,
+            server_outbound_queue,
             mut load,
         } => {
             load.desktops.get_or_insert(25_000);
-            let s = run_on_stack(&load, if direct { None } else { Some(proxy_workers) })?;
+            let s = run_on_stack(
+                &load,
+                if direct { None } else { Some(proxy_workers) },
+                server_outbound_queue,
+            )?;
             Ok(verdict(&s))
         }
         Cmd::Compare {
             proxy_workers,
+            server_outbound_queue,
             load,
         } => {
             // Same load both ways: cap to what a direct run can hold.
@@ -216,9 +234,13 @@ fn real_main() -> Result<ExitCode> {
                 l
             };
             eprintln!("== direct ==");
-            let d = run_on_stack(&for_run("direct"), None)?;
+            let d = run_on_stack(&for_run("direct"), None, server_outbound_queue)?;
             eprintln!("== through the proxy ==");
-            let p = run_on_stack(&for_run("proxy"), Some(proxy_workers))?;
+            let p = run_on_stack(
+                &for_run("proxy"),
+                Some(proxy_workers),
+                server_outbound_queue,
+            )?;
             let g = |s: &Summary, k: &str| {
                 s.server
                     .as_ref()
