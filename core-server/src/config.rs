@@ -15,7 +15,8 @@
 //! max_frame = 2097152            # largest frame (head + body) accepted, bytes
 //! max_in_flight = 256            # requests a session may have outstanding
 //! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
-//! outbound_queue = 8192          # frames queued per connection before it is a slow consumer
+//! outbound_queue = 8192          # frames queued per desktop connection before it is a slow consumer
+//! link_outbound_queue = 262144   # frames queued per proxy link; past half, the link's reads pause
 //! group_commit_max = 512         # most storage operations committed in one transaction
 //! shutdown_grace_ms = 2000       # after GO_AWAY, how long in-flight work may take
 //! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
@@ -135,6 +136,10 @@ pub struct Config {
     pub invite_timeout_ms: u32,
     /// Frames queued towards one connection before it counts as a slow consumer. Default 8192.
     pub outbound_queue: usize,
+    /// Frames queued towards one proxy link. Past half of it the server stops reading the
+    /// link's requests until the writer catches up (TCP then slows the proxy); only a full
+    /// queue closes the link. Default 262144.
+    pub link_outbound_queue: usize,
     /// Most storage operations run in one group-commit transaction. Default 512.
     pub group_commit_max: usize,
     /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
@@ -167,6 +172,7 @@ impl Default for Config {
             max_in_flight: 256,
             invite_timeout_ms: 30_000,
             outbound_queue: 8192,
+            link_outbound_queue: 262_144,
             group_commit_max: 512,
             shutdown_grace_ms: 2000,
             go_away_reconnect_ms: 1000,
@@ -212,8 +218,14 @@ impl Config {
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
         }
-        if self.max_in_flight == 0 || self.outbound_queue == 0 || self.group_commit_max == 0 {
-            return bad("max_in_flight, outbound_queue and group_commit_max must be non-zero");
+        if self.max_in_flight == 0
+            || self.outbound_queue == 0
+            || self.link_outbound_queue == 0
+            || self.group_commit_max == 0
+        {
+            return bad(
+                "max_in_flight, outbound_queue, link_outbound_queue and group_commit_max must be non-zero",
+            );
         }
         if !matches!(
             self.sqlite_synchronous.as_str(),

@@ -23,7 +23,7 @@ use deskmux_codec::{ErrorCode, Flags, Frame, FrameDecoder, Head, Kind, Service, 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::ixn::{Input, LinkId, SessKey};
@@ -62,12 +62,16 @@ struct Conn {
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let cancel = CancellationToken::new();
-    let (out, rx) = Outbox::new(shared.cfg.outbound_queue, cancel.clone());
+    let (out, rx, room) = Outbox::new(
+        shared.cfg.outbound_queue,
+        shared.cfg.link_outbound_queue,
+        cancel.clone(),
+    );
     let id = shared.next_id();
     shared.register(id, out.clone());
     let (rd, wr) = stream.into_split();
     let hb = Duration::from_millis(u64::from(shared.cfg.heartbeat_ms));
-    let writer = tokio::spawn(write_loop(wr, rx, cancel.clone(), hb));
+    let writer = tokio::spawn(write_loop(wr, rx, room, cancel.clone(), hb));
     let mut conn = Conn {
         shared: shared.clone(),
         out,
@@ -85,6 +89,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
+    room: Arc<Notify>,
     cancel: CancellationToken,
     hb: Duration,
 ) {
@@ -104,6 +109,8 @@ async fn write_loop(
                 if n == 0 {
                     stop = true;
                 }
+                // Room was made: a link reader paused in `wait_room` may go on.
+                room.notify_waiters();
             }
             () = &mut cancelled => {
                 while let Ok(o) = rx.try_recv() {
@@ -209,6 +216,13 @@ impl Conn {
                 buf.reserve(read_size);
             }
             let offered = buf.capacity() - buf.len();
+            if matches!(self.mode, Mode::Link(..)) {
+                // Backpressure: read no more requests while the link's answers are queued up.
+                tokio::select! {
+                    () = &mut cancelled => return,
+                    () = self.out.wait_room() => {}
+                }
+            }
             // The deadline timer is re-armed lazily when it fires, not on every read.
             tokio::select! {
                 () = &mut cancelled => return,
@@ -510,6 +524,7 @@ impl Conn {
         };
         self.out.frame(wire::response(&h, |w| ack.write(w)));
         self.mode = Mode::Link(self.shared.next_id(), HashMap::new());
+        self.out.set_link();
     }
 
     fn session_open(&mut self, f: &Frame) {

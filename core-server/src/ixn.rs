@@ -1241,7 +1241,7 @@ mod tests {
 
     impl Desk {
         fn new() -> Desk {
-            let (out, rx) = Outbox::new(64, CancellationToken::new());
+            let (out, rx, _room) = Outbox::new(64, 64, CancellationToken::new());
             Desk {
                 peer: Peer {
                     out,

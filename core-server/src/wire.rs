@@ -2,18 +2,22 @@
 //! outbound queue of a connection, reply bookkeeping, and building response/event frames.
 //!
 //! A connection's writer drains an [`Outbox`]; anything (the reader, the engine task, the DB
-//! thread) may push to it without blocking. A full queue means the peer is not reading: the
-//! connection is cancelled as a slow consumer rather than blocking the pusher.
+//! thread) may push to it without blocking. A desktop whose queue passes `outbound_queue`
+//! frames is not reading: it is cancelled as a slow consumer rather than blocking the pusher.
+//! A proxy link carries thousands of sessions' answers, so it is never judged by the desktop
+//! limit: its reader stops reading requests while the queue is over half of
+//! `link_outbound_queue` ([`Outbox::wait_room`]), which pushes back on the proxy through TCP;
+//! only a link queue that fills completely (events alone outrunning it) is cancelled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use deskmux_codec::{
     BodyError, BodyRef, BodyWriter, ErrorCode, Flags, HEAD_LEN, Head, Kind, Value, encode_with,
     error_response,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Microseconds since the UNIX epoch.
@@ -37,28 +41,77 @@ pub enum Out {
 /// The sending side of a connection's outbound queue.
 #[derive(Debug, Clone)]
 pub struct Outbox {
+    /// The queue; its capacity is the link limit (a desktop's is enforced in [`Outbox::send`]).
     tx: mpsc::Sender<Out>,
+    /// Cancels the connection (slow consumer, framing lost, shutdown).
     cancel: CancellationToken,
+    /// Frames a direct desktop may have queued before it is a slow consumer.
+    desktop_limit: usize,
+    /// Set once the connection is an authenticated proxy link.
+    link: Arc<AtomicBool>,
+    /// Signalled by the writer each time it drains a batch, for [`Outbox::wait_room`].
+    room: Arc<Notify>,
 }
 
 impl Outbox {
-    /// A queue of `cap` items; the receiver goes to the writer task.
-    pub fn new(cap: usize, cancel: CancellationToken) -> (Outbox, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (Outbox { tx, cancel }, rx)
+    /// A queue that holds `desktop_limit` frames for a desktop and `link_limit` for a link;
+    /// the receiver and the drain signal go to the writer task.
+    pub fn new(
+        desktop_limit: usize,
+        link_limit: usize,
+        cancel: CancellationToken,
+    ) -> (Outbox, mpsc::Receiver<Out>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(link_limit.max(desktop_limit).max(1));
+        let room = Arc::new(Notify::new());
+        let out = Outbox {
+            tx,
+            cancel,
+            desktop_limit,
+            link: Arc::new(AtomicBool::new(false)),
+            room: room.clone(),
+        };
+        (out, rx, room)
     }
 
-    /// Queue an item; a full queue cancels the connection (slow consumer).
+    /// Mark the connection as a proxy link (after a successful link hello).
+    pub fn set_link(&self) {
+        self.link.store(true, Ordering::Release);
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queue an item; a desktop over its limit, or a full link queue, cancels the connection
+    /// (slow consumer).
     pub fn send(&self, item: Out) {
-        match self.tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.cancel.is_cancelled() {
-                    tracing::warn!("outbound queue full: slow consumer, closing");
-                    self.cancel.cancel();
-                }
+        let over_desktop_limit =
+            !self.link.load(Ordering::Acquire) && self.queued() >= self.desktop_limit;
+        let full = over_desktop_limit
+            || match self.tx.try_send(item) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+            };
+        if full && !self.cancel.is_cancelled() {
+            tracing::warn!("outbound queue full: slow consumer, closing");
+            self.cancel.cancel();
+        }
+    }
+
+    /// Wait until at most half the queue is in use. A link's reader calls this before each
+    /// read, so a proxy that sends faster than it reads answers is slowed by TCP instead of
+    /// being disconnected.
+    pub async fn wait_room(&self) {
+        let half = self.tx.max_capacity() / 2;
+        loop {
+            let drained = self.room.notified();
+            tokio::pin!(drained);
+            // Register before checking, so a drain between the check and the await is seen.
+            drained.as_mut().enable();
+            if self.queued() <= half || self.tx.is_closed() {
+                return;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            drained.await;
         }
     }
 
