@@ -48,6 +48,36 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// `impl mio::event::Source for $ty` by handing every call to its field `$field`: the
+/// listeners, TLS streams and UDP endpoint all register the one socket they wrap.
+macro_rules! delegate_source {
+    ($ty:ty, $field:ident) => {
+        impl mio::event::Source for $ty {
+            fn register(
+                &mut self,
+                registry: &mio::Registry,
+                token: mio::Token,
+                interests: mio::Interest,
+            ) -> std::io::Result<()> {
+                mio::event::Source::register(&mut self.$field, registry, token, interests)
+            }
+
+            fn reregister(
+                &mut self,
+                registry: &mio::Registry,
+                token: mio::Token,
+                interests: mio::Interest,
+            ) -> std::io::Result<()> {
+                mio::event::Source::reregister(&mut self.$field, registry, token, interests)
+            }
+
+            fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+                mio::event::Source::deregister(&mut self.$field, registry)
+            }
+        }
+    };
+}
+
 pub mod admin;
 pub mod config;
 pub mod error;

@@ -553,29 +553,7 @@ fn send(socket: &mio::net::UdpSocket, buf: &[u8], to: SocketAddr) {
     }
 }
 
-impl Source for QuicEndpoint {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.socket.register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.socket.reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        self.socket.deregister(registry)
-    }
-}
+delegate_source!(QuicEndpoint, socket);
 
 /// A QUIC desktop's stream, as the worker sees it: `Read` / `Write` on the one bidirectional
 /// stream; registering with mio is a no-op (readiness comes from [`QuicEvent`]s).

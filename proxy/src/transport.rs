@@ -59,29 +59,7 @@ impl TcpTransport {
     }
 }
 
-impl Source for TcpTransport {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.listener.register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.listener.reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        self.listener.deregister(registry)
-    }
-}
+delegate_source!(TcpTransport, listener);
 
 impl TcpTransport {
     /// Accept one TCP connection (with `TCP_NODELAY`); `Ok(None)` when none is pending.
@@ -221,29 +199,7 @@ impl DesktopTransport {
     }
 }
 
-impl Source for DesktopTransport {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.tcp.register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.tcp.reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        self.tcp.deregister(registry)
-    }
-}
+delegate_source!(DesktopTransport, tcp);
 
 impl Transport for DesktopTransport {
     type Conn = DesktopStream;
