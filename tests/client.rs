@@ -1,5 +1,7 @@
 //! A small async desktop for tests: hello, requests matched by correlation id, events queued
-//! while waiting for responses, and raw byte injection for malformed-input tests.
+//! while waiting for responses, and raw byte injection for malformed-input tests. It runs over
+//! any async byte stream: plain TCP ([`TestClient::connect`]), TLS or a QUIC stream pair
+//! ([`TestClient::new`], with the connectors in `secure_client`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,17 +11,20 @@ use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use deskmux_codec::msg::{self, DesktopHello, ServerHello};
 use deskmux_codec::{BodyError, BodyWriter, Frame, FrameDecoder, Head, Kind, Service};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Default time a test waits for any one frame.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A byte stream a desktop can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One desktop connection (direct to a server, or to a proxy).
-#[derive(Debug)]
 pub struct TestClient {
-    /// The socket.
-    stream: TcpStream,
+    /// The connection: TCP, TLS or a QUIC stream pair.
+    stream: Box<dyn Io>,
     /// Bytes read but not yet decoded.
     rbuf: BytesMut,
     /// The real codec, so tests exercise exactly what production decodes.
@@ -34,6 +39,15 @@ pub struct TestClient {
     backlog: VecDeque<Frame>,
 }
 
+impl std::fmt::Debug for TestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestClient")
+            .field("tenant", &self.tenant)
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
 impl TestClient {
     /// Connect over TCP.
     ///
@@ -44,15 +58,20 @@ impl TestClient {
             .await
             .context("connect timeout")??;
         stream.set_nodelay(true)?;
-        Ok(TestClient {
-            stream,
+        Ok(TestClient::new(stream))
+    }
+
+    /// A desktop over an already connected stream (TLS, QUIC, ...).
+    pub fn new(stream: impl Io + 'static) -> TestClient {
+        TestClient {
+            stream: Box::new(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
             decoder: FrameDecoder::new(16 * 1024 * 1024),
             next_corr: 1,
             tenant: 0,
             session: 0,
             backlog: VecDeque::new(),
-        })
+        }
     }
 
     /// Connect and complete a hello; fails if the hello is refused.
@@ -66,11 +85,20 @@ impl TestClient {
         token: &str,
     ) -> Result<TestClient> {
         let mut c = TestClient::connect(addr).await?;
-        let resp = c.hello(tenant, agent, token, 0b110).await?;
+        c.hello_ok(tenant, agent, token).await?;
+        Ok(c)
+    }
+
+    /// Hello for both services (`0b110`); fails if it is refused.
+    ///
+    /// # Errors
+    /// I/O, timeout or refusal.
+    pub async fn hello_ok(&mut self, tenant: u32, agent: &str, token: &str) -> Result<()> {
+        let resp = self.hello(tenant, agent, token, 0b110).await?;
         if let Some((code, m)) = resp.error() {
             bail!("hello refused: {code} {m}");
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Send a desktop hello and wait for its answer (server hello or error). On success the
@@ -142,6 +170,8 @@ impl TestClient {
     /// I/O.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes).await?;
+        // TLS and QUIC streams buffer; TCP's flush is a no-op.
+        self.stream.flush().await?;
         Ok(())
     }
 

@@ -1,19 +1,12 @@
 //! Encrypted desktops for tests: rcgen certificates, a tokio-rustls TLS connector, and
-//! [`FrameClient`], a desktop over any async byte stream (TLS over TCP, or a QUIC stream pair)
-//! with the same hello / request / event helpers as [`crate::TestClient`].
+//! [`FrameClient`], which is [`crate::TestClient`] over a TLS or QUIC stream.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use bytes::BytesMut;
-use deskmux_codec::msg::{self, DesktopHello, ServerHello};
-use deskmux_codec::{BodyError, BodyWriter, Frame, FrameDecoder, Head, Kind, Service};
+use anyhow::{Context, Result};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client::WAIT;
@@ -91,162 +84,8 @@ pub async fn tls_connect(
     Ok(s)
 }
 
-/// Any byte stream a desktop can speak over.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A desktop over an arbitrary byte stream.
-pub struct FrameClient {
-    stream: Box<dyn Io>,
-    rbuf: BytesMut,
-    decoder: FrameDecoder,
-    next_corr: u64,
-    /// Tenant stamped on requests.
-    pub tenant: u32,
-    /// Session id from the server hello.
-    pub session: u64,
-    backlog: VecDeque<Frame>,
-}
-
-impl std::fmt::Debug for FrameClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameClient")
-            .field("session", &self.session)
-            .finish()
-    }
-}
-
-impl FrameClient {
-    /// Wrap a connected stream.
-    pub fn new(stream: impl Io + 'static) -> FrameClient {
-        FrameClient {
-            stream: Box::new(stream),
-            rbuf: BytesMut::with_capacity(16 * 1024),
-            decoder: FrameDecoder::new(16 * 1024 * 1024),
-            next_corr: 1,
-            tenant: 0,
-            session: 0,
-            backlog: VecDeque::new(),
-        }
-    }
-
-    /// Send a hello for services `0b110`; fails if refused.
-    ///
-    /// # Errors
-    /// I/O, timeout or refusal.
-    pub async fn hello(&mut self, tenant: u32, agent: &str, token: &str) -> Result<()> {
-        self.tenant = tenant;
-        let hello = DesktopHello {
-            version: 1,
-            agent,
-            token,
-            services: 0b110,
-        };
-        let resp = self
-            .request(Service::Control, msg::control::HELLO, |w| hello.write(w))
-            .await?;
-        if let Some((code, m)) = resp.error() {
-            bail!("hello refused: {code} {m}");
-        }
-        self.session = ServerHello::read(resp.body())
-            .context("server hello")?
-            .session;
-        Ok(())
-    }
-
-    /// Send a request and wait for its response.
-    ///
-    /// # Errors
-    /// I/O, timeout, body encoding.
-    pub async fn request(
-        &mut self,
-        service: Service,
-        msg_type: u16,
-        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
-    ) -> Result<Frame> {
-        let corr = self.send(service, msg_type, body).await?;
-        self.wait_for(WAIT, |f| {
-            f.head().kind == Kind::Response && f.head().correlation == corr
-        })
-        .await
-    }
-
-    /// Send a request without waiting; returns its correlation id.
-    ///
-    /// # Errors
-    /// I/O or body encoding.
-    pub async fn send(
-        &mut self,
-        service: Service,
-        msg_type: u16,
-        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
-    ) -> Result<u64> {
-        let corr = self.next_corr;
-        self.next_corr += 1;
-        let mut head = Head::new(Kind::Request, service, msg_type);
-        head.tenant = self.tenant;
-        head.correlation = corr;
-        let frame = Frame::build(head, body)?;
-        self.stream.write_all(frame.as_bytes()).await?;
-        self.stream.flush().await?;
-        Ok(corr)
-    }
-
-    /// Wait for a frame `pred` accepts; others are kept.
-    ///
-    /// # Errors
-    /// Timeout or close.
-    pub async fn wait_for(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&Frame) -> bool,
-    ) -> Result<Frame> {
-        if let Some(i) = self.backlog.iter().position(&pred)
-            && let Some(f) = self.backlog.remove(i)
-        {
-            return Ok(f);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let f = self
-                .read_frame(deadline)
-                .await?
-                .context("connection closed while waiting")?;
-            if pred(&f) {
-                return Ok(f);
-            }
-            self.backlog.push_back(f);
-        }
-    }
-
-    /// Wait for an event of type `msg_type`.
-    ///
-    /// # Errors
-    /// Timeout or close.
-    pub async fn event(&mut self, msg_type: u16, timeout: Duration) -> Result<Frame> {
-        self.wait_for(timeout, |f| {
-            f.head().kind == Kind::Event && f.head().msg_type == msg_type
-        })
-        .await
-    }
-
-    async fn read_frame(&mut self, deadline: tokio::time::Instant) -> Result<Option<Frame>> {
-        loop {
-            if let Some(f) = self.decoder.decode(&mut self.rbuf)? {
-                return Ok(Some(f));
-            }
-            let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf))
-                .await
-            {
-                Err(_) => bail!("timed out waiting for a frame"),
-                Ok(r) => r?,
-            };
-            if n == 0 {
-                return Ok(None);
-            }
-        }
-    }
-}
+/// A desktop over an encrypted stream: the same client as plain TCP.
+pub type FrameClient = crate::TestClient;
 
 /// A QUIC client endpoint (quinn, tokio) trusting `roots`, offering `alpn`.
 ///

@@ -112,7 +112,9 @@ async fn quic_desktops_need_no_fds() {
     let mut desks: Vec<(quinn::Connection, FrameClient)> = Vec::new();
     for i in 0..n {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.expect("quic");
-        c.hello(T1, &format!("q{i}"), TOKEN1).await.expect("hello");
+        c.hello_ok(T1, &format!("q{i}"), TOKEN1)
+            .await
+            .expect("hello");
         desks.push((conn, c));
     }
     // TCP desktops past the limit cannot be accepted.
@@ -177,7 +179,7 @@ async fn connect(
             (Some((ep, conn)), c)
         }
     };
-    c.hello(T1, &format!("m{i}"), TOKEN1).await.unwrap();
+    c.hello_ok(T1, &format!("m{i}"), TOKEN1).await.unwrap();
     (conn, c)
 }
 
@@ -325,7 +327,7 @@ async fn idle_quic_desktop_memory() {
     let mut warm = Vec::new();
     for i in 0..20 {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.unwrap();
-        c.hello(T1, &format!("w{i}"), TOKEN1).await.unwrap();
+        c.hello_ok(T1, &format!("w{i}"), TOKEN1).await.unwrap();
         warm.push((conn, c));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -334,7 +336,7 @@ async fn idle_quic_desktop_memory() {
     let mut desks = Vec::with_capacity(n);
     for i in 0..n {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.unwrap();
-        c.hello(T1, &format!("i{i}"), TOKEN1).await.unwrap();
+        c.hello_ok(T1, &format!("i{i}"), TOKEN1).await.unwrap();
         desks.push((conn, c));
     }
     let took = t0.elapsed();
