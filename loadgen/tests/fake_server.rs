@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use deskmux_codec::msg::{self, ServerHello};
-use deskmux_codec::{Frame, FrameDecoder, Head, Kind, Service, encode_with};
+use deskmux_codec::{
+    ErrorCode, Frame, FrameDecoder, Head, Kind, Service, control_error, encode_with, error_response,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -20,6 +22,10 @@ enum Fault {
     Drop(u64),
     /// Answer every n-th echo with a flipped payload byte.
     Corrupt(u64),
+    /// After n echoes on a connection, announce its upstream session lost (control
+    /// `ERROR LINK_LOST`, as the proxy does when a primary dies) and answer every later echo on
+    /// it with `LINK_LOST_UNSENT`.
+    LinkLostAfter(u64),
 }
 
 async fn serve(listener: TcpListener, fault: Fault) {
@@ -36,6 +42,8 @@ async fn serve(listener: TcpListener, fault: Fault) {
             let mut dec = FrameDecoder::default();
             let mut rbuf = BytesMut::with_capacity(4096);
             let mut out = BytesMut::new();
+            // Echoes answered on this connection, for `Fault::LinkLostAfter`.
+            let mut echoes = 0u64;
             loop {
                 match sock.read_buf(&mut rbuf).await {
                     Ok(0) | Err(_) => return,
@@ -59,6 +67,14 @@ async fn serve(listener: TcpListener, fault: Fault) {
                             encode_with(rh, &mut out, |w| sh.write(w)).unwrap();
                         }
                         (Service::Interaction, msg::ixn::ECHO) => {
+                            if let Fault::LinkLostAfter(k) = fault {
+                                echoes += 1;
+                                if echoes > k {
+                                    let e = error_response(&h, ErrorCode::LINK_LOST_UNSENT, "gone");
+                                    out.extend_from_slice(e.as_bytes());
+                                    continue;
+                                }
+                            }
                             let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
                             let mut body = f.body_bytes().to_vec();
                             match fault {
@@ -71,6 +87,14 @@ async fn serve(listener: TcpListener, fault: Fault) {
                                 _ => {}
                             }
                             out.extend_from_slice(Frame::with_body(rh, &body).unwrap().as_bytes());
+                            if fault == Fault::LinkLostAfter(echoes) {
+                                let notice = control_error(
+                                    h.session,
+                                    ErrorCode::LINK_LOST,
+                                    "upstream session lost; reconnect",
+                                );
+                                out.extend_from_slice(notice.as_bytes());
+                            }
                         }
                         _ => {
                             // Login, heartbeat: empty answer.
@@ -253,4 +277,23 @@ fn dead_site_fails_over_to_the_next() {
         "{v:#}"
     );
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn lost_upstream_session_makes_desktops_reconnect() {
+    // Each connection serves 20 echoes, then says its upstream session is gone. A desktop must
+    // stop sending on it and reconnect (as after GO_AWAY); one that keeps sending only collects
+    // LINK_LOST_UNSENT errors and never succeeds again.
+    let (addr, _h) = start(Fault::LinkLostAfter(20));
+    let (code, v) = run_loadgen(addr, &["-n", "10", "--no-login"]);
+    assert_eq!(v["requests"]["lost"], 0, "{v:#}");
+    assert_eq!(v["requests"]["wrong"], 0, "{v:#}");
+    let reconnects = v["clients"]["reconnects"].as_u64().unwrap();
+    assert!(
+        reconnects >= 10,
+        "every desktop reconnects at least once: {v:#}"
+    );
+    // More successes than 10 desktops x 20 echoes: work went on after reconnecting.
+    assert!(v["requests"]["ok"].as_u64().unwrap() > 200, "{v:#}");
+    assert_eq!(code, 0, "{v:#}");
 }

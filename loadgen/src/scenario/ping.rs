@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use deskmux_codec::head::restamp_correlation;
-use deskmux_codec::{Flags, HEAD_LEN, Head, Kind, Service, msg};
+use deskmux_codec::{ErrorCode, Flags, HEAD_LEN, Head, Kind, Service, msg};
 
 use crate::client::{self, CLIENT_CORR_BASE, Desktop};
 use crate::engine::Ctx;
@@ -335,6 +335,14 @@ async fn session(
                             }
                             Kind::Control if head.flags.has(Flags::ERROR) => {
                                 if let Some((code, m)) = error_of(&head, body) {
+                                    // The upstream session is gone (the proxy lost the link,
+                                    // e.g. the primary died): its later requests would only
+                                    // get LINK_LOST_UNSENT, so stop sending, let the pending
+                                    // ones be answered and reconnect (a new hello lands on a
+                                    // live instance or the backup), as after GO_AWAY.
+                                    if code == ErrorCode::LINK_LOST.0 {
+                                        go_away = true;
+                                    }
                                     s.sample(|| {
                                         format!("desktop {gid}: control error {code:#06x} {m}")
                                     });
