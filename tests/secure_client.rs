@@ -25,6 +25,17 @@ pub struct TestCert {
     pub der: CertificateDer<'static>,
 }
 
+impl TestCert {
+    /// A proxy config section (`tls` or `quic`) naming these files.
+    pub fn toml(&self, section: &str) -> String {
+        format!(
+            "[{section}]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
 /// Generate a self-signed certificate (rcgen) and write `NAME.crt` / `NAME.key` into `dir`.
 ///
 /// # Errors

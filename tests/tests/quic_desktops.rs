@@ -5,7 +5,6 @@
 
 mod proxy_support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use deskmux_codec::msg::{ixn, key};
@@ -19,36 +18,10 @@ use proxy_support::*;
 /// A core-server and a proxy with `[quic]` (plain TCP on the same port number).
 fn quic_stack(workers: usize, limits: &str) -> (Stack, TestCert) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
     let cert = self_signed(dir.path(), "proxy").expect("cert");
-    let cfg = proxy_config(
-        dir.path(),
-        &[("[\"interaction\", \"ucs\"]", core_addr)],
-        workers,
-        2,
-        limits,
-    );
-    append_quic(&cfg, &cert);
-    let proxy = start_proxy(cfg);
-    (
-        Stack {
-            dir,
-            core,
-            core_addr,
-            proxy,
-        },
-        cert,
-    )
-}
-
-fn append_quic(cfg: &Path, cert: &TestCert) {
-    let mut s = std::fs::read_to_string(cfg).expect("read config");
-    s.push_str(&format!(
-        "\n[quic]\ncert = \"{}\"\nkey = \"{}\"\nmax_handshakes = 64\n",
-        cert.cert.display(),
-        cert.key.display()
-    ));
-    std::fs::write(cfg, s).expect("write config");
+    let quic = cert.toml("quic") + "max_handshakes = 64\n";
+    let st = stack_in(dir, workers, 2, limits, &quic);
+    (st, cert)
 }
 
 struct QuicDesktop {

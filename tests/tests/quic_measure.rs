@@ -19,7 +19,6 @@
 mod proxy_support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,39 +37,10 @@ fn secure_stack(limits: &str) -> (Stack, TestCert) {
 
 fn secure_stack_n(workers: usize, limits: &str) -> (Stack, TestCert) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
     let cert = self_signed(dir.path(), "proxy").expect("cert");
-    let cfg = proxy_config(
-        dir.path(),
-        &[("[\"interaction\", \"ucs\"]", core_addr)],
-        workers,
-        2,
-        limits,
-    );
-    append(&cfg, &cert, false);
-    let proxy = start_proxy(cfg);
-    (
-        Stack {
-            dir,
-            core,
-            core_addr,
-            proxy,
-        },
-        cert,
-    )
-}
-
-fn append(cfg: &Path, cert: &TestCert, tls: bool) {
-    let mut s = std::fs::read_to_string(cfg).expect("read config");
-    let c = cert.cert.display();
-    let k = cert.key.display();
-    if tls {
-        s.push_str(&format!("\n[tls]\ncert = \"{c}\"\nkey = \"{k}\"\n"));
-    }
-    s.push_str(&format!(
-        "\n[quic]\ncert = \"{c}\"\nkey = \"{k}\"\nmax_handshakes = 1024\n"
-    ));
-    std::fs::write(cfg, s).expect("write config");
+    let quic = cert.toml("quic") + "max_handshakes = 1024\n";
+    let st = stack_in(dir, workers, 2, limits, &quic);
+    (st, cert)
 }
 
 fn worker_pid(admin: SocketAddr) -> u64 {
@@ -246,7 +216,8 @@ async fn echo_throughput_tcp_tls_quic() {
         2,
         "",
     );
-    append(&cfg, &cert, true);
+    let secure = cert.toml("tls") + &cert.toml("quic") + "max_handshakes = 1024\n";
+    append_toml(&cfg, &secure);
     let tls_proxy = start_proxy(cfg);
     let roots = std::slice::from_ref(&cert.der);
     let kinds = [

@@ -5,7 +5,6 @@
 
 mod proxy_support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use deskmux_codec::msg::{ixn, key};
@@ -17,36 +16,9 @@ use proxy_support::*;
 /// A core-server and a proxy with `[tls]` (1 worker, 2 links).
 fn tls_stack() -> (Stack, TestCert) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
     let cert = deskmux_tests::secure_client::self_signed(dir.path(), "proxy").expect("cert");
-    let cfg = proxy_config(
-        dir.path(),
-        &[("[\"interaction\", \"ucs\"]", core_addr)],
-        1,
-        2,
-        "",
-    );
-    append_tls(&cfg, &cert);
-    let proxy = start_proxy(cfg);
-    (
-        Stack {
-            dir,
-            core,
-            core_addr,
-            proxy,
-        },
-        cert,
-    )
-}
-
-fn append_tls(cfg: &Path, cert: &TestCert) {
-    let mut s = std::fs::read_to_string(cfg).expect("read config");
-    s.push_str(&format!(
-        "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.cert.display(),
-        cert.key.display()
-    ));
-    std::fs::write(cfg, s).expect("write config");
+    let st = stack_in(dir, 1, 2, "", &cert.toml("tls"));
+    (st, cert)
 }
 
 async fn tls_desktop(st: &Stack, cert: &TestCert, tenant: u32) -> FrameClient {
@@ -192,17 +164,9 @@ async fn tls_handshake_failures_are_clear_and_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshake_is_bounded_by_the_hello_deadline() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
     let cert = deskmux_tests::secure_client::self_signed(dir.path(), "proxy").unwrap();
-    let cfg = proxy_config(
-        dir.path(),
-        &[("[\"interaction\", \"ucs\"]", core_addr)],
-        1,
-        1,
-        "handshake_ms = 400",
-    );
-    append_tls(&cfg, &cert);
-    let proxy = start_proxy(cfg);
+    let st = stack_in(dir, 1, 1, "handshake_ms = 400", &cert.toml("tls"));
+    let proxy = &st.proxy;
     // Connects and never starts the TLS handshake.
     let mut idle = TestClient::connect(proxy.addr).await.unwrap();
     let t0 = std::time::Instant::now();

@@ -132,7 +132,18 @@ pub struct Stack {
 }
 
 pub fn stack(workers: usize, links: u16, limits: &str) -> Stack {
-    let dir = tempfile::tempdir().expect("tempdir");
+    stack_in(
+        tempfile::tempdir().expect("tempdir"),
+        workers,
+        links,
+        limits,
+        "",
+    )
+}
+
+/// As [`stack`], in `dir` (which may already hold e.g. certificates), with `extra` TOML
+/// appended to the proxy's config (a `[tls]` or `[quic]` section).
+pub fn stack_in(dir: TempDir, workers: usize, links: u16, limits: &str, extra: &str) -> Stack {
     let (core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
     let cfg = proxy_config(
         dir.path(),
@@ -141,6 +152,7 @@ pub fn stack(workers: usize, links: u16, limits: &str) -> Stack {
         links,
         limits,
     );
+    append_toml(&cfg, extra);
     let proxy = start_proxy(cfg);
     Stack {
         dir,
@@ -148,6 +160,17 @@ pub fn stack(workers: usize, links: u16, limits: &str) -> Stack {
         core_addr,
         proxy,
     }
+}
+
+/// Append `extra` TOML (e.g. a `[tls]` section) to a config file.
+pub fn append_toml(cfg: &Path, extra: &str) {
+    if extra.is_empty() {
+        return;
+    }
+    let mut s = std::fs::read_to_string(cfg).expect("read config");
+    s.push('\n');
+    s.push_str(extra);
+    std::fs::write(cfg, s).expect("write config");
 }
 
 /// Minimal blocking HTTP GET (admin port).
