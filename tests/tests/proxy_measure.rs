@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use deskmux_codec::msg::{DesktopHello, control, ixn, key};
+use deskmux_codec::msg::{DesktopHello, control};
 use deskmux_codec::{Frame, FrameDecoder, Head, Kind, Service};
 use proxy_support::*;
 
@@ -118,27 +118,7 @@ async fn echo_load(addr: SocketAddr, conns: usize, depth: usize, secs: u64) -> f
     for _ in 0..conns {
         tasks.push(tokio::spawn(async move {
             let mut c = desktop(addr, T1).await;
-            let mut n = 0u64;
-            let payload = [7u8; 64];
-            while Instant::now() < stop {
-                let mut corrs = Vec::with_capacity(depth);
-                for _ in 0..depth {
-                    corrs.push(
-                        c.send(Service::Interaction, ixn::ECHO, |w| {
-                            w.bin(key::DATA, &payload)?;
-                            Ok(())
-                        })
-                        .await
-                        .unwrap(),
-                    );
-                }
-                for corr in corrs {
-                    let r = c.response(corr, Duration::from_secs(10)).await.unwrap();
-                    assert!(r.error().is_none());
-                    n += 1;
-                }
-            }
-            n
+            echo_until(&mut c, depth, stop).await
         }));
     }
     let mut total = 0;

@@ -169,30 +169,7 @@ async fn echo_load(
     for (conn, mut c) in clients {
         tasks.push(tokio::spawn(async move {
             let _keep = conn;
-            let mut n = 0u64;
-            let payload = [7u8; 64];
-            while Instant::now() < stop {
-                let mut corrs = Vec::with_capacity(depth);
-                for _ in 0..depth {
-                    corrs.push(
-                        c.send(Service::Interaction, ixn::ECHO, |w| {
-                            w.bin(key::DATA, &payload)?;
-                            Ok(())
-                        })
-                        .await
-                        .unwrap(),
-                    );
-                }
-                for corr in corrs {
-                    let r = c
-                        .wait_for(Duration::from_secs(10), |f| f.head().correlation == corr)
-                        .await
-                        .unwrap();
-                    assert!(r.error().is_none());
-                    n += 1;
-                }
-            }
-            n
+            echo_until(&mut c, depth, stop).await
         }));
     }
     let mut total = 0;

@@ -237,3 +237,29 @@ pub async fn echo(c: &mut TestClient, service: Service, data: &[u8]) -> Frame {
 pub fn code(f: &Frame) -> Option<ErrorCode> {
     f.error().map(|(c, _)| c)
 }
+
+/// Closed-loop 64-byte echoes on `c` until `stop`, `depth` in flight at a time; every answer
+/// must be a success. Returns how many were answered (for the measurement tests).
+pub async fn echo_until(c: &mut TestClient, depth: usize, stop: Instant) -> u64 {
+    let mut n = 0u64;
+    let payload = [7u8; 64];
+    let mut corrs = Vec::with_capacity(depth);
+    while Instant::now() < stop {
+        for _ in 0..depth {
+            let corr = c
+                .send(Service::Interaction, ixn::ECHO, |w| {
+                    w.bin(key::DATA, &payload)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            corrs.push(corr);
+        }
+        for corr in corrs.drain(..) {
+            let r = c.response(corr, Duration::from_secs(10)).await.unwrap();
+            assert!(r.error().is_none());
+            n += 1;
+        }
+    }
+    n
+}
