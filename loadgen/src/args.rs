@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{RunConfig, Scenario, TenantCred, parse_tenant};
+use crate::config::{RunConfig, Scenario, TenantCred, Transport, parse_tenant};
 use crate::shard;
 
 /// Load options.
@@ -80,6 +80,21 @@ pub struct LoadArgs {
     /// Connect + hello timeout per attempt, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Desktop transport: `tcp`, or `quic` (needs `--ca` for `run`; `demo` makes its own
+    /// certificate).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// QUIC: PEM file of the certificate(s) trusted for the site (its CA, or its self-signed
+    /// certificate).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// QUIC: server name expected in the site's certificate (also sent as SNI).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// QUIC: UDP sockets per event-loop thread (the site sees this many source ports per
+    /// thread; more spread the load over the site's `SO_REUSEPORT` workers).
+    #[arg(long, default_value_t = 8)]
+    pub quic_sockets: usize,
     /// Write the summary as JSON here (stable keys; see report.rs).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -123,7 +138,17 @@ impl LoadArgs {
         } else {
             self.tenants.clone()
         };
+        if self.transport == Transport::Quic && self.ca.is_none() {
+            return Err("--transport quic needs --ca (the PEM certificate to trust)".into());
+        }
         let (soft, _) = shard::nofile_limit();
+        let quic_sockets = self.quic_sockets.max(1);
+        // A QUIC desktop needs no file descriptor: a process holds `quic_sockets` UDP sockets
+        // per thread whatever its desktop count, so one process can drive them all.
+        let per_process_default = match self.transport {
+            Transport::Tcp => shard::desktops_per_process(soft),
+            Transport::Quic => shard::QUIC_DESKTOPS_PER_PROCESS,
+        };
         Ok(RunConfig {
             sites,
             desktops,
@@ -141,9 +166,7 @@ impl LoadArgs {
             per_source: self
                 .per_source
                 .unwrap_or_else(|| shard::per_source_capacity(shard::port_range())),
-            per_process: self
-                .per_process
-                .unwrap_or_else(|| shard::desktops_per_process(soft)),
+            per_process: self.per_process.unwrap_or(per_process_default),
             port_range: shard::port_range(),
             interval_ms: self.interval_ms.max(10),
             media_share: self.media_share.clamp(0.0, 1.0),
@@ -154,6 +177,10 @@ impl LoadArgs {
             jitter: !self.no_jitter,
             storm_spread_ms: self.storm_spread_ms,
             connect_timeout_s: self.connect_timeout.max(0.1),
+            transport: self.transport,
+            ca: self.ca.clone(),
+            server_name: self.server_name.clone(),
+            quic_sockets,
             start_unix_ns: 0,
         })
     }

@@ -1,5 +1,6 @@
 //! The desktop client library: connect to one of several sites with retry, backoff and jitter,
-//! send the hello, log in; then read frames from a small reusable buffer without allocating.
+//! over TCP or QUIC ([`Conn`]), send the hello, log in; then read frames from a small reusable
+//! buffer without allocating.
 //!
 //! It is deliberately small and reusable: loadgen's scenarios use it for tens of thousands of
 //! desktops per process (one tokio task each on a current-thread runtime per core), and other
@@ -90,6 +91,9 @@ pub enum ClientError {
     /// The peer closed the connection.
     #[error("connection closed")]
     Closed,
+    /// QUIC connect or handshake failure (certificate, ALPN, refused, ...).
+    #[error("quic: {0}")]
+    Quic(String),
 }
 
 impl From<FrameError> for ClientError {
@@ -132,6 +136,29 @@ pub async fn connect_tcp(
         .map_err(|_| ClientError::Timeout)??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// A desktop's connection: a TCP socket, or a QUIC connection's one bidirectional stream.
+/// Both carry the same framed byte stream.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// QUIC (boxed: the quinn handles are much larger than a `TcpStream`).
+    Quic(Box<crate::quic::QuicConn>),
+}
+
+impl Conn {
+    /// Write all of `buf` (for QUIC: into the stream's send buffer).
+    ///
+    /// # Errors
+    /// The connection is gone.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.write_all(buf).await,
+            Conn::Quic(q) => q.send.write_all(buf).await.map_err(io::Error::from),
+        }
+    }
 }
 
 /// Frames from a byte stream, read into one small reusable buffer. Frames are handed out as
@@ -202,26 +229,8 @@ impl FrameReader {
         }
     }
 
-    /// Read what the socket has without waiting. `Ok(0)`: the peer closed.
-    ///
-    /// # Errors
-    /// Socket errors, including `WouldBlock` when nothing is ready.
-    pub fn try_read(&mut self, stream: &TcpStream) -> io::Result<usize> {
-        if self.end == self.buf.len() {
-            self.compact();
-            if self.end == self.buf.len() {
-                let n = self.buf.len() * 2;
-                self.buf
-                    .resize(n.min(self.max_frame.max(self.buf.len() + 1)), 0);
-            }
-        }
-        let n = stream.try_read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
-    }
-
-    /// Like [`FrameReader::try_read`], but a short read (less than the free space) also clears
-    /// the socket's readiness, so that the caller's next attempt costs no `read` syscall that
+    /// Read what the socket has without waiting. A short read (less than the free space) also
+    /// clears the socket's readiness, so that the caller's next attempt costs no `read` syscall that
     /// would only return `EAGAIN` — one syscall less per request. Tokio's readiness ticks make
     /// this safe: data that arrives after the read sets readiness again.
     ///
@@ -229,16 +238,8 @@ impl FrameReader {
     /// Socket errors, including `WouldBlock` when nothing is ready.
     pub fn try_read_once(&mut self, stream: &TcpStream) -> io::Result<usize> {
         use std::io::Read;
-        if self.end == self.buf.len() {
-            self.compact();
-            if self.end == self.buf.len() {
-                let n = self.buf.len() * 2;
-                self.buf
-                    .resize(n.min(self.max_frame.max(self.buf.len() + 1)), 0);
-            }
-        }
-        let space = self.buf.len() - self.end;
-        let dst = &mut self.buf[self.end..];
+        let dst = self.room();
+        let space = dst.len();
         let mut got = 0usize;
         let r = stream.try_io(tokio::io::Interest::READABLE, || {
             let sock = socket2::SockRef::from(stream);
@@ -264,16 +265,66 @@ impl FrameReader {
         }
     }
 
-    /// Wait until the socket is readable and read. `Ok(0)`: the peer closed.
+    /// Make room at the end of the buffer (compact, then grow up to the frame limit).
+    fn room(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            self.compact();
+            if self.end == self.buf.len() {
+                let n = self.buf.len() * 2;
+                self.buf
+                    .resize(n.min(self.max_frame.max(self.buf.len() + 1)), 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Read what `conn` has without waiting (TCP: [`FrameReader::try_read_once`]). `Ok(0)`:
+    /// the peer closed.
     ///
     /// # Errors
-    /// Socket errors.
-    pub async fn read(&mut self, stream: &TcpStream) -> io::Result<usize> {
-        loop {
-            stream.readable().await?;
-            match self.try_read(stream) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+    /// Connection errors, including `WouldBlock` when nothing is ready.
+    pub fn try_read_conn(&mut self, conn: &mut Conn) -> io::Result<usize> {
+        use futures::FutureExt;
+        match conn {
+            Conn::Tcp(s) => self.try_read_once(s),
+            Conn::Quic(q) => {
+                // quinn's `read` is cancel-safe: polled once, nothing is lost if it is pending.
+                let dst = self.room();
+                match q.recv.read(dst).now_or_never() {
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                    Some(r) => {
+                        let n = r.map_err(io::Error::from)?.unwrap_or(0);
+                        self.end += n;
+                        Ok(n)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait until `conn` has bytes and read them. Cancel-safe. `Ok(0)`: the peer closed.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn read_conn(&mut self, conn: &mut Conn) -> io::Result<usize> {
+        match conn {
+            Conn::Tcp(s) => loop {
+                s.readable().await?;
+                match self.try_read_once(s) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            Conn::Quic(q) => {
+                let dst = self.room();
+                let n = q
+                    .recv
+                    .read(dst)
+                    .await
+                    .map_err(io::Error::from)?
+                    .unwrap_or(0);
+                self.end += n;
+                Ok(n)
             }
         }
     }
@@ -314,8 +365,8 @@ pub fn heartbeat_answer(req: &Head) -> [u8; HEAD_LEN] {
 /// One connected desktop with a session.
 #[derive(Debug)]
 pub struct Desktop {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection.
+    pub conn: Conn,
     /// Its frame reader.
     pub reader: FrameReader,
     /// Session parameters from the server hello.
@@ -338,7 +389,7 @@ pub const CLIENT_CORR_BASE: u64 = 1 << 62;
 /// I/O, framing, timeout or closed connection. An error *response* is returned as `Ok`; check
 /// its head's `ERROR` flag.
 pub async fn call(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     reader: &mut FrameReader,
     request: &[u8],
     timeout: Duration,
@@ -367,7 +418,7 @@ pub async fn call(
             }
             other(&head, body);
         }
-        let n = tokio::time::timeout_at(deadline, reader.read(stream))
+        let n = tokio::time::timeout_at(deadline, reader.read_conn(stream))
             .await
             .map_err(|_| ClientError::Timeout)??;
         if n == 0 {
@@ -392,7 +443,7 @@ pub fn refused(body: &[u8]) -> ClientError {
 /// # Errors
 /// I/O, timeout, or [`ClientError::Refused`] (e.g. `AUTH_FAILED`).
 pub async fn hello(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     reader: &mut FrameReader,
     id: &Identity,
     timeout: Duration,
@@ -445,7 +496,7 @@ pub async fn login(d: &mut Desktop, place: &str, timeout: Duration) -> Result<()
     )?;
     let mut body = Vec::new();
     let head = call(
-        &mut d.stream,
+        &mut d.conn,
         &mut d.reader,
         &req,
         timeout,
@@ -507,17 +558,27 @@ impl SourcePlan {
     }
 }
 
+/// How a desktop reaches a site.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// TCP, from the [`SourcePlan`]'s address and port if given.
+    Tcp(Option<SourcePlan>),
+    /// QUIC, over the endpoint this desktop (`gid`) is assigned in the set.
+    Quic(&'a crate::quic::EndpointSet, u64),
+}
+
 /// Connect and say hello, trying `sites` in order from `first`: when a site fails, the next
 /// attempt goes to the next site, after a backoff delay. Returns the desktop and the number of
 /// failed attempts before it. `generation` counts this desktop's earlier attempts (it picks
-/// the source port).
+/// the TCP source port).
 ///
 /// # Errors
 /// The last attempt's error, after `max_attempts` attempts or at `deadline`.
+#[allow(clippy::too_many_arguments)]
 pub async fn connect_sites(
     sites: &[SocketAddr],
     first: usize,
-    src: Option<SourcePlan>,
+    via: Via<'_>,
     generation: &mut u64,
     id: &Identity,
     opts: &ConnectOptions,
@@ -526,14 +587,21 @@ pub async fn connect_sites(
     let mut attempt: u32 = 0;
     loop {
         let site = (first + attempt as usize) % sites.len().max(1);
-        let source = src.map(|p| p.addr(*generation));
+        let gen_now = *generation;
         *generation += 1;
         let res = async {
-            let mut stream = connect_tcp(sites[site], source, opts.timeout).await?;
+            let mut stream = match via {
+                Via::Tcp(src) => Conn::Tcp(
+                    connect_tcp(sites[site], src.map(|p| p.addr(gen_now)), opts.timeout).await?,
+                ),
+                Via::Quic(eps, gid) => {
+                    Conn::Quic(Box::new(eps.connect(gid, sites[site], opts.timeout).await?))
+                }
+            };
             let mut reader = FrameReader::new(opts.read_buf, deskmux_codec::DEFAULT_MAX_FRAME_LEN);
             let hello = hello(&mut stream, &mut reader, id, opts.timeout).await?;
             Ok::<_, ClientError>(Desktop {
-                stream,
+                conn: stream,
                 reader,
                 hello,
                 tenant: id.tenant,

@@ -2,6 +2,7 @@
 //! can hand it to re-executed shard processes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,27 @@ impl Scenario {
             Scenario::Agent => "agent",
             Scenario::Supervisor => "supervisor",
             Scenario::Storm => "storm",
+        }
+    }
+}
+
+/// How desktops reach the site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain TCP: one socket (one file descriptor) per desktop.
+    Tcp,
+    /// QUIC (TLS 1.3, ALPN `deskmux/1`): one connection per desktop with one bidirectional
+    /// stream, many desktops per UDP socket (no file descriptor per desktop).
+    Quic,
+}
+
+impl Transport {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
         }
     }
 }
@@ -105,6 +127,16 @@ pub struct RunConfig {
     pub storm_spread_ms: u64,
     /// Connect + hello timeout per attempt, s.
     pub connect_timeout_s: f64,
+    /// Desktop transport.
+    pub transport: Transport,
+    /// QUIC: PEM file with the certificates trusted to sign the site's certificate (a private
+    /// CA, or the site's self-signed certificate).
+    pub ca: Option<PathBuf>,
+    /// QUIC: the server name the site's certificate must carry (and the SNI sent).
+    pub server_name: String,
+    /// QUIC: UDP sockets (client endpoints) per event-loop thread; desktops are spread over
+    /// them, so the site sees that many source ports per thread.
+    pub quic_sockets: usize,
     /// Run start (t = 0 of the run clock), ns since the Unix epoch; set by the parent so that
     /// all shards share one schedule.
     pub start_unix_ns: u64,

@@ -57,8 +57,18 @@ tokens = ["globex-token"]
     )
 }
 
-/// The demo's proxy configuration, pointing at `server`.
-pub fn proxy_config(server: SocketAddr, workers: usize) -> String {
+/// The demo's proxy configuration, pointing at `server`; with `quic = Some((cert, key))` the
+/// proxy also takes QUIC desktops on the same port number (UDP) with that certificate.
+pub fn proxy_config(server: SocketAddr, workers: usize, quic: Option<(&Path, &Path)>) -> String {
+    let quic = quic
+        .map(|(c, k)| {
+            format!(
+                "\n[quic]\ncert = \"{}\"\nkey = \"{}\"\n",
+                c.display(),
+                k.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"# written by loadgen demo
 listen = "127.0.0.1:0"
@@ -77,7 +87,7 @@ name = "demo-core-1"
 service = ["interaction", "ucs"]
 addr = "{server}"
 links = 2
-"#
+{quic}"#
     )
 }
 
@@ -312,6 +322,8 @@ pub struct Stack {
     pub server: Proc,
     /// The proxy.
     pub proxy: Option<Proc>,
+    /// With QUIC: the proxy's self-signed certificate (PEM), for loadgen's `--ca`.
+    pub quic_ca: Option<PathBuf>,
 }
 
 impl Drop for Stack {
@@ -329,17 +341,23 @@ impl Stack {
     /// # Errors
     /// A process failed to start or announce itself.
     pub fn start(proxy_workers: Option<usize>) -> Result<Stack, String> {
-        Self::start_with(proxy_workers, None)
+        Self::start_with(proxy_workers, None, false)
     }
 
-    /// [`Stack::start`] with the server's `outbound_queue` set (see [`core_config_with`]).
+    /// [`Stack::start`] with the server's `outbound_queue` set (see [`core_config_with`]) and,
+    /// if `quic`, QUIC desktops on the proxy (a self-signed certificate made with rcgen, in
+    /// [`Stack::quic_ca`]).
     ///
     /// # Errors
-    /// A process failed to start or announce itself.
+    /// A process failed to start or announce itself, or `quic` without a proxy.
     pub fn start_with(
         proxy_workers: Option<usize>,
         server_outbound_queue: Option<usize>,
+        quic: bool,
     ) -> Result<Stack, String> {
+        if quic && proxy_workers.is_none() {
+            return Err("QUIC desktops need the proxy (core-server speaks TCP only)".into());
+        }
         let dir = std::env::temp_dir().join(format!(
             "deskmux-demo-{}-{}",
             std::process::id(),
@@ -362,11 +380,17 @@ impl Stack {
             "demo: core-server (pid {}) listening on {server_addr}",
             server.pid()
         );
+        let mut quic_ca = None;
         let proxy = match proxy_workers {
             None => None,
             Some(w) => {
                 let pcfg = dir.join("proxy.toml");
-                std::fs::write(&pcfg, proxy_config(server_addr, w)).map_err(|e| e.to_string())?;
+                if quic {
+                    quic_ca = Some(crate::quic::self_signed(&dir, &["localhost"])?);
+                }
+                let files = quic_ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                std::fs::write(&pcfg, proxy_config(server_addr, w, files))
+                    .map_err(|e| e.to_string())?;
                 let arg = pcfg.to_string_lossy().into_owned();
                 let p = Proc::start(
                     &bins.join("proxy"),
@@ -383,7 +407,12 @@ impl Stack {
                 Some(p)
             }
         };
-        Ok(Stack { dir, server, proxy })
+        Ok(Stack {
+            dir,
+            server,
+            proxy,
+            quic_ca: quic_ca.map(|(c, _)| c),
+        })
     }
 
     /// Where desktops connect: the proxy if there is one, else the server.
@@ -475,9 +504,18 @@ mod tests {
         assert_eq!(c["outbound_queue"].as_integer(), Some(500_000));
         assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
         let p: toml::Value =
-            toml::from_str(&proxy_config("127.0.0.1:7100".parse().unwrap(), 2)).unwrap();
+            toml::from_str(&proxy_config("127.0.0.1:7100".parse().unwrap(), 2, None)).unwrap();
         assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
         assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
+        assert!(p.get("quic").is_none());
+        let q: toml::Value = toml::from_str(&proxy_config(
+            "127.0.0.1:7100".parse().unwrap(),
+            2,
+            Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key"))),
+        ))
+        .unwrap();
+        assert_eq!(q["quic"]["cert"].as_str(), Some("/d/proxy.crt"));
+        assert_eq!(q["quic"]["key"].as_str(), Some("/d/proxy.key"));
     }
 
     #[test]

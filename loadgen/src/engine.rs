@@ -417,6 +417,8 @@ pub struct Ctx {
     pub thread: usize,
     /// Shard's desktop id range start (for logs).
     pub shard: (u64, u64),
+    /// QUIC runs: this thread's client endpoints (UDP sockets); `None` for TCP.
+    pub quic: Option<crate::quic::EndpointSet>,
 }
 
 impl Ctx {
@@ -665,6 +667,23 @@ fn run_thread(
             failed: 0,
         })
         .collect();
+    let quic = match cfg.transport {
+        crate::config::Transport::Tcp => None,
+        crate::config::Transport::Quic => {
+            let ca = cfg.ca.as_deref().ok_or("quic: no --ca")?;
+            let cc = crate::quic::client_config(ca)?;
+            let loopback = cfg.sites.iter().all(|s| s.ip().is_loopback());
+            let n = cfg.quic_sockets.max(1);
+            // quinn spawns each endpoint's driver on the current runtime.
+            let _enter = rt.enter();
+            Some(
+                crate::quic::EndpointSet::bind(n, &cc, &cfg.server_name, |k| {
+                    crate::quic::socket_source(thread * n + k, loopback)
+                })
+                .map_err(|e| format!("quic: binding client sockets: {e}"))?,
+            )
+        }
+    };
     let ctx = Rc::new(Ctx {
         cfg: cfg.clone(),
         clock,
@@ -684,6 +703,7 @@ fn run_thread(
         live,
         thread,
         shard,
+        quic,
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
@@ -700,6 +720,9 @@ fn run_thread(
         }
         ticker.abort();
         let _ = ticker.await;
+        if let Some(eps) = &ctx.quic {
+            eps.close(Duration::from_secs(2)).await;
+        }
     });
     publish(&ctx);
     drop(local);

@@ -1,7 +1,8 @@
 //! deskmux loadgen: simulated desktops speaking PROTOCOL.md, with honest measurement.
 //!
 //! - [`client`]: the reusable desktop client (site list, retry with backoff and jitter, hello,
-//!   login, allocation-free frame reader);
+//!   login, allocation-free frame reader), over TCP or QUIC ([`quic`]: quinn endpoints, several
+//!   UDP sockets per thread);
 //! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`);
 //! - [`recorder`]: coordinated-omission-corrected HdrHistograms per worker, merged;
 //! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod quic;
 pub mod recorder;
 pub mod report;
 pub mod runner;

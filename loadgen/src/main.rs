@@ -1,6 +1,7 @@
 //! `loadgen`: simulated deskmux desktops. Subcommands: `run` (against given sites), `demo`
 //! (start core-server + proxy on loopback and drive 25,000 desktops through the proxy),
-//! `compare` (the same load direct and through the proxy, with ratios).
+//! `compare` (the same load direct and through the proxy, with ratios), `transports` (the same
+//! load over TCP and over QUIC through one proxy, with ratios).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use deskmux_loadgen::args::LoadArgs;
-use deskmux_loadgen::config::RunConfig;
+use deskmux_loadgen::config::{RunConfig, Transport};
 use deskmux_loadgen::demo::{self, Stack};
 use deskmux_loadgen::report::{self, Summary};
 use deskmux_loadgen::{runner, shard};
@@ -64,6 +65,18 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Through one proxy (TCP and QUIC on the same port), run the same load over TCP and then
+    /// over QUIC; print throughput, proxy CPU per request and p99 of each, and the ratios.
+    Transports {
+        /// Proxy worker processes.
+        #[arg(long, default_value_t = 2)]
+        proxy_workers: usize,
+        /// core-server `outbound_queue` (see `demo --help`).
+        #[arg(long)]
+        server_outbound_queue: Option<usize>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Internal: run one shard of a sharded run (started by the parent loadgen).
     #[command(hide = true)]
     Shard {
@@ -105,20 +118,39 @@ fn run_on_stack(
     proxy_workers: Option<usize>,
     server_outbound_queue: Option<usize>,
 ) -> Result<Summary> {
-    let stack = Stack::start_with(proxy_workers, server_outbound_queue).map_err(|e| anyhow!(e))?;
+    let stack = Stack::start_with(
+        proxy_workers,
+        server_outbound_queue,
+        load.transport == Transport::Quic,
+    )
+    .map_err(|e| anyhow!(e))?;
+    let s = drive(&stack, load)?;
+    drop(stack);
+    Ok(s)
+}
+
+/// Run `load` against a running `stack` (QUIC desktops trust the stack's own certificate
+/// unless `--ca` says otherwise); returns the summary.
+fn drive(stack: &Stack, load: &LoadArgs) -> Result<Summary> {
+    let mut load = load.clone();
+    if load.transport == Transport::Quic && load.ca.is_none() {
+        load.ca.clone_from(&stack.quic_ca);
+    }
+    let load = &load;
     let target = stack.target().map_err(|e| anyhow!(e))?;
-    let via = if proxy_workers.is_some() {
+    let via = if stack.proxy.is_some() {
         "proxy"
     } else {
         "direct"
     };
     let mut cfg = load.to_config(vec![target]).map_err(|e| anyhow!(e))?;
-    if proxy_workers.is_none() {
+    if stack.proxy.is_none() {
         cap_direct(&mut cfg, stack.server.pid());
     }
     eprintln!(
-        "loadgen: {} desktops {via} to {target} ({} shard(s))",
+        "loadgen: {} {} desktops {via} to {target} ({} shard(s))",
         cfg.desktops,
+        cfg.transport.as_str(),
         runner::shards_for(&cfg)
     );
     runner::schedule(&mut cfg);
@@ -141,9 +173,7 @@ fn run_on_stack(
         .requests
         .measured;
     let server = demo::server_json(via, &cpu, cfg.duration_s, measured);
-    let s = finish(&cfg, &shards, load, Some(server))?;
-    drop(stack);
-    Ok(s)
+    finish(&cfg, &shards, load, Some(server))
 }
 
 /// `dir/name-TAG.ext` for `dir/name.ext`.
@@ -169,9 +199,14 @@ fn cap_direct(cfg: &mut RunConfig, server_pid: u32) {
     }
 }
 
+/// Exit code: 2 if verification failed, 3 if no desktop ever connected (nothing was
+/// measured: wrong address, certificate, credentials...), 0 otherwise.
 fn verdict(s: &Summary) -> ExitCode {
     if s.verification_failed {
         ExitCode::from(2)
+    } else if s.clients.connected == 0 {
+        eprintln!("loadgen: no desktop connected; see the samples above");
+        ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     }
@@ -206,6 +241,11 @@ fn real_main() -> Result<ExitCode> {
             )?;
             Ok(verdict(&s))
         }
+        Cmd::Transports {
+            proxy_workers,
+            server_outbound_queue,
+            load,
+        } => transports(proxy_workers, server_outbound_queue, load),
         Cmd::Compare {
             proxy_workers,
             server_outbound_queue,
@@ -288,6 +328,76 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `transports`: one stack, the same load over TCP then QUIC, with ratios.
+fn transports(
+    proxy_workers: usize,
+    server_outbound_queue: Option<usize>,
+    mut load: LoadArgs,
+) -> Result<ExitCode> {
+    let stack = Stack::start_with(Some(proxy_workers), server_outbound_queue, true)
+        .map_err(|e| anyhow!(e))?;
+    let json = load.json.take();
+    let html = load.html.take();
+    let hdr = load.hdr_log.take();
+    let mut runs = Vec::new();
+    for t in [Transport::Tcp, Transport::Quic] {
+        let mut l = load.clone();
+        l.transport = t;
+        l.html = html.as_deref().map(|p| suffixed(p, t.as_str()));
+        l.hdr_log = hdr.as_deref().map(|p| suffixed(p, t.as_str()));
+        eprintln!("== over {} ==", t.as_str());
+        runs.push(drive(&stack, &l)?);
+        // Let the proxy finish closing the desktops of the run before the next one starts.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    drop(stack);
+    let (tcp, quic) = (&runs[0], &runs[1]);
+    let g = |s: &Summary, k: &str| {
+        s.server
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let cpu = "proxy_cpu_us_per_request";
+    println!(
+        "transports ({} desktops each): quic/tcp throughput {:.2}×, proxy CPU per request {:.2}×, p99 {:.2}×",
+        tcp.clients.target,
+        ratio(quic.throughput_rps, tcp.throughput_rps),
+        ratio(g(quic, cpu), g(tcp, cpu)),
+        ratio(quic.latency_us.p99, tcp.latency_us.p99)
+    );
+    for (name, s) in [("tcp", tcp), ("quic", quic)] {
+        println!(
+            "  {name:4}: {:.0} req/s, proxy {:.2} µs cpu/req, server {:.2} µs cpu/req, p99 {:.0} µs, lost {}, connected {}/{}",
+            s.throughput_rps,
+            g(s, cpu),
+            g(s, "server_cpu_us_per_request"),
+            s.latency_us.p99,
+            s.requests.lost,
+            s.clients.connected,
+            s.clients.target
+        );
+    }
+    if let Some(path) = json {
+        let cmp = serde_json::json!({
+            "tcp": tcp,
+            "quic": quic,
+            "ratios_quic_over_tcp": {
+                "throughput": ratio(quic.throughput_rps, tcp.throughput_rps),
+                "proxy_cpu_per_request": ratio(g(quic, cpu), g(tcp, cpu)),
+                "p99": ratio(quic.latency_us.p99, tcp.latency_us.p99),
+            },
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&cmp)?)?;
+    }
+    if tcp.verification_failed || quic.verification_failed {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

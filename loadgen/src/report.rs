@@ -3,7 +3,7 @@
 //! and as a self-contained HTML report with inline SVG plots.
 //!
 //! JSON keys (all nested objects; latencies in microseconds):
-//! - `scenario`, `load_model` (`closed`/`open`), `target_rate_rps`, `window`, `sites`,
+//! - `scenario`, `transport` (`tcp`/`quic`), `load_model` (`closed`/`open`), `target_rate_rps`, `window`, `sites`,
 //!   `ramp_s`, `warmup_s`, `duration_s`, `shards`, `threads_per_shard`
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
 //!   peak_connected}`
@@ -159,6 +159,8 @@ pub struct Interval {
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
+    /// Desktop transport (`tcp` or `quic`).
+    pub transport: String,
     /// `closed` or `open`.
     pub load_model: String,
     /// Open loop: target rate.
@@ -342,6 +344,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         .collect();
     let summary = Summary {
         scenario: cfg.scenario.as_str().into(),
+        transport: cfg.transport.as_str().into(),
         load_model: match (cfg.scenario, cfg.rate) {
             (Scenario::Agent | Scenario::Supervisor, _) => "sequential",
             (_, Some(_)) => "open",
@@ -441,7 +444,7 @@ pub fn table(s: &Summary) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "loadgen {} — {}{}, {} desktops over {} shard(s) × {} thread(s), {:.0} s measured \
+        "loadgen {} — {}{}, {} {} desktops over {} shard(s) × {} thread(s), {:.0} s measured \
          (ramp {:.0} s, warm-up {:.0} s excluded)",
         s.scenario,
         s.load_model,
@@ -453,6 +456,7 @@ pub fn table(s: &Summary) -> String {
             _ => format!(" loop, {} outstanding per desktop", s.window),
         },
         s.clients.target,
+        s.transport,
         s.shards,
         s.threads_per_shard,
         s.duration_s,
@@ -791,6 +795,10 @@ mod tests {
             jitter: true,
             storm_spread_ms: 100,
             connect_timeout_s: 1.0,
+            transport: crate::config::Transport::Tcp,
+            ca: None,
+            server_name: "localhost".into(),
+            quic_sockets: 1,
             start_unix_ns: 1_700_000_000_000_000_000,
         }
     }

@@ -68,6 +68,10 @@ pub fn port_range() -> (u16, u16) {
         .unwrap_or(DEFAULT_PORT_RANGE)
 }
 
+/// Desktops one process drives over QUIC by default: no file descriptor each, so the bound is
+/// memory (a quinn client connection is tens of KB), not the open-file limit.
+pub const QUIC_DESKTOPS_PER_PROCESS: u64 = 100_000;
+
 /// Desktops one process may drive: one socket each, within `fd_limit` less [`FD_HEADROOM`].
 pub fn desktops_per_process(fd_limit: u64) -> u64 {
     fd_limit.saturating_sub(FD_HEADROOM).max(1)

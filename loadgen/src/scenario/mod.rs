@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::client::{self, Backoff, ClientError, ConnectOptions, Desktop, Identity, SourcePlan};
+use crate::client::{
+    self, Backoff, ClientError, ConnectOptions, Desktop, Identity, SourcePlan, Via,
+};
 use crate::config::{RunConfig, Scenario};
 use crate::engine::Ctx;
 use crate::shard;
@@ -88,14 +90,12 @@ pub async fn connect(
         read_buf: 1024,
     };
     let deadline = ctx.clock.tokio_instant(cfg.measure_end_ns());
+    let via = match &ctx.quic {
+        Some(eps) => Via::Quic(eps, gid),
+        None => Via::Tcp(source(cfg, gid)),
+    };
     let (mut d, attempts) = match client::connect_sites(
-        &cfg.sites,
-        site,
-        source(cfg, gid),
-        generation,
-        &id,
-        &opts,
-        deadline,
+        &cfg.sites, site, via, generation, &id, &opts, deadline,
     )
     .await
     {

@@ -228,8 +228,7 @@ async fn session(
             wbuf.extend_from_slice(&h.to_bytes());
         }
         if !wbuf.is_empty() {
-            use tokio::io::AsyncWriteExt;
-            if d.stream.write_all(&wbuf).await.is_err() {
+            if d.conn.write_all(&wbuf).await.is_err() {
                 return End::Dropped;
             }
             wbuf.clear();
@@ -266,21 +265,27 @@ async fn session(
             wake = wake.min(s);
         }
         wake = wake.min(drain_end).max(now);
+        // Bytes read while waiting (the wait itself reads: it is cancel-safe).
+        let mut got = false;
         if wake > now {
             sleep.as_mut().reset(ctx.clock.tokio_instant(wake));
             tokio::select! {
                 biased;
-                r = d.stream.readable() => {
-                    if r.is_err() {
-                        return End::Dropped;
-                    }
-                }
+                r = d.reader.read_conn(&mut d.conn) => match r {
+                    Ok(0) | Err(_) => return End::Dropped,
+                    Ok(_) => got = true,
+                },
                 _ = &mut sleep => {}
             }
         }
         // Read everything available and judge each frame.
         loop {
-            match d.reader.try_read_once(&d.stream) {
+            let r = if std::mem::take(&mut got) {
+                Ok(1)
+            } else {
+                d.reader.try_read_conn(&mut d.conn)
+            };
+            match r {
                 Ok(0) => return End::Dropped,
                 Ok(_) => {
                     let recv = ctx.clock.now_ns();

@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 use deskmux_codec::{BodyError, BodyRef, BodyWriter, Flags, Head, Kind, Service, msg};
-use tokio::io::AsyncWriteExt;
 
 use crate::client::{self, CLIENT_CORR_BASE, Desktop};
 use crate::engine::{Ctx, Delivery, merge_delivery};
@@ -129,7 +128,7 @@ impl<'a> Session<'a> {
         {
             return Ok(false);
         }
-        if self.d.stream.write_all(&self.wbuf).await.is_err() {
+        if self.d.conn.write_all(&self.wbuf).await.is_err() {
             return Err(End::Dropped);
         }
         self.last_write = now;
@@ -183,7 +182,7 @@ impl<'a> Session<'a> {
                 h.tenant = self.d.tenant;
                 h.correlation = self.hb_corr;
                 self.hb_corr += 1;
-                if self.d.stream.write_all(&h.to_bytes()).await.is_err() {
+                if self.d.conn.write_all(&h.to_bytes()).await.is_err() {
                     return Err(End::Dropped);
                 }
                 self.last_write = now;
@@ -265,7 +264,7 @@ impl<'a> Session<'a> {
                 }
             }
             for a in &answers {
-                if self.d.stream.write_all(a).await.is_err() {
+                if self.d.conn.write_all(a).await.is_err() {
                     return Err(End::Dropped);
                 }
             }
@@ -282,7 +281,7 @@ impl<'a> Session<'a> {
             let wake = (self.last_write + self.hb_ns).min(until).max(now + 1);
             let read = tokio::time::timeout_at(
                 self.ctx.clock.tokio_instant(wake),
-                self.d.reader.read(&self.d.stream),
+                self.d.reader.read_conn(&mut self.d.conn),
             )
             .await;
             match read {

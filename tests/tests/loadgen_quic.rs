@@ -1,0 +1,205 @@
+//! loadgen drives QUIC desktops: through a real proxy (`[quic]`, rcgen certificate), several
+//! UDP sockets per loadgen thread spread over the proxy's `SO_REUSEPORT` workers, every request
+//! answered; a wrong CA fails every handshake with a certificate error; `loadgen transports`
+//! runs the same load over TCP and QUIC through one proxy.
+
+mod proxy_support;
+
+use std::time::Duration;
+
+use deskmux_tests::Proc;
+use deskmux_tests::secure_client::self_signed;
+use proxy_support::*;
+
+fn run_args<'a>(
+    site: &'a str,
+    ca: &'a str,
+    n: &'a str,
+    json: &'a str,
+    tenant: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--tenant",
+        tenant,
+        "--site",
+        site,
+        "--transport",
+        "quic",
+        "--ca",
+        ca,
+        "--quic-sockets",
+        "16",
+        "--threads",
+        "1",
+        "-n",
+        n,
+        "--no-login",
+        "--rate",
+        "400",
+        "--ramp",
+        "1",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "4",
+        "--drain",
+        "3",
+        "--connect-timeout",
+        "3",
+        "-q",
+        "--json",
+        json,
+    ]
+}
+
+fn read_json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).expect("loadgen json")).expect("json")
+}
+
+#[test]
+fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "proxy").unwrap();
+    let st = stack_in(dir, 2, 2, "", &cert.toml("quic"));
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("out.json");
+    const N: u64 = 80;
+    let (site, ca, n) = (
+        st.proxy.addr.to_string(),
+        cert.cert.display().to_string(),
+        N.to_string(),
+    );
+    let tenant = format!("{T1}:{TOKEN1}");
+    let mut lg = Proc::spawn(
+        "loadgen",
+        &run_args(&site, &ca, &n, json.to_str().unwrap(), &tenant),
+    )
+    .unwrap();
+    // All desktops connected, on both workers: 16 client sockets (source ports) hash over the
+    // two workers' UDP sockets.
+    let mut per_worker = Vec::new();
+    let spread = wait_until(Duration::from_secs(20), || {
+        let s = status(st.proxy.admin);
+        per_worker = s["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| w["status"]["desktops"].as_u64().unwrap_or(0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        per_worker.iter().sum::<u64>() == N
+    });
+    if !spread {
+        let _ = lg.wait_exit(Duration::from_secs(40));
+        panic!(
+            "not all QUIC desktops connected: {per_worker:?}; loadgen: {:#}",
+            read_json(&json)
+        );
+    }
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|&d| d > 0),
+        "QUIC desktops did not spread over both workers: {per_worker:?}"
+    );
+    let code = lg.wait_exit(Duration::from_secs(40)).unwrap();
+    let v = read_json(&json);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["transport"], "quic", "{v:#}");
+    assert_eq!(v["clients"]["connected"], N, "{v:#}");
+    assert_eq!(v["clients"]["failed"], 0, "{v:#}");
+    assert_eq!(v["requests"]["lost"], 0, "{v:#}");
+    assert_eq!(v["requests"]["wrong"], 0, "{v:#}");
+    assert_eq!(v["requests"]["errors"], 0, "{v:#}");
+    let ok = v["requests"]["ok"].as_u64().unwrap();
+    assert!(ok >= 1000, "too few answers: {v:#}");
+    eprintln!("loadgen over quic: {ok} ok, per worker {per_worker:?}");
+}
+
+#[test]
+fn a_certificate_loadgen_does_not_trust_fails_every_handshake_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "proxy").unwrap();
+    let other = self_signed(dir.path(), "other").unwrap();
+    let st = stack_in(dir, 1, 1, "", &cert.toml("quic"));
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("out.json");
+    let (site, ca) = (st.proxy.addr.to_string(), other.cert.display().to_string());
+    let tenant = format!("{T1}:{TOKEN1}");
+    let mut args = run_args(&site, &ca, "5", json.to_str().unwrap(), &tenant);
+    // Short run: every attempt fails the same way.
+    let d = args.iter().position(|a| *a == "--duration").unwrap();
+    args[d + 1] = "1";
+    let mut lg = Proc::spawn("loadgen", &args).unwrap();
+    let code = lg.wait_exit(Duration::from_secs(40)).unwrap();
+    let v = read_json(&json);
+    assert_eq!(
+        code,
+        Some(3),
+        "a run with no desktop connected must fail: {v:#}"
+    );
+    assert_eq!(v["clients"]["connected"], 0, "{v:#}");
+    assert_eq!(v["clients"]["failed"], 5, "{v:#}");
+    let samples = v["samples"].to_string();
+    assert!(
+        samples.contains("quic") && samples.to_lowercase().contains("certificate"),
+        "the failure should say the certificate is not trusted: {samples}"
+    );
+    // The proxy is unaffected: a TCP desktop still works.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = deskmux_tests::TestClient::connect(st.proxy.addr)
+            .await
+            .unwrap();
+        c.hello_ok(T1, "tcp-after-bad-quic", TOKEN1).await.unwrap();
+    });
+}
+
+#[test]
+fn transports_runs_the_same_load_over_tcp_and_quic_through_one_proxy() {
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("cmp.json");
+    let mut lg = Proc::spawn(
+        "loadgen",
+        &[
+            "transports",
+            "--proxy-workers",
+            "1",
+            "-n",
+            "50",
+            "--threads",
+            "1",
+            "--quic-sockets",
+            "4",
+            "--ramp",
+            "0.5",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--drain",
+            "3",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let code = lg.wait_exit(Duration::from_secs(90)).unwrap();
+    let v = read_json(&json);
+    assert_eq!(code, Some(0), "{v:#}");
+    for t in ["tcp", "quic"] {
+        let r = &v[t];
+        assert_eq!(r["transport"], t, "{v:#}");
+        assert_eq!(r["clients"]["connected"], 50, "{t}: {r:#}");
+        assert_eq!(r["requests"]["lost"], 0, "{t}: {r:#}");
+        assert_eq!(r["requests"]["wrong"], 0, "{t}: {r:#}");
+        assert!(r["throughput_rps"].as_f64().unwrap() > 0.0, "{t}: {r:#}");
+        assert!(
+            r["server"]["proxy_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+            "{t}: {r:#}"
+        );
+    }
+    let ratio = v["ratios_quic_over_tcp"]["throughput"].as_f64().unwrap();
+    assert!(ratio > 0.0, "{v:#}");
+}
