@@ -45,11 +45,11 @@
 //! ucs = "ucs-2"
 //!
 //! [tls]                            # optional: TLS on the desktop TCP port (absent: plain TCP)
-//! cert = "/etc/deskmux/proxy.crt"  # PEM chain, leaf first
+//! cert = "/etc/deskmux/proxy.crt"  # PEM chain, leaf first; re-read on SIGHUP (rotation)
 //! key = "/etc/deskmux/proxy.key"   # PEM private key; ALPN offered: deskmux/1
 //!
 //! [quic]                           # optional: QUIC desktops on UDP, same port number as listen
-//! # cert = "..."  key = "..."      # default: the [tls] ones (QUIC is always encrypted)
+//! # cert = "..."  key = "..."      # default: the [tls] ones; re-read on SIGHUP too
 //! max_handshakes = 256             # per worker, connections handshaking at once
 //! max_desktops = 100000            # per worker; QUIC desktops use no file descriptor
 //! retry = true                     # stateless retry for unvalidated addresses
@@ -376,6 +376,11 @@ pub struct Config {
 }
 
 /// QUIC desktops (always encrypted: TLS 1.3 inside QUIC, ALPN `deskmux/1`).
+///
+/// The certificate and key are re-read on SIGHUP exactly like `[tls]`'s (new connections get
+/// the new certificate, established ones keep theirs, bad files keep the previous one and are
+/// counted in `deskmux_proxy_cert_reload_failures`). The other fields here are read when a
+/// worker starts; adding or removing the section needs a restart.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quic {
@@ -421,9 +426,19 @@ impl Config {
     }
 }
 
-/// TLS for TCP desktops: a certificate chain and its key, PEM files. Read when a worker
-/// starts (a SIGHUP does not re-read them; restart the proxy to rotate certificates). The
-/// server offers ALPN `deskmux/1`.
+/// TLS for TCP desktops: a certificate chain and its key, PEM files. The server offers ALPN
+/// `deskmux/1`.
+///
+/// Read when a worker starts, and again by every worker on SIGHUP, so certificates rotate
+/// without a restart: replace the files (or point `cert`/`key` at new ones), then
+/// `kill -HUP <supervisor pid>`. Connections accepted after the reload get the new
+/// certificate; established ones keep their session. If the new files cannot be used
+/// (unreadable, no certificate or key, key not matching the certificate) the worker logs a
+/// warning, counts it in `deskmux_proxy_cert_reload_failures` and keeps serving the previous
+/// certificate; the rest of the reload (limits, upstreams) still applies. Adding or removing
+/// the `[tls]` section needs a restart (the listener is set up when a worker starts); a SIGHUP
+/// that does so is logged and counted as a failure, and the TCP port keeps speaking what it
+/// spoke.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
@@ -481,23 +496,48 @@ impl Config {
         Ok(c)
     }
 
-    /// Read, parse and validate a file.
+    /// Read, parse and validate a file (certificate files included).
     ///
     /// # Errors
     /// [`ConfigError`].
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let c = Config::load_settings(path)?;
+        c.check_cert_files()?;
+        Ok(c)
+    }
+
+    /// Read, parse and validate a file without loading the certificate files it names
+    /// ([`Config::validate_settings`]): the SIGHUP reload, where the worker loads them itself
+    /// and keeps its previous certificate if they are bad.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn load_settings(path: &std::path::Path) -> Result<Config, ConfigError> {
         let s = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             source: e,
         })?;
-        Config::from_toml(&s)
+        let c: Config = toml::from_str(&s)?;
+        c.validate_settings()?;
+        Ok(c)
     }
 
-    /// Check ranges and consistency.
+    /// Check ranges and consistency, and that the certificate files load
+    /// ([`Config::validate_settings`] and [`Config::check_cert_files`]).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_settings()?;
+        self.check_cert_files()
+    }
+
+    /// Check ranges and consistency without reading any other file (the certificate files
+    /// are named, not loaded).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`].
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let l = &self.limits;
         if l.max_frame < 1024 {
@@ -537,19 +577,32 @@ impl Config {
                 ));
             }
         }
-        if let Some(t) = &self.tls {
-            crate::tls::server_config(&t.cert, &t.key).map_err(ConfigError::Invalid)?;
-        }
         if let Some(q) = &self.quic {
-            let Some((cert, key)) = self.quic_cert() else {
+            if self.quic_cert().is_none() {
                 return bad("quic: needs cert and key (in [quic] or [tls])".into());
-            };
+            }
             if q.max_handshakes == 0 || q.max_desktops == 0 {
                 return bad("quic: max_handshakes and max_desktops must be > 0".into());
             }
-            crate::tls::server_config(&cert, &key).map_err(ConfigError::Invalid)?;
         }
         self.validate_topology()
+    }
+
+    /// Load the `[tls]` and `[quic]` certificate and key files and check that each key
+    /// matches its certificate. Separate from [`Config::validate_settings`] because a SIGHUP
+    /// reload must not be refused for bad certificate files: the worker then keeps its
+    /// previous certificate and applies the rest.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the file and the cause.
+    pub fn check_cert_files(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.tls {
+            crate::tls::server_config(&t.cert, &t.key).map_err(ConfigError::Invalid)?;
+        }
+        if let Some((cert, key)) = self.quic_cert() {
+            crate::quic::crypto_config(&cert, &key).map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
     }
 
     /// Names, clusters, backup pairs and tenant routes (after [`Config::normalize`]; names
@@ -901,6 +954,24 @@ mod tests {
             Config::from_toml("[tls]\ncert = \"a\"\n").is_err(),
             "key is required"
         );
+        // The SIGHUP path checks settings only: bad certificate files are the worker's to
+        // report (it keeps its previous certificate), not a reason to refuse the reload.
+        let c: Config = toml::from_str(
+            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[quic]\n",
+        )
+        .unwrap();
+        c.validate_settings().unwrap();
+        let e = c.check_cert_files().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent.crt"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(
+            &p,
+            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n",
+        )
+        .unwrap();
+        assert!(Config::load_settings(&p).unwrap().tls.is_some());
+        assert!(Config::load(&p).is_err());
     }
 
     #[test]

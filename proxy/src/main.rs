@@ -53,9 +53,13 @@ struct Cli {
     worker_index: Option<usize>,
 }
 
-fn load(cli: &Cli) -> Result<Config> {
+/// Read the configuration and apply the command-line overrides. With `cert_files`, the
+/// certificate files it names must load too; without (the SIGHUP reload), they are left to the
+/// worker, which keeps its previous certificate when they are bad.
+fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
     let mut cfg = match &cli.config {
-        Some(p) => Config::load(p)?,
+        Some(p) if cert_files => Config::load(p)?,
+        Some(p) => Config::load_settings(p)?,
         None => Config::default(),
     };
     if let Some(w) = cli.workers {
@@ -83,7 +87,11 @@ fn load(cli: &Cli) -> Result<Config> {
             .map_err(anyhow::Error::msg)?;
     }
     cfg.normalize();
-    cfg.validate()?;
+    if cert_files {
+        cfg.validate()?;
+    } else {
+        cfg.validate_settings()?;
+    }
     Ok(cfg)
 }
 
@@ -100,7 +108,7 @@ fn main() -> Result<()> {
         print!("{EXAMPLE_CONFIG}");
         return Ok(());
     }
-    let cfg = load(&cli)?;
+    let cfg = load(&cli, true)?;
     if cli.check_config {
         println!("config ok: {cfg:#?}");
         return Ok(());
@@ -173,7 +181,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
     };
     let reload_cli = Cli::parse();
     let reload: Box<dyn Fn() -> Option<Config> + Send> =
-        Box::new(move || match load(&reload_cli) {
+        Box::new(move || match load(&reload_cli, false) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed");

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub instance_in_flight: Family<L1, Gauge>,
     /// 1 while the instance takes new sessions (state `running`), else 0 (label `instance`).
     pub instance_running: Family<L1, Gauge>,
+    /// Certificates swapped in by SIGHUP (one per section, `[tls]` or `[quic]`), so an
+    /// operator can see that a rotation took effect in every worker.
+    pub cert_reloads: Counter,
+    /// Sections whose certificate a SIGHUP could not swap in (bad files, or a section added or
+    /// removed): the worker keeps the previous certificate, and this is what to alert on.
+    pub cert_reload_failures: Counter,
 }
 
 impl Metrics {
@@ -70,6 +76,8 @@ impl Metrics {
             instance_sessions: Family::default(),
             instance_in_flight: Family::default(),
             instance_running: Family::default(),
+            cert_reloads: Counter::default(),
+            cert_reload_failures: Counter::default(),
         };
         reg.register(
             "deskmux_proxy_instance_sessions",
@@ -146,6 +154,16 @@ impl Metrics {
             "Desktops disconnected, by reason",
             m.disconnects.clone(),
         );
+        reg.register(
+            "deskmux_proxy_cert_reloads",
+            "Certificates swapped in by SIGHUP ([tls] and [quic] count one each)",
+            m.cert_reloads.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_cert_reload_failures",
+            "Certificates a SIGHUP could not swap in (bad files, or a section added/removed); the previous one stays in use",
+            m.cert_reload_failures.clone(),
+        );
         m
     }
 
@@ -183,6 +201,10 @@ pub struct Status {
     pub draining: AtomicBool,
     /// Config reloads applied.
     pub reloads: AtomicU64,
+    /// Certificates swapped in by SIGHUP (mirrors the Prometheus counter, for `/status`).
+    pub cert_reloads: AtomicU64,
+    /// Certificates a SIGHUP could not swap in (mirrors the Prometheus counter).
+    pub cert_reload_failures: AtomicU64,
     /// Operator commands queued by the admin thread, applied by the event loop's next tick.
     pub commands: std::sync::Mutex<Vec<AdminCommand>>,
     /// Operator commands applied so far.
@@ -213,6 +235,8 @@ impl Status {
             "subscriptions": g(&self.subscriptions),
             "draining": self.draining.load(Ordering::Relaxed),
             "reloads": g(&self.reloads),
+            "cert_reloads": g(&self.cert_reloads),
+            "cert_reload_failures": g(&self.cert_reload_failures),
             "pid": std::process::id(),
             "instances": self.instances.lock().map(|v| v.clone()).unwrap_or_default(),
         })

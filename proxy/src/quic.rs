@@ -45,6 +45,8 @@ use quinn_proto::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
+use crate::error::CertReloadError;
+
 /// Most time a closing QUIC desktop may take for its last bytes to be acknowledged.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Largest UDP payload read.
@@ -78,6 +80,29 @@ pub fn server_config(
     key: &std::path::Path,
     s: &QuicSettings,
 ) -> Result<ServerConfig, String> {
+    let mut sc = ServerConfig::with_crypto(crypto_config(cert, key)?);
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(s.idle).map_err(|e| format!("quic idle timeout: {e}"))?,
+        ));
+    sc.transport_config(Arc::new(t));
+    sc.max_incoming(s.max_handshakes.max(1));
+    Ok(sc)
+}
+
+/// The TLS part of the QUIC server configuration: the certificate chain and key (TLS 1.3
+/// only, ALPN `deskmux/1`). Separate from [`server_config`] so that a SIGHUP can swap the
+/// certificate and keep everything else of the endpoint's configuration.
+///
+/// # Errors
+/// Unreadable certificate or key, a key that does not match the certificate, or a rustls
+/// configuration QUIC cannot use.
+pub fn crypto_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<dyn quinn_proto::crypto::ServerConfig>, String> {
     let certs = crate::tls::load_certs(cert)?;
     let key = crate::tls::load_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -90,16 +115,7 @@ pub fn server_config(
     tls.alpn_protocols = vec![crate::tls::ALPN.to_vec()];
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| format!("quic tls: {e}"))?;
-    let mut sc = ServerConfig::with_crypto(Arc::new(crypto));
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(s.idle).map_err(|e| format!("quic idle timeout: {e}"))?,
-        ));
-    sc.transport_config(Arc::new(t));
-    sc.max_incoming(s.max_handshakes.max(1));
-    Ok(sc)
+    Ok(Arc::new(crypto))
 }
 
 /// Something the worker must act on.
@@ -138,6 +154,9 @@ struct Driver {
     touched: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     settings: QuicSettings,
+    /// The configuration new connections are accepted with (passed to `accept`); the
+    /// endpoint holds the same one (for Retry tokens). Both are replaced together when a
+    /// SIGHUP rotates the certificate.
     server_config: Arc<ServerConfig>,
     handshaking: usize,
     desktops: usize,
@@ -243,6 +262,32 @@ impl QuicEndpoint {
     /// Counters.
     pub fn stats(&self) -> QuicStats {
         self.inner.borrow().stats
+    }
+
+    /// Serve the certificate and key in these files to connections accepted from now on
+    /// (SIGHUP). Connections already established, or already past their first Initial, keep
+    /// the certificate they started with. Everything else of the configuration (transport
+    /// settings, limits, the Retry token key, so that a Retry sent just before the swap is
+    /// still honoured) is kept.
+    ///
+    /// # Errors
+    /// [`CertReloadError::Load`] when the files cannot be used; the endpoint is unchanged.
+    pub fn reload_certificate(
+        &mut self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<(), CertReloadError> {
+        let crypto = crypto_config(cert, key).map_err(|reason| CertReloadError::Load {
+            section: "quic",
+            reason,
+        })?;
+        let mut d = self.inner.borrow_mut();
+        let mut sc = (*d.server_config).clone();
+        sc.crypto = crypto;
+        let sc = Arc::new(sc);
+        d.endpoint.set_server_config(Some(sc.clone()));
+        d.server_config = sc;
+        Ok(())
     }
 
     /// Stop accepting connections (drain).

@@ -35,6 +35,14 @@ pub trait Transport: Source {
     /// # Errors
     /// The socket has no address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Use `cfg` for the TLS handshakes of connections accepted from now on (a certificate
+    /// rotated by SIGHUP); connections already accepted keep the session they have. Returns
+    /// `false`, changing nothing, when this transport does not speak TLS.
+    fn set_tls_config(&mut self, cfg: std::sync::Arc<rustls::ServerConfig>) -> bool {
+        let _ = cfg;
+        false
+    }
 }
 
 /// Desktops over TCP.
@@ -185,7 +193,10 @@ impl Source for DesktopStream {
 /// Desktops over TCP, optionally with TLS (rustls, sans-IO: see [`crate::tls`]).
 #[derive(Debug)]
 pub struct DesktopTransport {
+    /// The listening socket.
     tcp: TcpTransport,
+    /// With `[tls]`: the configuration (certificate) for connections accepted from now on;
+    /// replaced by [`Transport::set_tls_config`] when a SIGHUP rotates the certificate.
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
@@ -221,6 +232,18 @@ impl Transport for DesktopTransport {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+
+    fn set_tls_config(&mut self, cfg: std::sync::Arc<rustls::ServerConfig>) -> bool {
+        match &mut self.tls {
+            Some(current) => {
+                // Each accepted connection holds its own `Arc` of the configuration it started
+                // with, so this only affects handshakes that begin after it.
+                *current = cfg;
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -19,7 +19,8 @@
 //!    read readable streams, flush writable ones) and again after them (transmits); the poll
 //!    timeout is never later than the next QUIC timer;
 //! 4. every ~100 ms: deadlines (handshake, idle, request timeouts), heartbeats, link
-//!    reconnects with backoff and jitter, SIGTERM drain and SIGHUP reload.
+//!    reconnects with backoff and jitter, SIGTERM drain and SIGHUP reload (limits, upstreams,
+//!    tenant routes, and the `[tls]` / `[quic]` certificates for new connections).
 //!
 //! Ids: a desktop's session id is `(generation << 32) | slab slot`, with the worker-wide
 //! generation bumped on every accept; it is the upstream session id on every link, so unicast
@@ -53,7 +54,7 @@ use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::{Config, Limits, Upstream};
-use crate::error::WorkerError;
+use crate::error::{CertReloadError, WorkerError};
 use crate::fanout::{Fanout, SubscribeOutcome};
 use crate::link::{IdSlab, Owner, Pending};
 use crate::metrics::{AdminCommand, Metrics, Status};
@@ -2144,11 +2145,12 @@ impl<T: Transport> Worker<T> {
     }
 
     fn reload_config(&mut self) {
-        let Some(new) = self.reload.as_ref().and_then(|f| f()) else {
+        let Some(mut new) = self.reload.as_ref().and_then(|f| f()) else {
             warn!("SIGHUP: configuration not reloaded (unreadable or invalid)");
             return;
         };
-        info!("SIGHUP: reloading limits and upstreams");
+        info!("SIGHUP: reloading limits, upstreams and certificates");
+        self.reload_certificates(&mut new);
         self.limits = new.limits.clone();
         // Upstreams: new ones are added; removed ones are retired (no new sessions; existing
         // desktops keep theirs). Unchanged ones are untouched: no desktop is dropped.
@@ -2185,6 +2187,87 @@ impl<T: Transport> Worker<T> {
         self.router.set_partitions(&new);
         self.router.set_capabilities(&new);
         self.status.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// SIGHUP, `[tls]` and `[quic]`: load the certificate files `new` names and use them for
+    /// connections accepted from now on (established ones keep their session). A section
+    /// whose files cannot be used keeps its previous certificate. A section added or removed
+    /// cannot be applied (listeners are set up when the worker starts): `new` gets the running
+    /// section back, so `self.cfg` keeps describing what is served and the next SIGHUP
+    /// compares against it again. Each section that fails is logged and counted; nothing here
+    /// stops the worker.
+    fn reload_certificates(&mut self, new: &mut Config) {
+        let mut failed: Vec<CertReloadError> = Vec::new();
+        let mut applied = 0u64;
+        match (self.cfg.tls.is_some(), new.tls.is_some()) {
+            (false, true) => {
+                failed.push(CertReloadError::Added("tls"));
+                new.tls = None;
+            }
+            (true, false) => {
+                failed.push(CertReloadError::Removed("tls"));
+                new.tls = self.cfg.tls.clone();
+            }
+            _ => {}
+        }
+        if let Some(t) = &new.tls {
+            match crate::tls::server_config(&t.cert, &t.key) {
+                // Without a listener (draining) nothing new is accepted: nothing to swap.
+                Ok(sc) => {
+                    if self
+                        .listener
+                        .as_mut()
+                        .is_some_and(|l| l.set_tls_config(Arc::new(sc)))
+                    {
+                        applied += 1;
+                        info!(cert = %t.cert.display(), "SIGHUP: [tls] certificate reloaded");
+                    }
+                }
+                Err(reason) => failed.push(CertReloadError::Load {
+                    section: "tls",
+                    reason,
+                }),
+            }
+        }
+        match (self.quic.is_some(), new.quic.is_some()) {
+            (false, true) => {
+                failed.push(CertReloadError::Added("quic"));
+                new.quic = None;
+            }
+            (true, false) => {
+                failed.push(CertReloadError::Removed("quic"));
+                new.quic = self.cfg.quic.clone();
+            }
+            _ => {}
+        }
+        if let Some(q) = self.quic.as_mut() {
+            // `None` only if [quic] took its files from a [tls] section that was added and
+            // not applied above: keep the running section, whose files are its own.
+            let paths = new.quic_cert().or_else(|| {
+                new.quic = self.cfg.quic.clone();
+                new.quic_cert()
+            });
+            if let Some((cert, key)) = paths {
+                match q.reload_certificate(&cert, &key) {
+                    Ok(()) => {
+                        applied += 1;
+                        info!(cert = %cert.display(), "SIGHUP: [quic] certificate reloaded");
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+        }
+        self.metrics.cert_reloads.inc_by(applied);
+        self.status
+            .cert_reloads
+            .fetch_add(applied, Ordering::Relaxed);
+        for e in failed {
+            warn!(error = %e, "SIGHUP: certificate not reloaded");
+            self.metrics.cert_reload_failures.inc();
+            self.status
+                .cert_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn start_drain(&mut self) {
