@@ -57,9 +57,41 @@ tokens = ["globex-token"]
     )
 }
 
-/// The demo's proxy configuration, pointing at `server`; with `quic = Some((cert, key))` the
-/// proxy also takes QUIC desktops on the same port number (UDP) with that certificate.
-pub fn proxy_config(server: SocketAddr, workers: usize, quic: Option<(&Path, &Path)>) -> String {
+/// How [`Stack::start_with`] sets up the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackOpts {
+    /// A proxy with this many workers in front of the server; `None`: desktops go direct.
+    pub proxy_workers: Option<usize>,
+    /// core-server `outbound_queue` (see [`core_config_with`]); `None`: the server's default.
+    pub server_outbound_queue: Option<usize>,
+    /// The proxy also takes QUIC desktops (self-signed rcgen certificate, [`Stack::quic_ca`]).
+    pub quic: bool,
+    /// The proxy's desktop `heartbeat_ms` (desktops heartbeat at half of it when idle; three
+    /// silent intervals close one). Every idle desktop costs a round trip per half interval,
+    /// which is what a QUIC desktop pays most for.
+    pub heartbeat_ms: u32,
+}
+
+impl Default for StackOpts {
+    fn default() -> Self {
+        StackOpts {
+            proxy_workers: Some(2),
+            server_outbound_queue: None,
+            quic: false,
+            heartbeat_ms: 5000,
+        }
+    }
+}
+
+/// The demo's proxy configuration, pointing at `server`, with desktop heartbeats every
+/// `heartbeat_ms`; with `quic = Some((cert, key))` the proxy also takes QUIC desktops on the
+/// same port number (UDP) with that certificate.
+pub fn proxy_config(
+    server: SocketAddr,
+    workers: usize,
+    heartbeat_ms: u32,
+    quic: Option<(&Path, &Path)>,
+) -> String {
     let quic = quic
         .map(|(c, k)| {
             format!(
@@ -80,7 +112,7 @@ backlog = 8192
 [limits]
 max_desktops = 20000
 max_in_flight = 256
-heartbeat_ms = 5000
+heartbeat_ms = {heartbeat_ms}
 
 [[upstream]]
 name = "demo-core-1"
@@ -341,20 +373,19 @@ impl Stack {
     /// # Errors
     /// A process failed to start or announce itself.
     pub fn start(proxy_workers: Option<usize>) -> Result<Stack, String> {
-        Self::start_with(proxy_workers, None, false)
+        Self::start_with(&StackOpts {
+            proxy_workers,
+            ..StackOpts::default()
+        })
     }
 
-    /// [`Stack::start`] with the server's `outbound_queue` set (see [`core_config_with`]) and,
-    /// if `quic`, QUIC desktops on the proxy (a self-signed certificate made with rcgen, in
-    /// [`Stack::quic_ca`]).
+    /// Start the stack `o` describes.
     ///
     /// # Errors
-    /// A process failed to start or announce itself, or `quic` without a proxy.
-    pub fn start_with(
-        proxy_workers: Option<usize>,
-        server_outbound_queue: Option<usize>,
-        quic: bool,
-    ) -> Result<Stack, String> {
+    /// A process failed to start or announce itself, or QUIC without a proxy.
+    pub fn start_with(o: &StackOpts) -> Result<Stack, String> {
+        let (proxy_workers, server_outbound_queue, quic) =
+            (o.proxy_workers, o.server_outbound_queue, o.quic);
         if quic && proxy_workers.is_none() {
             return Err("QUIC desktops need the proxy (core-server speaks TCP only)".into());
         }
@@ -389,7 +420,7 @@ impl Stack {
                     quic_ca = Some(crate::quic::self_signed(&dir, &["localhost"])?);
                 }
                 let files = quic_ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-                std::fs::write(&pcfg, proxy_config(server_addr, w, files))
+                std::fs::write(&pcfg, proxy_config(server_addr, w, o.heartbeat_ms, files))
                     .map_err(|e| e.to_string())?;
                 let arg = pcfg.to_string_lossy().into_owned();
                 let p = Proc::start(
@@ -503,18 +534,25 @@ mod tests {
             toml::from_str(&core_config_with(Path::new("/tmp/x"), Some(500_000))).unwrap();
         assert_eq!(c["outbound_queue"].as_integer(), Some(500_000));
         assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
-        let p: toml::Value =
-            toml::from_str(&proxy_config("127.0.0.1:7100".parse().unwrap(), 2, None)).unwrap();
+        let p: toml::Value = toml::from_str(&proxy_config(
+            "127.0.0.1:7100".parse().unwrap(),
+            2,
+            5000,
+            None,
+        ))
+        .unwrap();
         assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
         assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
         assert!(p.get("quic").is_none());
         let q: toml::Value = toml::from_str(&proxy_config(
             "127.0.0.1:7100".parse().unwrap(),
             2,
+            30_000,
             Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key"))),
         ))
         .unwrap();
         assert_eq!(q["quic"]["cert"].as_str(), Some("/d/proxy.crt"));
+        assert_eq!(q["limits"]["heartbeat_ms"].as_integer(), Some(30_000));
         assert_eq!(q["quic"]["key"].as_str(), Some("/d/proxy.key"));
     }
 

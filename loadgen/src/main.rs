@@ -39,41 +39,27 @@ enum Cmd {
     /// Start core-server and proxy from this workspace on loopback, drive desktops through
     /// the proxy, print the summary.
     Demo {
-        /// Proxy worker processes.
-        #[arg(long, default_value_t = 2)]
-        proxy_workers: usize,
         /// Bypass the proxy: drive core-server directly.
         #[arg(long)]
         direct: bool,
-        /// core-server `outbound_queue`: frames queued towards one connection (a proxy link
-        /// too) before the server closes it as a slow consumer. Default: the server's (8192).
-        #[arg(long)]
-        server_outbound_queue: Option<usize>,
+        #[command(flatten)]
+        stack: StackArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
     /// Run the same load direct and through the proxy; print throughput, server CPU per request
     /// and p99 ratios. Desktops are capped under the server's open-file limit.
     Compare {
-        /// Proxy worker processes.
-        #[arg(long, default_value_t = 2)]
-        proxy_workers: usize,
-        /// core-server `outbound_queue` for both runs (see `demo --help`). Default: the
-        /// server's (8192).
-        #[arg(long)]
-        server_outbound_queue: Option<usize>,
+        #[command(flatten)]
+        stack: StackArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
     /// Through one proxy (TCP and QUIC on the same port), run the same load over TCP and then
     /// over QUIC; print throughput, proxy CPU per request and p99 of each, and the ratios.
     Transports {
-        /// Proxy worker processes.
-        #[arg(long, default_value_t = 2)]
-        proxy_workers: usize,
-        /// core-server `outbound_queue` (see `demo --help`).
-        #[arg(long)]
-        server_outbound_queue: Option<usize>,
+        #[command(flatten)]
+        stack: StackArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -87,6 +73,34 @@ enum Cmd {
         #[arg(long)]
         config_json: String,
     },
+}
+
+/// How `demo`, `compare` and `transports` set up the stack they start.
+#[derive(Debug, Clone, clap::Args)]
+struct StackArgs {
+    /// Proxy worker processes.
+    #[arg(long, default_value_t = 2)]
+    proxy_workers: usize,
+    /// core-server `outbound_queue`: frames queued towards one connection (a proxy link too)
+    /// before the server closes it as a slow consumer. Default: the server's (8192).
+    #[arg(long)]
+    server_outbound_queue: Option<usize>,
+    /// The proxy's desktop heartbeat interval, ms (idle desktops heartbeat at half of it;
+    /// three silent intervals close one).
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_ms: u32,
+}
+
+impl StackArgs {
+    /// The stack options: through the proxy unless `direct`, QUIC-capable if `quic`.
+    fn opts(&self, direct: bool, quic: bool) -> demo::StackOpts {
+        demo::StackOpts {
+            proxy_workers: (!direct).then_some(self.proxy_workers),
+            server_outbound_queue: self.server_outbound_queue,
+            quic,
+            heartbeat_ms: self.heartbeat_ms,
+        }
+    }
 }
 
 fn finish(
@@ -113,17 +127,9 @@ fn finish(
 }
 
 /// Run `load` against a fresh stack; returns the summary.
-fn run_on_stack(
-    load: &LoadArgs,
-    proxy_workers: Option<usize>,
-    server_outbound_queue: Option<usize>,
-) -> Result<Summary> {
-    let stack = Stack::start_with(
-        proxy_workers,
-        server_outbound_queue,
-        load.transport == Transport::Quic,
-    )
-    .map_err(|e| anyhow!(e))?;
+fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summary> {
+    let stack = Stack::start_with(&stack.opts(direct, load.transport == Transport::Quic))
+        .map_err(|e| anyhow!(e))?;
     let s = drive(&stack, load)?;
     drop(stack);
     Ok(s)
@@ -228,29 +234,16 @@ fn real_main() -> Result<ExitCode> {
             Ok(verdict(&s))
         }
         Cmd::Demo {
-            proxy_workers,
             direct,
-            server_outbound_queue,
+            stack,
             mut load,
         } => {
             load.desktops.get_or_insert(25_000);
-            let s = run_on_stack(
-                &load,
-                if direct { None } else { Some(proxy_workers) },
-                server_outbound_queue,
-            )?;
+            let s = run_on_stack(&load, &stack, direct)?;
             Ok(verdict(&s))
         }
-        Cmd::Transports {
-            proxy_workers,
-            server_outbound_queue,
-            load,
-        } => transports(proxy_workers, server_outbound_queue, load),
-        Cmd::Compare {
-            proxy_workers,
-            server_outbound_queue,
-            load,
-        } => {
+        Cmd::Transports { stack, load } => transports(&stack, load),
+        Cmd::Compare { stack, load } => {
             // Same load both ways: cap to what a direct run can hold.
             let mut load = load;
             let probe = Stack::start(None).map_err(|e| anyhow!(e))?;
@@ -274,13 +267,9 @@ fn real_main() -> Result<ExitCode> {
                 l
             };
             eprintln!("== direct ==");
-            let d = run_on_stack(&for_run("direct"), None, server_outbound_queue)?;
+            let d = run_on_stack(&for_run("direct"), &stack, true)?;
             eprintln!("== through the proxy ==");
-            let p = run_on_stack(
-                &for_run("proxy"),
-                Some(proxy_workers),
-                server_outbound_queue,
-            )?;
+            let p = run_on_stack(&for_run("proxy"), &stack, false)?;
             let g = |s: &Summary, k: &str| {
                 s.server
                     .as_ref()
@@ -331,13 +320,8 @@ fn real_main() -> Result<ExitCode> {
 }
 
 /// `transports`: one stack, the same load over TCP then QUIC, with ratios.
-fn transports(
-    proxy_workers: usize,
-    server_outbound_queue: Option<usize>,
-    mut load: LoadArgs,
-) -> Result<ExitCode> {
-    let stack = Stack::start_with(Some(proxy_workers), server_outbound_queue, true)
-        .map_err(|e| anyhow!(e))?;
+fn transports(stack: &StackArgs, mut load: LoadArgs) -> Result<ExitCode> {
+    let stack = Stack::start_with(&stack.opts(false, true)).map_err(|e| anyhow!(e))?;
     let json = load.json.take();
     let html = load.html.take();
     let hdr = load.hdr_log.take();
