@@ -228,7 +228,10 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { sites, load } => {
-            let cfg = load.to_config(sites).map_err(|e| anyhow!(e))?;
+            let mut cfg = load.to_config(sites).map_err(|e| anyhow!(e))?;
+            // Fix the start here, not inside `run`: the summary and the HDR log's start time
+            // are written from this copy.
+            runner::schedule(&mut cfg);
             let shards = runner::run(cfg.clone(), load.quiet).map_err(|e| anyhow!(e))?;
             let s = finish(&cfg, &shards, &load, None)?;
             Ok(verdict(&s))

@@ -64,6 +64,7 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
     let st = stack_in(dir, 2, 2, "", &cert.toml("quic"));
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("out.json");
+    let hdr = out.path().join("latency.hlog");
     const N: u64 = 80;
     let (site, ca, n) = (
         st.proxy.addr.to_string(),
@@ -71,11 +72,13 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
         N.to_string(),
     );
     let tenant = format!("{T1}:{TOKEN1}");
-    let mut lg = Proc::spawn(
-        "loadgen",
-        &run_args(&site, &ca, &n, json.to_str().unwrap(), &tenant),
-    )
-    .unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut args = run_args(&site, &ca, &n, json.to_str().unwrap(), &tenant);
+    args.extend(["--hdr-log", hdr.to_str().unwrap()]);
+    let mut lg = Proc::spawn("loadgen", &args).unwrap();
     // All desktops connected, on both workers: 16 client sockets (source ports) hash over the
     // two workers' UDP sockets.
     let mut per_worker = Vec::new();
@@ -113,6 +116,18 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
     assert_eq!(v["requests"]["errors"], 0, "{v:#}");
     let ok = v["requests"]["ok"].as_u64().unwrap();
     assert!(ok >= 1000, "too few answers: {v:#}");
+    // The HDR log's start time is the run's (it once said 3 s after the epoch).
+    let log = std::fs::read_to_string(&hdr).unwrap();
+    let start: f64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("#[StartTime: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no StartTime in the HDR log: {log:.300}"));
+    assert!(
+        (start - started).abs() < 60.0,
+        "HDR log start {start} is not the run's start (~{started})"
+    );
     eprintln!("loadgen over quic: {ok} ok, per worker {per_worker:?}");
 }
 
