@@ -39,7 +39,8 @@ pub struct Metrics {
     pub errors: Family<L1, Counter>,
     /// Broadcast event deliveries to desktops (one event × subscribers).
     pub fanout_deliveries: Counter,
-    /// QUIC endpoint counters (label `what`: retries, refused, accepted, failed, desktops).
+    /// QUIC endpoint counters (label `what`: retries, refused, accepted, failed, desktops,
+    /// handshaking).
     pub quic: Family<L1, Gauge>,
     /// Desktops disconnected, by reason.
     pub disconnects: Family<L1, Counter>,
@@ -146,7 +147,7 @@ impl Metrics {
         );
         reg.register(
             "deskmux_proxy_quic",
-            "QUIC endpoint: stateless retries sent, connections refused / accepted / failed in the handshake, desktops now",
+            "QUIC endpoint: stateless retries sent, connections refused / accepted / failed in the handshake, desktops and handshaking connections now",
             m.quic.clone(),
         );
         reg.register(

@@ -300,6 +300,12 @@ impl QuicEndpoint {
         self.inner.borrow().desktops
     }
 
+    /// Connections accepted and still handshaking (no desktop stream yet) right now: what
+    /// `max_handshakes` caps, so operators can see how close a reconnect wave gets to it.
+    pub fn handshaking(&self) -> usize {
+        self.inner.borrow().handshaking
+    }
+
     /// Read pending datagrams (at most [`RECV_BUDGET`]) and feed them to the endpoint;
     /// `true` if the budget ran out (call again soon: the socket is edge-triggered).
     pub fn recv(&mut self, now: Instant) -> bool {

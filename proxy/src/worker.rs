@@ -2022,6 +2022,7 @@ impl<T: Transport> Worker<T> {
                 ("accepted", st.accepted),
                 ("failed", st.failed),
                 ("desktops", q.desktops() as u64),
+                ("handshaking", q.handshaking() as u64),
             ] {
                 self.metrics
                     .quic

@@ -206,6 +206,8 @@ struct Quic {
     accepted: u64,
     failed: u64,
     desktops: u64,
+    /// The proxy's own `handshaking` gauge.
+    handshaking_now: u64,
 }
 
 impl Quic {
@@ -217,13 +219,15 @@ impl Quic {
             accepted: quic_metric(&m, "accepted"),
             failed: quic_metric(&m, "failed"),
             desktops: quic_metric(&m, "desktops"),
+            handshaking_now: quic_metric(&m, "handshaking"),
         }
     }
 
     /// Connections handshaking now: accepted, not failed, no desktop stream yet (valid while
-    /// no desktop leaves).
+    /// no desktop leaves), and the proxy's own gauge: the larger of the two.
     fn handshaking(&self) -> i64 {
-        self.accepted as i64 - self.failed as i64 - self.desktops as i64
+        (self.accepted as i64 - self.failed as i64 - self.desktops as i64)
+            .max(self.handshaking_now as i64)
     }
 }
 
@@ -282,6 +286,8 @@ struct Samples {
     n: usize,
     max_rss_kib: u64,
     max_handshaking: i64,
+    /// Largest value of the proxy's `handshaking` gauge seen.
+    max_gauge: u64,
 }
 
 impl Sampler {
@@ -294,6 +300,7 @@ impl Sampler {
                 let q = Quic::read(admin);
                 out.n += 1;
                 out.max_handshaking = out.max_handshaking.max(q.handshaking());
+                out.max_gauge = out.max_gauge.max(q.handshaking_now);
                 out.max_rss_kib = out.max_rss_kib.max(proc_kib(pid, "VmRSS:"));
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -769,6 +776,10 @@ async fn initial_flood_without_retry_is_capped() {
         samples.max_handshaking <= MAX_HANDSHAKES,
         "{} handshaking at once",
         samples.max_handshaking
+    );
+    assert!(
+        samples.max_gauge > 0,
+        "the handshaking gauge never showed the flood's handshakes"
     );
     assert!(
         growth < RSS_GROWTH_MAX_KIB,
