@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::client::WAIT;
 
 /// The deskmux ALPN id.
-pub const ALPN: &[u8] = b"deskmux/1";
+pub use deskmux_codec::ALPN;
 
 /// A self-signed certificate for `localhost` / `127.0.0.1`, written as PEM files.
 #[derive(Debug, Clone)]

@@ -23,6 +23,9 @@ pub mod frame;
 pub mod head;
 pub mod msg;
 
+/// The ALPN protocol id of the deskmux protocol over TLS and QUIC (PROTOCOL.md §2.1).
+pub const ALPN: &[u8] = b"deskmux/1";
+
 pub use body::{BodyRef, BodyWriter, Value};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, DecodeState, FrameDecoder};
 pub use error::{BodyError, ErrorCode, FrameError, RetryClass};

@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::client::ClientError;
 
 /// The deskmux ALPN protocol id (the proxy refuses any other).
-pub const ALPN: &[u8] = b"deskmux/1";
+pub use deskmux_codec::ALPN;
 
 /// Kernel buffer asked for each client UDP socket: thousands of desktops share one, and a
 /// burst of answers must not overflow it (the kernel caps it at `net.core.rmem_max`).

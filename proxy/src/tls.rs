@@ -32,7 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
 /// The ALPN protocol id of the deskmux protocol, version 1 (TLS over TCP and QUIC).
-pub const ALPN: &[u8] = b"deskmux/1";
+pub use deskmux_codec::ALPN;
 
 /// Load a certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or
 /// SEC1) and build the server configuration (TLS 1.2 and 1.3, ring, ALPN `deskmux/1`).
