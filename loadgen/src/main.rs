@@ -195,6 +195,20 @@ fn suffixed(p: &std::path::Path, tag: &str) -> std::path::PathBuf {
     p.with_file_name(name)
 }
 
+/// A number from the summary's `server` object (stack CPU figures; 0 when absent).
+fn server_figure(s: &Summary, k: &str) -> f64 {
+    s.server
+        .as_ref()
+        .and_then(|v| v.get(k))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
+}
+
+/// `a / b`, or 0 when `b` is not positive.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
 /// Keep a direct run under the server's open-file limit.
 fn cap_direct(cfg: &mut RunConfig, server_pid: u32) {
     let limit = shard::nofile_limit_of(server_pid).unwrap_or(1024);
@@ -273,14 +287,7 @@ fn real_main() -> Result<ExitCode> {
             let d = run_on_stack(&for_run("direct"), &stack, true)?;
             eprintln!("== through the proxy ==");
             let p = run_on_stack(&for_run("proxy"), &stack, false)?;
-            let g = |s: &Summary, k: &str| {
-                s.server
-                    .as_ref()
-                    .and_then(|v| v.get(k))
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap_or(0.0)
-            };
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            let g = server_figure;
             let cmp = serde_json::json!({
                 "desktops": n,
                 "direct": d,
@@ -341,14 +348,7 @@ fn transports(stack: &StackArgs, mut load: LoadArgs) -> Result<ExitCode> {
     }
     drop(stack);
     let (tcp, quic) = (&runs[0], &runs[1]);
-    let g = |s: &Summary, k: &str| {
-        s.server
-            .as_ref()
-            .and_then(|v| v.get(k))
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-    };
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let g = server_figure;
     let cpu = "proxy_cpu_us_per_request";
     println!(
         "transports ({} desktops each): quic/tcp throughput {:.2}×, proxy CPU per request {:.2}×, p99 {:.2}×",

@@ -518,6 +518,21 @@ fn flood_stack(quic_extra: &str, limits: &str) -> (Stack, TestCert, Vec<Vec<u8>>
     (st, cert, initials)
 }
 
+/// `quic` QUIC desktops and the TCP ones, each answering one echo before the flood starts.
+async fn desktops_before_flood(st: &Stack, cert: &TestCert, quic: usize) -> Vec<Worker> {
+    let mut workers = Vec::new();
+    for i in 0..quic {
+        workers.push(quic_worker(st, cert, &format!("quic-{i}")).await);
+    }
+    workers.extend(tcp_workers(st).await);
+    for w in &mut workers {
+        echo_once(&mut w.c, b"before")
+            .await
+            .expect("echo before the flood");
+    }
+    workers
+}
+
 fn worker_pid(st: &Stack) -> u64 {
     status(st.proxy.admin)["workers"][0]["pid"]
         .as_u64()
@@ -531,16 +546,7 @@ async fn initial_flood_gets_stateless_retries() {
     let admin = st.proxy.admin;
     let pid = worker_pid(&st);
 
-    let mut workers = Vec::new();
-    for i in 0..4 {
-        workers.push(quic_worker(&st, &cert, &format!("quic-{i}")).await);
-    }
-    workers.extend(tcp_workers(&st).await);
-    for w in &mut workers {
-        echo_once(&mut w.c, b"before")
-            .await
-            .expect("echo before the flood");
-    }
+    let workers = desktops_before_flood(&st, &cert, 4).await;
     let before = published(admin, 4);
     let rss0 = proc_kib(pid, "VmRSS:");
     let cpu0 = cpu_ticks(pid);
@@ -700,16 +706,7 @@ async fn initial_flood_without_retry_is_capped() {
     let admin = st.proxy.admin;
     let pid = worker_pid(&st);
 
-    let mut workers = Vec::new();
-    for i in 0..2 {
-        workers.push(quic_worker(&st, &cert, &format!("quic-{i}")).await);
-    }
-    workers.extend(tcp_workers(&st).await);
-    for w in &mut workers {
-        echo_once(&mut w.c, b"before")
-            .await
-            .expect("echo before the flood");
-    }
+    let workers = desktops_before_flood(&st, &cert, 2).await;
     let before = published(admin, 2);
     let rss0 = proc_kib(pid, "VmRSS:");
     let cpu0 = cpu_ticks(pid);
