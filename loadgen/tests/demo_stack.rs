@@ -125,3 +125,32 @@ fn storm_through_the_proxy() {
         assert_eq!(r["failed"], 0);
     }
 }
+
+/// The same storm over QUIC: every desktop's connection is dropped and a new one handshaken,
+/// twice, and nothing is lost.
+#[test]
+fn storm_over_quic_through_the_proxy() {
+    if bins().is_none() {
+        return;
+    }
+    let v = demo(&[
+        "--transport",
+        "quic",
+        "-n",
+        "100",
+        "-s",
+        "storm",
+        "--duration",
+        "4",
+        "--storm-spread-ms",
+        "300",
+    ]);
+    assert_eq!(v["transport"], "quic", "{v:#}");
+    let rounds = v["storm"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        assert_eq!(r["reconnected"], 100, "{v:#}");
+        assert_eq!(r["failed"], 0, "{v:#}");
+    }
+    assert!(v["requests"]["ok"].as_u64().unwrap() > 100, "{v:#}");
+}
