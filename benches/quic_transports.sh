@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# QUIC against TCP desktops through one proxy (issue 7), three measurements on loopback:
+# QUIC and TLS against TCP desktops (issue 7), three measurements on loopback:
 #
-#  1. scale:  `loadgen transports` with N desktops open loop at RATE req/s (the same stack,
-#             TCP run then QUIC run): both must end with lost = 0; throughput and proxy CPU
-#             per request side by side.
+#  1. scale:  `loadgen transports` with N desktops open loop at RATE req/s (TCP then QUIC
+#             through one stack, then TLS through a second stack whose proxy speaks TLS):
+#             all must end with lost = 0; throughput and proxy CPU per request side by side.
 #  2. peak:   `loadgen transports` with PEAK_N desktops closed loop (1 outstanding each):
 #             the most each transport pushes through the proxy on these 2 shared cores.
 #  3. spread: `loadgen demo --transport quic` closed loop with 1 proxy worker (one endpoint
@@ -34,10 +34,12 @@ LG="$BIN/loadgen"
 
 line() { # name json -> one summary line per transport
     jq -r --arg n "$1" '
-      ["tcp","quic"][] as $t | .[$t] |
+      ["tcp","tls","quic"][] as $t | .[$t] |
       "\($n) \($t): connected \(.clients.connected)/\(.clients.target) failed \(.clients.failed) lost \(.requests.lost) wrong \(.requests.wrong) errors \(.requests.errors) | \(.throughput_rps|floor) req/s, proxy \(.server.proxy_cpu_us_per_request*100|floor/100) µs cpu/req (\(.server.proxy_cpu_percent|floor) % cpu), p50 \(.latency_us.p50|floor) µs p99 \(.latency_us.p99|floor) µs"
     ' "$2"
-    jq -r --arg n "$1" '"\($n) quic/tcp: throughput \(.ratios_quic_over_tcp.throughput*100|floor/100)×, proxy cpu per request \(.ratios_quic_over_tcp.proxy_cpu_per_request*100|floor/100)×, p99 \(.ratios_quic_over_tcp.p99*100|floor/100)×"' "$2"
+    for t in quic tls; do
+        jq -r --arg n "$1" --arg t "$t" '.["ratios_\($t)_over_tcp"] as $r | "\($n) \($t)/tcp: throughput \($r.throughput*100|floor/100)×, proxy cpu per request \($r.proxy_cpu_per_request*100|floor/100)×, p99 \($r.p99*100|floor/100)×"' "$2"
+    done
 }
 
 if [ "$ONLY" = all ] || [ "$ONLY" = scale ]; then

@@ -80,15 +80,15 @@ pub struct LoadArgs {
     /// Connect + hello timeout per attempt, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Desktop transport: `tcp`, or `quic` (needs `--ca` for `run`; `demo` makes its own
-    /// certificate).
+    /// Desktop transport: `tcp`, `tls` or `quic` (`tls`/`quic` need `--ca` for `run`; `demo`
+    /// makes its own certificate).
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
-    /// QUIC: PEM file of the certificate(s) trusted for the site (its CA, or its self-signed
-    /// certificate).
+    /// TLS/QUIC: PEM file of the certificate(s) trusted for the site (its CA, or its
+    /// self-signed certificate).
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// QUIC: server name expected in the site's certificate (also sent as SNI).
+    /// TLS/QUIC: server name expected in the site's certificate (also sent as SNI).
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
     /// QUIC: UDP sockets per event-loop thread (the site sees this many source ports per
@@ -138,15 +138,18 @@ impl LoadArgs {
         } else {
             self.tenants.clone()
         };
-        if self.transport == Transport::Quic && self.ca.is_none() {
-            return Err("--transport quic needs --ca (the PEM certificate to trust)".into());
+        if self.transport != Transport::Tcp && self.ca.is_none() {
+            return Err(format!(
+                "--transport {} needs --ca (the PEM certificate to trust)",
+                self.transport.as_str()
+            ));
         }
         let (soft, _) = shard::nofile_limit();
         let quic_sockets = self.quic_sockets.max(1);
         // A QUIC desktop needs no file descriptor: a process holds `quic_sockets` UDP sockets
         // per thread whatever its desktop count, so one process can drive them all.
         let per_process_default = match self.transport {
-            Transport::Tcp => shard::desktops_per_process(soft),
+            Transport::Tcp | Transport::Tls => shard::desktops_per_process(soft),
             Transport::Quic => shard::QUIC_DESKTOPS_PER_PROCESS,
         };
         Ok(RunConfig {

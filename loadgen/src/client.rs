@@ -94,6 +94,9 @@ pub enum ClientError {
     /// QUIC connect or handshake failure (certificate, ALPN, refused, ...).
     #[error("quic: {0}")]
     Quic(String),
+    /// TLS handshake failure (certificate, ALPN, protocol version, ...).
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl From<FrameError> for ClientError {
@@ -144,6 +147,8 @@ pub async fn connect_tcp(
 pub enum Conn {
     /// Plain TCP.
     Tcp(TcpStream),
+    /// TLS over TCP (boxed: the rustls state is large).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// QUIC (boxed: the quinn handles are much larger than a `TcpStream`).
     Quic(Box<crate::quic::QuicConn>),
 }
@@ -156,6 +161,11 @@ impl Conn {
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.write_all(buf).await,
+            Conn::Tls(s) => {
+                s.write_all(buf).await?;
+                // Records rustls could not hand to the socket yet go out now.
+                s.flush().await
+            }
             Conn::Quic(q) => q.send.write_all(buf).await.map_err(io::Error::from),
         }
     }
@@ -287,6 +297,19 @@ impl FrameReader {
         use futures::FutureExt;
         match conn {
             Conn::Tcp(s) => self.try_read_once(s),
+            Conn::Tls(s) => {
+                use tokio::io::AsyncReadExt;
+                // tokio-rustls reads are cancel-safe: decrypted bytes stay in rustls.
+                let dst = self.room();
+                match s.read(dst).now_or_never() {
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                    Some(r) => {
+                        let n = r?;
+                        self.end += n;
+                        Ok(n)
+                    }
+                }
+            }
             Conn::Quic(q) => {
                 // quinn's `read` is cancel-safe: polled once, nothing is lost if it is pending.
                 let dst = self.room();
@@ -315,6 +338,13 @@ impl FrameReader {
                     r => return r,
                 }
             },
+            Conn::Tls(s) => {
+                use tokio::io::AsyncReadExt;
+                let dst = self.room();
+                let n = s.read(dst).await?;
+                self.end += n;
+                Ok(n)
+            }
             Conn::Quic(q) => {
                 let dst = self.room();
                 let n = q
@@ -563,6 +593,8 @@ impl SourcePlan {
 pub enum Via<'a> {
     /// TCP, from the [`SourcePlan`]'s address and port if given.
     Tcp(Option<SourcePlan>),
+    /// TLS over TCP, from the [`SourcePlan`] like TCP.
+    Tls(Option<SourcePlan>, &'a crate::tls::TlsClient),
     /// QUIC, over the endpoint this desktop (`gid`) is assigned in the set.
     Quic(&'a crate::quic::EndpointSet, u64),
 }
@@ -594,6 +626,10 @@ pub async fn connect_sites(
                 Via::Tcp(src) => Conn::Tcp(
                     connect_tcp(sites[site], src.map(|p| p.addr(gen_now)), opts.timeout).await?,
                 ),
+                Via::Tls(src, tls) => Conn::Tls(Box::new(
+                    tls.connect(sites[site], src.map(|p| p.addr(gen_now)), opts.timeout)
+                        .await?,
+                )),
                 Via::Quic(eps, gid) => {
                     Conn::Quic(Box::new(eps.connect(gid, sites[site], opts.timeout).await?))
                 }

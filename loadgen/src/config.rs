@@ -38,6 +38,8 @@ impl Scenario {
 pub enum Transport {
     /// Plain TCP: one socket (one file descriptor) per desktop.
     Tcp,
+    /// TLS over TCP (ALPN `deskmux/1`): one socket per desktop, like TCP.
+    Tls,
     /// QUIC (TLS 1.3, ALPN `deskmux/1`): one connection per desktop with one bidirectional
     /// stream, many desktops per UDP socket (no file descriptor per desktop).
     Quic,
@@ -48,6 +50,7 @@ impl Transport {
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
             Transport::Quic => "quic",
         }
     }
@@ -129,10 +132,10 @@ pub struct RunConfig {
     pub connect_timeout_s: f64,
     /// Desktop transport.
     pub transport: Transport,
-    /// QUIC: PEM file with the certificates trusted to sign the site's certificate (a private
-    /// CA, or the site's self-signed certificate).
+    /// TLS and QUIC: PEM file with the certificates trusted to sign the site's certificate
+    /// (a private CA, or the site's self-signed certificate).
     pub ca: Option<PathBuf>,
-    /// QUIC: the server name the site's certificate must carry (and the SNI sent).
+    /// TLS and QUIC: the server name the site's certificate must carry (and the SNI sent).
     pub server_name: String,
     /// QUIC: UDP sockets (client endpoints) per event-loop thread; desktops are spread over
     /// them, so the site sees that many source ports per thread.

@@ -64,8 +64,11 @@ pub struct StackOpts {
     pub proxy_workers: Option<usize>,
     /// core-server `outbound_queue` (see [`core_config_with`]); `None`: the server's default.
     pub server_outbound_queue: Option<usize>,
-    /// The proxy also takes QUIC desktops (self-signed rcgen certificate, [`Stack::quic_ca`]).
+    /// The proxy also takes QUIC desktops (self-signed rcgen certificate, [`Stack::ca`]).
     pub quic: bool,
+    /// The proxy's TCP port speaks TLS (only: plain TCP desktops cannot use it then), with the
+    /// same certificate.
+    pub tls: bool,
     /// The proxy's desktop `heartbeat_ms` (desktops heartbeat at half of it when idle; three
     /// silent intervals close one). Every idle desktop costs a round trip per half interval,
     /// which is what a QUIC desktop pays most for.
@@ -78,29 +81,35 @@ impl Default for StackOpts {
             proxy_workers: Some(2),
             server_outbound_queue: None,
             quic: false,
+            tls: false,
             heartbeat_ms: 5000,
         }
     }
 }
 
 /// The demo's proxy configuration, pointing at `server`, with desktop heartbeats every
-/// `heartbeat_ms`; with `quic = Some((cert, key))` the proxy also takes QUIC desktops on the
-/// same port number (UDP) with that certificate.
+/// `heartbeat_ms`; with `tls = Some((cert, key))` its TCP port speaks TLS with that
+/// certificate, with `quic = Some((cert, key))` it also takes QUIC desktops on the same port
+/// number (UDP).
 pub fn proxy_config(
     server: SocketAddr,
     workers: usize,
     heartbeat_ms: u32,
+    tls: Option<(&Path, &Path)>,
     quic: Option<(&Path, &Path)>,
 ) -> String {
-    let quic = quic
-        .map(|(c, k)| {
-            format!(
-                "\n[quic]\ncert = \"{}\"\nkey = \"{}\"\n",
-                c.display(),
-                k.display()
-            )
-        })
-        .unwrap_or_default();
+    let section = |name: &str, files: Option<(&Path, &Path)>| {
+        files
+            .map(|(c, k)| {
+                format!(
+                    "\n[{name}]\ncert = \"{}\"\nkey = \"{}\"\n",
+                    c.display(),
+                    k.display()
+                )
+            })
+            .unwrap_or_default()
+    };
+    let quic = section("tls", tls) + &section("quic", quic);
     format!(
         r#"# written by loadgen demo
 listen = "127.0.0.1:0"
@@ -354,8 +363,8 @@ pub struct Stack {
     pub server: Proc,
     /// The proxy.
     pub proxy: Option<Proc>,
-    /// With QUIC: the proxy's self-signed certificate (PEM), for loadgen's `--ca`.
-    pub quic_ca: Option<PathBuf>,
+    /// With TLS or QUIC: the proxy's self-signed certificate (PEM), for loadgen's `--ca`.
+    pub ca: Option<PathBuf>,
 }
 
 impl Drop for Stack {
@@ -384,10 +393,11 @@ impl Stack {
     /// # Errors
     /// A process failed to start or announce itself, or QUIC without a proxy.
     pub fn start_with(o: &StackOpts) -> Result<Stack, String> {
-        let (proxy_workers, server_outbound_queue, quic) =
-            (o.proxy_workers, o.server_outbound_queue, o.quic);
-        if quic && proxy_workers.is_none() {
-            return Err("QUIC desktops need the proxy (core-server speaks TCP only)".into());
+        let (proxy_workers, server_outbound_queue) = (o.proxy_workers, o.server_outbound_queue);
+        if (o.quic || o.tls) && proxy_workers.is_none() {
+            return Err(
+                "TLS and QUIC desktops need the proxy (core-server speaks TCP only)".into(),
+            );
         }
         let dir = std::env::temp_dir().join(format!(
             "deskmux-demo-{}-{}",
@@ -411,17 +421,23 @@ impl Stack {
             "demo: core-server (pid {}) listening on {server_addr}",
             server.pid()
         );
-        let mut quic_ca = None;
+        let mut ca = None;
         let proxy = match proxy_workers {
             None => None,
             Some(w) => {
                 let pcfg = dir.join("proxy.toml");
-                if quic {
-                    quic_ca = Some(crate::quic::self_signed(&dir, &["localhost"])?);
+                if o.quic || o.tls {
+                    ca = Some(crate::quic::self_signed(&dir, &["localhost"])?);
                 }
-                let files = quic_ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-                std::fs::write(&pcfg, proxy_config(server_addr, w, o.heartbeat_ms, files))
-                    .map_err(|e| e.to_string())?;
+                let files = ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                let cfg = proxy_config(
+                    server_addr,
+                    w,
+                    o.heartbeat_ms,
+                    files.filter(|_| o.tls),
+                    files.filter(|_| o.quic),
+                );
+                std::fs::write(&pcfg, cfg).map_err(|e| e.to_string())?;
                 let arg = pcfg.to_string_lossy().into_owned();
                 let p = Proc::start(
                     &bins.join("proxy"),
@@ -442,7 +458,7 @@ impl Stack {
             dir,
             server,
             proxy,
-            quic_ca: quic_ca.map(|(c, _)| c),
+            ca: ca.map(|(c, _)| c),
         })
     }
 
@@ -539,21 +555,26 @@ mod tests {
             2,
             5000,
             None,
+            None,
         ))
         .unwrap();
         assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
         assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
         assert!(p.get("quic").is_none());
+        assert!(p.get("tls").is_none());
+        let files = Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key")));
         let q: toml::Value = toml::from_str(&proxy_config(
             "127.0.0.1:7100".parse().unwrap(),
             2,
             30_000,
-            Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key"))),
+            files,
+            files,
         ))
         .unwrap();
         assert_eq!(q["quic"]["cert"].as_str(), Some("/d/proxy.crt"));
         assert_eq!(q["limits"]["heartbeat_ms"].as_integer(), Some(30_000));
         assert_eq!(q["quic"]["key"].as_str(), Some("/d/proxy.key"));
+        assert_eq!(q["tls"]["cert"].as_str(), Some("/d/proxy.crt"));
     }
 
     #[test]

@@ -417,8 +417,10 @@ pub struct Ctx {
     pub thread: usize,
     /// Shard's desktop id range start (for logs).
     pub shard: (u64, u64),
-    /// QUIC runs: this thread's client endpoints (UDP sockets); `None` for TCP.
+    /// QUIC runs: this thread's client endpoints (UDP sockets); `None` otherwise.
     pub quic: Option<crate::quic::EndpointSet>,
+    /// TLS runs: the connector (trust store, server name); `None` otherwise.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 impl Ctx {
@@ -667,8 +669,15 @@ fn run_thread(
             failed: 0,
         })
         .collect();
+    let tls = match cfg.transport {
+        crate::config::Transport::Tls => Some(crate::tls::TlsClient::new(
+            cfg.ca.as_deref().ok_or("tls: no --ca")?,
+            &cfg.server_name,
+        )?),
+        _ => None,
+    };
     let quic = match cfg.transport {
-        crate::config::Transport::Tcp => None,
+        crate::config::Transport::Tcp | crate::config::Transport::Tls => None,
         crate::config::Transport::Quic => {
             let ca = cfg.ca.as_deref().ok_or("quic: no --ca")?;
             let cc = crate::quic::client_config(ca)?;
@@ -704,6 +713,7 @@ fn run_thread(
         thread,
         shard,
         quic,
+        tls,
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {

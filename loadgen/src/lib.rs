@@ -22,4 +22,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shard;
+pub mod tls;
 pub mod verify;

@@ -55,8 +55,9 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Through one proxy (TCP and QUIC on the same port), run the same load over TCP and then
-    /// over QUIC; print throughput, proxy CPU per request and p99 of each, and the ratios.
+    /// The same load over TCP and QUIC through one proxy (both on the same port number), then
+    /// over TLS through a second proxy whose TCP port speaks TLS; print throughput, proxy CPU
+    /// per request and p99 of each, and the ratios to TCP.
     Transports {
         #[command(flatten)]
         stack: StackArgs,
@@ -92,12 +93,14 @@ struct StackArgs {
 }
 
 impl StackArgs {
-    /// The stack options: through the proxy unless `direct`, QUIC-capable if `quic`.
-    fn opts(&self, direct: bool, quic: bool) -> demo::StackOpts {
+    /// The stack options for desktops over `transport`: through the proxy unless `direct`; for
+    /// QUIC the proxy takes QUIC (and plain TCP), for TLS its TCP port speaks TLS.
+    fn opts(&self, direct: bool, transport: Transport) -> demo::StackOpts {
         demo::StackOpts {
             proxy_workers: (!direct).then_some(self.proxy_workers),
             server_outbound_queue: self.server_outbound_queue,
-            quic,
+            quic: transport == Transport::Quic,
+            tls: transport == Transport::Tls,
             heartbeat_ms: self.heartbeat_ms,
         }
     }
@@ -128,8 +131,7 @@ fn finish(
 
 /// Run `load` against a fresh stack; returns the summary.
 fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summary> {
-    let stack = Stack::start_with(&stack.opts(direct, load.transport == Transport::Quic))
-        .map_err(|e| anyhow!(e))?;
+    let stack = Stack::start_with(&stack.opts(direct, load.transport)).map_err(|e| anyhow!(e))?;
     let s = drive(&stack, load)?;
     drop(stack);
     Ok(s)
@@ -139,8 +141,8 @@ fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summ
 /// unless `--ca` says otherwise); returns the summary.
 fn drive(stack: &Stack, load: &LoadArgs) -> Result<Summary> {
     let mut load = load.clone();
-    if load.transport == Transport::Quic && load.ca.is_none() {
-        load.ca.clone_from(&stack.quic_ca);
+    if load.transport != Transport::Tcp && load.ca.is_none() {
+        load.ca.clone_from(&stack.ca);
     }
     let load = &load;
     let target = stack.target().map_err(|e| anyhow!(e))?;
@@ -329,41 +331,55 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
-/// `transports`: one stack, the same load over TCP then QUIC, with ratios.
+/// `transports`: the same load over TCP then QUIC through one stack, then over TLS through a
+/// second stack whose proxy speaks TLS on its TCP port (a `[tls]` port speaks only TLS); with
+/// ratios to TCP.
 fn transports(stack: &StackArgs, mut load: LoadArgs) -> Result<ExitCode> {
-    let stack = Stack::start_with(&stack.opts(false, true)).map_err(|e| anyhow!(e))?;
     let json = load.json.take();
     let html = load.html.take();
     let hdr = load.hdr_log.take();
-    let mut runs = Vec::new();
-    for t in [Transport::Tcp, Transport::Quic] {
+    let run = |st: &Stack, t: Transport| {
         let mut l = load.clone();
         l.transport = t;
         l.html = html.as_deref().map(|p| suffixed(p, t.as_str()));
         l.hdr_log = hdr.as_deref().map(|p| suffixed(p, t.as_str()));
         eprintln!("== over {} ==", t.as_str());
-        runs.push(drive(&stack, &l)?);
+        let s = drive(st, &l);
         // Let the proxy finish closing the desktops of the run before the next one starts.
         std::thread::sleep(std::time::Duration::from_secs(2));
-    }
-    drop(stack);
-    let (tcp, quic) = (&runs[0], &runs[1]);
+        s
+    };
+    let (tcp, quic) = {
+        let st = Stack::start_with(&stack.opts(false, Transport::Quic)).map_err(|e| anyhow!(e))?;
+        (run(&st, Transport::Tcp)?, run(&st, Transport::Quic)?)
+    };
+    let tls = {
+        let st = Stack::start_with(&stack.opts(false, Transport::Tls)).map_err(|e| anyhow!(e))?;
+        run(&st, Transport::Tls)?
+    };
     let g = server_figure;
     let cpu = "proxy_cpu_us_per_request";
+    let ratios = |s: &Summary| {
+        serde_json::json!({
+            "throughput": ratio(s.throughput_rps, tcp.throughput_rps),
+            "proxy_cpu_per_request": ratio(g(s, cpu), g(&tcp, cpu)),
+            "p99": ratio(s.latency_us.p99, tcp.latency_us.p99),
+        })
+    };
     println!(
-        "transports ({} desktops each): quic/tcp throughput {:.2}×, proxy CPU per request {:.2}×, p99 {:.2}×",
-        tcp.clients.target,
-        ratio(quic.throughput_rps, tcp.throughput_rps),
-        ratio(g(quic, cpu), g(tcp, cpu)),
-        ratio(quic.latency_us.p99, tcp.latency_us.p99)
+        "transports ({} desktops each; tcp and quic through one proxy, tls through a second):",
+        tcp.clients.target
     );
-    for (name, s) in [("tcp", tcp), ("quic", quic)] {
+    for (name, s) in [("tcp", &tcp), ("tls", &tls), ("quic", &quic)] {
         println!(
-            "  {name:4}: {:.0} req/s, proxy {:.2} µs cpu/req, server {:.2} µs cpu/req, p99 {:.0} µs, lost {}, connected {}/{}",
+            "  {name:4}: {:.0} req/s ({:.2}× tcp), proxy {:.2} µs cpu/req ({:.2}× tcp), server {:.2} µs cpu/req, p99 {:.0} µs ({:.2}× tcp), lost {}, connected {}/{}",
             s.throughput_rps,
+            ratio(s.throughput_rps, tcp.throughput_rps),
             g(s, cpu),
+            ratio(g(s, cpu), g(&tcp, cpu)),
             g(s, "server_cpu_us_per_request"),
             s.latency_us.p99,
+            ratio(s.latency_us.p99, tcp.latency_us.p99),
             s.requests.lost,
             s.clients.connected,
             s.clients.target
@@ -372,16 +388,14 @@ fn transports(stack: &StackArgs, mut load: LoadArgs) -> Result<ExitCode> {
     if let Some(path) = json {
         let cmp = serde_json::json!({
             "tcp": tcp,
+            "tls": tls,
             "quic": quic,
-            "ratios_quic_over_tcp": {
-                "throughput": ratio(quic.throughput_rps, tcp.throughput_rps),
-                "proxy_cpu_per_request": ratio(g(quic, cpu), g(tcp, cpu)),
-                "p99": ratio(quic.latency_us.p99, tcp.latency_us.p99),
-            },
+            "ratios_quic_over_tcp": ratios(&quic),
+            "ratios_tls_over_tcp": ratios(&tls),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&cmp)?)?;
     }
-    if tcp.verification_failed || quic.verification_failed {
+    if [&tcp, &tls, &quic].iter().any(|s| s.verification_failed) {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{ClientConfig, Endpoint, EndpointConfig, TransportConfig, VarInt};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::ClientError;
@@ -38,19 +36,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// # Errors
 /// Unreadable PEM file, no certificate in it, or a certificate the root store refuses.
 pub fn client_config(ca: &Path) -> Result<ClientConfig, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("--ca {}: {e}", ca.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-    if certs.is_empty() {
-        return Err(format!("--ca {}: no certificate in the file", ca.display()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-    }
+    let roots = crate::tls::roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -90,9 +90,10 @@ pub async fn connect(
         read_buf: 1024,
     };
     let deadline = ctx.clock.tokio_instant(cfg.measure_end_ns());
-    let via = match &ctx.quic {
-        Some(eps) => Via::Quic(eps, gid),
-        None => Via::Tcp(source(cfg, gid)),
+    let via = match (&ctx.quic, &ctx.tls) {
+        (Some(eps), _) => Via::Quic(eps, gid),
+        (None, Some(tls)) => Via::Tls(source(cfg, gid), tls),
+        (None, None) => Via::Tcp(source(cfg, gid)),
     };
     let (mut d, attempts) = match client::connect_sites(
         &cfg.sites, site, via, generation, &id, &opts, deadline,

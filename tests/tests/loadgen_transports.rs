@@ -1,7 +1,7 @@
-//! loadgen drives QUIC desktops: through a real proxy (`[quic]`, rcgen certificate), several
-//! UDP sockets per loadgen thread spread over the proxy's `SO_REUSEPORT` workers, every request
-//! answered; a wrong CA fails every handshake with a certificate error; `loadgen transports`
-//! runs the same load over TCP and QUIC through one proxy.
+//! loadgen drives QUIC and TLS desktops: through a real proxy (`[quic]`, rcgen certificate),
+//! several UDP sockets per loadgen thread spread over the proxy's `SO_REUSEPORT` workers, every
+//! request answered; a wrong CA fails every handshake with a certificate error; `loadgen
+//! transports` runs the same load over TCP, TLS and QUIC.
 
 mod proxy_support;
 
@@ -131,39 +131,53 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
     eprintln!("loadgen over quic: {ok} ok, per worker {per_worker:?}");
 }
 
-#[test]
-fn a_certificate_loadgen_does_not_trust_fails_every_handshake_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = self_signed(dir.path(), "proxy").unwrap();
-    let other = self_signed(dir.path(), "other").unwrap();
-    let st = stack_in(dir, 1, 1, "", &cert.toml("quic"));
+/// A short `loadgen run` over `transport` to a proxy whose certificate `ca` does not sign:
+/// every desktop fails its handshake; returns the exit code and the summary.
+fn run_untrusted(transport: &str, site: &str, ca: &str) -> (Option<i32>, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("out.json");
-    let (site, ca) = (st.proxy.addr.to_string(), other.cert.display().to_string());
     let tenant = format!("{T1}:{TOKEN1}");
-    let mut args = run_args(&site, &ca, "5", json.to_str().unwrap(), &tenant);
+    let mut args = run_args(site, ca, "5", json.to_str().unwrap(), &tenant);
+    let t = args.iter().position(|a| *a == "--transport").unwrap();
+    args[t + 1] = transport;
     // Short run: every attempt fails the same way.
     let d = args.iter().position(|a| *a == "--duration").unwrap();
     args[d + 1] = "1";
     let mut lg = Proc::spawn("loadgen", &args).unwrap();
     let code = lg.wait_exit(Duration::from_secs(40)).unwrap();
-    let v = read_json(&json);
-    assert_eq!(
-        code,
-        Some(3),
-        "a run with no desktop connected must fail: {v:#}"
-    );
-    assert_eq!(v["clients"]["connected"], 0, "{v:#}");
-    assert_eq!(v["clients"]["failed"], 5, "{v:#}");
-    let samples = v["samples"].to_string();
-    assert!(
-        samples.contains("quic") && samples.to_lowercase().contains("certificate"),
-        "the failure should say the certificate is not trusted: {samples}"
-    );
-    // The proxy is unaffected: a TCP desktop still works.
+    (code, read_json(&json))
+}
+
+#[test]
+fn a_certificate_loadgen_does_not_trust_fails_every_handshake_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "proxy").unwrap();
+    let other = self_signed(dir.path(), "other").unwrap();
+    let other_ca = other.cert.display().to_string();
+    let quic = stack_in(dir, 1, 1, "", &cert.toml("quic"));
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "proxy").unwrap();
+    let tls = stack_in(dir, 1, 1, "", &cert.toml("tls"));
+    for (transport, st) in [("quic", &quic), ("tls", &tls)] {
+        let (code, v) = run_untrusted(transport, &st.proxy.addr.to_string(), &other_ca);
+        assert_eq!(
+            code,
+            Some(3),
+            "{transport}: a run with no desktop connected must fail: {v:#}"
+        );
+        assert_eq!(v["clients"]["connected"], 0, "{transport}: {v:#}");
+        assert_eq!(v["clients"]["failed"], 5, "{transport}: {v:#}");
+        let samples = v["samples"].to_string();
+        assert!(
+            samples.contains(&format!("{transport}: "))
+                && samples.to_lowercase().contains("certificate"),
+            "{transport}: the failure should say the certificate is not trusted: {samples}"
+        );
+    }
+    // The QUIC proxy is unaffected: a TCP desktop still works.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = deskmux_tests::TestClient::connect(st.proxy.addr)
+        let mut c = deskmux_tests::TestClient::connect(quic.proxy.addr)
             .await
             .unwrap();
         c.hello_ok(T1, "tcp-after-bad-quic", TOKEN1).await.unwrap();
@@ -171,7 +185,7 @@ fn a_certificate_loadgen_does_not_trust_fails_every_handshake_clearly() {
 }
 
 #[test]
-fn transports_runs_the_same_load_over_tcp_and_quic_through_one_proxy() {
+fn transports_runs_the_same_load_over_tcp_tls_and_quic() {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("cmp.json");
     let mut lg = Proc::spawn(
@@ -203,7 +217,7 @@ fn transports_runs_the_same_load_over_tcp_and_quic_through_one_proxy() {
     let code = lg.wait_exit(Duration::from_secs(90)).unwrap();
     let v = read_json(&json);
     assert_eq!(code, Some(0), "{v:#}");
-    for t in ["tcp", "quic"] {
+    for t in ["tcp", "tls", "quic"] {
         let r = &v[t];
         assert_eq!(r["transport"], t, "{v:#}");
         assert_eq!(r["clients"]["connected"], 50, "{t}: {r:#}");
@@ -215,6 +229,8 @@ fn transports_runs_the_same_load_over_tcp_and_quic_through_one_proxy() {
             "{t}: {r:#}"
         );
     }
-    let ratio = v["ratios_quic_over_tcp"]["throughput"].as_f64().unwrap();
-    assert!(ratio > 0.0, "{v:#}");
+    for r in ["ratios_quic_over_tcp", "ratios_tls_over_tcp"] {
+        let ratio = v[r]["throughput"].as_f64().unwrap();
+        assert!(ratio > 0.0, "{r}: {v:#}");
+    }
 }
