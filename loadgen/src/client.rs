@@ -1,5 +1,5 @@
 //! The desktop client library: connect to one of several sites with retry, backoff and jitter,
-//! over TCP or QUIC ([`Conn`]), send the hello, log in; then read frames from a small reusable
+//! over TCP, TLS or QUIC ([`Conn`]), send the hello, log in; then read frames from a small reusable
 //! buffer without allocating.
 //!
 //! It is deliberately small and reusable: loadgen's scenarios use it for tens of thousands of
@@ -141,8 +141,8 @@ pub async fn connect_tcp(
     Ok(stream)
 }
 
-/// A desktop's connection: a TCP socket, or a QUIC connection's one bidirectional stream.
-/// Both carry the same framed byte stream.
+/// A desktop's connection: a TCP socket, a TLS session over one, or a QUIC connection's one
+/// bidirectional stream. All carry the same framed byte stream.
 #[derive(Debug)]
 pub enum Conn {
     /// Plain TCP.

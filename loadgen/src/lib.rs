@@ -1,8 +1,8 @@
 //! deskmux loadgen: simulated desktops speaking PROTOCOL.md, with honest measurement.
 //!
 //! - [`client`]: the reusable desktop client (site list, retry with backoff and jitter, hello,
-//!   login, allocation-free frame reader), over TCP or QUIC ([`quic`]: quinn endpoints, several
-//!   UDP sockets per thread);
+//!   login, allocation-free frame reader), over TCP, TLS ([`tls`]: tokio-rustls) or QUIC
+//!   ([`quic`]: quinn endpoints, several UDP sockets per thread);
 //! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`);
 //! - [`recorder`]: coordinated-omission-corrected HdrHistograms per worker, merged;
 //! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
