@@ -427,7 +427,7 @@ impl Stack {
             Some(w) => {
                 let pcfg = dir.join("proxy.toml");
                 if o.quic || o.tls {
-                    ca = Some(crate::quic::self_signed(&dir, &["localhost"])?);
+                    ca = Some(crate::tls::self_signed(&dir, &["localhost"])?);
                 }
                 let files = ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
                 let cfg = proxy_config(

@@ -1,5 +1,5 @@
 //! QUIC desktops (quinn): the client endpoints of one event-loop thread, the client TLS
-//! configuration, connecting one desktop, and a self-signed certificate for `demo`.
+//! configuration, and connecting one desktop.
 //!
 //! A QUIC desktop is one QUIC connection (TLS 1.3, ALPN `deskmux/1`) whose single
 //! bidirectional stream carries the framed protocol exactly as a TCP socket does — requests,
@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,14 +125,6 @@ impl EndpointSet {
         &self.eps[(gid % self.eps.len() as u64) as usize]
     }
 
-    /// Local addresses of the sockets.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.eps
-            .iter()
-            .filter_map(|e| e.local_addr().ok())
-            .collect()
-    }
-
     /// Close every connection (application code 0, "done") and wait up to `grace` for the
     /// closes to be sent, so the proxy ends the desktops at once rather than at its idle
     /// timeout.
@@ -186,25 +178,6 @@ pub struct QuicConn {
     pub recv: quinn::RecvStream,
 }
 
-/// A self-signed certificate for `names`, written as `dir/proxy.crt` and `dir/proxy.key`
-/// (PEM); returns their paths. Used by `demo` to give the proxy a QUIC certificate and
-/// loadgen the same file as `--ca`.
-///
-/// # Errors
-/// Generation or write failure.
-pub fn self_signed(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf), String> {
-    let ck = rcgen::generate_simple_self_signed(
-        names.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),
-    )
-    .map_err(|e| format!("certificate: {e}"))?;
-    let cert = dir.join("proxy.crt");
-    let key = dir.join("proxy.key");
-    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
-    std::fs::write(&key, ck.signing_key.serialize_pem())
-        .map_err(|e| format!("{}: {e}", key.display()))?;
-    Ok((cert, key))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +197,7 @@ mod tests {
     #[test]
     fn client_config_reads_a_certificate_and_refuses_an_empty_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, _key) = self_signed(dir.path(), &["localhost"]).unwrap();
+        let (cert, _key) = crate::tls::self_signed(dir.path(), &["localhost"]).unwrap();
         assert!(client_config(&cert).is_ok());
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();

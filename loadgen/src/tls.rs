@@ -1,12 +1,12 @@
-//! TLS desktops (tokio-rustls over TCP) and the trust store shared with QUIC: the
-//! certificates of the PEM file given with `--ca`.
+//! TLS desktops (tokio-rustls over TCP), the trust store shared with QUIC (the certificates
+//! of the PEM file given with `--ca`), and the self-signed certificate `demo` makes.
 //!
 //! A TLS desktop is a TCP desktop whose byte stream is wrapped in TLS (1.2 or 1.3, ALPN
 //! `deskmux/1`); it costs one file descriptor like plain TCP, so TLS runs shard over processes
 //! by the open-file limit as TCP runs do.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,25 @@ impl TlsClient {
     }
 }
 
+/// A self-signed certificate for `names`, written as `dir/proxy.crt` and `dir/proxy.key`
+/// (PEM); returns their paths. Used by `demo` to give the proxy a TLS/QUIC certificate
+/// and loadgen the same file as `--ca`.
+///
+/// # Errors
+/// Generation or write failure.
+pub fn self_signed(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf), String> {
+    let ck = rcgen::generate_simple_self_signed(
+        names.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),
+    )
+    .map_err(|e| format!("certificate: {e}"))?;
+    let cert = dir.join("proxy.crt");
+    let key = dir.join("proxy.key");
+    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok((cert, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,7 +118,7 @@ mod tests {
     #[test]
     fn trusts_a_certificate_file_and_refuses_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, _key) = crate::quic::self_signed(dir.path(), &["localhost"]).unwrap();
+        let (cert, _key) = self_signed(dir.path(), &["localhost"]).unwrap();
         assert!(TlsClient::new(&cert, "localhost").is_ok());
         let e = TlsClient::new(&cert, "not a name!").unwrap_err();
         assert!(e.contains("--server-name"), "{e}");
