@@ -134,6 +134,15 @@ pub async fn connect(
     Ok((d, attempts))
 }
 
+/// How long a desktop may stay silent before it sends a `HEARTBEAT`: the server's
+/// `heartbeat_ms` (PROTOCOL.md §6: "either side sends one when it has been idle for
+/// `heartbeat_ms`"; the peer closes after three silent intervals). Heartbeating more often only
+/// adds load: every idle desktop's heartbeat is a round trip, a datagram each way plus an ACK
+/// over QUIC.
+pub fn heartbeat_ns(hello: &deskmux_codec::msg::ServerHello) -> u64 {
+    u64::from(hello.heartbeat_ms.max(100)) * 1_000_000
+}
+
 /// Whether a `try_read` error means "nothing more now" rather than a dead connection.
 pub fn would_block(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock

@@ -176,7 +176,7 @@ async fn session(
     let window = cfg.window.max(1).min(d.hello.max_in_flight.max(1)) as usize;
     let cap = OPEN_LOOP_CAP.min(d.hello.max_in_flight.max(1)) as usize;
     let mut wbuf: Vec<u8> = Vec::with_capacity(frame.len() * window.max(4) + 64);
-    let hb_ns = (u64::from(d.hello.heartbeat_ms.max(100)) * 1_000_000) / 2;
+    let hb_ns = scenario::heartbeat_ns(&d.hello);
     let mut hb_corr = CLIENT_CORR_BASE + 16;
     let mut last_write = ctx.clock.now_ns();
     let stop_at = storm_at

@@ -78,7 +78,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Wrap a connected desktop.
     pub fn new(ctx: &'a Ctx, gid: u64, d: Desktop) -> Session<'a> {
-        let hb_ns = (u64::from(d.hello.heartbeat_ms.max(100)) * 1_000_000) / 2;
+        let hb_ns = crate::scenario::heartbeat_ns(&d.hello);
         Session {
             ctx,
             gid,
