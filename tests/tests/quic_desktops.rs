@@ -42,23 +42,6 @@ async fn quic_desktop(st: &Stack, cert: &TestCert, tenant: u32) -> QuicDesktop {
     QuicDesktop { _ep: ep, conn, c }
 }
 
-async fn echo_ok(c: &mut FrameClient, svc: Service, data: &[u8]) {
-    let t = if svc == Service::Ucs {
-        deskmux_codec::msg::ucs::ECHO
-    } else {
-        ixn::ECHO
-    };
-    let r = c
-        .request(svc, t, |w| {
-            w.bin(key::DATA, data)?;
-            Ok(())
-        })
-        .await
-        .expect("echo");
-    assert!(r.error().is_none(), "{:?}", r.error());
-    assert_eq!(r.body().bin(key::DATA).unwrap(), data);
-}
-
 async fn subscribe(c: &mut FrameClient, topic: &str) {
     let r = c
         .request(Service::Interaction, ixn::SUBSCRIBE, |w| {

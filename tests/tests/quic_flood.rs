@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deskmux_codec::Service;
-use deskmux_codec::msg::{ixn, key};
 use deskmux_tests::secure_client::{
     ALPN, FrameClient, TestCert, client_config, quic_connect, quic_endpoint, self_signed,
 };
@@ -368,16 +367,8 @@ async fn tcp_workers(st: &Stack) -> [Worker; 2] {
 
 async fn echo_once(c: &mut FrameClient, data: &[u8]) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
-    let r = c
-        .request(Service::Interaction, ixn::ECHO, |w| {
-            w.bin(key::DATA, data)?;
-            Ok(())
-        })
-        .await?;
-    let took = t0.elapsed();
-    anyhow::ensure!(r.error().is_none(), "echo failed: {:?}", r.error());
-    anyhow::ensure!(r.body().bin(key::DATA)? == data, "wrong echo payload");
-    Ok(took)
+    try_echo(c, Service::Interaction, data).await?;
+    Ok(t0.elapsed())
 }
 
 /// Echo (unique payloads, one at a time, 5 ms apart) until `stop`; every (start, latency).

@@ -35,23 +35,6 @@ async fn tls_desktop(st: &Stack, cert: &TestCert, tenant: u32) -> FrameClient {
     c
 }
 
-async fn echo_ok(c: &mut FrameClient, svc: Service, data: &[u8]) {
-    let t = if svc == Service::Ucs {
-        deskmux_codec::msg::ucs::ECHO
-    } else {
-        ixn::ECHO
-    };
-    let r = c
-        .request(svc, t, |w| {
-            w.bin(key::DATA, data)?;
-            Ok(())
-        })
-        .await
-        .expect("echo");
-    assert!(r.error().is_none(), "{:?}", r.error());
-    assert_eq!(r.body().bin(key::DATA).unwrap(), data);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_desktop_hello_echo_and_events() {
     let (st, cert) = tls_stack();

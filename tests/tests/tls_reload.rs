@@ -8,9 +8,8 @@ mod proxy_support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use deskmux_codec::Service;
-use deskmux_codec::msg::{ixn, key};
 use deskmux_tests::secure_client::{
     ALPN, FrameClient, TestCert, client_config, quic_connect, quic_endpoint, self_signed,
     tls_connect,
@@ -28,26 +27,13 @@ struct QuicDesktop {
     c: FrameClient,
 }
 
-/// One echo that must come back intact.
-async fn echo_once(c: &mut FrameClient, data: &[u8]) -> Result<()> {
-    let r = c
-        .request(Service::Interaction, ixn::ECHO, |w| {
-            w.bin(key::DATA, data)?;
-            Ok(())
-        })
-        .await?;
-    ensure!(r.error().is_none(), "echo error: {:?}", r.error());
-    ensure!(r.body().bin(key::DATA)? == data, "echo payload differs");
-    Ok(())
-}
-
 /// A new TLS desktop trusting only `root`: handshake, hello, echo.
 async fn tls_desktop(addr: SocketAddr, root: &CertificateDer<'static>) -> Result<FrameClient> {
     let cfg = client_config(std::slice::from_ref(root), &[ALPN])?;
     let s = tls_connect(addr, cfg).await?;
     let mut c = FrameClient::new(s);
     c.hello_ok(T1, "tls-reload", TOKEN1).await?;
-    echo_once(&mut c, b"tls hello").await?;
+    try_echo(&mut c, Service::Interaction, b"tls hello").await?;
     Ok(c)
 }
 
@@ -56,7 +42,7 @@ async fn quic_desktop(addr: SocketAddr, root: &CertificateDer<'static>) -> Resul
     let ep = quic_endpoint(std::slice::from_ref(root), &[ALPN])?;
     let (conn, mut c) = quic_connect(&ep, addr).await?;
     c.hello_ok(T1, "quic-reload", TOKEN1).await?;
-    echo_once(&mut c, b"quic hello").await?;
+    try_echo(&mut c, Service::Interaction, b"quic hello").await?;
     Ok(QuicDesktop {
         _ep: ep,
         _conn: conn,
@@ -166,23 +152,33 @@ async fn sighup_rotates_tls_and_quic_certificates_for_new_connections() {
         let mut t = tls_desktop(addr, &b.der)
             .await
             .unwrap_or_else(|e| panic!("tls with B, try {i}: {e:#}"));
-        echo_once(&mut t, b"b").await.unwrap();
+        try_echo(&mut t, Service::Interaction, b"b").await.unwrap();
         let mut q = quic_desktop(addr, &b.der)
             .await
             .unwrap_or_else(|e| panic!("quic with B, try {i}: {e:#}"));
-        echo_once(&mut q.c, b"b").await.unwrap();
+        try_echo(&mut q.c, Service::Interaction, b"b")
+            .await
+            .unwrap();
         refused_by_certificate(addr, &a.der).await;
     }
 
     // The desktops connected before the reload kept their sessions.
-    echo_once(&mut old_tls, b"old tls still here")
+    try_echo(&mut old_tls, Service::Interaction, b"old tls still here")
         .await
         .unwrap();
-    echo_once(&mut old_quic.c, b"old quic still here")
+    try_echo(
+        &mut old_quic.c,
+        Service::Interaction,
+        b"old quic still here",
+    )
+    .await
+    .unwrap();
+    try_echo(&mut new_tls, Service::Interaction, b"new tls")
         .await
         .unwrap();
-    echo_once(&mut new_tls, b"new tls").await.unwrap();
-    echo_once(&mut new_quic.c, b"new quic").await.unwrap();
+    try_echo(&mut new_quic.c, Service::Interaction, b"new quic")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +211,12 @@ async fn bad_certificate_files_keep_the_old_certificate_and_are_counted() {
     let mut q = quic_desktop(addr, &a.der)
         .await
         .expect("quic with A after garbage");
-    echo_once(&mut old_tls, b"old tls").await.unwrap();
-    echo_once(&mut old_quic.c, b"old quic").await.unwrap();
+    try_echo(&mut old_tls, Service::Interaction, b"old tls")
+        .await
+        .unwrap();
+    try_echo(&mut old_quic.c, Service::Interaction, b"old quic")
+        .await
+        .unwrap();
 
     // 2. A readable but mismatched pair: B's certificate with A's key.
     let b = self_signed(st.dir.path(), "b").expect("cert B");
@@ -244,7 +244,9 @@ async fn bad_certificate_files_keep_the_old_certificate_and_are_counted() {
     assert_eq!(counter(admin, "deskmux_proxy_cert_reload_failures"), 4);
     // Every desktop connected along the way is still served.
     for c in [&mut old_tls, &mut old_quic.c, &mut t, &mut q.c] {
-        echo_once(c, b"still here").await.unwrap();
+        try_echo(c, Service::Interaction, b"still here")
+            .await
+            .unwrap();
     }
 }
 
@@ -277,7 +279,9 @@ async fn adding_or_removing_a_section_needs_a_restart() {
         .await
         .context("tls with A after the refused removal")
         .unwrap();
-    echo_once(&mut old, b"old").await.unwrap();
+    try_echo(&mut old, Service::Interaction, b"old")
+        .await
+        .unwrap();
     // Nothing answers QUIC (the addition was not applied): the handshake times out.
     let ep = quic_endpoint(std::slice::from_ref(&a.der), &[ALPN]).unwrap();
     let e = match tokio::time::timeout(Duration::from_secs(2), quic_connect(&ep, addr)).await {

@@ -234,6 +234,30 @@ pub async fn echo(c: &mut TestClient, service: Service, data: &[u8]) -> Frame {
     .expect("echo")
 }
 
+/// One echo of `data` through `service` that must come back intact; `Err` says what differed
+/// (for tests that count failures rather than stop at the first).
+pub async fn try_echo(c: &mut TestClient, service: Service, data: &[u8]) -> anyhow::Result<()> {
+    let t = if service == Service::Ucs {
+        ucs::ECHO
+    } else {
+        ixn::ECHO
+    };
+    let r = c
+        .request(service, t, |w| {
+            w.bin(key::DATA, data)?;
+            Ok(())
+        })
+        .await?;
+    anyhow::ensure!(r.error().is_none(), "echo error: {:?}", r.error());
+    anyhow::ensure!(r.body().bin(key::DATA)? == data, "echo payload differs");
+    Ok(())
+}
+
+/// [`try_echo`] that panics on any failure.
+pub async fn echo_ok(c: &mut TestClient, service: Service, data: &[u8]) {
+    try_echo(c, service, data).await.expect("echo");
+}
+
 pub fn code(f: &Frame) -> Option<ErrorCode> {
     f.error().map(|(c, _)| c)
 }
