@@ -12,7 +12,7 @@
 #             over the workers' sockets (per-worker CPU from /proc over the measured window).
 #
 #   benches/quic_transports.sh                 # defaults below
-#   N=20000 RATE=5000 HB=30000 benches/quic_transports.sh
+#   N=20000 RATE=5000 HB=30000 benches/quic_transports.sh   # the settings of runs 1 and 2
 #
 # Needs: target/release/{core-server,proxy,loadgen} (cargo build --release --workspace --bins),
 # jq.
@@ -23,7 +23,7 @@ BIN=${DESKMUX_BIN_DIR:-$ROOT/target/release}
 N=${N:-20000}            # desktops, scale run
 RATE=${RATE:-5000}       # open loop rate of the scale run, req/s over all desktops
 RAMP=${RAMP:-60}         # s, scale run ramp (N QUIC handshakes spread over it)
-HB=${HB:-30000}          # proxy desktop heartbeat_ms (idle desktops heartbeat at HB/2)
+HB=${HB:-5000}           # proxy desktop heartbeat_ms (idle desktops heartbeat after HB of silence)
 PEAK_N=${PEAK_N:-2000}   # desktops, peak and spread runs
 DURATION=${DURATION:-20} # s measured
 ONLY=${ONLY:-all}         # all | scale | peak | spread
