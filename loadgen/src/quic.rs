@@ -19,9 +19,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::ClientError;
 
-/// The deskmux ALPN protocol id (the proxy refuses any other).
-pub use deskmux_codec::ALPN;
-
 /// Kernel buffer asked for each client UDP socket: thousands of desktops share one, and a
 /// burst of answers must not overflow it (the kernel caps it at `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -36,14 +33,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// # Errors
 /// Unreadable PEM file, no certificate in it, or a certificate the root store refuses.
 pub fn client_config(ca: &Path) -> Result<ClientConfig, String> {
-    let roots = crate::tls::roots(ca)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("quic tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = crate::tls::client_config(ca, &[&rustls::version::TLS13])?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| format!("quic tls: {e}"))?;
     let mut cc = ClientConfig::new(Arc::new(crypto));

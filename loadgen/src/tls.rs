@@ -36,6 +36,25 @@ pub fn roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
+/// A rustls client configuration trusting the certificates in `ca`, offering ALPN
+/// `deskmux/1`, speaking `versions` (TLS over TCP: 1.2 and 1.3; QUIC: 1.3 only).
+///
+/// # Errors
+/// Bad `--ca` file, or versions the crypto provider cannot do.
+pub fn client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![deskmux_codec::ALPN.to_vec()];
+    Ok(cfg)
+}
+
 /// What a thread needs to open TLS desktops.
 #[derive(Clone)]
 pub struct TlsClient {
@@ -59,13 +78,7 @@ impl TlsClient {
     /// # Errors
     /// Bad `--ca` file or server name.
     pub fn new(ca: &Path, server_name: &str) -> Result<TlsClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
-            .with_root_certificates(roots(ca)?)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![deskmux_codec::ALPN.to_vec()];
+        let cfg = client_config(ca, rustls::DEFAULT_VERSIONS)?;
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("--server-name {server_name}: {e}"))?;
         Ok(TlsClient {
