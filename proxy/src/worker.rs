@@ -2200,17 +2200,12 @@ impl<T: Transport> Worker<T> {
     fn reload_certificates(&mut self, new: &mut Config) {
         let mut failed: Vec<CertReloadError> = Vec::new();
         let mut applied = 0u64;
-        match (self.cfg.tls.is_some(), new.tls.is_some()) {
-            (false, true) => {
-                failed.push(CertReloadError::Added("tls"));
-                new.tls = None;
-            }
-            (true, false) => {
-                failed.push(CertReloadError::Removed("tls"));
-                new.tls = self.cfg.tls.clone();
-            }
-            _ => {}
-        }
+        failed.extend(keep_running_section(
+            "tls",
+            self.cfg.tls.is_some(),
+            &self.cfg.tls,
+            &mut new.tls,
+        ));
         if let Some(t) = &new.tls {
             match crate::tls::server_config(&t.cert, &t.key) {
                 // Without a listener (draining) nothing new is accepted: nothing to swap.
@@ -2230,17 +2225,12 @@ impl<T: Transport> Worker<T> {
                 }),
             }
         }
-        match (self.quic.is_some(), new.quic.is_some()) {
-            (false, true) => {
-                failed.push(CertReloadError::Added("quic"));
-                new.quic = None;
-            }
-            (true, false) => {
-                failed.push(CertReloadError::Removed("quic"));
-                new.quic = self.cfg.quic.clone();
-            }
-            _ => {}
-        }
+        failed.extend(keep_running_section(
+            "quic",
+            self.quic.is_some(),
+            &self.cfg.quic,
+            &mut new.quic,
+        ));
         if let Some(q) = self.quic.as_mut() {
             // `None` only if [quic] took its files from a [tls] section that was added and
             // not applied above: keep the running section, whose files are its own.
@@ -2373,6 +2363,29 @@ fn tenant_map(c: &Config) -> std::collections::HashMap<u32, String> {
 
 /// Error type re-export for `main`.
 pub use crate::error::WorkerError as Error;
+
+/// A `[tls]`/`[quic]` section added or removed by a reload cannot be applied (listeners are
+/// set up when a worker starts): put the running section (`running`, served if `serving`)
+/// back into the new configuration `new` and say why; `None` when the section is still
+/// present, or still absent, as before.
+fn keep_running_section<T: Clone>(
+    section: &'static str,
+    serving: bool,
+    running: &Option<T>,
+    new: &mut Option<T>,
+) -> Option<CertReloadError> {
+    match (serving, new.is_some()) {
+        (false, true) => {
+            *new = None;
+            Some(CertReloadError::Added(section))
+        }
+        (true, false) => {
+            new.clone_from(running);
+            Some(CertReloadError::Removed(section))
+        }
+        _ => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {
