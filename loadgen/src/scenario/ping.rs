@@ -265,26 +265,22 @@ async fn session(
             wake = wake.min(s);
         }
         wake = wake.min(drain_end).max(now);
-        // Bytes read while waiting (the wait itself reads: it is cancel-safe).
-        let mut got = false;
+        // The read the wait made, if it was woken by data (the wait itself reads: it is
+        // cancel-safe), judged below like any other read.
+        let mut waited = None;
         if wake > now {
             sleep.as_mut().reset(ctx.clock.tokio_instant(wake));
             tokio::select! {
                 biased;
-                r = d.reader.read_conn(&mut d.conn) => match r {
-                    Ok(0) | Err(_) => return End::Dropped,
-                    Ok(_) => got = true,
-                },
+                r = d.reader.read_conn(&mut d.conn) => waited = Some(r),
                 _ = &mut sleep => {}
             }
         }
         // Read everything available and judge each frame.
         loop {
-            let r = if std::mem::take(&mut got) {
-                Ok(1)
-            } else {
-                d.reader.try_read_conn(&mut d.conn)
-            };
+            let r = waited
+                .take()
+                .unwrap_or_else(|| d.reader.try_read_conn(&mut d.conn));
             match r {
                 Ok(0) => return End::Dropped,
                 Ok(_) => {
