@@ -4,10 +4,15 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+/// How long [`Proc::wait_line`] waits, once the process exited, for the rest of its stdout
+/// (normally there at once; longer only if a process it started still holds the pipe).
+const EXIT_READ: Duration = Duration::from_secs(5);
 
 /// Path of a workspace binary (`core-server`, `proxy`, `loadgen`) next to the test executable.
 ///
@@ -34,6 +39,8 @@ pub struct Proc {
     child: Option<Child>,
     /// Every line the child printed on stdout so far, collected by a reader thread.
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set by the reader thread once the child's stdout is closed (every line is in `lines`).
+    stdout_closed: Arc<AtomicBool>,
     /// The binary's name, for error messages.
     name: String,
 }
@@ -72,7 +79,8 @@ impl Proc {
             .with_context(|| format!("starting {}", path.display()))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let stdout_closed = Arc::new(AtomicBool::new(false));
+        let (sink, closed) = (lines.clone(), stdout_closed.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -80,10 +88,12 @@ impl Proc {
                     v.push(line);
                 }
             }
+            closed.store(true, Ordering::Release);
         });
         Ok(Proc {
             child: Some(child),
             lines,
+            stdout_closed,
             name: bin.to_string(),
         })
     }
@@ -102,8 +112,12 @@ impl Proc {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                // One last look: the line may have arrived just before the exit.
-                std::thread::sleep(Duration::from_millis(50));
+                // The line may have been printed just before the exit: wait until the reader
+                // has seen the end of stdout (bounded: a process it started may still hold it).
+                let end = Instant::now() + EXIT_READ;
+                while !self.stdout_closed.load(Ordering::Acquire) && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if let Some(rest) = self.find_line(prefix) {
                     return Ok(rest);
                 }

@@ -109,6 +109,9 @@ impl ErrorCode {
     pub const TOO_MANY_IN_FLIGHT: ErrorCode = ErrorCode(0x0105);
     /// The upstream link was lost before the request was written; nothing was done.
     pub const LINK_LOST_UNSENT: ErrorCode = ErrorCode(0x0106);
+    /// The session holds as many subscriptions as it may (a proxy's per-desktop cap); nothing
+    /// was done.
+    pub const TOO_MANY_SUBSCRIPTIONS: ErrorCode = ErrorCode(0x0107);
 
     // 0x02xx: outcome unknown.
     /// The upstream link was lost after the request was written.
@@ -139,8 +142,11 @@ impl ErrorCode {
     pub const NO_ROUTE: ErrorCode = ErrorCode(0x0309);
     /// The desktop read too slowly; its outbound queue overflowed and it is disconnected.
     pub const SLOW_CONSUMER: ErrorCode = ErrorCode(0x030A);
-    /// A handshake or idle deadline passed.
+    /// A handshake, idle or frame deadline passed.
     pub const DEADLINE: ErrorCode = ErrorCode(0x030B);
+    /// The server answered, but the answer is larger than the maximum frame the receiver of
+    /// the answer accepts; it was discarded by its length. The request was processed.
+    pub const RESPONSE_TOO_LARGE: ErrorCode = ErrorCode(0x030C);
 
     /// The retry class, from the high byte. Unknown classes count as [`RetryClass::Rejected`].
     pub fn retry_class(self) -> RetryClass {
@@ -160,6 +166,7 @@ impl ErrorCode {
             ErrorCode::SERVICE_UNAVAILABLE => "service_unavailable",
             ErrorCode::TOO_MANY_IN_FLIGHT => "too_many_in_flight",
             ErrorCode::LINK_LOST_UNSENT => "link_lost_unsent",
+            ErrorCode::TOO_MANY_SUBSCRIPTIONS => "too_many_subscriptions",
             ErrorCode::LINK_LOST => "link_lost",
             ErrorCode::TIMEOUT => "timeout",
             ErrorCode::INTERNAL => "internal",
@@ -174,6 +181,7 @@ impl ErrorCode {
             ErrorCode::NO_ROUTE => "no_route",
             ErrorCode::SLOW_CONSUMER => "slow_consumer",
             ErrorCode::DEADLINE => "deadline",
+            ErrorCode::RESPONSE_TOO_LARGE => "response_too_large",
             _ => "unknown",
         }
     }

@@ -243,6 +243,9 @@ pub struct LinkHello<'a> {
     pub link: &'a str,
     /// The configured link secret.
     pub secret: &'a [u8],
+    /// The largest frame (head + body) the proxy accepts on this link (optional key
+    /// `max_frame`). A server should not send larger frames; a proxy skips them by length.
+    pub max_frame: Option<u32>,
 }
 
 impl<'a> LinkHello<'a> {
@@ -255,6 +258,10 @@ impl<'a> LinkHello<'a> {
             version: u32_of(b.int(key::VERSION)?, key::VERSION)?,
             link: b.str(key::LINK)?,
             secret: b.bin(key::SECRET)?,
+            max_frame: b
+                .opt_int(key::MAX_FRAME)?
+                .map(|v| u32_of(v, key::MAX_FRAME))
+                .transpose()?,
         })
     }
 
@@ -266,6 +273,9 @@ impl<'a> LinkHello<'a> {
         w.int(key::VERSION, i64::from(self.version));
         w.str(key::LINK, self.link)?;
         w.bin(key::SECRET, self.secret)?;
+        if let Some(m) = self.max_frame {
+            w.int(key::MAX_FRAME, i64::from(m));
+        }
         Ok(())
     }
 }

@@ -180,6 +180,28 @@ fn decode_chunked(
     Ok(out)
 }
 
+/// Frame all of `stream` with [`FrameDecoder::next_frame`], fed in chunks; checks that the
+/// buffer never holds more than what was fed (nothing reserved for announced bodies).
+fn next_frame_chunked(stream: &[u8], sizes: &mut dyn Iterator<Item = usize>) -> Vec<Frame> {
+    let mut dec = FrameDecoder::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let n = sizes
+            .next()
+            .unwrap_or(usize::MAX)
+            .clamp(1, stream.len() - at);
+        buf.extend_from_slice(&stream[at..at + n]);
+        at += n;
+        while let Some(f) = dec.next_frame(&mut buf).expect("valid") {
+            out.push(f);
+        }
+    }
+    assert!(buf.is_empty() && !dec.in_frame());
+    out
+}
+
 /// Touch every part of a body that a receiver might: the full walk, lookups, the typed views.
 fn walk_body(body: BodyRef<'_>) {
     let _ = body.validate();
@@ -314,6 +336,9 @@ proptest! {
         prop_assert_eq!(whole.len(), frames.len());
         prop_assert_eq!(&whole, &bytewise);
         prop_assert_eq!(&whole, &chunked);
+        // The non-reserving API frames the stream exactly as `decode` does.
+        let peeked = next_frame_chunked(&stream, &mut sizes.iter().copied().cycle());
+        prop_assert_eq!(&whole, &peeked);
         for (f, (h, items)) in whole.iter().zip(&frames) {
             let mut want = *h;
             want.body_len = f.head().body_len;

@@ -646,6 +646,7 @@ fn all_vectors() -> Vec<(Vector, &'static str)> {
             version: 1,
             link: "proxy-w0-ixn-1",
             secret: &[0x00, 0x01, 0xFE, 0xFF],
+            max_frame: None,
         }
         .write(w)
         .expect("write");

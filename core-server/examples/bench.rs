@@ -321,6 +321,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     version: 1,
                     link: &format!("bench-{l}"),
                     secret: a.secret.as_bytes(),
+                    max_frame: None,
                 };
                 c.call(head(Service::Control, control::LINK_HELLO, 0, 0), |w| {
                     lh.write(w)

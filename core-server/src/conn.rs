@@ -332,6 +332,27 @@ impl Conn {
             }
             return;
         }
+        // PROTOCOL.md §9: "On a link, a subscription belongs to the link"; a proxy drops one
+        // that no desktop behind it holds any more with an UNSUBSCRIBE naming no session.
+        if let Mode::Link(link, _) = &self.mode
+            && h.session == 0
+            && h.service == Service::Interaction
+            && h.msg_type == ixn::UNSUBSCRIBE
+            && self.shared.cfg.role.ixn()
+        {
+            let Ok(topic) = f.body().str(deskmux_codec::msg::key::TOPIC) else {
+                return self.err(&h, ErrorCode::MALFORMED, "missing topic (str)");
+            };
+            if let Some(e) = self.shared.engine.get() {
+                let _ = e.send(Input::LinkUnsubscribe {
+                    link: *link,
+                    tenant: h.tenant,
+                    topic: topic.to_string(),
+                });
+            }
+            self.out.frame(wire::ok(&h));
+            return;
+        }
         // Resolve the session named by the head.
         let sess = match &self.mode {
             Mode::Fresh => return self.err(&h, ErrorCode::INVALID_STATE, "hello first"),

@@ -52,6 +52,16 @@ pub enum Input {
     Close(SessKey),
     /// A link closed: its sessions have been closed; drop its subscriptions.
     LinkClosed(LinkId),
+    /// A proxy dropped its link's subscription of (tenant, topic): no desktop behind it holds
+    /// it any more (`UNSUBSCRIBE` with session 0 on a link).
+    LinkUnsubscribe {
+        /// The link.
+        link: LinkId,
+        /// The subscription's tenant.
+        tenant: u32,
+        /// Its topic.
+        topic: String,
+    },
     /// A request of service 1 (not ECHO), already checked for session and tenant.
     Request(SessKey, Frame),
     /// A submitted interaction is durable.
@@ -328,6 +338,19 @@ impl Engine {
             }
             Input::Close(key) => self.close_session(now, key),
             Input::LinkClosed(link) => self.drop_owner(&Owner::Link(link)),
+            Input::LinkUnsubscribe {
+                link,
+                tenant,
+                topic,
+            } => {
+                if let Some(id) = self
+                    .sub_by_key
+                    .get(&(Owner::Link(link), tenant, topic))
+                    .copied()
+                {
+                    self.drop_sub(id);
+                }
+            }
             Input::Request(key, frame) => self.request(now, key, &frame),
             Input::Submitted(p) => self.submitted(now, *p),
         }

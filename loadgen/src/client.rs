@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use deskmux_codec::msg::{self, DesktopHello, ServerHello};
 use deskmux_codec::{
-    BodyError, BodyWriter, ErrorCode, Flags, FrameError, HEAD_LEN, Head, Kind, Service, encode_with,
+    BodyError, BodyWriter, ErrorCode, Flags, FrameDecoder, FrameError, HEAD_LEN, Head, Kind, Peek,
+    Service, encode_with,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -172,7 +173,10 @@ impl Conn {
 }
 
 /// Frames from a byte stream, read into one small reusable buffer. Frames are handed out as
-/// `(Head, &body)` borrowed from the buffer: no allocation per frame.
+/// `(Head, &body)` borrowed from the buffer: no allocation per frame. Framing (magic, version,
+/// the size limit, where a frame ends) is the codec's [`FrameDecoder::peek`], the same
+/// reading the proxy and the servers use; its decoder state lives as long as the connection,
+/// so a head is parsed once however many reads its body takes.
 #[derive(Debug)]
 pub struct FrameReader {
     /// Buffer; `start..end` holds unread bytes.
@@ -181,8 +185,8 @@ pub struct FrameReader {
     start: usize,
     /// End of unread bytes.
     end: usize,
-    /// Largest frame accepted.
-    max_frame: usize,
+    /// Largest frame accepted, and the state of the frame being read.
+    dec: FrameDecoder,
 }
 
 impl FrameReader {
@@ -192,7 +196,7 @@ impl FrameReader {
             buf: vec![0; cap.max(HEAD_LEN * 2)],
             start: 0,
             end: 0,
-            max_frame,
+            dec: FrameDecoder::new(max_frame),
         }
     }
 
@@ -201,34 +205,29 @@ impl FrameReader {
     /// # Errors
     /// Framing is lost (bad magic or version, frame over the maximum).
     pub fn next_frame(&mut self) -> Result<Option<(Head, &[u8])>, FrameError> {
-        let avail = &self.buf[self.start..self.end];
-        let Some(head) = Head::parse(avail)? else {
-            return Ok(None);
-        };
-        let total = HEAD_LEN + head.body_len as usize;
-        if total > self.max_frame {
-            return Err(FrameError::FrameTooLarge {
-                len: total as u64,
-                max: self.max_frame,
-            });
-        }
-        if avail.len() < total {
-            // Make room for the whole frame at the front of the buffer.
-            if self.buf.len() - self.start < total {
-                self.compact();
-                if self.buf.len() < total {
-                    self.buf.resize(total, 0);
+        match self.dec.peek(&self.buf[self.start..self.end])? {
+            Peek::Partial { frame_len } => {
+                // Make room for the whole frame at the front of the buffer.
+                if let Some(total) = frame_len
+                    && self.buf.len() - self.start < total
+                {
+                    self.compact();
+                    if self.buf.len() < total {
+                        self.buf.resize(total, 0);
+                    }
                 }
+                Ok(None)
             }
-            return Ok(None);
+            Peek::Frame { head, len } => {
+                let body = self.start + HEAD_LEN..self.start + len;
+                self.start += len;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                Ok(Some((head, &self.buf[body])))
+            }
         }
-        let body = self.start + HEAD_LEN..self.start + total;
-        self.start += total;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        Ok(Some((head, &self.buf[body])))
     }
 
     fn compact(&mut self) {
@@ -282,7 +281,7 @@ impl FrameReader {
             if self.end == self.buf.len() {
                 let n = self.buf.len() * 2;
                 self.buf
-                    .resize(n.min(self.max_frame.max(self.buf.len() + 1)), 0);
+                    .resize(n.min(self.dec.max_frame_len().max(self.buf.len() + 1)), 0);
             }
         }
         &mut self.buf[self.end..]

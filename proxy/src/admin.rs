@@ -4,9 +4,8 @@
 //! supervisor as `WORKER_ADMIN <addr>`); the supervisor serves the configured admin address
 //! and merges: `/metrics` concatenates the workers' samples under one `# HELP`/`# TYPE` per
 //! family (each worker's samples carry `worker="i"`), `/status` lists the workers, `/health`
-//! is 200 while at least one worker is healthy. The admin thread of each process also owns the
-//! process's SIGTERM/SIGHUP handlers (tokio signals), turning them into flags the event loop
-//! polls.
+//! is 200 while at least one worker is healthy. Signals are not handled here: `main` installs
+//! them as flags the event loops poll.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,17 +19,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::metrics::{AdminCommand, Shared};
-use crate::worker::Signals;
+use crate::metrics::Shared;
+use crate::status::AdminCommand;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Start a thread running a current-thread tokio runtime that serves `app` on `addr` and
-/// turns SIGTERM/SIGHUP into `signals`. Returns the bound address.
+/// Start a thread running a current-thread tokio runtime that serves `app` on `addr`.
+/// Returns the bound address.
 ///
 /// # Errors
 /// The runtime or the bind failed.
-pub fn spawn(addr: SocketAddr, app: Router, signals: Arc<Signals>) -> std::io::Result<SocketAddr> {
+pub fn spawn(addr: SocketAddr, app: Router) -> std::io::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("admin".into())
@@ -46,17 +45,6 @@ pub fn spawn(addr: SocketAddr, app: Router, signals: Arc<Signals>) -> std::io::R
                 }
             };
             rt.block_on(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (mut term, mut hup) = match (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::hangup()),
-                ) {
-                    (Ok(t), Ok(h)) => (t, h),
-                    (Err(e), _) | (_, Err(e)) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
                 let listener = match tokio::net::TcpListener::bind(addr).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -65,15 +53,6 @@ pub fn spawn(addr: SocketAddr, app: Router, signals: Arc<Signals>) -> std::io::R
                     }
                 };
                 let _ = tx.send(listener.local_addr());
-                let sigs = signals.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = term.recv() => sigs.term.store(true, Ordering::Relaxed),
-                            _ = hup.recv() => sigs.hup.store(true, Ordering::Relaxed),
-                        }
-                    }
-                });
                 let _ = axum::serve(listener, app).await;
             });
         })?;

@@ -1,51 +1,152 @@
 //! The proxy's typed errors: who caused a failure and whether the desktop may retry.
 //!
-//! Wire errors sent to desktops are [`ErrorCode`]s (the retry class is the code's high byte,
-//! PROTOCOL.md §5); [`ProxyError`] wraps one with the side that caused it, for logs and
-//! metrics, [`WorkerError`] is what stops a worker, and [`CertReloadError`] is why a SIGHUP
-//! left a worker on its previous certificate.
+//! - [`ProxyError`] is an error answered to a desktop: the wire [`ErrorCode`] (its high byte is
+//!   the retry class, PROTOCOL.md §5), the [`Side`] that caused it (for logs and metrics), and
+//!   a message.
+//! - [`Disconnect`] is why a desktop connection ended (the `reason` label of
+//!   `deskmux_proxy_disconnects`).
+//! - [`WorkerError`] is what stops a worker; [`CertReloadError`] is why a SIGHUP left a worker
+//!   on its previous certificate.
 
 use deskmux_codec::{ErrorCode, RetryClass};
 
 /// Which side caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The desktop (bad frame, wrong tenant, too slow, too many requests).
-    Downstream,
-    /// The upstream server or its link (link lost, refused, timeout).
+    /// The desktop (bad frame, wrong tenant, too slow, over a cap).
+    Desktop,
+    /// The upstream server or its link (link lost, refused, timeout, oversized answer).
     Upstream,
-    /// The proxy itself (limits, shutdown).
+    /// The proxy itself (its limits, shutdown).
     Proxy,
 }
 
 /// An error answered to a desktop.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{code} caused by {side:?}: {message}")]
 pub struct ProxyError {
-    /// Who caused it.
-    pub side: Side,
     /// The wire code.
     pub code: ErrorCode,
+    /// Who caused it.
+    pub side: Side,
     /// Human-readable message.
     pub message: &'static str,
 }
 
 impl ProxyError {
+    /// Caused by the desktop.
+    pub const fn desktop(code: ErrorCode, message: &'static str) -> ProxyError {
+        ProxyError {
+            code,
+            side: Side::Desktop,
+            message,
+        }
+    }
+
+    /// Caused by the upstream server or its link.
+    pub const fn upstream(code: ErrorCode, message: &'static str) -> ProxyError {
+        ProxyError {
+            code,
+            side: Side::Upstream,
+            message,
+        }
+    }
+
+    /// Caused by the proxy's own limits or state.
+    pub const fn proxy(code: ErrorCode, message: &'static str) -> ProxyError {
+        ProxyError {
+            code,
+            side: Side::Proxy,
+            message,
+        }
+    }
+
     /// The retry class the desktop sees.
     pub fn retry(&self) -> RetryClass {
         self.code.retry_class()
     }
+}
 
-    /// Who causes errors of this code when the proxy produces them.
-    pub fn side_of(code: ErrorCode) -> Side {
-        match code {
-            ErrorCode::LINK_LOST
-            | ErrorCode::LINK_LOST_UNSENT
-            | ErrorCode::TIMEOUT
-            | ErrorCode::UNAVAILABLE
-            | ErrorCode::AUTH_FAILED => Side::Upstream,
-            ErrorCode::SHUTTING_DOWN | ErrorCode::OVERLOADED => Side::Proxy,
-            _ => Side::Downstream,
+/// Why a desktop connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The desktop closed (EOF), with nothing left to answer.
+    Eof,
+    /// A socket error.
+    IoError,
+    /// A TLS failure (handshake or record).
+    TlsError,
+    /// Its framing was lost (bad magic or version, a frame over the limit).
+    Framing,
+    /// Its hello was refused.
+    HelloRefused,
+    /// It said it is leaving (`SESSION_CLOSE` or `GO_AWAY` from it).
+    Left,
+    /// Its outbound queue overflowed.
+    SlowConsumer,
+    /// A handshake, idle or frame deadline passed.
+    Deadline,
+    /// A server closed its session.
+    ClosedByServer,
+    /// The worker is shutting down.
+    Shutdown,
+    /// The worker's byte budget had no room for it.
+    Overloaded,
+}
+
+impl Disconnect {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Disconnect::Eof => "eof",
+            Disconnect::IoError => "io_error",
+            Disconnect::TlsError => "tls_error",
+            Disconnect::Framing => "framing",
+            Disconnect::HelloRefused => "hello_refused",
+            Disconnect::Left => "desktop_left",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::Deadline => "deadline",
+            Disconnect::ClosedByServer => "closed_by_server",
+            Disconnect::Shutdown => "shutdown",
+            Disconnect::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The worker holds `max_desktops` (TCP and TLS) desktops.
+    DesktopCap,
+    /// The source address holds `max_desktops_per_source` desktops of this worker.
+    SourceCap,
+    /// The worker is draining after SIGTERM.
+    Draining,
+}
+
+impl Refused {
+    /// The error the refused connection is told before it is closed.
+    pub fn error(self) -> ProxyError {
+        match self {
+            Refused::DesktopCap => {
+                ProxyError::proxy(ErrorCode::OVERLOADED, "proxy is at its desktop limit")
+            }
+            Refused::SourceCap => ProxyError::proxy(
+                ErrorCode::OVERLOADED,
+                "too many desktops from this source address",
+            ),
+            Refused::Draining => {
+                ProxyError::proxy(ErrorCode::SHUTTING_DOWN, "proxy is shutting down")
+            }
+        }
+    }
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refused::DesktopCap => "desktop_cap",
+            Refused::SourceCap => "source_cap",
+            Refused::Draining => "draining",
         }
     }
 }

@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use deskmux_proxy::admin::{self, SupervisorState};
 use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
-use deskmux_proxy::metrics::{Metrics, Shared, Status};
+use deskmux_proxy::metrics::{Metrics, Shared};
+use deskmux_proxy::status::{Signals, Status};
 use deskmux_proxy::supervisor::{self, Plan};
 use deskmux_proxy::transport::{DesktopTransport, TcpTransport, reserve_port};
-use deskmux_proxy::worker::{Signals, Worker, WorkerOpts};
+use deskmux_proxy::worker::{Worker, WorkerOpts};
 use prometheus_client::registry::Registry;
 
 /// The deskmux desktop proxy.
@@ -95,6 +96,17 @@ fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
     Ok(cfg)
 }
 
+/// Turn SIGTERM and SIGHUP into flags the process's loop polls. Installed here, once per
+/// process, before any thread that could be signalled starts its work.
+fn install_signals() -> Result<Arc<Signals>> {
+    let signals = Arc::new(Signals::default());
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, signals.term.clone())
+        .context("installing the SIGTERM handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, signals.hup.clone())
+        .context("installing the SIGHUP handler")?;
+    Ok(signals)
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -125,17 +137,13 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
     );
     let metrics = Metrics::new(&mut registry);
     let status = Arc::new(Status::default());
-    let signals = Arc::new(Signals::default());
+    let signals = install_signals()?;
     let shared = Shared {
         registry: Arc::new(Mutex::new(registry)),
         status: status.clone(),
     };
-    let admin_addr = admin::spawn(
-        "127.0.0.1:0".parse()?,
-        admin::worker_app(shared),
-        signals.clone(),
-    )
-    .context("worker admin server")?;
+    let admin_addr = admin::spawn("127.0.0.1:0".parse()?, admin::worker_app(shared))
+        .context("worker admin server")?;
     println!("WORKER_ADMIN {admin_addr}");
     // The supervisor holds our stdin open; EOF means it died: drain and exit, like SIGTERM.
     let orphan = signals.clone();
@@ -165,6 +173,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
             let q = cfg.quic.clone().unwrap_or_default();
             let settings = deskmux_proxy::quic::QuicSettings {
                 max_handshakes: q.max_handshakes,
+                max_handshakes_per_source: q.max_handshakes_per_source,
                 max_desktops: q.max_desktops,
                 idle: Duration::from_millis(3 * u64::from(cfg.limits.heartbeat_ms)),
                 retry: q.retry,
@@ -208,7 +217,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
 fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     let (_reserved, listen) =
         reserve_port(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
-    let signals = Arc::new(Signals::default());
+    let signals = install_signals()?;
     let workers = Arc::new(Mutex::new(Vec::new()));
     let disabled = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let admin_addr = admin::spawn(
@@ -218,7 +227,6 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
             listen,
             disabled: disabled.clone(),
         }),
-        signals.clone(),
     )
     .with_context(|| format!("admin server on {}", cfg.admin))?;
     println!("ADMIN {admin_addr}");

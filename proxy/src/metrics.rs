@@ -1,11 +1,10 @@
-//! Prometheus metrics and the shared status counters of one worker.
+//! Prometheus metrics of one worker.
 //!
-//! The registry is built here and handed to the admin server; the worker updates the metrics
-//! (atomics, no locks on the hot path). Each worker has its own registry labelled
+//! The registry is built here and handed to the admin server; the core and the driver update
+//! the metrics (atomics, no locks on the hot path). Each worker has its own registry labelled
 //! `worker="i"`; the supervisor's `/metrics` merges the workers' expositions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +43,8 @@ pub struct Metrics {
     pub quic: Family<L1, Gauge>,
     /// Desktops disconnected, by reason.
     pub disconnects: Family<L1, Counter>,
+    /// Connections refused at accept, by reason (desktop cap, source cap, draining).
+    pub refused: Family<L1, Counter>,
     /// Desktops with an upstream session on each instance (label `instance`).
     pub instance_sessions: Family<L1, Gauge>,
     /// Requests in flight on each instance's links (label `instance`).
@@ -74,6 +75,7 @@ impl Metrics {
             fanout_deliveries: Counter::default(),
             quic: Family::default(),
             disconnects: Family::default(),
+            refused: Family::default(),
             instance_sessions: Family::default(),
             instance_in_flight: Family::default(),
             instance_running: Family::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             m.disconnects.clone(),
         );
         reg.register(
+            "deskmux_proxy_refused",
+            "Connections refused at accept, by reason",
+            m.refused.clone(),
+        );
+        reg.register(
             "deskmux_proxy_cert_reloads",
             "Certificates swapped in by SIGHUP ([tls] and [quic] count one each)",
             m.cert_reloads.clone(),
@@ -181,71 +188,12 @@ impl Metrics {
             .get_or_create(&[("reason", reason.to_string())])
             .inc();
     }
-}
 
-/// Status shared with the admin server (JSON `/status`, `/health`).
-#[derive(Debug, Default)]
-pub struct Status {
-    /// Worker index.
-    pub worker: AtomicU64,
-    /// Desktops connected.
-    pub desktops: AtomicU64,
-    /// Links up.
-    pub links_up: AtomicU64,
-    /// Links configured.
-    pub links_total: AtomicU64,
-    /// Requests in flight.
-    pub in_flight: AtomicU64,
-    /// Upstream subscriptions held.
-    pub subscriptions: AtomicU64,
-    /// Draining after SIGTERM.
-    pub draining: AtomicBool,
-    /// Config reloads applied.
-    pub reloads: AtomicU64,
-    /// Certificates swapped in by SIGHUP (mirrors the Prometheus counter, for `/status`).
-    pub cert_reloads: AtomicU64,
-    /// Certificates a SIGHUP could not swap in (mirrors the Prometheus counter).
-    pub cert_reload_failures: AtomicU64,
-    /// Operator commands queued by the admin thread, applied by the event loop's next tick.
-    pub commands: std::sync::Mutex<Vec<AdminCommand>>,
-    /// Operator commands applied so far.
-    pub commands_done: AtomicU64,
-    /// Per-instance state, published by the event loop every tick (a JSON array).
-    pub instances: std::sync::Mutex<serde_json::Value>,
-}
-
-/// An operator command for the event loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminCommand {
-    /// Take the named instance out of the pool for new sessions.
-    Disable(String),
-    /// Return it to the pool.
-    Enable(String),
-}
-
-impl Status {
-    /// A JSON snapshot.
-    pub fn json(&self) -> serde_json::Value {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "worker": g(&self.worker),
-            "desktops": g(&self.desktops),
-            "links_up": g(&self.links_up),
-            "links_total": g(&self.links_total),
-            "in_flight": g(&self.in_flight),
-            "subscriptions": g(&self.subscriptions),
-            "draining": self.draining.load(Ordering::Relaxed),
-            "reloads": g(&self.reloads),
-            "cert_reloads": g(&self.cert_reloads),
-            "cert_reload_failures": g(&self.cert_reload_failures),
-            "pid": std::process::id(),
-            "instances": self.instances.lock().map(|v| v.clone()).unwrap_or_default(),
-        })
-    }
-
-    /// Healthy: at least one link up and not draining.
-    pub fn healthy(&self) -> bool {
-        self.links_up.load(Ordering::Relaxed) > 0 && !self.draining.load(Ordering::Relaxed)
+    /// Count a connection refused at accept, by reason.
+    pub fn refusal(&self, reason: &'static str) {
+        self.refused
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
     }
 }
 
@@ -255,5 +203,5 @@ pub struct Shared {
     /// The metrics registry.
     pub registry: Arc<std::sync::Mutex<Registry>>,
     /// The status counters.
-    pub status: Arc<Status>,
+    pub status: Arc<crate::status::Status>,
 }

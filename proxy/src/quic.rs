@@ -17,8 +17,9 @@
 //!   unidirectional streams are allowed.
 //! - **Bounds.** An Initial from an address that has not been validated gets a stateless
 //!   Retry (no connection state exists until the client echoes the token); at most
-//!   `quic.max_handshakes` connections may be handshaking at once (more are refused with
-//!   `CONNECTION_REFUSED`); the endpoint's buffer for not-yet-accepted Initials is bounded by
+//!   `quic.max_handshakes` connections may be handshaking at once, and at most
+//!   `quic.max_handshakes_per_source` from one source address (more are refused with
+//!   `CONNECTION_REFUSED`), so one address cannot take every handshake slot; the endpoint's buffer for not-yet-accepted Initials is bounded by
 //!   quinn-proto. The idle timeout is 3 × `limits.heartbeat_ms`, the TCP desktop idle rule, and
 //!   the whole hello must still complete within `limits.handshake_ms` of the stream opening,
 //!   exactly as for TCP.
@@ -60,6 +61,8 @@ const RECV_BUDGET: usize = 512;
 pub struct QuicSettings {
     /// Connections allowed to be handshaking at once; more are refused.
     pub max_handshakes: usize,
+    /// Of those, from one source IP address.
+    pub max_handshakes_per_source: usize,
     /// QUIC desktops per worker.
     pub max_desktops: usize,
     /// Idle timeout (3 heartbeats, like TCP desktops).
@@ -159,6 +162,8 @@ struct Driver {
     /// SIGHUP rotates the certificate.
     server_config: Arc<ServerConfig>,
     handshaking: usize,
+    /// Handshaking connections per source address.
+    handshaking_from: HashMap<std::net::IpAddr, usize>,
     desktops: usize,
     events: Vec<QuicEvent>,
     /// False after SIGTERM: new connections are refused.
@@ -241,6 +246,7 @@ impl QuicEndpoint {
                 settings,
                 server_config,
                 handshaking: 0,
+                handshaking_from: HashMap::new(),
                 desktops: 0,
                 events: Vec::new(),
                 accepting: true,
@@ -358,8 +364,11 @@ impl QuicEndpoint {
                         }
                         continue;
                     }
+                    let from = incoming.remote_address().ip();
                     if !d.accepting
                         || d.handshaking >= d.settings.max_handshakes
+                        || d.handshaking_from.get(&from).copied().unwrap_or(0)
+                            >= d.settings.max_handshakes_per_source
                         || d.desktops + d.handshaking >= d.settings.max_desktops
                     {
                         d.stats.refused += 1;
@@ -372,6 +381,7 @@ impl QuicEndpoint {
                         Ok((ch, conn)) => {
                             d.stats.accepted += 1;
                             d.handshaking += 1;
+                            *d.handshaking_from.entry(from).or_default() += 1;
                             let peer = conn.remote_address();
                             d.conns.insert(
                                 ch.0,
@@ -467,6 +477,7 @@ impl QuicEndpoint {
                             if c.stream.is_none() {
                                 d.stats.failed += 1;
                                 d.handshaking = d.handshaking.saturating_sub(1);
+                                handshake_over(&mut d.handshaking_from, c.peer.ip());
                                 warn!(peer = %c.peer, error = %reason, "quic connection failed before its desktop stream");
                             } else {
                                 debug!(peer = %c.peer, error = %reason, "quic connection lost");
@@ -481,6 +492,7 @@ impl QuicEndpoint {
                                 if c.stream.is_none() && !c.lost {
                                     c.stream = Some(id);
                                     d.handshaking = d.handshaking.saturating_sub(1);
+                                    handshake_over(&mut d.handshaking_from, c.peer.ip());
                                     d.desktops += 1;
                                     out.push(QuicEvent::NewDesktop(ConnectionHandle(ch), c.peer));
                                 } else {
@@ -545,6 +557,7 @@ impl QuicEndpoint {
                 {
                     if c.stream.is_none() && !c.lost {
                         d.handshaking = d.handshaking.saturating_sub(1);
+                        handshake_over(&mut d.handshaking_from, c.peer.ip());
                         d.stats.failed += 1;
                         warn!(peer = %c.peer, "quic connection ended during its handshake (tls failure, or closed before its desktop stream)");
                     }
@@ -580,17 +593,28 @@ impl QuicEndpoint {
         })
     }
 
-    /// A desktop could not be created for `ch` (desktop cap): close the connection.
-    pub fn reject(&mut self, ch: ConnectionHandle, now: Instant) {
+    /// A desktop could not be created for `ch` (a cap of the core's): close the connection,
+    /// telling it `reason`.
+    pub fn reject(&mut self, ch: ConnectionHandle, now: Instant, reason: &'static str) {
         let mut d = self.inner.borrow_mut();
         if let Some(c) = d.conns.get_mut(&ch.0) {
             c.conn.close(
                 now,
                 VarInt::from_u32(2),
-                Bytes::from_static(b"proxy is at its desktop limit"),
+                Bytes::from_static(reason.as_bytes()),
             );
             d.desktops = d.desktops.saturating_sub(1);
             d.touch(ch.0);
+        }
+    }
+}
+
+/// A connection from `ip` left its handshake (its stream opened, or it failed).
+fn handshake_over(from: &mut HashMap<std::net::IpAddr, usize>, ip: std::net::IpAddr) {
+    if let Some(n) = from.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            from.remove(&ip);
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::admin::WorkerInfo;
-use crate::worker::Signals;
+use crate::status::Signals;
 
 /// What the supervisor runs.
 #[derive(Debug, Clone)]

@@ -1,11 +1,10 @@
-//! The desktop listener behind a transport abstraction, and every socket option in one place.
+//! The desktop listener and every socket option in one place.
 //!
-//! The worker's event loop is generic over [`Transport`]: it only needs to accept connections
-//! that read, write (vectored) and register with mio. TCP is [`TcpTransport`];
-//! [`DesktopTransport`] adds optional TLS ([`crate::tls`]). Every desktop is a
-//! [`DesktopStream`]: plain TCP, TLS, or the stream of a QUIC connection ([`crate::quic`], whose
-//! endpoint the worker drives itself; its streams register with mio as no-ops and get their
-//! readiness from the endpoint). The session logic is the same for all three.
+//! [`TcpTransport`] is the listening socket; [`DesktopTransport`] adds optional TLS
+//! ([`crate::tls`]). Every desktop is a [`DesktopStream`]: plain TCP, TLS, or the stream of a
+//! QUIC connection ([`crate::quic`], whose endpoint the worker drives itself; its streams
+//! register with mio as no-ops and get their readiness from the endpoint). The core sees no
+//! difference between the three.
 //!
 //! Sockets: the desktop port is bound with `SO_REUSEPORT` by every worker (the kernel spreads
 //! new connections over them), with an explicit backlog; accepted desktops and upstream links
@@ -17,33 +16,6 @@ use std::net::SocketAddr;
 
 use mio::event::Source;
 use socket2::{Domain, Protocol, Socket, Type};
-
-/// A source of desktop connections.
-pub trait Transport: Source {
-    /// One accepted desktop connection (QUIC desktops, which have no socket of their own, are
-    /// wrapped into the same type).
-    type Conn: io::Read + io::Write + Source + From<crate::quic::QuicStream>;
-
-    /// Accept one connection; `Ok(None)` when none is pending.
-    ///
-    /// # Errors
-    /// An accept error (other than would-block).
-    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>>;
-
-    /// The bound address.
-    ///
-    /// # Errors
-    /// The socket has no address.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Use `cfg` for the TLS handshakes of connections accepted from now on (a certificate
-    /// rotated by SIGHUP); connections already accepted keep the session they have. Returns
-    /// `false`, changing nothing, when this transport does not speak TLS.
-    fn set_tls_config(&mut self, cfg: std::sync::Arc<rustls::ServerConfig>) -> bool {
-        let _ = cfg;
-        false
-    }
-}
 
 /// Desktops over TCP.
 #[derive(Debug)]
@@ -87,16 +59,12 @@ impl TcpTransport {
     }
 }
 
-impl Transport for TcpTransport {
-    type Conn = DesktopStream;
-
-    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
-        Ok(self
-            .accept_tcp()?
-            .map(|(s, a)| (DesktopStream::Plain(s), a)))
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+impl TcpTransport {
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket has no address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 }
@@ -110,12 +78,6 @@ pub enum DesktopStream {
     Tls(Box<crate::tls::TlsStream>),
     /// The desktop stream of a QUIC connection (no file descriptor).
     Quic(crate::quic::QuicStream),
-}
-
-impl From<crate::quic::QuicStream> for DesktopStream {
-    fn from(q: crate::quic::QuicStream) -> DesktopStream {
-        DesktopStream::Quic(q)
-    }
 }
 
 impl io::Read for DesktopStream {
@@ -212,10 +174,13 @@ impl DesktopTransport {
 
 delegate_source!(DesktopTransport, tcp);
 
-impl Transport for DesktopTransport {
-    type Conn = DesktopStream;
-
-    fn accept(&mut self) -> io::Result<Option<(Self::Conn, SocketAddr)>> {
+impl DesktopTransport {
+    /// Accept one connection (starting its TLS handshake with `[tls]`); `Ok(None)` when
+    /// none is pending.
+    ///
+    /// # Errors
+    /// An accept error (other than would-block).
+    pub fn accept(&mut self) -> io::Result<Option<(DesktopStream, SocketAddr)>> {
         loop {
             let Some((s, peer)) = self.tcp.accept_tcp()? else {
                 return Ok(None);
@@ -230,11 +195,18 @@ impl Transport for DesktopTransport {
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket has no address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
 
-    fn set_tls_config(&mut self, cfg: std::sync::Arc<rustls::ServerConfig>) -> bool {
+    /// Use `cfg` for the TLS handshakes of connections accepted from now on (a certificate
+    /// rotated by SIGHUP); connections already accepted keep the session they have. Returns
+    /// `false`, changing nothing, when this listener does not speak TLS.
+    pub fn set_tls_config(&mut self, cfg: std::sync::Arc<rustls::ServerConfig>) -> bool {
         match &mut self.tls {
             Some(current) => {
                 // Each accepted connection holds its own `Arc` of the configuration it started

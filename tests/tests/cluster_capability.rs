@@ -6,11 +6,12 @@
 
 mod proxy_support;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use deskmux_codec::msg::{ixn, key};
-use deskmux_codec::{ErrorCode, Service};
+use deskmux_codec::{ErrorCode, Kind, Service};
 use deskmux_tests::TestClient;
 use proxy_support::*;
 
@@ -134,15 +135,35 @@ links = 1
     for _ in 0..n {
         corrs.push(submit(&mut media, "sales", 128 * 1024).await);
     }
-    // r2's half is answered.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // r2's half is answered (r1, stopped, answers none): the proxy has routed them all.
+    let mut answered = HashMap::new();
+    while answered.len() < n / 2 {
+        let f = media
+            .wait_for(Duration::from_secs(30), |f| {
+                f.head().kind == Kind::Response
+                    && f.error().is_none()
+                    && corrs.contains(&f.head().correlation)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "only {} of r2's {} submits answered: {e:#}",
+                    answered.len(),
+                    n / 2
+                )
+            });
+        answered.insert(f.head().correlation, f);
+    }
     r1.kill();
     let (mut ok, mut lost) = (0, 0);
     for corr in corrs {
-        let r = media
-            .response(corr, Duration::from_secs(20))
-            .await
-            .expect("every submit is answered");
+        let r = match answered.remove(&corr) {
+            Some(r) => r,
+            None => media
+                .response(corr, Duration::from_secs(20))
+                .await
+                .expect("every submit is answered"),
+        };
         match code(&r) {
             None => ok += 1,
             Some(ErrorCode::LINK_LOST) => lost += 1,

@@ -8,7 +8,7 @@
 mod proxy_support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ struct Shared {
     kill_at: Mutex<Option<(Instant, Instant)>>,
     /// First success on a session opened after the kill (micros after the kill).
     first_ok_after_kill_us: AtomicU64,
+    /// Desktops that have had a request answered on a later session than their first (the
+    /// primary's sessions all die, so it is on the backup).
+    recovered: AtomicUsize,
 }
 
 /// Hello until accepted (the proxy refuses with SERVICE_UNAVAILABLE / UNAVAILABLE while no
@@ -60,6 +63,7 @@ async fn connect_retry(addr: SocketAddr, n: u32) -> TestClient {
 /// Returns (sent, ok, lost, unsent, sessions).
 async fn load(addr: SocketAddr, n: u32, sh: Arc<Shared>) -> (u64, u64, u64, u64, u32) {
     let (mut sent, mut ok, mut lost, mut unsent, mut sessions) = (0u64, 0u64, 0u64, 0u64, 0u32);
+    let mut recovered = false;
     while !sh.stop.load(Ordering::Relaxed) {
         let mut c = connect_retry(addr, n).await;
         let opened = Instant::now();
@@ -92,6 +96,10 @@ async fn load(addr: SocketAddr, n: u32, sh: Arc<Shared>) -> (u64, u64, u64, u64,
                 match code(&r) {
                     None => {
                         ok += 1;
+                        if sessions >= 2 && !recovered {
+                            recovered = true;
+                            sh.recovered.fetch_add(1, Ordering::Relaxed);
+                        }
                         if let Some((k, ())) = after_kill {
                             let us = k.elapsed().as_micros() as u64;
                             sh.first_ok_after_kill_us.fetch_min(us, Ordering::Relaxed);
@@ -190,15 +198,19 @@ links = 2
         stop: AtomicBool::new(false),
         kill_at: Mutex::new(None),
         first_ok_after_kill_us: AtomicU64::new(u64::MAX),
+        recovered: AtomicUsize::new(0),
     });
     let mut tasks = Vec::new();
     for n in 0..8u32 {
         tasks.push(tokio::spawn(load(proxy.addr, n, sh.clone())));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // All sessions are on the primary; the backup gets none while the primary lives.
+    let all_on_primary = wait_until_async(Duration::from_secs(20), move || {
+        inst(admin, "primary")["sessions"] == 8
+    })
+    .await;
     let p = inst(admin, "primary");
-    assert_eq!(p["sessions"], 8, "{p}");
+    assert!(all_on_primary, "8 sessions expected on the primary: {p}");
     assert_eq!(inst(admin, "standby")["sessions"], 0);
 
     let t_kill = Instant::now();
@@ -208,8 +220,15 @@ links = 2
     while sh.first_ok_after_kill_us.load(Ordering::Relaxed) == u64::MAX && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Let the desktops work on the backup for a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every desktop works on the backup: a request answered on its new session.
+    let end = Instant::now() + Duration::from_secs(20);
+    while sh.recovered.load(Ordering::Relaxed) < 8
+        && Instant::now() < end
+        && !tasks.iter().any(|t| t.is_finished())
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let recovered = sh.recovered.load(Ordering::Relaxed);
     sh.stop.store(true, Ordering::Relaxed);
     let (mut sent, mut ok, mut err, mut sessions) = (0, 0, 0, 0);
     for t in tasks {
@@ -225,6 +244,7 @@ links = 2
         err += l + u;
         sessions += n;
     }
+    assert_eq!(recovered, 8, "desktops answered on the backup");
     let us = sh.first_ok_after_kill_us.load(Ordering::Relaxed);
     assert_ne!(us, u64::MAX, "no request succeeded on the backup");
     let switchover = Duration::from_micros(us);

@@ -49,7 +49,7 @@ fn sessions(admin: SocketAddr, name: &str) -> u64 {
 
 /// Wait until `/status` (refreshed by the workers' 100 ms tick) shows `state` for `name`.
 fn wait_state(admin: SocketAddr, name: &str, state: &str) -> bool {
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(20), || {
         inst(admin, name)["state"] == state
     })
 }
@@ -124,7 +124,7 @@ links = 1
     for _ in 0..6 {
         on_up1.push(desktop(proxy.addr, T1).await);
     }
-    assert!(wait_until(Duration::from_secs(3), || sessions(
+    assert!(wait_until(Duration::from_secs(20), || sessions(
         admin, "up1"
     ) == 6));
     assert_eq!(sessions(admin, "up0"), 0);
@@ -139,10 +139,17 @@ links = 1
     for _ in 0..8 {
         mixed.push(desktop(proxy.addr, T1).await);
     }
-    assert!(wait_until(Duration::from_secs(3), || sessions(
-        admin, "up0"
-    ) >= 2));
+    // Every session shown (the 6 before and these 8), at least 2 of these on up0.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sessions(admin, "up0") + sessions(admin, "up1") == 14
+        }),
+        "{} {}",
+        inst(admin, "up0"),
+        inst(admin, "up1")
+    );
     let on_up0 = sessions(admin, "up0");
+    assert!(on_up0 >= 2, "{}", inst(admin, "up0"));
 
     // Disabled with sessions on it: shown `disabled` (not drained), existing sessions work.
     assert_eq!(http_post(admin, "/instances/up0/disable").0, 200);
@@ -162,7 +169,15 @@ links = 1
     for _ in 0..4 {
         on_up1.push(desktop(proxy.addr, T1).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the 4 new sessions are shown, none of them is on up0.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sessions(admin, "up0") + sessions(admin, "up1") == 18
+        }),
+        "{} {}",
+        inst(admin, "up0"),
+        inst(admin, "up1")
+    );
     assert_eq!(
         sessions(admin, "up0"),
         on_up0,
@@ -185,13 +200,26 @@ links = 1
         "{}",
         inst(admin, "up1")
     );
-    let before = sessions(admin, "up1");
+    // The mixed desktops' sessions on up1 are gone too: the 10 of `on_up1` are left.
+    assert!(
+        wait_until(Duration::from_secs(20), || sessions(admin, "up1") == 10),
+        "{}",
+        inst(admin, "up1")
+    );
     let mut fresh = Vec::new();
     for _ in 0..4 {
         fresh.push(desktop(proxy.addr, T1).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sessions(admin, "up1"), before);
+    // Once the 4 new sessions are shown (all on up0), none of them is on up1.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sessions(admin, "up0") + sessions(admin, "up1") == 14
+        }),
+        "{} {}",
+        inst(admin, "up0"),
+        inst(admin, "up1")
+    );
+    assert_eq!(sessions(admin, "up1"), 10);
     assert_eq!(sessions(admin, "up0"), 4);
     assert!(
         echo(&mut on_up1[0], Service::Ucs, b"ok")

@@ -389,6 +389,7 @@ fn slow_consumer_is_disconnected_others_unaffected() {
     })
     .unwrap();
     let mut raw = slow.raw_stream();
+    let slow_at = raw.local_addr().unwrap();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
         for _ in 0..400 {
@@ -397,7 +398,12 @@ fn slow_consumer_is_disconnected_others_unaffected() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the server is held back by the slow consumer (its answers pile up unread), or has
+    // already cut it off, the calm desktop is still served.
+    assert!(
+        server_backed_up(s.addr, slow_at, 32 * 1024, Duration::from_secs(30)),
+        "the slow consumer's answers never piled up"
+    );
     ok(calm.ixn(msg::ixn::ECHO, |_| Ok(())));
     assert!(
         slow.closed_within(Duration::from_secs(10)),
@@ -440,9 +446,14 @@ fn slow_link_is_backpressured_not_dropped() {
         wire.extend_from_slice(f.as_bytes());
     }
     let mut raw = l.raw_stream();
+    let link_at = raw.local_addr().unwrap();
     let writer = std::thread::spawn(move || raw.write_all(&wire).is_ok());
-    // Let the server fill its queue towards us while we do not read.
-    std::thread::sleep(Duration::from_millis(500));
+    // The reader stays asleep until the server is held back by it: answers unread in our
+    // receive queue and more queued on the server's side.
+    assert!(
+        server_backed_up(s.addr, link_at, 32 * 1024, Duration::from_secs(30)),
+        "the server never queued answers towards the sleeping link"
+    );
     let mut next = FIRST;
     while next < FIRST + N {
         let f = l

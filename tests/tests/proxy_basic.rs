@@ -286,7 +286,9 @@ async fn hello_rules_deadline_and_in_flight_cap() {
         slow.backlog().iter().find_map(code),
         Some(ErrorCode::DEADLINE)
     );
-    // In-flight cap: 20 pipelined requests, 4 allowed; every one answered exactly once.
+    // In-flight cap: 20 pipelined requests, 4 allowed upstream at a time. The proxy holds
+    // the rest back (it stops reading the desktop) instead of refusing them, so every one is
+    // answered exactly once, and successfully.
     let mut d = desktop(st.proxy.addr, T1).await;
     let mut buf = Vec::new();
     for i in 0..20u64 {
@@ -296,18 +298,13 @@ async fn hello_rules_deadline_and_in_flight_cap() {
         buf.extend_from_slice(deskmux_codec::Frame::with_body(h, b"").unwrap().as_bytes());
     }
     d.send_raw(&buf).await.unwrap();
-    let (mut ok, mut capped) = (0, 0);
     for i in 0..20u64 {
         let r = d.response(1000 + i, Duration::from_secs(5)).await.unwrap();
-        match code(&r) {
-            None => ok += 1,
-            Some(ErrorCode::TOO_MANY_IN_FLIGHT) => capped += 1,
-            other => panic!("unexpected {other:?}"),
-        }
+        assert_eq!(code(&r), None, "request {i}");
     }
-    assert_eq!(ok + capped, 20);
-    assert!(capped >= 1 && ok >= 4, "ok {ok} capped {capped}");
-    assert!(!d.closed_within(Duration::from_millis(300)).await.unwrap());
+    // Still connected and usable, and nothing answered twice.
+    let r = echo(&mut d, Service::Ucs, b"after").await;
+    assert!(r.error().is_none());
     assert!(
         d.backlog().is_empty(),
         "answered exactly once: {:?}",

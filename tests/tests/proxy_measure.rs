@@ -30,6 +30,11 @@ fn vm_rss_kib(pid: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Desktops the proxy shows (its workers publish them every 100 ms tick).
+fn desktops(admin: SocketAddr) -> u64 {
+    status(admin)["desktops"].as_u64().unwrap_or(0)
+}
+
 fn hello_bytes(tenant: u32, agent: &str) -> Vec<u8> {
     let mut h = Head::new(Kind::Request, Service::Control, control::HELLO);
     h.tenant = tenant;
@@ -84,7 +89,12 @@ fn idle_desktop_memory() {
         assert!(read_frame(&mut s, &mut b).error().is_none());
         warm.push(s);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let admin = st.proxy.admin;
+    assert!(
+        wait_until(Duration::from_secs(30), || desktops(admin) == 50),
+        "warm-up desktops not shown: {}",
+        desktops(admin)
+    );
     let before = vm_rss_kib(pid);
     let t0 = Instant::now();
     let mut conns = Vec::with_capacity(n);
@@ -97,10 +107,17 @@ fn idle_desktop_memory() {
         conns.push(s);
     }
     let took = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    let all = wait_until(Duration::from_secs(60), || {
+        desktops(admin) == (n + 50) as u64
+    });
+    let desks = desktops(admin);
+    assert!(
+        all,
+        "{} desktops expected, the worker shows {desks}",
+        n + 50
+    );
     let after = vm_rss_kib(pid);
     let per = (after.saturating_sub(before) * 1024) as f64 / n as f64;
-    let desks = status(st.proxy.admin)["desktops"].as_u64().unwrap_or(0);
     println!(
         "idle_desktop_memory: {n} desktops (worker reports {desks}) in {took:?}; worker VmRSS {before} KiB -> {after} KiB; {per:.0} B per idle desktop (user-space; kernel socket memory not included)"
     );

@@ -227,9 +227,12 @@ async fn quic_failures_are_clear_and_isolated() {
     let s = status(st.proxy.admin);
     assert_eq!(s["desktops"].as_u64(), Some(3), "{s}");
     // Every new connection went through a stateless retry; the two bad handshakes failed.
+    // (The endpoint's gauges are published once per tick: wait for the tick that saw all.)
     let ok = wait_until(Duration::from_secs(5), || {
         let m = http_get(st.proxy.admin, "/metrics").1;
-        quic_metric(&m, "retries") >= 4 && quic_metric(&m, "failed") >= 2
+        quic_metric(&m, "retries") >= 4
+            && quic_metric(&m, "failed") >= 2
+            && quic_metric(&m, "desktops") == 2
     });
     let m = http_get(st.proxy.admin, "/metrics").1;
     let lines: Vec<&str> = m

@@ -7,18 +7,28 @@
 //! (at most [`WINDOW`] Initials unanswered), so the worker is kept saturated without the
 //! kernel's socket buffer overflowing; then a short unpaced burst overflows it on purpose.
 //!
+//! Every flood ends on a *condition* (the worker's own counters), never on a clock: it goes on
+//! until the proxy has handled the number of Initials the test needs, bounded only by the
+//! generous [`FLOOD_DEADLINE`], so a slow or busy machine makes it last longer, not fail. How
+//! fast the worker answers Initials and how long the desktops' echoes take under the flood are
+//! measurements: they are printed here and recorded in `proxy/README.md` ("Initial flood,
+//! measured"), not asserted.
+//!
 //! - `initial_flood_gets_stateless_retries`: `retry = true` (the default). Every Initial must
-//!   cost a Retry and nothing else: most Initials sent are counted as Retries (UDP may drop
-//!   some; the burst drops many), no connection is accepted from the flood, the worker's RSS
-//!   (peak: `VmHWM`, and sampled) grows by less than [`RSS_GROWTH_MAX_KIB`], and the desktops
-//!   already connected through the proxy (4 QUIC, 1 TCP) keep getting every echo answered,
-//!   each within [`ECHO_MAX`] ([`BURST_ECHO_MAX`] around the burst); a desktop connected
-//!   straight to core-server echoes alongside as the control. A QUIC desktop connects during
-//!   the flood (through its own Retry) and another one after it.
+//!   cost a Retry and nothing else: the windowed flood lasts until the worker has counted
+//!   [`RETRY_TARGET`] Retries, most Initials sent are counted as Retries (UDP may drop some;
+//!   the burst drops many), no connection is accepted from the flood, the worker's RSS (peak:
+//!   `VmHWM`, and sampled) grows by less than [`RSS_GROWTH_MAX_KIB`], and the desktops already
+//!   connected through the proxy (4 QUIC, 1 TCP) keep getting every echo answered: each has
+//!   at least [`LEAST_ECHOES`] answered while the worker handles the flood (a desktop starved
+//!   by the flood has none), and each gets more answered after it; a desktop connected straight
+//!   to core-server echoes alongside as the control. A QUIC desktop connects during the flood
+//!   (through its own Retry) and another one after it.
 //! - `initial_flood_without_retry_is_capped`: `retry = false`, `max_handshakes = 16`: Initials
 //!   do create connections, but never more than 16 handshaking at once (from the counters:
 //!   accepted − failed − desktops, sampled every 100 ms), no more accepted than the handshake
-//!   deadline frees slots for, the rest refused with `CONNECTION_REFUSED`; the desktops keep
+//!   deadline frees slots for, the rest refused with `CONNECTION_REFUSED`; the flood lasts
+//!   until the worker has refused or accepted [`NO_RETRY_TARGET`] Initials; the desktops keep
 //!   echoing; the slots are freed by the handshake deadline (`handshake_ms = 1000`), and a new
 //!   desktop connects once the flood stops.
 //!
@@ -30,10 +40,12 @@ mod proxy_support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deskmux_codec::Service;
+use deskmux_codec::msg::{ixn, key};
 use deskmux_tests::secure_client::{
     ALPN, FrameClient, TestCert, client_config, quic_connect, quic_endpoint, self_signed,
 };
@@ -49,23 +61,34 @@ const SOCKETS_PER_IP: usize = 4;
 /// ~6 ms of a release one), far less than its 4 MiB socket buffer holds (so nothing is
 /// dropped). A QUIC desktop's datagrams queue behind these; the burst fills the buffer.
 const WINDOW: usize = 400;
-/// Longest any one echo through the proxy may take while the flood runs. Under a saturating
-/// flood the worker's loop reads up to 2 × 512 Initials per iteration (~150 ms of a debug
-/// worker with a core to itself) and a request needs 2–4 iterations; measured max 0.4–0.8 s,
-/// 1.6 s with a CPU hog added on this 2-core machine. 3 s leaves room for a loaded machine; a
-/// desktop starved by the flood would wait for all of it (8 s) and fail.
-const ECHO_MAX: Duration = Duration::from_secs(3);
-/// Longest any one echo may take during and just after the unpaced burst: the kernel drops
-/// datagrams of the desktops too when the socket buffer overflows, and QUIC re-sends them
-/// after its probe timeout, which the queueing under the flood has inflated (still less than
-/// the client's 5 s wait for any one answer).
-const BURST_ECHO_MAX: Duration = Duration::from_secs(4);
+/// The windowed flood of the Retry test lasts until the worker has counted this many Retries
+/// (a debug worker with a core to itself answers ~7,000 Initials/s, a release one ~50,000/s).
+const RETRY_TARGET: u64 = 20_000;
+/// The flood of the no-Retry test lasts until the worker has refused or accepted this many.
+const NO_RETRY_TARGET: u64 = 20_000;
+/// The joiner connects once the worker has answered this many of the flood's Initials, so
+/// that its own Initial queues behind theirs.
+const JOIN_AFTER: u64 = 2_000;
+/// Bound on how long a flood may take to reach its target. A deadline for a condition, not a
+/// speed requirement: it only catches a worker that stopped answering.
+const FLOOD_DEADLINE: Duration = Duration::from_secs(180);
+/// Bound on how long one echo may go unanswered before it counts as lost.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// Echoes every desktop already connected must have had answered by the time the worker has
+/// handled the flood's target (thousands of Initials, hundreds of its loop iterations). A
+/// desktop starved by the flood gets none until the flood ends.
+const LEAST_ECHOES: usize = 3;
+/// Echoes every desktop must have had answered after the flood: what was queued behind it
+/// came through, and the desktop still works.
+const AFTER_ECHOES: usize = 2;
 /// Bound on the worker's peak RSS growth under a flood. With Retry nothing is kept per
 /// Initial; without it, at most `max_handshakes` (16) connections of some tens of KiB each
 /// exist at once. Measured: < 0.1 MiB with Retry, ~0.5 MiB without. 4 MiB is 60 bytes per
 /// Initial of the retry test's ~70 000, so any state kept per Initial fails this, and a
 /// quinn-proto connection per Initial (tens of KiB) fails it a few hundred Initials in.
 const RSS_GROWTH_MAX_KIB: u64 = 4 * 1024;
+/// Bound on how long the worker may take to become idle once a flood stopped.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The two tests each saturate a core; run them one after the other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -113,6 +136,14 @@ fn flood_sockets() -> Vec<UdpSocket> {
     v
 }
 
+/// The proxy under the flood: its worker's QUIC address (the UDP port is the desktop port's
+/// number) and the admin port whose counters say how far the worker got.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    to: SocketAddr,
+    admin: SocketAddr,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct FloodReport {
     /// Initials sent (accepted by the kernel).
@@ -127,68 +158,134 @@ struct FloodReport {
     end: Option<Instant>,
     /// CPU time of the flooding thread, in clock ticks.
     cpu: u64,
+    /// Whether the flood's condition was met (rather than [`FLOOD_DEADLINE`] passing).
+    reached: bool,
 }
 
-/// Send `count` Initials (at most for `max_time`) round-robin over `socks`, keeping at most
-/// `window` unanswered (`None`: no window, as fast as the sender goes). Answers are read and
-/// counted, never acted on.
+/// Read and count every answer waiting on the flood's sockets.
+fn receive(socks: &[UdpSocket], r: &mut FloodReport) {
+    let mut rbuf = [0u8; 2048];
+    for s in socks {
+        while let Ok(n) = s.recv(&mut rbuf) {
+            r.answers += 1;
+            if n > 0 && rbuf[0] & 0xf0 == 0xf0 {
+                r.retries += 1;
+            }
+        }
+    }
+}
+
+/// Send Initials round-robin over `socks`, at most `limit` of them, keeping at most `window`
+/// unanswered (`None`: no window, as fast as the sender goes), until `done` says the flood has
+/// done its job (or [`FLOOD_DEADLINE`] passed: `reached` is then false). Answers are read and
+/// counted, never acted on; the late ones are collected until every Initial is answered or the
+/// worker is idle.
 fn flood(
     socks: &[UdpSocket],
     initials: &[Vec<u8>],
-    to: SocketAddr,
-    count: u64,
-    max_time: Duration,
+    t: Target,
     window: Option<u64>,
+    limit: u64,
+    mut done: impl FnMut(&FloodReport) -> bool,
 ) -> FloodReport {
     let t0 = Instant::now();
     let cpu0 = cpu_ticks("thread-self");
     let mut r = FloodReport::default();
-    let mut rbuf = [0u8; 2048];
     let mut i = 0usize;
-    while r.sent < count && t0.elapsed() < max_time {
-        for s in socks {
-            while let Ok(n) = s.recv(&mut rbuf) {
-                r.answers += 1;
-                if n > 0 && rbuf[0] & 0xf0 == 0xf0 {
-                    r.retries += 1;
-                }
-            }
+    let give_up = t0 + FLOOD_DEADLINE;
+    loop {
+        receive(socks, &mut r);
+        if done(&r) {
+            r.reached = true;
+            break;
+        }
+        if Instant::now() >= give_up {
+            break;
         }
         let room = window.map_or(u64::MAX, |w| {
             w.saturating_sub(r.sent.saturating_sub(r.answers))
         });
-        if room == 0 {
+        if room == 0 || r.sent >= limit {
+            // Back-off while the window is full: the next look is for the worker's answers.
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
-        let burst = room.min(256).min(count - r.sent);
+        let burst = room.min(256).min(limit - r.sent);
         for _ in 0..burst {
             let s = &socks[i % socks.len()];
             let p = &initials[(i / socks.len() + i) % initials.len()];
             i += 1;
-            if s.send_to(p, to).is_ok() {
+            if s.send_to(p, t.to).is_ok() {
                 r.sent += 1;
             }
         }
     }
-    // Late answers.
-    let end = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < end {
-        for s in socks {
-            while let Ok(n) = s.recv(&mut rbuf) {
-                r.answers += 1;
-                if n > 0 && rbuf[0] & 0xf0 == 0xf0 {
-                    r.retries += 1;
-                }
-            }
+    // Late answers: until every Initial is answered (the windowed flood), or, when the kernel
+    // dropped some (the burst), until the worker has dealt with everything it received.
+    let end = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        receive(socks, &mut r);
+        if r.answers >= r.sent || Instant::now() >= end {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if worker_idle(t) {
+            // Its answers went out before its counters moved: they are in our sockets.
+            receive(socks, &mut r);
+            break;
+        }
     }
     r.took = t0.elapsed();
     r.start = Some(t0);
     r.end = Some(Instant::now());
     r.cpu = cpu_ticks("thread-self") - cpu0;
     r
+}
+
+/// Bytes waiting in the receive queue of the worker's QUIC socket (bound to `at`, or to the
+/// wildcard address on its port), from `/proc/net/udp`; `None` if there is no such socket.
+fn udp_rx_queue(at: SocketAddr) -> Option<u64> {
+    let ip = match at.ip() {
+        std::net::IpAddr::V4(v4) => u32::from_le_bytes(v4.octets()),
+        std::net::IpAddr::V6(_) => return None,
+    };
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let mut found = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(queues)) = (f.get(1), f.get(4)) else {
+            continue;
+        };
+        let Some((a, p)) = local.split_once(':') else {
+            continue;
+        };
+        let a = u32::from_str_radix(a, 16).ok();
+        if u16::from_str_radix(p, 16).ok() != Some(at.port()) || !(a == Some(ip) || a == Some(0)) {
+            continue;
+        }
+        let rx = queues
+            .split(':')
+            .nth(1)
+            .and_then(|q| u64::from_str_radix(q, 16).ok())
+            .unwrap_or(0);
+        *found.get_or_insert(0) += rx;
+    }
+    found
+}
+
+/// Whether the worker is done with every Initial it was sent: its UDP receive queue is empty
+/// (it has read every datagram the kernel kept) and the counters that move when it answers an
+/// Initial (Retries, refusals, acceptances) did not move over one publish tick (it has
+/// answered what it read).
+fn worker_idle(t: Target) -> bool {
+    if udp_rx_queue(t.to) != Some(0) {
+        // Back-off between two looks at the queue.
+        std::thread::sleep(Duration::from_millis(10));
+        return false;
+    }
+    let a = Quic::read(t.admin).answered();
+    // The worker publishes its counters every 100 ms tick: look again after one.
+    std::thread::sleep(Duration::from_millis(150));
+    a == Quic::read(t.admin).answered() && udp_rx_queue(t.to) == Some(0)
 }
 
 fn quic_metric(m: &str, what: &str) -> u64 {
@@ -222,6 +319,11 @@ impl Quic {
         }
     }
 
+    /// The counters that move when the worker answers an Initial.
+    fn answered(&self) -> (u64, u64, u64) {
+        (self.retries, self.refused, self.accepted)
+    }
+
     /// Connections handshaking now: accepted, not failed, no desktop stream yet (valid while
     /// no desktop leaves), and the proxy's own gauge: the larger of the two.
     fn handshaking(&self) -> i64 {
@@ -230,9 +332,34 @@ impl Quic {
     }
 }
 
+/// A flood's look at the worker's counters, at most every 50 ms (the flood loop asks for one
+/// far more often; the worker publishes every 100 ms anyway).
+struct Looks {
+    admin: SocketAddr,
+    next: Instant,
+}
+
+impl Looks {
+    fn new(admin: SocketAddr) -> Looks {
+        Looks {
+            admin,
+            next: Instant::now(),
+        }
+    }
+
+    fn look(&mut self) -> Option<Quic> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.next = now + Duration::from_millis(50);
+        Some(Quic::read(self.admin))
+    }
+}
+
 /// The counters once they show `desktops` QUIC desktops, all of them accepted.
 fn published(admin: SocketAddr, desktops: u64) -> Quic {
-    let ok = wait_until(Duration::from_secs(5), || {
+    let ok = wait_until(Duration::from_secs(20), || {
         let q = Quic::read(admin);
         q.desktops == desktops && q.accepted == desktops
     });
@@ -241,18 +368,18 @@ fn published(admin: SocketAddr, desktops: u64) -> Quic {
     q
 }
 
-/// The counters once they stop moving (the worker publishes them every 100 ms tick).
-fn settled(admin: SocketAddr) -> Quic {
-    let mut last = Quic::read(admin);
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(150));
-        let now = Quic::read(admin);
-        if now == last {
-            return now;
-        }
-        last = now;
+/// The counters once the worker is idle (see [`worker_idle`]); fails if it never is.
+fn settled(t: Target) -> Quic {
+    let end = Instant::now() + SETTLE_DEADLINE;
+    while !worker_idle(t) {
+        assert!(
+            Instant::now() < end,
+            "the worker was still busy {SETTLE_DEADLINE:?} after the flood: {:?}, {:?} bytes queued",
+            Quic::read(t.admin),
+            udp_rx_queue(t.to)
+        );
     }
-    last
+    Quic::read(t.admin)
 }
 
 /// utime + stime of a process, in clock ticks (100 per second on Linux).
@@ -274,13 +401,15 @@ fn proc_kib(pid: u64, field: &str) -> u64 {
 }
 
 /// Reads the counters and the worker's RSS every 100 ms (the worker publishes its counters
-/// every 100 ms tick) while the flood runs.
+/// every 100 ms tick) while the flood runs; what it saw so far is shared, so that a flood can
+/// wait for it.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Samples>,
+    seen: Arc<Mutex<Samples>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Samples {
     n: usize,
     max_rss_kib: u64,
@@ -292,25 +421,34 @@ struct Samples {
 impl Sampler {
     fn start(admin: SocketAddr, pid: u64) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let seen = Arc::new(Mutex::new(Samples::default()));
+        let (s, out) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
-            let mut out = Samples::default();
             while !s.load(Ordering::Relaxed) {
                 let q = Quic::read(admin);
-                out.n += 1;
-                out.max_handshaking = out.max_handshaking.max(q.handshaking());
-                out.max_gauge = out.max_gauge.max(q.handshaking_now);
-                out.max_rss_kib = out.max_rss_kib.max(proc_kib(pid, "VmRSS:"));
+                let rss = proc_kib(pid, "VmRSS:");
+                if let Ok(mut o) = out.lock() {
+                    o.n += 1;
+                    o.max_handshaking = o.max_handshaking.max(q.handshaking());
+                    o.max_gauge = o.max_gauge.max(q.handshaking_now);
+                    o.max_rss_kib = o.max_rss_kib.max(rss);
+                }
+                // The sampling period (one publish tick); nothing waits on it.
                 std::thread::sleep(Duration::from_millis(100));
             }
-            out
         });
-        Sampler { stop, thread }
+        Sampler { stop, seen, thread }
+    }
+
+    /// What the sampler has seen so far.
+    fn seen(seen: &Mutex<Samples>) -> Samples {
+        seen.lock().map(|s| *s).unwrap_or_default()
     }
 
     fn finish(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("sampler")
+        self.thread.join().expect("sampler");
+        Sampler::seen(&self.seen)
     }
 }
 
@@ -365,16 +503,35 @@ async fn tcp_workers(st: &Stack) -> [Worker; 2] {
     ]
 }
 
+/// One echo of `data` that must come back intact within [`ANSWER_WAIT`]; its latency.
 async fn echo_once(c: &mut FrameClient, data: &[u8]) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
-    try_echo(c, Service::Interaction, data).await?;
+    let corr = c
+        .send(Service::Interaction, ixn::ECHO, |w| {
+            w.bin(key::DATA, data)?;
+            Ok(())
+        })
+        .await?;
+    let r = c.response(corr, ANSWER_WAIT).await?;
+    anyhow::ensure!(r.error().is_none(), "echo error: {:?}", r.error());
+    anyhow::ensure!(r.body().bin(key::DATA)? == data, "echo payload differs");
     Ok(t0.elapsed())
 }
 
-/// Echo (unique payloads, one at a time, 5 ms apart) until `stop`; every (start, latency).
+/// Echoes answered so far, one counter per desktop (in the order of the workers).
+type Progress = Arc<Vec<AtomicUsize>>;
+
+fn counts(p: &Progress) -> Vec<usize> {
+    p.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
+/// Echo (unique payloads, one at a time) until `stop`; every (start, latency); each answer
+/// counted in `done`.
 async fn echo_until(
     mut w: Worker,
     stop: Arc<AtomicBool>,
+    done: Progress,
+    k: usize,
 ) -> (Worker, anyhow::Result<Vec<(Instant, Duration)>>) {
     let mut lat = Vec::new();
     let mut i = 0u64;
@@ -385,19 +542,20 @@ async fn echo_until(
             Ok(d) => lat.push((t0, d)),
             Err(e) => return (w, Err(e.context(format!("{} echo {i}", data)))),
         }
+        done[k].fetch_add(1, Ordering::Relaxed);
         i += 1;
+        // The desktops' workload is a trickle (an echo every ~5 ms each) beside the flood, not
+        // a second flood; no condition is waited for here.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (w, Ok(lat))
 }
 
-/// Every echo the desktops made while a flood ran (and 300 ms after): how the desktop was
+/// Every echo the desktops made while a flood ran (and after it): how the desktop was
 /// connected, when the echo was sent, how long it took.
 #[derive(Debug, Default)]
 struct Echoes {
     all: Vec<(Via, Instant, Duration)>,
-    /// Fewest echoes any one desktop made.
-    least: usize,
 }
 
 impl Echoes {
@@ -456,36 +614,64 @@ impl Echoes {
     }
 }
 
-/// Run `workers` echoing while `f` (blocking) runs, and 300 ms more; the workers back, with
-/// every echo.
+/// Run `workers` echoing while `f` (blocking; it gets their [`Progress`]) runs, and until each
+/// has had [`AFTER_ECHOES`] more echoes answered after it; the workers back, with every echo.
 async fn while_echoing<T: Send + 'static>(
     workers: Vec<Worker>,
-    f: impl FnOnce() -> T + Send + 'static,
+    f: impl FnOnce(Progress) -> T + Send + 'static,
 ) -> (Vec<Worker>, Echoes, T) {
     let stop = Arc::new(AtomicBool::new(false));
+    let progress: Progress = Arc::new(workers.iter().map(|_| AtomicUsize::new(0)).collect());
     let tasks: Vec<_> = workers
         .into_iter()
-        .map(|w| tokio::spawn(echo_until(w, stop.clone())))
+        .enumerate()
+        .map(|(k, w)| tokio::spawn(echo_until(w, stop.clone(), progress.clone(), k)))
         .collect();
-    let out = tokio::task::spawn_blocking(f).await.expect("flood thread");
-    // A little longer: what was queued behind the flood must come through too.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = progress.clone();
+    let out = tokio::task::spawn_blocking(move || f(p))
+        .await
+        .expect("flood thread");
+    // What was queued behind the flood must come through too, and the desktops keep working.
+    let at_end = counts(&progress);
+    let end = Instant::now() + 2 * ANSWER_WAIT;
+    while Instant::now() < end && !tasks.iter().any(|t| t.is_finished()) {
+        let now = counts(&progress);
+        if now.iter().zip(&at_end).all(|(n, e)| *n >= e + AFTER_ECHOES) {
+            break;
+        }
+        // Back-off between two looks at the desktops' progress.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.store(true, Ordering::Relaxed);
+    let after = counts(&progress);
     let mut back = Vec::new();
-    let mut echoes = Echoes {
-        least: usize::MAX,
-        ..Echoes::default()
-    };
-    for t in tasks {
+    let mut echoes = Echoes::default();
+    for (k, t) in tasks.into_iter().enumerate() {
         let (w, r) = t.await.expect("echo task");
         let l = r.unwrap_or_else(|e| panic!("{}: a request was not answered: {e:#}", w.name));
-        echoes.least = echoes.least.min(l.len());
+        assert!(
+            after[k] >= at_end[k] + AFTER_ECHOES,
+            "{}: {} echoes answered after the flood",
+            w.name,
+            after[k] - at_end[k]
+        );
         echoes
             .all
             .extend(l.into_iter().map(|(at, d)| (w.via, at, d)));
         back.push(w);
     }
     (back, echoes, out)
+}
+
+/// Every desktop had [`LEAST_ECHOES`] answered while the worker handled the flood.
+fn assert_not_starved(workers: &[Worker], during: &[usize]) {
+    for (w, n) in workers.iter().zip(during) {
+        assert!(
+            *n >= LEAST_ECHOES,
+            "{}: only {n} echoes answered while the worker handled the flood: starved ({during:?})",
+            w.name
+        );
+    }
 }
 
 fn pct(lat: &[Duration], p: f64) -> Duration {
@@ -538,58 +724,78 @@ async fn initial_flood_gets_stateless_retries() {
     let pid = worker_pid(&st);
 
     let workers = desktops_before_flood(&st, &cert, 4).await;
+    let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
     let before = published(admin, 4);
     let rss0 = proc_kib(pid, "VmRSS:");
     let cpu0 = cpu_ticks(pid);
 
-    let to = st.proxy.addr;
-    // A desktop that connects while the flood runs: its Initial gets a Retry like the others,
-    // it echoes the token and is accepted.
+    let t = Target {
+        to: st.proxy.addr,
+        admin,
+    };
+    // A desktop that connects while the flood runs (once the worker is busy with it): its
+    // Initial gets a Retry like the others, it echoes the token and is accepted. The flood
+    // goes on until it is done.
     let der = cert.der.clone();
+    let joiner_done = Arc::new(AtomicBool::new(false));
+    let done = joiner_done.clone();
     let joiner = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let t0 = Instant::now();
-        let ep = quic_endpoint(&[der], &[ALPN])?;
-        let (conn, mut c) = quic_connect(&ep, to).await?;
-        c.hello_ok(T1, "joiner", TOKEN1).await?;
-        let took = t0.elapsed();
-        echo_once(&mut c, b"joined").await?;
-        let w = Worker {
-            _quic: Some((ep, conn)),
-            c,
-            name: "joiner".into(),
-            via: Via::Quic,
-        };
-        anyhow::Ok((took, Instant::now(), w))
+        let r = async {
+            let flooding = wait_until_async(FLOOD_DEADLINE, move || {
+                Quic::read(admin).retries >= before.retries + JOIN_AFTER
+            })
+            .await;
+            anyhow::ensure!(flooding, "the worker never answered {JOIN_AFTER} Initials");
+            let t0 = Instant::now();
+            let ep = quic_endpoint(&[der], &[ALPN])?;
+            let (conn, mut c) = quic_connect(&ep, t.to).await?;
+            c.hello_ok(T1, "joiner", TOKEN1).await?;
+            let took = t0.elapsed();
+            echo_once(&mut c, b"joined").await?;
+            let w = Worker {
+                _quic: Some((ep, conn)),
+                c,
+                name: "joiner".into(),
+                via: Via::Quic,
+            };
+            anyhow::Ok((took, w))
+        }
+        .await;
+        done.store(true, Ordering::Relaxed);
+        r
     });
     let sampler = Sampler::start(admin, pid);
-    let (mut workers, echoes, (paced, burst)) = while_echoing(workers, move || {
+    let (mut workers, echoes, (paced, burst, during)) = while_echoing(workers, move |progress| {
         let socks = flood_sockets();
-        // Saturating, windowed: the worker always has a full queue of Initials.
-        let paced = flood(
-            &socks,
-            &initials,
-            to,
-            50_000,
-            Duration::from_secs(8),
-            Some(WINDOW as u64),
-        );
+        // Saturating, windowed: the worker always has a full queue of Initials, until it has
+        // counted RETRY_TARGET Retries and the joiner is in.
+        let mut looks = Looks::new(admin);
+        let mut during = None;
+        let paced = flood(&socks, &initials, t, Some(WINDOW as u64), u64::MAX, |_| {
+            let Some(q) = looks.look() else { return false };
+            if q.retries < before.retries + RETRY_TARGET {
+                return false;
+            }
+            // The echoes answered while the worker handled the target.
+            during.get_or_insert_with(|| counts(&progress));
+            joiner_done.load(Ordering::Relaxed)
+        });
         // Unpaced: the socket buffer overflows; the kernel drops what does not fit. (At most a
         // third of the paced count: most of it is dropped, and the ratio checks below are on
         // the sum.)
         let n = (paced.sent / 3).min(20_000);
-        let burst = flood(&socks, &initials, to, n, Duration::from_secs(2), None);
-        (paced, burst)
+        let burst = flood(&socks, &initials, t, None, n, |r| r.sent >= n);
+        (paced, burst, during.unwrap_or_default())
     })
     .await;
     let samples = sampler.finish();
     let cpu = cpu_ticks(pid) - cpu0;
-    let (joined_in, joined_at, joiner) = joiner
+    let after = settled(t);
+    let (joined_in, joiner) = joiner
         .await
         .expect("joiner task")
         .expect("a desktop connects during the flood");
     workers.push(joiner);
-    let after = settled(admin);
     let hwm = proc_kib(pid, "VmHWM:");
     let rss1 = proc_kib(pid, "VmRSS:");
 
@@ -622,18 +828,26 @@ async fn initial_flood_gets_stateless_retries() {
         "retry flood: a new QUIC desktop connected (Retry, handshake, hello) during the flood in {joined_in:.1?}"
     );
     println!(
+        "retry flood: echoes answered per desktop while the worker handled {RETRY_TARGET} Initials: {names:?} {during:?}"
+    );
+    println!(
         "retry flood: echoes of 4 QUIC + 1 TCP desktops during the paced flood: {}",
         echoes.show(p0, p1)
     );
     println!(
-        "retry flood: ... during and after the burst: {}",
-        echoes.show(b0, b1)
+        "retry flood: ... during and after the burst: {}; slowest through the proxy {:.1?}",
+        echoes.show(b0, b1),
+        echoes.max(p0, b1)
     );
     println!("retry flood: slowest echoes: {}", echoes.slowest(p0));
 
     assert!(
-        paced.sent >= 20_000,
-        "the flood was too slow to mean anything: {paced:?}"
+        paced.reached,
+        "the worker did not count {RETRY_TARGET} Retries (or the joiner did not finish) within {FLOOD_DEADLINE:?}: {paced:?}, counters {before:?} -> {after:?}"
+    );
+    assert!(
+        burst.reached,
+        "the burst did not get its Initials out: {burst:?}"
     );
     assert!(
         retries * 2 > sent,
@@ -649,7 +863,8 @@ async fn initial_flood_gets_stateless_retries() {
         (paced.retries + burst.retries) * 2 > sent,
         "flooders received too few Retries: {paced:?} {burst:?}"
     );
-    assert!(joined_at < paced.end.unwrap(), "joined after the flood");
+    // The joiner connected during the flood by construction: it started once the worker had
+    // answered JOIN_AFTER of the flood's Initials, and the flood went on until it was done.
     assert_eq!(
         after.accepted,
         before.accepted + 1,
@@ -662,14 +877,7 @@ async fn initial_flood_gets_stateless_retries() {
         growth < RSS_GROWTH_MAX_KIB,
         "worker RSS grew by {growth} KiB under the flood"
     );
-    assert!(echoes.least >= 3, "a desktop hardly got through");
-    let max = echoes.max(p0, p1);
-    assert!(max < ECHO_MAX, "an echo took {max:?} during the flood");
-    let max = echoes.max(b0, b1);
-    assert!(
-        max < BURST_ECHO_MAX,
-        "an echo took {max:?} during the burst"
-    );
+    assert_not_starved(&workers, &during);
 
     // Still serving, and a new QUIC desktop gets in (through its own Retry).
     for w in &mut workers {
@@ -679,7 +887,10 @@ async fn initial_flood_gets_stateless_retries() {
     }
     let mut fresh = quic_worker(&st, &cert, "fresh").await;
     echo_once(&mut fresh.c, b"fresh").await.expect("fresh echo");
-    let ok = wait_until(Duration::from_secs(3), || Quic::read(admin).desktops == 6);
+    let ok = wait_until_async(Duration::from_secs(20), move || {
+        Quic::read(admin).desktops == 6
+    })
+    .await;
     let end = Quic::read(admin);
     assert!(ok, "{end:?}");
     assert_eq!(end.accepted, before.accepted + 2, "{end:?}");
@@ -698,27 +909,39 @@ async fn initial_flood_without_retry_is_capped() {
     let pid = worker_pid(&st);
 
     let workers = desktops_before_flood(&st, &cert, 2).await;
+    let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
     let before = published(admin, 2);
     let rss0 = proc_kib(pid, "VmRSS:");
     let cpu0 = cpu_ticks(pid);
 
-    let to = st.proxy.addr;
+    let t = Target {
+        to: st.proxy.addr,
+        admin,
+    };
     let sampler = Sampler::start(admin, pid);
-    let (mut workers, echoes, paced) = while_echoing(workers, move || {
+    let seen = sampler.seen.clone();
+    let (mut workers, echoes, (paced, during)) = while_echoing(workers, move |progress| {
         let socks = flood_sockets();
-        flood(
-            &socks,
-            &initials,
-            to,
-            40_000,
-            Duration::from_secs(3),
-            Some(WINDOW as u64),
-        )
+        // Until the worker has refused or accepted NO_RETRY_TARGET Initials, and the sampler
+        // has seen handshakes in progress.
+        let mut looks = Looks::new(admin);
+        let mut during = None;
+        let paced = flood(&socks, &initials, t, Some(WINDOW as u64), u64::MAX, |_| {
+            let Some(q) = looks.look() else { return false };
+            if q.refused + q.accepted < before.refused + before.accepted + NO_RETRY_TARGET {
+                return false;
+            }
+            during.get_or_insert_with(|| counts(&progress));
+            Sampler::seen(&seen).max_gauge > 0
+        });
+        (paced, during.unwrap_or_default())
     })
     .await;
     let samples = sampler.finish();
     let cpu = cpu_ticks(pid) - cpu0;
-    let mid = settled(admin);
+    let mid = settled(t);
+    // Every connection the flood made was accepted by now.
+    let accepted_within = paced.start.unwrap().elapsed();
     let hwm = proc_kib(pid, "VmHWM:");
     let growth = hwm.max(samples.max_rss_kib).saturating_sub(rss0);
     let accepted = mid.accepted - before.accepted;
@@ -740,12 +963,18 @@ async fn initial_flood_without_retry_is_capped() {
     );
     println!("no-retry flood: slowest echoes: {}", echoes.slowest(p0));
     println!(
-        "no-retry flood: echoes of 2 QUIC + 1 TCP desktops during the flood: {}; all, 300 ms after included: max {:.1?}",
+        "no-retry flood: echoes answered per desktop while the worker handled {NO_RETRY_TARGET} Initials: {names:?} {during:?}"
+    );
+    println!(
+        "no-retry flood: echoes of 2 QUIC + 1 TCP desktops during the flood: {}; all, after it included: max {:.1?}",
         echoes.show(p0, p1),
         echoes.max(p0, Instant::now())
     );
 
-    assert!(paced.sent >= 10_000, "{paced:?}");
+    assert!(
+        paced.reached,
+        "the worker did not refuse or accept {NO_RETRY_TARGET} Initials (or no handshake was seen in progress) within {FLOOD_DEADLINE:?}: {paced:?}, counters {before:?} -> {mid:?}, {samples:?}"
+    );
     assert!(refused > 0, "nothing refused: {mid:?}");
     assert!(
         (refused + accepted) * 2 > paced.sent,
@@ -753,12 +982,13 @@ async fn initial_flood_without_retry_is_capped() {
         paced.sent
     );
     assert!(accepted >= MAX_HANDSHAKES as u64, "{mid:?}");
-    // A slot is free only once a handshake timed out (handshake_ms, then draining).
-    let rounds = paced.took.as_secs_f64() / HANDSHAKE.as_secs_f64() + 1.0;
+    // A slot is free only once a handshake timed out (handshake_ms, then draining): from the
+    // flood's start until the counters settled, at most one round per handshake_ms, plus the
+    // first.
+    let rounds = accepted_within.as_secs_f64() / HANDSHAKE.as_secs_f64() + 1.0;
     assert!(
         accepted as f64 <= MAX_HANDSHAKES as f64 * rounds,
-        "{accepted} flood connections accepted in {:?}: handshakes not capped",
-        paced.took
+        "{accepted} flood connections accepted in {accepted_within:?}: handshakes not capped"
     );
     assert!(
         samples.max_handshaking <= MAX_HANDSHAKES,
@@ -773,15 +1003,14 @@ async fn initial_flood_without_retry_is_capped() {
         growth < RSS_GROWTH_MAX_KIB,
         "worker RSS grew by {growth} KiB under the flood"
     );
-    assert!(echoes.least >= 3, "a desktop hardly got through");
-    let max = echoes.max(p0, Instant::now());
-    assert!(max < ECHO_MAX, "an echo took {max:?} during the flood");
+    assert_not_starved(&workers, &during);
 
     // The flood's handshakes time out and are cleaned up; then a new desktop gets in.
     let t0 = Instant::now();
-    let clean = wait_until(Duration::from_secs(15), || {
+    let clean = wait_until_async(Duration::from_secs(20), move || {
         Quic::read(admin).handshaking() == 0
-    });
+    })
+    .await;
     let end = Quic::read(admin);
     println!(
         "no-retry flood: handshakes cleaned up in {:?}: {end:?}",
@@ -796,6 +1025,9 @@ async fn initial_flood_without_retry_is_capped() {
     }
     let mut fresh = quic_worker(&st, &cert, "fresh").await;
     echo_once(&mut fresh.c, b"fresh").await.expect("fresh echo");
-    let ok = wait_until(Duration::from_secs(3), || Quic::read(admin).desktops == 3);
+    let ok = wait_until_async(Duration::from_secs(20), move || {
+        Quic::read(admin).desktops == 3
+    })
+    .await;
     assert!(ok, "{:?}", Quic::read(admin));
 }

@@ -47,6 +47,11 @@ fn worker_pid(admin: SocketAddr) -> u64 {
     status(admin)["workers"][0]["pid"].as_u64().expect("pid")
 }
 
+/// Desktops the proxy shows, QUIC ones included (its workers publish them every 100 ms tick).
+fn desktops(admin: SocketAddr) -> u64 {
+    status(admin)["desktops"].as_u64().unwrap_or(0)
+}
+
 fn fds(pid: u64) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
@@ -278,7 +283,12 @@ async fn idle_quic_desktop_memory() {
         c.hello_ok(T1, &format!("w{i}"), TOKEN1).await.unwrap();
         warm.push((conn, c));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = st.proxy.admin;
+    assert!(
+        wait_until_async(Duration::from_secs(30), move || desktops(admin) == 20).await,
+        "warm-up desktops not shown: {}",
+        desktops(admin)
+    );
     let (before, fds_before) = (vm_rss_kib(pid), fds(pid));
     let t0 = Instant::now();
     let mut desks = Vec::with_capacity(n);
@@ -288,7 +298,12 @@ async fn idle_quic_desktop_memory() {
         desks.push((conn, c));
     }
     let took = t0.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let want = (n + 20) as u64;
+    assert!(
+        wait_until_async(Duration::from_secs(60), move || desktops(admin) == want).await,
+        "{want} desktops expected, the worker shows {}",
+        desktops(admin)
+    );
     let (after, fds_after) = (vm_rss_kib(pid), fds(pid));
     let per = (after.saturating_sub(before) * 1024) as f64 / n as f64;
     println!(

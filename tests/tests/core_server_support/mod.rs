@@ -301,6 +301,7 @@ impl Client {
             version: 1,
             link: "test-link",
             secret,
+            max_frame: None,
         };
         self.call_head(h, |w| lh.write(w))
     }
@@ -392,4 +393,71 @@ pub fn props<'a>(
 
 pub fn int(f: &Frame, k: &'static str) -> i64 {
     f.body().int(k).unwrap_or_else(|e| panic!("key {k}: {e}"))
+}
+
+/// One TCP connection as the kernel shows it in `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConn {
+    /// In state ESTABLISHED (not closing).
+    pub established: bool,
+    /// Bytes written and not yet acknowledged by the peer.
+    pub tx: u64,
+    /// Bytes received and not yet read by the application.
+    pub rx: u64,
+}
+
+/// The TCP connection from `local` to `remote` (IPv4); `None` if there is none (any more).
+pub fn tcp_conn(local: SocketAddr, remote: SocketAddr) -> Option<TcpConn> {
+    fn hex(a: SocketAddr) -> Option<String> {
+        match a {
+            SocketAddr::V4(v4) => Some(format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            )),
+            SocketAddr::V6(_) => None,
+        }
+    }
+    let (l, r) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some(TcpConn {
+            established: *f.get(3)? == "01",
+            tx: u64::from_str_radix(tx, 16).ok()?,
+            rx: u64::from_str_radix(rx, 16).ok()?,
+        })
+    })
+}
+
+/// Wait (bounded by `within`) until the server at `server` holds answers for the client
+/// connection `client` that the client has not read: the client's receive queue holds at
+/// least `unread` bytes and the server's send queue towards it is not empty; or until the
+/// server closed the connection. Returns whether either happened.
+pub fn server_backed_up(
+    server: SocketAddr,
+    client: SocketAddr,
+    unread: u64,
+    within: Duration,
+) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        match (tcp_conn(client, server), tcp_conn(server, client)) {
+            (Some(ours), Some(theirs))
+                if theirs.established && ours.rx >= unread && theirs.tx > 0 =>
+            {
+                return true;
+            }
+            (_, Some(theirs)) if !theirs.established => return true,
+            (_, None) => return true,
+            _ => {}
+        }
+        // Back-off between two looks at the queues.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }

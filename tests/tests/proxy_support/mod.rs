@@ -207,6 +207,14 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// [`wait_until`] for async tests: the polling (blocking admin reads, the back-off between
+/// them) runs on a blocking thread, so it holds no runtime worker the desktops need.
+pub async fn wait_until_async(timeout: Duration, f: impl FnMut() -> bool + Send + 'static) -> bool {
+    tokio::task::spawn_blocking(move || wait_until(timeout, f))
+        .await
+        .expect("wait_until_async: the polling thread panicked")
+}
+
 pub async fn desktop(addr: SocketAddr, tenant: u32) -> TestClient {
     let token = if tenant == T2 { TOKEN2 } else { TOKEN1 };
     TestClient::connect_hello(addr, tenant, &format!("agent-{}", fastid()), token)

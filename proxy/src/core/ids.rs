@@ -1,4 +1,4 @@
-//! Sans-IO state of one upstream link: the correlation-id slab and its failure handling.
+//! A link's correlation-id slab: who waits for the answer to each request written on a link.
 //!
 //! Every request the proxy writes on a link gets a link-local correlation id
 //!
@@ -29,7 +29,7 @@ use deskmux_codec::{ErrorCode, Head};
 pub enum Owner {
     /// A desktop request: deliver the response to `session` with `Pending::req.correlation`.
     Desktop {
-        /// The desktop's session id (generation-stamped, see `worker`).
+        /// The desktop's session id (generation-stamped, see `core`).
         session: u64,
     },
     /// The `SESSION_OPEN` for a desktop's hello.
@@ -37,10 +37,10 @@ pub enum Owner {
         /// The desktop's session id.
         session: u64,
     },
-    /// An upstream `SUBSCRIBE` made for the fan-out table entry `sub`.
+    /// An upstream `SUBSCRIBE` made for the fan-out entry `sub`.
     Subscribe {
-        /// Fan-out entry index.
-        sub: u32,
+        /// The entry's key (index and generation).
+        sub: crate::core::fanout::SubKey,
     },
     /// The proxy's own request (heartbeat, last-subscriber unsubscribe): the answer is dropped.
     Internal,
@@ -155,14 +155,9 @@ impl IdSlab {
         }
     }
 
-    /// Look at an entry without removing it.
-    pub fn get(&self, id: u64) -> Option<&Pending> {
-        let (slot, generation) = split_id(id);
-        let s = self.slots.get(slot as usize)?;
-        if s.generation != generation {
-            return None;
-        }
-        s.entry.as_ref()
+    /// Every request in flight.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.slots.iter().filter_map(|s| s.entry.as_ref())
     }
 
     /// Ids of requests started before `now - timeout`.

@@ -26,8 +26,14 @@
 //! go_away_reconnect_ms = 1000      # reconnect_ms announced to desktops in GO_AWAY
 //! link_backoff_min_ms = 100        # first link reconnect delay (doubles, with ±50 % jitter)
 //! link_backoff_max_ms = 5000       # largest link reconnect delay
-//! link_heartbeat_ms = 0            # proxy-side link heartbeat; 3 silent intervals = stopped
-//!                                  # (0: the server's announced heartbeat_ms)
+//! link_heartbeat_ms = 0            # proxy-side link heartbeat; 3 intervals without a whole
+//!                                  # frame = stopped (0: the server's announced heartbeat_ms)
+//! hello_max_frame = 16384          # largest frame before the session is open (the hello)
+//! frame_timeout_ms = 30000         # a desktop frame begun must be complete within this
+//! link_frame_timeout_ms = 5000     # a link frame begun must be complete within this
+//! max_subscriptions = 256          # subscriptions per desktop (TOO_MANY_SUBSCRIPTIONS past it)
+//! max_desktops_per_source = 4096   # desktops per source IP address per worker (0: no cap)
+//! worker_queue_bytes = 536870912   # everything a worker queues; over 3/4 requests get OVERLOADED
 //!
 //! [[upstream]]
 //! name = "core-1"                  # instance name, for logs and metrics
@@ -53,11 +59,14 @@
 //! max_handshakes = 256             # per worker, connections handshaking at once
 //! max_desktops = 100000            # per worker; QUIC desktops use no file descriptor
 //! retry = true                     # stateless retry for unvalidated addresses
+//! max_handshakes_per_source = 64   # per worker and source IP address, handshaking at once
 //! ```
 
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+
+mod validate;
 
 /// A commented example configuration (printed by `proxy --example-config`).
 pub const EXAMPLE_CONFIG: &str = r#"# deskmux proxy configuration (see proxy/src/config.rs for every field and its default)
@@ -319,8 +328,32 @@ pub struct Limits {
     /// `heartbeat_ms`: a link silent for 3 intervals is failed and, if it was the instance's
     /// last, the instance is `stopped` (and a warm-standby backup takes new sessions). The
     /// server answers heartbeats at once, so e.g. 200 detects a hung server in ≈600 ms.
-    /// Default 0: the server's interval.
+    /// Liveness counts whole frames: bytes of a frame that never completes do not keep a link
+    /// alive. Default 0: the server's interval.
     pub link_heartbeat_ms: u32,
+    /// Largest frame (head + body) accepted from a desktop before its session is open (the
+    /// hello), and most bytes buffered for it meanwhile. Default 16384.
+    pub hello_max_frame: u32,
+    /// A desktop frame whose first byte arrived must be complete within this (ms); otherwise
+    /// `DEADLINE` and close. Not counted while the proxy itself holds the desktop back
+    /// (backpressure). Default 30000.
+    pub frame_timeout_ms: u32,
+    /// A frame from a server whose first byte arrived must be complete within this (ms);
+    /// otherwise the link is failed at once (a stalled link). Default 5000.
+    pub link_frame_timeout_ms: u32,
+    /// Subscriptions one desktop may hold (pending ones count); more get
+    /// `TOO_MANY_SUBSCRIPTIONS`. Default 256.
+    pub max_subscriptions: u32,
+    /// Desktops per source IP address per worker, over TCP, TLS and QUIC together; past it a
+    /// new connection gets `OVERLOADED` and is closed. 0: no cap. Default 4096 (raise it for
+    /// sites whose desktops reach the proxy through one NAT address).
+    pub max_desktops_per_source: u32,
+    /// Bytes one worker may hold queued in all: desktop outbound queues, partial frames and
+    /// link queues. Above 3/4 of it new requests and hellos get `OVERLOADED` (not sent) and
+    /// a desktop whose partial frame would grow is closed; a frame towards a desktop that
+    /// would pass it makes that desktop a slow consumer if it has anything queued.
+    /// Default 512 MiB.
+    pub worker_queue_bytes: usize,
 }
 
 impl Default for Limits {
@@ -340,6 +373,12 @@ impl Default for Limits {
             link_backoff_min_ms: 100,
             link_backoff_max_ms: 5000,
             link_heartbeat_ms: 0,
+            hello_max_frame: 16 * 1024,
+            frame_timeout_ms: 30_000,
+            link_frame_timeout_ms: 5000,
+            max_subscriptions: 256,
+            max_desktops_per_source: 4096,
+            worker_queue_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -396,6 +435,9 @@ pub struct Quic {
     /// Stateless retry for every address not yet validated (no state under an Initial
     /// flood; costs one round trip per new connection). Default true.
     pub retry: bool,
+    /// Connections from one source IP address handshaking at once per worker; more are
+    /// refused, so one address cannot take every handshake slot. Default 64.
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for Quic {
@@ -406,6 +448,7 @@ impl Default for Quic {
             max_handshakes: 256,
             max_desktops: 100_000,
             retry: true,
+            max_handshakes_per_source: 64,
         }
     }
 }
@@ -522,281 +565,6 @@ impl Config {
         Ok(c)
     }
 
-    /// Check ranges and consistency, and that the certificate files load
-    /// ([`Config::validate_settings`] and [`Config::check_cert_files`]).
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_settings()?;
-        self.check_cert_files()
-    }
-
-    /// Check ranges and consistency without reading any other file (the certificate files
-    /// are named, not loaded).
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`].
-    pub fn validate_settings(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        let l = &self.limits;
-        if l.max_frame < 1024 {
-            return bad("limits.max_frame must be at least 1024".into());
-        }
-        if l.heartbeat_ms == 0 || l.handshake_ms == 0 || l.request_timeout_ms == 0 {
-            return bad(
-                "limits: heartbeat_ms, handshake_ms, request_timeout_ms must be > 0".into(),
-            );
-        }
-        if l.max_in_flight == 0 || l.out_queue_frames == 0 || l.out_queue_bytes == 0 {
-            return bad("limits: max_in_flight and out_queue_* must be > 0".into());
-        }
-        if l.max_in_flight > 65_535 {
-            return bad("limits.max_in_flight must be at most 65535".into());
-        }
-        if l.link_backoff_min_ms == 0 || l.link_backoff_max_ms < l.link_backoff_min_ms {
-            return bad("limits: 0 < link_backoff_min_ms <= link_backoff_max_ms".into());
-        }
-        if self.workers == 0 || self.workers > 64 {
-            return bad("workers must be between 1 and 64".into());
-        }
-        if self.upstream.len() > 64 {
-            return bad("at most 64 upstream instances".into());
-        }
-        for u in &self.upstream {
-            if u.links == 0 || u.links > 64 {
-                return bad(format!("upstream {}: links must be 1..=64", u.name));
-            }
-            if u.services.is_empty() {
-                return bad(format!("upstream {}: no service", u.name));
-            }
-            if u.services.iter().any(|s| s.0 == 0) {
-                return bad(format!(
-                    "upstream {}: service 0 is control, not routable",
-                    u.name
-                ));
-            }
-        }
-        if let Some(q) = &self.quic {
-            if self.quic_cert().is_none() {
-                return bad("quic: needs cert and key (in [quic] or [tls])".into());
-            }
-            if q.max_handshakes == 0 || q.max_desktops == 0 {
-                return bad("quic: max_handshakes and max_desktops must be > 0".into());
-            }
-        }
-        self.validate_topology()
-    }
-
-    /// Load the `[tls]` and `[quic]` certificate and key files and check that each key
-    /// matches its certificate. Separate from [`Config::validate_settings`] because a SIGHUP
-    /// reload must not be refused for bad certificate files: the worker then keeps its
-    /// previous certificate and applies the rest.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the file and the cause.
-    pub fn check_cert_files(&self) -> Result<(), ConfigError> {
-        if let Some(t) = &self.tls {
-            crate::tls::server_config(&t.cert, &t.key).map_err(ConfigError::Invalid)?;
-        }
-        if let Some((cert, key)) = self.quic_cert() {
-            crate::quic::crypto_config(&cert, &key).map_err(ConfigError::Invalid)?;
-        }
-        Ok(())
-    }
-
-    /// Names, clusters, backup pairs and tenant routes (after [`Config::normalize`]; names
-    /// that are still empty are checked by their address).
-    fn validate_topology(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        let name_of = |u: &Upstream| {
-            if u.name.is_empty() {
-                u.addr.to_string()
-            } else {
-                u.name.clone()
-            }
-        };
-        let names: Vec<String> = self.upstream.iter().map(name_of).collect();
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return bad(format!("upstream name {n:?} is used twice"));
-            }
-        }
-        // One cluster per service, so that a service has one balancing policy.
-        let mut owner: std::collections::BTreeMap<u8, &str> = std::collections::BTreeMap::new();
-        for (u, n) in self.upstream.iter().zip(&names) {
-            if !u.cluster.is_empty() && !self.clusters.contains_key(&u.cluster) {
-                return bad(format!(
-                    "upstream {n}: cluster {:?} is not declared in [clusters]",
-                    u.cluster
-                ));
-            }
-            for s in &u.services {
-                match owner.get(&s.0) {
-                    Some(c) if *c != u.cluster.as_str() => {
-                        return bad(format!(
-                            "service {} is served by clusters {c:?} and {:?}: one cluster per service",
-                            s.0, u.cluster
-                        ));
-                    }
-                    _ => {
-                        owner.insert(s.0, u.cluster.as_str());
-                    }
-                }
-            }
-        }
-        for (cname, c) in &self.clusters {
-            self.validate_partitions(cname, c, &names)?;
-        }
-        let mut backups: Vec<&str> = Vec::new();
-        for (u, n) in self.upstream.iter().zip(&names) {
-            let Some(b) = &u.backup else { continue };
-            let Some(bi) = names.iter().position(|x| x == b) else {
-                return bad(format!("upstream {n}: backup {b:?} is not an upstream"));
-            };
-            let bu = &self.upstream[bi];
-            if b == n {
-                return bad(format!("upstream {n}: is its own backup"));
-            }
-            if bu.backup.is_some() {
-                return bad(format!(
-                    "upstream {n}: backup {b:?} has a backup itself (pairs only)"
-                ));
-            }
-            if backups.contains(&b.as_str()) {
-                return bad(format!("upstream {b}: backup of two primaries"));
-            }
-            if bu.services != u.services || bu.cluster != u.cluster {
-                return bad(format!(
-                    "upstream {n}: backup {b:?} must serve the same services in the same cluster"
-                ));
-            }
-            backups.push(b);
-        }
-        let mut seen: Vec<u32> = Vec::new();
-        for t in &self.tenant {
-            if t.id == 0 {
-                return bad("tenant: id 0 is not a tenant".into());
-            }
-            if seen.contains(&t.id) {
-                return bad(format!(
-                    "tenant {}: mapped twice (at most one UCS instance per tenant)",
-                    t.id
-                ));
-            }
-            seen.push(t.id);
-            let Some(i) = names.iter().position(|x| *x == t.ucs) else {
-                return bad(format!(
-                    "tenant {}: ucs instance {:?} is not an upstream",
-                    t.id, t.ucs
-                ));
-            };
-            if !self.upstream[i].services.contains(&ServiceId(2)) {
-                return bad(format!(
-                    "tenant {}: instance {:?} does not serve ucs",
-                    t.id, t.ucs
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_partitions(
-        &self,
-        cname: &str,
-        c: &Cluster,
-        names: &[String],
-    ) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if c.capability_key.is_some() {
-            if c.partition_key.is_some() {
-                return bad(format!(
-                    "cluster {cname}: partition_key and capability_key exclude each other"
-                ));
-            }
-            if c.capability_types.is_empty() {
-                return bad(format!("cluster {cname}: capability_types is empty"));
-            }
-            let n = self.upstream.iter().filter(|u| u.cluster == cname).count();
-            if n > 4 {
-                return bad(format!(
-                    "cluster {cname}: at most 4 instances with capability routing (a desktop has at most 6 upstream sessions)"
-                ));
-            }
-        }
-        for (u, n) in self.upstream.iter().zip(names) {
-            if !u.capabilities.is_empty()
-                && self
-                    .clusters
-                    .get(&u.cluster)
-                    .is_none_or(|c| c.capability_key.is_none())
-            {
-                return bad(format!(
-                    "upstream {n}: capabilities need a cluster with capability_key"
-                ));
-            }
-        }
-        match (&c.partition_key, c.partitions.is_empty()) {
-            (None, true) => return Ok(()),
-            (None, false) => {
-                return bad(format!(
-                    "cluster {cname}: partitions need partition_key (the body field)"
-                ));
-            }
-            (Some(_), true) => {
-                return bad(format!("cluster {cname}: partition_key without partitions"));
-            }
-            (Some(_), false) => {}
-        }
-        if c.partitions.len() > 3 {
-            return bad(format!(
-                "cluster {cname}: at most 3 partitions (a desktop has at most 4 upstream sessions)"
-            ));
-        }
-        for (i, p) in c.partitions.iter().enumerate() {
-            if c.partitions[..i].iter().any(|q| q.instance == p.instance) {
-                return bad(format!(
-                    "cluster {cname}: instance {:?} owns two partitions (merge their prefixes)",
-                    p.instance
-                ));
-            }
-            let Some(u) = names.iter().position(|n| *n == p.instance) else {
-                return bad(format!(
-                    "cluster {cname}: partition instance {:?} is not an upstream",
-                    p.instance
-                ));
-            };
-            if self.upstream[u].cluster != cname {
-                return bad(format!(
-                    "cluster {cname}: partition instance {:?} is not in this cluster",
-                    p.instance
-                ));
-            }
-        }
-        let backups: Vec<&str> = self
-            .upstream
-            .iter()
-            .filter_map(|u| u.backup.as_deref())
-            .collect();
-        for (u, n) in self.upstream.iter().zip(names) {
-            if u.cluster == cname
-                && !backups.contains(&n.as_str())
-                && !c.partitions.iter().any(|p| &p.instance == n)
-            {
-                return bad(format!(
-                    "cluster {cname}: instance {n:?} owns no partition (give it prefixes, or make it a backup)"
-                ));
-            }
-        }
-        let parts: Vec<(&str, &[String])> = c
-            .partitions
-            .iter()
-            .map(|p| (p.instance.as_str(), p.prefixes.as_slice()))
-            .collect();
-        crate::partition::validate(&c.key_space, &parts)
-            .map_err(|e| ConfigError::Invalid(format!("cluster {cname}: {e}")))
-    }
-
     /// Fill in defaults that depend on other fields (instance names).
     pub fn normalize(&mut self) {
         for u in &mut self.upstream {
@@ -808,176 +576,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn example_parses() {
-        let c = Config::from_toml(EXAMPLE_CONFIG).unwrap();
-        assert_eq!(c.upstream.len(), 1);
-        assert_eq!(c.upstream[0].services, vec![ServiceId(1), ServiceId(2)]);
-        assert_eq!(c.limits.max_in_flight, 256);
-        assert_eq!(c.limits.out_queue_frames, 4096);
-    }
-
-    #[test]
-    fn single_service_and_numbers() {
-        let c = Config::from_toml(
-            "[[upstream]]\nservice = \"ucs\"\naddr = \"127.0.0.1:1\"\n[[upstream]]\nservice = 9\naddr = \"127.0.0.1:2\"\nlinks = 1",
-        )
-        .unwrap();
-        assert_eq!(c.upstream[0].services, vec![ServiceId(2)]);
-        assert_eq!(c.upstream[1].services, vec![ServiceId(9)]);
-        assert_eq!(c.upstream[0].links, 2);
-    }
-
-    #[test]
-    fn rejects_bad() {
-        assert!(Config::from_toml("bogus = 1").is_err());
-        assert!(Config::from_toml("[limits]\nmax_frame = 10").is_err());
-        assert!(
-            Config::from_toml("[[upstream]]\nservice = \"nope\"\naddr = \"127.0.0.1:1\"").is_err()
-        );
-        assert!(Config::from_toml("[[upstream]]\nservice = 0\naddr = \"127.0.0.1:1\"").is_err());
-    }
-
-    fn err(toml: &str) -> String {
-        match Config::from_toml(toml) {
-            Ok(_) => panic!("accepted: {toml}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    const TWO: &str = "[[upstream]]\nname = \"a\"\nservice = \"ixn\"\naddr = \"127.0.0.1:1\"\n[[upstream]]\nname = \"b\"\nservice = \"ixn\"\naddr = \"127.0.0.1:2\"\n";
-
-    #[test]
-    fn clusters_pairs_and_tenants() {
-        let c = Config::from_toml(&format!(
-            "[clusters.x]\nbalance = \"least_outstanding\"\n{}",
-            TWO.replace("service =", "cluster = \"x\"\nservice =")
-        ))
-        .unwrap();
-        assert_eq!(c.clusters["x"].balance, Balance::LeastOutstanding);
-        assert_eq!(c.upstream[1].cluster, "x");
-        assert!(err(&TWO.replace("name = \"b\"", "name = \"a\"")).contains("used twice"));
-        assert!(
-            err(&TWO.replacen("service =", "cluster = \"nope\"\nservice =", 1))
-                .contains("not declared")
-        );
-        assert!(
-            err(&format!(
-                "[clusters.x]\n{}",
-                TWO.replacen("service =", "cluster = \"x\"\nservice =", 1)
-            ))
-            .contains("one cluster per service")
-        );
-        let pair = TWO.replacen("service =", "backup = \"b\"\nservice =", 1);
-        assert_eq!(
-            Config::from_toml(&pair).unwrap().upstream[0]
-                .backup
-                .as_deref(),
-            Some("b")
-        );
-        assert!(
-            err(&TWO.replacen("service =", "backup = \"zz\"\nservice =", 1))
-                .contains("not an upstream")
-        );
-        assert!(
-            err(&TWO.replacen("service =", "backup = \"a\"\nservice =", 1)).contains("own backup")
-        );
-        let ucs = TWO.replace("\"ixn\"", "\"ucs\"");
-        let t = Config::from_toml(&format!(
-            "{ucs}[[tenant]]\nid = 1\nucs = \"a\"\n[[tenant]]\nid = 2\nucs = \"a\"\n"
-        ))
-        .unwrap();
-        assert_eq!(t.tenant.len(), 2, "tenants may share an instance");
-        assert!(
-            err(&format!(
-                "{ucs}[[tenant]]\nid = 1\nucs = \"a\"\n[[tenant]]\nid = 1\nucs = \"b\"\n"
-            ))
-            .contains("at most one UCS")
-        );
-        assert!(
-            err(&format!("{TWO}[[tenant]]\nid = 1\nucs = \"a\"\n")).contains("does not serve ucs")
-        );
-    }
-
-    #[test]
-    fn partitions_validate() {
-        let base = "[[upstream]]\nname = \"s1\"\ncluster = \"sms\"\nservice = 5\naddr = \"127.0.0.1:1\"\n[[upstream]]\nname = \"s2\"\ncluster = \"sms\"\nservice = 5\naddr = \"127.0.0.1:2\"\n[clusters.sms]\npartition_key = \"phone\"\n";
-        let ok = format!(
-            "{base}partitions = [{{ instance = \"s1\", prefixes = [\"0\",\"1\",\"2\",\"3\",\"4\"] }}, {{ instance = \"s2\", prefixes = [\"5\",\"6\",\"7\",\"8\",\"9\"] }}]\n"
-        );
-        let c = Config::from_toml(&ok).unwrap();
-        assert_eq!(c.clusters["sms"].partitions.len(), 2);
-        assert_eq!(c.clusters["sms"].key_space, "0123456789");
-        let gap = ok
-            .replace("\"4\"]", "\"3\"]")
-            .replace("\"3\",\"3\"", "\"3\"");
-        let e = err(&gap);
-        assert!(e.contains("gaps") && e.contains("\"4\""), "{e}");
-        let overlap = ok.replace("[\"5\"", "[\"4\",\"5\"");
-        let e = err(&overlap);
-        assert!(e.contains("\"4\"") && e.contains("overlap"), "{e}");
-        let e = err(&ok.replace("partition_key = \"phone\"\n", ""));
-        assert!(e.contains("partition_key"), "{e}");
-        let e = err(&ok.replace("instance = \"s2\"", "instance = \"s9\""));
-        assert!(e.contains("not an upstream"), "{e}");
-    }
-
-    #[test]
-    fn capabilities_validate() {
-        let base = "[[upstream]]\nname = \"r1\"\ncluster = \"urs\"\ncapabilities = [\"sales\"]\nservice = \"ixn\"\naddr = \"127.0.0.1:1\"\n[clusters.urs]\ncapability_key = \"queue\"\n";
-        let c = Config::from_toml(base).unwrap();
-        assert_eq!(c.clusters["urs"].capability_types, vec![0x20]);
-        assert_eq!(c.upstream[0].capabilities, vec!["sales".to_string()]);
-        let e = err(&base.replace("capability_key = \"queue\"\n", ""));
-        assert!(e.contains("capabilities need"), "{e}");
-        let e = err(&format!("{base}capability_types = []\n"));
-        assert!(e.contains("empty"), "{e}");
-    }
-
-    #[test]
-    fn tls_and_quic_validate() {
-        assert!(
-            err("[quic]\n").contains("needs cert and key"),
-            "quic without a certificate"
-        );
-        let e = err("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n");
-        assert!(
-            e.contains("tls.cert") && e.contains("/nonexistent.crt"),
-            "{e}"
-        );
-        let e = err("[quic]\ncert = \"/no.crt\"\nkey = \"/no.key\"\nmax_handshakes = 0\n");
-        assert!(e.contains("max_handshakes"), "{e}");
-        assert!(
-            Config::from_toml("[tls]\ncert = \"a\"\n").is_err(),
-            "key is required"
-        );
-        // The SIGHUP path checks settings only: bad certificate files are the worker's to
-        // report (it keeps its previous certificate), not a reason to refuse the reload.
-        let c: Config = toml::from_str(
-            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[quic]\n",
-        )
-        .unwrap();
-        c.validate_settings().unwrap();
-        let e = c.check_cert_files().unwrap_err().to_string();
-        assert!(e.contains("/nonexistent.crt"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("p.toml");
-        std::fs::write(
-            &p,
-            "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n",
-        )
-        .unwrap();
-        assert!(Config::load_settings(&p).unwrap().tls.is_some());
-        assert!(Config::load(&p).is_err());
-    }
-
-    #[test]
-    fn override_parses() {
-        let u = Upstream::parse_override("ixn,ucs=127.0.0.1:7100").unwrap();
-        assert_eq!(u.services, vec![ServiceId(1), ServiceId(2)]);
-        assert!(Upstream::parse_override("ixn").is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,380 @@
+//! Outbound queues: frames waiting for one socket, as shared `Bytes`, handed to the driver as
+//! `IoSlice`s for one vectored write.
+//!
+//! - [`OutQueue`] is a desktop's: one FIFO, bounded in frames and bytes (the slow-consumer rule).
+//! - [`LinkQueue`] is a link's. Many tenants share a link, so one tenant's burst must not sit in
+//!   front of every other tenant's requests: requests wait in one lane per tenant, and lanes
+//!   are drained by deficit round robin (each turn a lane may send up to [`QUANTUM`] bytes, and
+//!   a frame larger than that waits for its lane's deficit to grow). The proxy's own frames
+//!   (link hello, heartbeats, `SESSION_CLOSE`, unsubscribes) go before any lane: they keep the
+//!   link alive and must never wait behind a burst. Frames picked for writing move to a
+//!   *staged* FIFO whose order is final: its front may be partly written already.
+//!
+//! Every queued link frame carries its link correlation id next to its bytes ([`Queued`]), so
+//! "which requests were completely written" never depends on parallel queues kept in step.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+
+use bytes::Bytes;
+
+/// Bytes a lane may send per round-robin turn.
+pub const QUANTUM: usize = 16 * 1024;
+/// Frames staged for writing at a time (one vectored write takes at most this many).
+pub const STAGE: usize = 64;
+
+/// Why a frame could not be queued towards a desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outbound queue overflow: slow consumer")]
+pub struct Overflow;
+
+/// Frames waiting for a desktop socket. `off` is how much of the front frame is written.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    q: VecDeque<Bytes>,
+    bytes: usize,
+    off: usize,
+}
+
+impl OutQueue {
+    /// Queue a frame, enforcing `max_frames` and `max_bytes`.
+    ///
+    /// # Errors
+    /// [`Overflow`]: the consumer is too slow; the caller disconnects it.
+    pub fn push(&mut self, b: Bytes, max_frames: usize, max_bytes: usize) -> Result<(), Overflow> {
+        if self.q.len() >= max_frames || self.bytes + b.len() > max_bytes {
+            return Err(Overflow);
+        }
+        self.push_unbounded(b);
+        Ok(())
+    }
+
+    /// Queue a frame whatever the bounds (the last error frame of a desktop being closed).
+    pub fn push_unbounded(&mut self, b: Bytes) {
+        self.bytes += b.len();
+        self.q.push_back(b);
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Bytes queued (the front frame counted whole).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Fill `iov` with the unwritten bytes, front first; returns the slices used.
+    pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (k, b) in self.q.iter().take(iov.len()).enumerate() {
+            iov[k] = IoSlice::new(if k == 0 { &b[self.off..] } else { b });
+            n += 1;
+        }
+        n
+    }
+
+    /// Account for `n` written bytes; returns the bytes of the frames completed (which leave
+    /// the queue). Frees the queue's memory once it is empty, so an idle desktop holds none.
+    pub fn consume(&mut self, mut n: usize) -> usize {
+        let mut freed = 0;
+        while n > 0 {
+            let Some(front) = self.q.front() else { break };
+            let left = front.len() - self.off;
+            if n >= left {
+                n -= left;
+                freed += front.len();
+                self.off = 0;
+                self.q.pop_front();
+            } else {
+                self.off += n;
+                n = 0;
+            }
+        }
+        self.bytes -= freed;
+        if self.q.is_empty() && self.q.capacity() > 0 {
+            self.q = VecDeque::new();
+        }
+        freed
+    }
+
+    /// Drop everything except a partly written front frame (which must be finished for
+    /// anything after it to be readable); returns the bytes freed.
+    pub fn truncate_to_partial(&mut self) -> usize {
+        let keep = usize::from(self.off > 0);
+        let before = self.bytes;
+        self.q.truncate(keep);
+        self.bytes = self.q.iter().map(Bytes::len).sum();
+        before - self.bytes
+    }
+}
+
+/// One frame queued on a link, with the link correlation id of the request it carries (0:
+/// nobody waits for an answer, e.g. `SESSION_CLOSE` or a heartbeat answer).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The encoded frame.
+    pub bytes: Bytes,
+    /// Its link correlation id, or 0.
+    pub id: u64,
+    /// Queued in a tenant lane (counted in `request_bytes`).
+    lane: bool,
+}
+
+impl Queued {
+    /// A frame and its link correlation id (0: nobody waits for an answer).
+    pub fn new(bytes: Bytes, id: u64) -> Queued {
+        Queued {
+            bytes,
+            id,
+            lane: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    q: VecDeque<Queued>,
+    deficit: usize,
+}
+
+/// A link's write queue: control first, then tenant lanes by deficit round robin.
+#[derive(Debug, Default)]
+pub struct LinkQueue {
+    /// Picked for writing, in final order; the front may be partly written (`off`).
+    staged: VecDeque<Queued>,
+    off: usize,
+    /// The proxy's own frames.
+    control: VecDeque<Queued>,
+    /// Desktop requests, one lane per tenant.
+    lanes: HashMap<u32, Lane>,
+    /// Tenants whose lane holds frames, in turn order.
+    active: VecDeque<u32>,
+    /// Everything queued (staged included), bytes.
+    bytes: usize,
+    /// Desktop requests queued and not yet fully written, bytes (what the link cap bounds).
+    request_bytes: usize,
+}
+
+impl LinkQueue {
+    /// Queue one of the proxy's own frames (goes before any tenant's requests).
+    pub fn push_control(&mut self, q: Queued) {
+        self.bytes += q.bytes.len();
+        self.control.push_back(q);
+    }
+
+    /// Queue a desktop request of `tenant`.
+    pub fn push_request(&mut self, tenant: u32, mut q: Queued) {
+        q.lane = true;
+        self.bytes += q.bytes.len();
+        self.request_bytes += q.bytes.len();
+        let lane = self.lanes.entry(tenant).or_default();
+        if lane.q.is_empty() {
+            self.active.push_back(tenant);
+        }
+        lane.q.push_back(q);
+    }
+
+    /// Bytes queued (all kinds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Desktop request bytes queued.
+    pub fn request_bytes(&self) -> usize {
+        self.request_bytes
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Move frames into the staged FIFO: all control frames, then lanes in turn, each turn
+    /// adding [`QUANTUM`] to the lane's deficit and taking the frames that fit in it.
+    fn stage(&mut self) {
+        while self.staged.len() < STAGE
+            && let Some(q) = self.control.pop_front()
+        {
+            self.staged.push_back(q);
+        }
+        while self.staged.len() < STAGE
+            && let Some(t) = self.active.pop_front()
+        {
+            let Some(lane) = self.lanes.get_mut(&t) else {
+                continue;
+            };
+            lane.deficit += QUANTUM;
+            while self.staged.len() < STAGE
+                && let Some(front) = lane.q.front()
+                && front.bytes.len() <= lane.deficit
+            {
+                lane.deficit -= front.bytes.len();
+                if let Some(q) = lane.q.pop_front() {
+                    self.staged.push_back(q);
+                }
+            }
+            if lane.q.is_empty() {
+                // An idle lane keeps no credit (DRR) and no memory.
+                self.lanes.remove(&t);
+            } else {
+                self.active.push_back(t);
+            }
+        }
+    }
+
+    /// Fill `iov` with the next bytes to write; returns the slices used.
+    pub fn slices<'a>(&'a mut self, iov: &mut [IoSlice<'a>]) -> usize {
+        self.stage();
+        let mut n = 0;
+        for (k, q) in self.staged.iter().take(iov.len()).enumerate() {
+            iov[k] = IoSlice::new(if k == 0 {
+                &q.bytes[self.off..]
+            } else {
+                &q.bytes
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Account for `n` written bytes; `done(id)` is called for every frame completely
+    /// written. Returns the bytes of those frames.
+    pub fn consume(&mut self, mut n: usize, mut done: impl FnMut(u64)) -> usize {
+        let mut freed = 0;
+        while n > 0 {
+            let Some(front) = self.staged.front() else {
+                break;
+            };
+            let left = front.bytes.len() - self.off;
+            if n < left {
+                self.off += n;
+                break;
+            }
+            n -= left;
+            self.off = 0;
+            if let Some(q) = self.staged.pop_front() {
+                freed += q.bytes.len();
+                if q.lane {
+                    self.request_bytes -= q.bytes.len();
+                }
+                if q.id != 0 {
+                    done(q.id);
+                }
+            }
+        }
+        self.bytes -= freed;
+        freed
+    }
+
+    /// The link is gone: every frame not completely written (a partly written one included:
+    /// the server cannot have read all of it), and the bytes freed.
+    pub fn take_all(&mut self) -> (Vec<Queued>, usize) {
+        let mut out: Vec<Queued> = self.staged.drain(..).collect();
+        out.extend(self.control.drain(..));
+        for (_, lane) in self.lanes.drain() {
+            out.extend(lane.q);
+        }
+        self.active.clear();
+        self.off = 0;
+        self.request_bytes = 0;
+        (out, std::mem::take(&mut self.bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(tenant: u32, k: u64, len: usize) -> Queued {
+        Queued::new(Bytes::from(vec![tenant as u8; len]), k)
+    }
+
+    fn write_all(l: &mut LinkQueue) -> Vec<u64> {
+        let mut ids = Vec::new();
+        loop {
+            let mut iov = [IoSlice::new(&[]); STAGE];
+            let n = l.slices(&mut iov);
+            if n == 0 {
+                return ids;
+            }
+            let len: usize = iov[..n].iter().map(|s| s.len()).sum();
+            l.consume(len, |id| ids.push(id));
+        }
+    }
+
+    #[test]
+    fn desktop_queue_bounds_and_frees() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcd"), 2, 100).unwrap();
+        q.push(Bytes::from_static(b"ef"), 2, 100).unwrap();
+        assert_eq!(q.push(Bytes::from_static(b"g"), 2, 100), Err(Overflow));
+        assert_eq!(q.consume(3), 0);
+        let mut iov = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut iov);
+        assert_eq!((n, &*iov[0], &*iov[1]), (2, &b"d"[..], &b"ef"[..]));
+        assert_eq!(q.consume(3), 6);
+        assert!(q.is_empty() && q.bytes() == 0);
+        let mut q = OutQueue::default();
+        assert_eq!(q.push(Bytes::from(vec![0; 101]), 10, 100), Err(Overflow));
+    }
+
+    #[test]
+    fn control_first_then_tenants_take_turns() {
+        let mut l = LinkQueue::default();
+        // Tenant 1 bursts 100 requests of 8 KiB, then tenant 2 sends one.
+        for k in 0..100 {
+            l.push_request(1, q(1, 1000 + k, 8 * 1024));
+        }
+        l.push_request(2, q(2, 2000, 100));
+        l.push_control(q(0, 0, 32));
+        let ids = write_all(&mut l);
+        // The control frame (id 0) is not reported; tenant 2's request is written after at
+        // most one quantum of tenant 1's (two 8 KiB frames), not after all 100.
+        let pos = ids.iter().position(|i| *i == 2000).unwrap();
+        assert!(pos <= 2, "tenant 2 waited behind {pos} frames");
+        assert_eq!(ids.len(), 101);
+        assert!(l.is_empty() && l.request_bytes() == 0);
+    }
+
+    #[test]
+    fn big_frames_wait_for_their_deficit_and_partial_writes_keep_order() {
+        let mut l = LinkQueue::default();
+        l.push_request(1, q(1, 1, 40 * 1024));
+        l.push_request(2, q(2, 2, 10));
+        let mut iov = [IoSlice::new(&[]); STAGE];
+        let n = l.slices(&mut iov);
+        // Tenant 1's 40 KiB frame needs three turns of credit; tenant 2's goes first.
+        assert_eq!(iov[..n][0].len(), 10);
+        let mut done = Vec::new();
+        l.consume(5, |id| done.push(id));
+        assert!(done.is_empty(), "partly written");
+        // The partly written frame stays first whatever else is queued meanwhile.
+        l.push_control(q(0, 0, 32));
+        let mut iov = [IoSlice::new(&[]); STAGE];
+        let n = l.slices(&mut iov);
+        assert_eq!(iov[..n][0].len(), 5);
+        assert_eq!(write_all(&mut l), vec![2, 1]);
+    }
+
+    #[test]
+    fn failure_returns_everything_unwritten() {
+        let mut l = LinkQueue::default();
+        l.push_request(1, q(1, 7, 100));
+        l.push_request(2, q(2, 8, 100));
+        let mut iov = [IoSlice::new(&[]); STAGE];
+        let _ = l.slices(&mut iov);
+        l.consume(50, |_| {});
+        let (left, freed) = l.take_all();
+        let mut ids: Vec<u64> = left.iter().map(|q| q.id).collect();
+        ids.sort_unstable();
+        assert_eq!((ids, freed), (vec![7, 8], 200));
+        assert!(l.is_empty());
+    }
+}

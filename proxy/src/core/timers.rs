@@ -1,0 +1,107 @@
+//! The clock's work, once per tick: link connects, handshakes, heartbeats and liveness,
+//! request timeouts, desktop deadlines and heartbeats, and the close-flush limit.
+
+use std::time::{Duration, Instant};
+
+use deskmux_codec::msg;
+use deskmux_codec::{ErrorCode, Head, Kind, Service, empty_frame};
+
+use super::desktop::{Phase, STALLED, Timer};
+use super::ids::Owner;
+use super::{CLOSE_FLUSH, Core, link};
+use crate::error::{Disconnect, ProxyError};
+
+impl Core {
+    pub(super) fn tick_links(&mut self, now: Instant) {
+        let draining = self.draining.is_some();
+        let timeout = Duration::from_millis(u64::from(self.limits.request_timeout_ms));
+        for i in 0..self.links.len() {
+            match self.links[i].tick(now, &self.limits, draining) {
+                link::LinkTick::None => {}
+                link::LinkTick::Connect => self.connect_link(now, i),
+                link::LinkTick::Fail(why) => self.fail_link(now, i, why),
+                tick @ (link::LinkTick::Heartbeat | link::LinkTick::Timeouts) => {
+                    if tick == link::LinkTick::Heartbeat {
+                        let h = Head::new(Kind::Request, Service::Control, msg::control::HEARTBEAT);
+                        let id = self.track(now, i, Owner::Internal, h, false);
+                        let mut f = empty_frame(h);
+                        f.set_correlation(id);
+                        self.push_link_control(now, i, f.freeze(), id);
+                    }
+                    for id in self.links[i].ids.expired(now, timeout) {
+                        if let Some(p) = self.links[i].ids.take(id) {
+                            self.answer_pending(
+                                now,
+                                i,
+                                p,
+                                ProxyError::upstream(
+                                    ErrorCode::TIMEOUT,
+                                    "no answer from upstream in time",
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn tick_desktops(&mut self, now: Instant) {
+        let now_ms = self.ms(now);
+        let close_ms = CLOSE_FLUSH.as_millis() as u32;
+        let mut due = Vec::new();
+        for (slot, d) in &self.desktops {
+            match d.timer(now_ms, &self.limits, close_ms, d.has(STALLED)) {
+                Timer::None => {}
+                t => due.push((slot, t)),
+            }
+        }
+        for (slot, t) in due {
+            match t {
+                Timer::None => {}
+                Timer::Deadline(m) => self.fail_desktop(
+                    now,
+                    slot,
+                    ProxyError::desktop(ErrorCode::DEADLINE, m),
+                    Disconnect::Deadline,
+                ),
+                Timer::Heartbeat => {
+                    let mut h = Head::new(Kind::Request, Service::Control, msg::control::HEARTBEAT);
+                    h.correlation = u64::MAX;
+                    self.deliver(now, slot, empty_frame(h).freeze());
+                }
+                Timer::Drop => self.remove_desktop(slot, true),
+            }
+        }
+    }
+
+    /// Refresh each instance's session and alias counts (for its state and `/status`).
+    pub(super) fn count_sessions(&mut self) {
+        let mut per_inst = vec![(0u64, 0u64); self.router.instances.len()];
+        for (_, d) in &self.desktops {
+            if !matches!(d.phase, Phase::Open | Phase::Opening) {
+                continue;
+            }
+            for b in d.bindings.iter().filter(|b| b.service != 0) {
+                let l = &self.links[b.link as usize];
+                if l.generation == b.link_gen
+                    && let Some(e) = per_inst.get_mut(l.instance)
+                {
+                    e.1 += 1;
+                }
+            }
+            for (link, g) in d.links() {
+                let l = &self.links[link as usize];
+                if l.generation == g
+                    && let Some(e) = per_inst.get_mut(l.instance)
+                {
+                    e.0 += 1;
+                }
+            }
+        }
+        for (i, (sessions, aliases)) in per_inst.into_iter().enumerate() {
+            self.router.instances[i].sessions = sessions;
+            self.router.instances[i].aliases = aliases;
+        }
+    }
+}
