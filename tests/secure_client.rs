@@ -103,11 +103,58 @@ pub type FrameClient = crate::TestClient;
 /// # Errors
 /// Socket or rustls configuration failure.
 pub fn quic_endpoint(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> Result<quinn::Endpoint> {
+    quic_endpoint_at("127.0.0.1:0".parse()?, roots, alpn)
+}
+
+/// As [`quic_endpoint`], bound to `bind` (another 127.0.0.0/8 source address).
+///
+/// # Errors
+/// Socket or rustls configuration failure.
+pub fn quic_endpoint_at(
+    bind: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<quinn::Endpoint> {
     let crypto = client_config(roots, alpn)?;
     let qcc = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?;
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut ep = quinn::Endpoint::client(bind)?;
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(qcc)));
     Ok(ep)
+}
+
+/// `n` valid, distinct client Initials (UDP payloads, 1200 bytes each) for a server holding
+/// `cert`, made by quinn-proto: a peer that sends them and never goes on opens `n` handshakes.
+///
+/// # Panics
+/// If quinn-proto makes something other than a QUIC v1 Initial.
+pub fn client_initials(cert: &TestCert, n: usize) -> Vec<Vec<u8>> {
+    let crypto = client_config(std::slice::from_ref(&cert.der), &[ALPN]).expect("rustls");
+    let qcc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
+    let cc = quinn_proto::ClientConfig::new(Arc::new(qcc));
+    let mut ep = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    // The server address is not part of the packet.
+    let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let now = std::time::Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (_, mut conn) = ep
+            .connect(now, cc.clone(), server, "localhost")
+            .expect("connect");
+        let mut buf = Vec::new();
+        let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+        buf.truncate(t.size);
+        // Long header, type Initial, QUIC v1; padded to the 1200-byte minimum.
+        assert_eq!(buf[0] & 0xf0, 0xc0, "not an Initial");
+        assert_eq!(&buf[1..5], &1u32.to_be_bytes());
+        assert!(buf.len() >= 1200, "{}", buf.len());
+        out.push(buf);
+    }
+    out
 }
 
 /// Connect a QUIC desktop: handshake, open the desktop's one bidirectional stream.

@@ -113,6 +113,19 @@ impl TlsStream {
         self.tls.alpn_protocol()
     }
 
+    /// Closing: send the records still pending, then end the TCP stream's sending side.
+    /// `Ok(false)` while records wait for the socket (call again when it may be writable).
+    ///
+    /// # Errors
+    /// A socket error.
+    pub fn close_write(&mut self) -> io::Result<bool> {
+        if !self.send_pending()? {
+            return Ok(false);
+        }
+        self.sock.shutdown(std::net::Shutdown::Write)?;
+        Ok(true)
+    }
+
     /// Send pending TLS records; `Ok(true)` once none remain, `Ok(false)` on would-block.
     fn send_pending(&mut self) -> io::Result<bool> {
         while self.tls.wants_write() {

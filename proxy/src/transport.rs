@@ -80,6 +80,22 @@ pub enum DesktopStream {
     Quic(crate::quic::QuicStream),
 }
 
+impl DesktopStream {
+    /// Closing: end the sending side after what is queued below the frames (TLS records), so
+    /// the peer reads everything and then an end of stream. `Ok(false)` while TLS records
+    /// still wait for the socket. A QUIC stream finishes itself when dropped.
+    ///
+    /// # Errors
+    /// A socket error.
+    pub fn close_write(&mut self) -> io::Result<bool> {
+        match self {
+            DesktopStream::Plain(s) => s.shutdown(std::net::Shutdown::Write).map(|()| true),
+            DesktopStream::Tls(s) => s.close_write(),
+            DesktopStream::Quic(_) => Ok(true),
+        }
+    }
+}
+
 impl io::Read for DesktopStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

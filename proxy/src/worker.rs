@@ -48,8 +48,10 @@ const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Slices per vectored write.
 const IOV: usize = 64;
-/// How long a closed TLS desktop may take to send its last records.
+/// How long a closed desktop's socket lingers for its last bytes and the peer's close.
 const LINGER: Duration = Duration::from_secs(2);
+/// Most sockets lingering at once (each holds a file descriptor); past it, closed at once.
+const MAX_LINGER: usize = 1024;
 
 /// What a worker needs to run.
 pub struct WorkerOpts {
@@ -91,7 +93,7 @@ pub struct Worker {
     desktops: Vec<Option<(u32, DesktopStream)>>,
     /// Link sockets by link index.
     links: Vec<Option<LinkSock>>,
-    /// Closed TLS desktops still sending their last records.
+    /// Closed desktops' sockets finishing their last bytes (see `close_stream`).
     lingering: Vec<(Instant, DesktopStream)>,
     scratch: Vec<u8>,
     /// Desktops to read again in the next round (read budget ran out, or the core said so).
@@ -414,18 +416,35 @@ impl Worker {
         }
     }
 
-    /// A closed desktop's connection: TLS records it still buffers get a moment to go out.
+    /// A closed desktop's connection. Dropping a socket whose input was not all read makes
+    /// the kernel send a reset, which can destroy the last frames still in flight (the error
+    /// frame that says why it is closed). So the sending side is ended after those frames
+    /// (TLS records included) and the socket lingers, its input read and discarded, until
+    /// the peer closes too or [`LINGER`] passes (at most [`MAX_LINGER`] at once).
     fn close_stream(&mut self, mut sock: DesktopStream) {
-        if let Err(e) = sock.flush()
-            && e.kind() == io::ErrorKind::WouldBlock
-        {
-            self.lingering.push((Instant::now() + LINGER, sock));
+        if matches!(sock, DesktopStream::Quic(_)) || self.lingering.len() >= MAX_LINGER {
+            return;
         }
+        if sock.close_write().is_err() {
+            return;
+        }
+        self.lingering.push((Instant::now() + LINGER, sock));
     }
 
     fn flush_lingering(&mut self, now: Instant) {
+        let scratch = &mut self.scratch;
         self.lingering.retain_mut(|(until, sock)| {
-            matches!(sock.flush(), Err(e) if e.kind() == io::ErrorKind::WouldBlock) && now < *until
+            if now >= *until || sock.close_write().is_err() {
+                return false;
+            }
+            loop {
+                match sock.read(scratch) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return e.kind() == io::ErrorKind::WouldBlock,
+                }
+            }
         });
     }
 

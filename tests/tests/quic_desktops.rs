@@ -244,13 +244,6 @@ async fn quic_failures_are_clear_and_isolated() {
     assert_eq!(quic_metric(&m, "desktops"), 2, "{lines:#?}");
 }
 
-fn quic_metric(m: &str, what: &str) -> u64 {
-    m.lines()
-        .filter(|l| l.starts_with("deskmux_proxy_quic{") && l.contains(&format!("what=\"{what}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_handshake_deadlines_match_tcp() {
     // handshake_ms bounds both the stream opening and the hello, as for TCP.

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use deskmux_codec::Service;
 use deskmux_codec::msg::{ixn, key};
 use deskmux_tests::secure_client::{
-    ALPN, FrameClient, TestCert, client_config, quic_connect, quic_endpoint, self_signed,
+    ALPN, FrameClient, TestCert, client_initials, quic_connect, quic_endpoint, self_signed,
 };
 use proxy_support::*;
 
@@ -92,37 +92,6 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The two tests each saturate a core; run them one after the other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// `POOL` valid client Initials (UDP payloads, 1200 bytes each), made by quinn-proto.
-fn client_initials(cert: &TestCert, n: usize) -> Vec<Vec<u8>> {
-    let crypto = client_config(std::slice::from_ref(&cert.der), &[ALPN]).expect("rustls");
-    let qcc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
-    let cc = quinn_proto::ClientConfig::new(Arc::new(qcc));
-    let mut ep = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        false,
-        None,
-    );
-    // The server address is not part of the packet.
-    let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let now = Instant::now();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (_, mut conn) = ep
-            .connect(now, cc.clone(), server, "localhost")
-            .expect("connect");
-        let mut buf = Vec::new();
-        let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
-        buf.truncate(t.size);
-        // Long header, type Initial, QUIC v1; padded to the 1200-byte minimum.
-        assert_eq!(buf[0] & 0xf0, 0xc0, "not an Initial");
-        assert_eq!(&buf[1..5], &1u32.to_be_bytes());
-        assert!(buf.len() >= 1200, "{}", buf.len());
-        out.push(buf);
-    }
-    out
-}
 
 fn flood_sockets() -> Vec<UdpSocket> {
     let mut v = Vec::new();
@@ -286,13 +255,6 @@ fn worker_idle(t: Target) -> bool {
     // The worker publishes its counters every 100 ms tick: look again after one.
     std::thread::sleep(Duration::from_millis(150));
     a == Quic::read(t.admin).answered() && udp_rx_queue(t.to) == Some(0)
-}
-
-fn quic_metric(m: &str, what: &str) -> u64 {
-    m.lines()
-        .filter(|l| l.starts_with("deskmux_proxy_quic{") && l.contains(&format!("what=\"{what}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -33,7 +33,8 @@
 //! link_frame_timeout_ms = 5000     # a link frame begun must be complete within this
 //! max_subscriptions = 256          # subscriptions per desktop (TOO_MANY_SUBSCRIPTIONS past it)
 //! max_desktops_per_source = 4096   # desktops per source IP address per worker (0: no cap)
-//! worker_queue_bytes = 536870912   # everything a worker queues; over 3/4 requests get OVERLOADED
+//! worker_queue_bytes = 536870912   # everything a worker queues; over 3/4: backlogged desktops
+//!                                  # are closed first, then new requests get OVERLOADED
 //!
 //! [[upstream]]
 //! name = "core-1"                  # instance name, for logs and metrics
@@ -349,10 +350,12 @@ pub struct Limits {
     /// sites whose desktops reach the proxy through one NAT address).
     pub max_desktops_per_source: u32,
     /// Bytes one worker may hold queued in all: desktop outbound queues, partial frames and
-    /// link queues. Above 3/4 of it new requests and hellos get `OVERLOADED` (not sent) and
-    /// a desktop whose partial frame would grow is closed; a frame towards a desktop that
-    /// would pass it makes that desktop a slow consumer if it has anything queued.
-    /// Default 512 MiB.
+    /// link queues. Above 3/4 of it, the desktops with the largest backlogs (queues past half
+    /// their bounds: they do not read) are closed as slow consumers, largest first; if that
+    /// frees too little (the bytes wait on an upstream link), new requests and hellos get
+    /// `OVERLOADED` (not sent). A partial frame may grow up to the whole budget; a frame
+    /// towards a desktop that would pass it makes that desktop a slow consumer if it has
+    /// anything queued. Default 512 MiB.
     pub worker_queue_bytes: usize,
 }
 

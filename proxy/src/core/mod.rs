@@ -212,6 +212,8 @@ pub struct Core {
     closing: Vec<usize>,
     /// Desktops whose held frames may be taken now (see `settle`).
     woken: Vec<usize>,
+    /// A search for a desktop to evict found none: not again before this (see `make_room`).
+    no_victim_until: Option<Instant>,
     draining: Option<Instant>,
     in_flight: u64,
     /// The largest `max_in_flight` in force since start (a reload may lower the cap below
@@ -269,6 +271,7 @@ impl Core {
             dirty: VecDeque::new(),
             closing: Vec::new(),
             woken: Vec::new(),
+            no_victim_until: None,
             draining: None,
             in_flight: 0,
             max_in_flight_ever: cfg.limits.max_in_flight,
@@ -699,10 +702,9 @@ impl Core {
 
     /// Whether anything is queued for a live socket.
     pub fn has_queued(&self) -> bool {
-        self.links
-            .iter()
-            .any(|l| !l.out.is_empty() && l.state != LinkState::Connecting { since: self.epoch })
-            || self.desktops.iter().any(|(_, d)| !d.out.is_empty())
+        self.links.iter().any(|l| {
+            !l.out.is_empty() && matches!(l.state, LinkState::Up | LinkState::Handshaking { .. })
+        }) || self.desktops.iter().any(|(_, d)| !d.out.is_empty())
     }
 
     /// Counts for `/status`.

@@ -190,6 +190,37 @@ impl Core {
         }
     }
 
+    /// Room for `n` more bytes of new work (a request, a hello, a partial frame that grows)
+    /// below the budget's high-water mark. When the worker is over it, the desktops that
+    /// hold the most while not reading (their queue is past half its bounds) are slow
+    /// consumers and are closed first, largest first, so that desktops which read are not
+    /// refused because of those that do not. `hard`: only the hard limit must hold (bytes
+    /// of a frame already begun). False if there is still no room: the caller answers
+    /// `OVERLOADED`.
+    pub(super) fn make_room(&mut self, now: Instant, n: usize, hard: bool) -> bool {
+        let room = |b: &Budget| if hard { b.fits(n) } else { b.admits(n) };
+        while !room(&self.budget) {
+            // One scan finds the largest backlog; a scan that found none is not repeated
+            // before the next tick (each would cost a pass over every desktop).
+            if self.no_victim_until.is_some_and(|t| now < t) {
+                return false;
+            }
+            let victim = self
+                .desktops
+                .iter()
+                .filter(|(_, d)| d.phase != Phase::Closing && d.out_backlogged(&self.limits))
+                .max_by_key(|(_, d)| d.out.bytes())
+                .map(|(slot, _)| slot);
+            let Some(slot) = victim else {
+                self.no_victim_until = Some(now + super::TICK);
+                return false;
+            };
+            self.metrics.error("evicted_for_budget");
+            self.slow_consumer(now, slot);
+        }
+        true
+    }
+
     pub(super) fn try_deliver(&mut self, now: Instant, slot: usize, b: Bytes) -> Delivery {
         let now_ms = self.ms(now);
         let mut to = Outboxes {

@@ -29,8 +29,9 @@ impl Core {
         }
         d.last_rx_ms = now_ms;
         if let Some(mut rx) = d.rx.take() {
-            // A held buffer grows: that needs room in the worker's budget.
-            if !self.budget.admits(data.len()) {
+            // A held buffer grows: that needs room in the worker's budget (the frame is
+            // begun: the hard limit is what counts).
+            if !self.make_room(now, data.len(), true) {
                 self.budget.sub(rx.buf.len());
                 self.fail_desktop(now, slot, overloaded(), Disconnect::Overloaded);
                 return;
@@ -52,7 +53,7 @@ impl Core {
             if !buf.is_empty() {
                 // Left over: give it a buffer of its own, sized for what is there, so the
                 // arena is not pinned by a slow sender.
-                if !self.budget.admits(0) {
+                if !self.make_room(now, 0, true) {
                     self.budget.sub(buf.len());
                     buf.clear();
                     self.fail_desktop(now, slot, overloaded(), Disconnect::Overloaded);
@@ -222,7 +223,7 @@ impl Core {
     }
 
     /// Whether a request of `len` bytes may go on binding `b` now.
-    fn admit(&self, b: Binding, len: usize) -> Result<(), ProxyError> {
+    fn admit(&mut self, now: Instant, b: Binding, len: usize) -> Result<(), ProxyError> {
         if !self.link_ok(b) {
             return Err(ProxyError::upstream(
                 ErrorCode::LINK_LOST_UNSENT,
@@ -242,7 +243,7 @@ impl Core {
                 "upstream link queue full",
             ));
         }
-        if !self.budget.admits(len) {
+        if !self.make_room(now, len, false) {
             return Err(overloaded());
         }
         Ok(())
@@ -258,7 +259,7 @@ impl Core {
         reroute: bool,
     ) {
         let h = *f.head();
-        if let Err(e) = self.admit(b, f.len()) {
+        if let Err(e) = self.admit(now, b, f.len()) {
             self.reply_error(now, slot, &h, e);
             return;
         }
@@ -289,7 +290,7 @@ impl Core {
             core.reply_error(now, slot, &h, e);
             core.close_desktop(now, slot, Disconnect::HelloRefused);
         };
-        if !self.budget.admits(f.len()) {
+        if !self.make_room(now, f.len(), false) {
             return refuse(self, overloaded());
         }
         let view = LinksView(&self.links);
@@ -391,7 +392,7 @@ impl Core {
             // Let the server answer MALFORMED.
             return self.forward(now, slot, b, f, false);
         };
-        if let Err(e) = self.admit(b, f.len()) {
+        if let Err(e) = self.admit(now, b, f.len()) {
             return self.reply_error(now, slot, &h, e);
         }
         let d = &self.desktops[slot];

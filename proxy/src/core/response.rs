@@ -150,17 +150,16 @@ impl Core {
                         ErrorCode::INTERNAL,
                         "the server's answer named another tenant",
                     );
-                    return self.answer_waiters(now, sub, waiters, Err(e));
+                    return self.answer_waiters(now, sub, waiters, SubAnswer::Error(e));
                 }
                 let Some(ans) = self.fanout.answered(sub, ok) else {
                     return;
                 };
-                let reply = if ok.is_some() {
-                    Ok(f.freeze())
-                } else {
-                    Err(f.freeze())
+                let reply = SubAnswer::Server {
+                    bytes: f.freeze(),
+                    ok: ok.is_some(),
                 };
-                self.answer_waiters_with(now, sub, ans.waiters, reply);
+                self.answer_waiters(now, sub, ans.waiters, reply);
                 if let Some(r) = ans.release {
                     self.unsubscribe_upstream(now, r);
                 }
@@ -183,19 +182,20 @@ impl Core {
         self.woken.push(slot);
     }
 
-    /// The waiters of a shared subscription get their answers: on success the server's
-    /// answer (`Ok`, restamped per desktop), on failure its error answer (`Err`).
-    fn answer_waiters_with(
+    /// The waiters of a shared subscription get their answers, in the order they came: a
+    /// `SUBSCRIBE` the server's answer (restamped with the desktop's ids) or an error made
+    /// here; an `UNSUBSCRIBE` success (whatever happened upstream, the desktop no longer holds
+    /// the topic).
+    fn answer_waiters(
         &mut self,
         now: Instant,
         sub: SubKey,
         waiters: Vec<Waiter>,
-        reply: Result<Bytes, Bytes>,
+        answer: SubAnswer,
     ) {
-        let (bytes, ok) = match &reply {
-            Ok(b) => (b, true),
-            Err(b) => (b, false),
-        };
+        if let SubAnswer::Error(e) = &answer {
+            self.metrics.error(e.code.name());
+        }
         for w in waiters {
             let Some(slot) = self.slot_of_sid(w.session) else {
                 continue;
@@ -204,72 +204,37 @@ impl Core {
             if d.phase == Phase::Closing {
                 continue;
             }
-            let answer = match w.op {
-                Op::Subscribe => {
-                    // In order with the desktop's other waiting requests of the topic (it may
-                    // have unsubscribed and subscribed again meanwhile).
-                    if !ok {
-                        d.subs.retain(|k| *k != sub);
-                    } else if !d.subs.contains(&sub) {
-                        d.subs.push(sub);
-                    }
+            let subscribed = matches!(answer, SubAnswer::Server { ok: true, .. });
+            if w.op == Op::Subscribe && subscribed {
+                // It may have unsubscribed and subscribed again meanwhile: in order.
+                if !d.subs.contains(&sub) {
+                    d.subs.push(sub);
+                }
+            } else {
+                d.subs.retain(|k| *k != sub);
+            }
+            let t = match w.op {
+                Op::Subscribe => msg::ixn::SUBSCRIBE,
+                Op::Unsubscribe => msg::ixn::UNSUBSCRIBE,
+            };
+            let mut h = Head::new(Kind::Request, Service::Interaction, t);
+            h.tenant = d.tenant;
+            h.correlation = w.corr;
+            h.session = w.session;
+            let reply = match (&answer, w.op) {
+                (_, Op::Unsubscribe) => ok_response(&h, w.session),
+                (SubAnswer::Server { bytes, .. }, Op::Subscribe) => {
                     // Each waiting desktop gets the answer with its own ids (a small copy).
                     let mut b = BytesMut::from(&bytes[..]);
                     deskmux_codec::head::restamp_correlation(&mut b, w.corr);
                     deskmux_codec::head::restamp_session(&mut b, w.session);
                     b.freeze()
                 }
-                Op::Unsubscribe => {
-                    d.subs.retain(|k| *k != sub);
-                    let mut h =
-                        Head::new(Kind::Request, Service::Interaction, msg::ixn::UNSUBSCRIBE);
-                    h.tenant = d.tenant;
-                    h.correlation = w.corr;
-                    ok_response(&h, w.session)
+                (SubAnswer::Error(e), Op::Subscribe) => {
+                    deskmux_codec::error_response(&h, e.code, e.message).freeze()
                 }
             };
-            self.answered(now, slot, answer);
-        }
-    }
-
-    /// As [`Core::answer_waiters_with`], with an error made here.
-    fn answer_waiters(
-        &mut self,
-        now: Instant,
-        sub: SubKey,
-        waiters: Vec<Waiter>,
-        e: Result<(), ProxyError>,
-    ) {
-        let Err(e) = e else {
-            return;
-        };
-        self.metrics.error(e.code.name());
-        for w in waiters {
-            let Some(slot) = self.slot_of_sid(w.session) else {
-                continue;
-            };
-            let d = &mut self.desktops[slot];
-            if d.phase == Phase::Closing {
-                continue;
-            }
-            d.subs.retain(|k| *k != sub);
-            let mut h = Head::new(
-                Kind::Request,
-                Service::Interaction,
-                match w.op {
-                    Op::Subscribe => msg::ixn::SUBSCRIBE,
-                    Op::Unsubscribe => msg::ixn::UNSUBSCRIBE,
-                },
-            );
-            h.tenant = d.tenant;
-            h.correlation = w.corr;
-            h.session = w.session;
-            let answer = match w.op {
-                Op::Subscribe => deskmux_codec::error_response(&h, e.code, e.message).freeze(),
-                // Whatever happened upstream, it no longer holds the topic.
-                Op::Unsubscribe => ok_response(&h, w.session),
-            };
-            self.answered(now, slot, answer);
+            self.answered(now, slot, reply);
         }
     }
 
@@ -459,7 +424,7 @@ impl Core {
                     topic: s.topic.clone(),
                 });
                 let waiters = self.fanout.failed(sub);
-                self.answer_waiters(now, sub, waiters, Err(e));
+                self.answer_waiters(now, sub, waiters, SubAnswer::Error(e));
                 // Timed out or answered too large: the server may hold it; links are
                 // ordered, so dropping it now undoes it whenever it was made.
                 if e.code != ErrorCode::LINK_LOST
@@ -553,4 +518,17 @@ impl Core {
         self.push_link_request(now, l, tenant, b.freeze(), id);
         true
     }
+}
+
+/// How the waiters of a shared subscription are answered.
+enum SubAnswer {
+    /// The server's answer to the `SUBSCRIBE` (`ok`: not an error).
+    Server {
+        /// The encoded answer.
+        bytes: Bytes,
+        /// Whether it is a success.
+        ok: bool,
+    },
+    /// An error made here (link lost, timeout, oversized, misrouted).
+    Error(ProxyError),
 }

@@ -98,6 +98,17 @@ impl World {
         let Some(n) = self.pick_open() else {
             return;
         };
+        if self.desktops[n].habit == Habit::NeverReads {
+            // A desktop that never reads floods: big answers pile up for it until it is held
+            // back, then it is a slow consumer or is evicted for the worker's budget.
+            let k = self.rng.usize(8..40);
+            for _ in 0..k {
+                let size = self.rng.usize(1000..12000);
+                self.desktops[n].echo(Service::Ucs, size);
+                self.stats.requests += 1;
+            }
+            return;
+        }
         let k = self.rng.usize(1..8);
         for _ in 0..k {
             let r = self.rng.u32(0..100);

@@ -34,6 +34,9 @@ pub struct Stats {
     pub faults: u64,
     pub unicasts_blocked: u64,
     pub drains: u64,
+    /// The core's own counts (`deskmux_proxy_errors` by kind, `deskmux_proxy_disconnects` by
+    /// reason): which of its paths the faults reached.
+    pub paths: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -49,6 +52,9 @@ impl Stats {
         self.faults += o.faults;
         self.unicasts_blocked += o.unicasts_blocked;
         self.drains += o.drains;
+        for (k, v) in &o.paths {
+            *self.paths.entry(k.clone()).or_default() += v;
+        }
     }
 }
 
@@ -112,13 +118,15 @@ pub struct World {
     pub(crate) finished: bool,
     pub(crate) max_frame_seen: usize,
     pub stats: Stats,
+    registry: prometheus_client::registry::Registry,
 }
 
 impl World {
     pub fn new(seed: u64) -> World {
         let cfg = config();
         let now = Instant::now();
-        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
         let core = Core::new(0, &cfg, now, seed, metrics);
         let n = core.links().len();
         World {
@@ -138,6 +146,7 @@ impl World {
             finished: false,
             max_frame_seen: 0,
             stats: Stats::default(),
+            registry,
         }
     }
 
@@ -146,6 +155,42 @@ impl World {
     /// # Errors
     /// The first invariant that failed, with the step.
     pub fn run(&mut self, steps: u64) -> Result<(), String> {
+        let res = self.run_steps(steps);
+        self.count_paths();
+        res
+    }
+
+    /// Read the core's error and disconnect counters into `stats.paths`.
+    fn count_paths(&mut self) {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            return;
+        }
+        for line in text.lines() {
+            let (name, rest) = match line.split_once('{') {
+                Some(x) => x,
+                None => continue,
+            };
+            let family = match name {
+                "deskmux_proxy_errors_total" => "error",
+                "deskmux_proxy_disconnects_total" => "disconnect",
+                _ => continue,
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let kind = labels.split('"').nth(1).unwrap_or("?");
+            if let Ok(v) = value.parse::<f64>() {
+                *self
+                    .stats
+                    .paths
+                    .entry(format!("{family}:{kind}"))
+                    .or_default() += v as u64;
+            }
+        }
+    }
+
+    fn run_steps(&mut self, steps: u64) -> Result<(), String> {
         // Let the links come up first.
         for _ in 0..20 {
             self.advance(Duration::from_millis(60));
@@ -176,7 +221,14 @@ impl World {
     pub(crate) fn open_desktops(&self) -> Vec<usize> {
         self.desktops
             .iter()
-            .filter(|d| !d.closed && d.sid.is_some() && !d.eof && d.doomed.is_none())
+            // A desktop that reads acts once its hello is answered; one that never reads
+            // cannot know, and floods right behind its hello.
+            .filter(|d| {
+                !d.closed
+                    && (d.sid.is_some() || d.habit == Habit::NeverReads)
+                    && !d.eof
+                    && d.doomed.is_none()
+            })
             .map(|d| d.n)
             .collect()
     }
@@ -394,7 +446,9 @@ impl World {
             let replies = d.read(&mut self.max_frame_seen)?;
             moved = true;
             for r in replies {
-                if !d.eof {
+                // A desktop that shut its sending side, or stopped mid-frame, sends nothing
+                // more (its heartbeat answers would complete the frame it left unfinished).
+                if !d.eof && d.doomed.is_none() {
                     d.to_send.extend_from_slice(&r);
                 }
             }

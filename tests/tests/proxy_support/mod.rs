@@ -295,3 +295,11 @@ pub async fn echo_until(c: &mut TestClient, depth: usize, stop: Instant) -> u64 
     }
     n
 }
+
+/// The sum over workers of `deskmux_proxy_quic{what="<what>"}` in a `/metrics` text.
+pub fn quic_metric(m: &str, what: &str) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with("deskmux_proxy_quic{") && l.contains(&format!("what=\"{what}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
