@@ -107,6 +107,10 @@ pub struct Worker {
     status: Arc<Status>,
     signals: Arc<Signals>,
     start: Instant,
+    /// The time of this round: read once after each wait, handed to the core with every
+    /// input of the round (timers are checked at 100 ms; one clock read per round, not per
+    /// socket operation).
+    now: Instant,
 }
 
 impl std::fmt::Debug for Worker {
@@ -163,6 +167,7 @@ impl Worker {
             status,
             signals,
             start: now,
+            now,
         })
     }
 
@@ -202,6 +207,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
+            self.now = Instant::now();
             if std::mem::take(&mut self.quic_more)
                 && let Some(q) = self.quic.as_mut()
             {
@@ -238,6 +244,7 @@ impl Worker {
             }
             crate::status::publish_counts(&self.core, &self.status);
             let now = Instant::now();
+            self.now = now;
             if now >= self.core.poll_timeout() {
                 self.tick(now);
                 self.core.handle_timeout(now);
@@ -288,7 +295,7 @@ impl Worker {
                     return;
                 }
             };
-            match self.core.accept(Instant::now(), peer.ip(), true) {
+            match self.core.accept(self.now, peer.ip(), true) {
                 Ok(id) => {
                     if self.attach(id, sock) {
                         self.read_desktop(id);
@@ -335,7 +342,7 @@ impl Worker {
             if *generation != id.generation {
                 return;
             }
-            let now = Instant::now();
+            let now = self.now;
             match sock.read(&mut self.scratch) {
                 Ok(0) => {
                     self.core.desktop_eof(now, id);
@@ -381,7 +388,7 @@ impl Worker {
     /// Write desktop `id`'s queue: one vectored write at a time until it is empty or the
     /// socket would block.
     fn flush_desktop(&mut self, id: DesktopId) {
-        let now = Instant::now();
+        let now = self.now;
         let slot = id.slot as usize;
         loop {
             let Some(Some((generation, sock))) = self.desktops.get_mut(slot) else {
@@ -457,7 +464,7 @@ impl Worker {
             return;
         };
         let mut evs = std::mem::take(&mut self.quic_events);
-        let now = Instant::now();
+        let now = self.now;
         q.drive(now, &mut evs);
         for ev in evs.drain(..) {
             match ev {
@@ -510,7 +517,7 @@ impl Worker {
             index: i as u16,
             generation: ls.generation,
         };
-        let now = Instant::now();
+        let now = self.now;
         if !ls.connected {
             if !writable && !readable {
                 return;
@@ -545,7 +552,7 @@ impl Worker {
             if ls.generation != id.generation {
                 return;
             }
-            let now = Instant::now();
+            let now = self.now;
             match ls.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     self.drop_link(id);
@@ -565,7 +572,7 @@ impl Worker {
     }
 
     fn flush_link(&mut self, id: LinkId) {
-        let now = Instant::now();
+        let now = self.now;
         loop {
             let Some(Some(ls)) = self.links.get_mut(id.index as usize) else {
                 return;

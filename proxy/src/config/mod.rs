@@ -309,7 +309,9 @@ pub struct Limits {
     pub handshake_ms: u32,
     /// Heartbeat interval announced to desktops (ms); silent for 3 intervals closes. Default 5000.
     pub heartbeat_ms: u32,
-    /// A request unanswered upstream for this long gets TIMEOUT (ms). Default 30000.
+    /// A request unanswered upstream for this long gets TIMEOUT (ms; looked for every
+    /// sixteenth of it, at least every 100 ms, so at most 1/16 late). At most one hour.
+    /// Default 30000.
     pub request_timeout_ms: u32,
     /// Frames queued towards one desktop before it is a slow consumer. Default 4096.
     pub out_queue_frames: usize,

@@ -26,6 +26,9 @@ impl Config {
         if l.max_frame < 1024 {
             return bad("limits.max_frame must be at least 1024".into());
         }
+        if l.request_timeout_ms > 3_600_000 {
+            return bad("limits.request_timeout_ms must be at most 3600000 (one hour)".into());
+        }
         if l.heartbeat_ms == 0 || l.handshake_ms == 0 || l.request_timeout_ms == 0 {
             return bad(
                 "limits: heartbeat_ms, handshake_ms, request_timeout_ms must be > 0".into(),

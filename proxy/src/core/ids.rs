@@ -18,11 +18,12 @@
 //!
 //! Retry safety on failure (PROTOCOL.md §5): a request whose bytes were completely handed to
 //! the kernel is "outcome unknown" (`LINK_LOST`); one still queued, or only partly written, can
-//! not have been processed and is "not sent" (`LINK_LOST_UNSENT`).
+//! not have been processed and is "not sent" (`LINK_LOST_UNSENT`). Which is which is read off
+//! the link's queue when it fails (what is still in it was not written), so nothing is
+//! written into a slot when its request is: a slot is touched when the request is taken and
+//! when it is answered, nothing in between.
 
-use std::time::{Duration, Instant};
-
-use deskmux_codec::{ErrorCode, Head};
+use deskmux_codec::{ErrorCode, Head, Kind, Service};
 
 /// Who is waiting for the answer to a request written on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,18 +47,53 @@ pub enum Owner {
     Internal,
 }
 
-/// One in-flight request on a link.
+/// What the proxy keeps of a request's head while it is in flight: enough to restore the
+/// desktop's correlation id and to build an error response. 16 bytes rather than a whole
+/// [`Head`]: tens of thousands of these are in flight per link, and every answer looks one
+/// up, so the slab's size is its cache footprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReqHead {
+    /// The requester's correlation id.
+    pub correlation: u64,
+    /// The request's tenant.
+    pub tenant: u32,
+    /// Message type.
+    pub msg_type: u16,
+    /// Service byte.
+    pub service: u8,
+}
+
+impl ReqHead {
+    /// What is kept of request head `h`.
+    pub fn of(h: &Head) -> ReqHead {
+        ReqHead {
+            correlation: h.correlation,
+            tenant: h.tenant,
+            msg_type: h.msg_type,
+            service: h.service.to_u8(),
+        }
+    }
+
+    /// The request's head again (kind request, no flags), with session `session`.
+    pub fn head(&self, session: u64) -> Head {
+        let mut h = Head::new(Kind::Request, Service::from_u8(self.service), self.msg_type);
+        h.tenant = self.tenant;
+        h.correlation = self.correlation;
+        h.session = session;
+        h
+    }
+}
+
+/// One in-flight request on a link (48 bytes with its slot's generation).
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
     /// Who gets the answer.
     pub owner: Owner,
-    /// The request's head as the desktop sent it (its own correlation id): enough to build an
-    /// error response if the request fails here.
-    pub req: Head,
-    /// Whether the request's last byte has been written to the link socket.
-    pub sent: bool,
-    /// When the proxy accepted it (latency metrics, timeouts).
-    pub started: Instant,
+    /// The request's head as the desktop sent it (its own correlation id).
+    pub req: ReqHead,
+    /// When the proxy took it: microseconds on the core's clock, wrapping every 71 minutes
+    /// (latency metrics, timeouts; a request lives at most `request_timeout_ms`).
+    pub started_us: u32,
     /// Routed by capability: if the link dies before it is sent, it may be resubmitted to
     /// another instance with the capability (never once sent: its outcome would be unknown).
     pub reroute: bool,
@@ -146,26 +182,18 @@ impl IdSlab {
         e
     }
 
-    /// The request with link id `id` was completely written.
-    pub fn mark_sent(&mut self, id: u64) {
-        if let Some(s) = self.slot_mut(id)
-            && let Some(e) = s.entry.as_mut()
-        {
-            e.sent = true;
-        }
-    }
-
     /// Every request in flight.
     pub fn iter(&self) -> impl Iterator<Item = &Pending> {
         self.slots.iter().filter_map(|s| s.entry.as_ref())
     }
 
-    /// Ids of requests started before `now - timeout`.
-    pub fn expired(&self, now: Instant, timeout: Duration) -> Vec<u64> {
+    /// Ids of requests taken `timeout_us` or more before `now_us` (the core's wrapping
+    /// microsecond clock).
+    pub fn expired(&self, now_us: u32, timeout_us: u32) -> Vec<u64> {
         let mut out = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(e) = &s.entry
-                && now.saturating_duration_since(e.started) >= timeout
+                && now_us.wrapping_sub(e.started_us) >= timeout_us
             {
                 out.push(make_id(i as u32, s.generation));
             }
@@ -174,15 +202,16 @@ impl IdSlab {
     }
 
     /// The link died: every entry (with its link id), with the error it must be answered
-    /// with. The slab is left empty (all generations bumped), ready to be dropped.
-    pub fn fail_all(&mut self) -> Vec<(u64, Pending, ErrorCode)> {
+    /// with; `unsent(id)` says whether the request was still (even partly) in the link's
+    /// queue. The slab is left empty (all generations bumped), ready to be dropped.
+    pub fn fail_all(&mut self, unsent: impl Fn(u64) -> bool) -> Vec<(u64, Pending, ErrorCode)> {
         let mut out = Vec::with_capacity(self.live);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if let Some(e) = s.entry.take() {
                 let id = make_id(i as u32, s.generation);
                 s.generation = s.generation.wrapping_add(1).max(1);
                 self.free.push(i as u32);
-                out.push((id, e, loss_code(e.sent)));
+                out.push((id, e, loss_code(!unsent(id))));
             }
         }
         self.live = 0;
@@ -193,18 +222,25 @@ impl IdSlab {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deskmux_codec::{Kind, Service};
 
     fn p(session: u64, corr: u64) -> Pending {
         let mut req = Head::new(Kind::Request, Service::Interaction, 1);
         req.correlation = corr;
         Pending {
             owner: Owner::Desktop { session },
-            req,
-            sent: false,
-            started: Instant::now(),
+            req: ReqHead::of(&req),
+            started_us: 1000,
             reroute: false,
         }
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 48,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[test]
@@ -238,8 +274,8 @@ mod tests {
         let mut s = IdSlab::new();
         let a = s.insert(p(1, 1));
         let b = s.insert(p(1, 2));
-        s.mark_sent(a);
-        let mut out = s.fail_all();
+        // b is still in the link's queue; a was written.
+        let mut out = s.fail_all(|id| id == b);
         out.sort_by_key(|(_, e, _)| e.req.correlation);
         assert_eq!((out[0].0, out[0].2), (a, ErrorCode::LINK_LOST));
         assert_eq!((out[1].0, out[1].2), (b, ErrorCode::LINK_LOST_UNSENT));
@@ -250,10 +286,17 @@ mod tests {
     #[test]
     fn expiry() {
         let mut s = IdSlab::new();
-        let t0 = Instant::now();
         let a = s.insert(p(1, 1));
-        assert!(s.expired(t0, Duration::from_secs(1)).is_empty());
-        let later = t0 + Duration::from_secs(2);
-        assert_eq!(s.expired(later, Duration::from_secs(1)), vec![a]);
+        assert!(s.expired(1000 + 999_999, 1_000_000).is_empty());
+        assert_eq!(s.expired(1000 + 1_000_000, 1_000_000), vec![a]);
+        // The clock wraps.
+        let mut w = p(1, 2);
+        w.started_us = u32::MAX - 10;
+        let b = s.insert(w);
+        assert!(
+            s.expired(20, 31).contains(&b),
+            "31 µs after, across the wrap"
+        );
+        assert!(!s.expired(19, 31).contains(&b));
     }
 }

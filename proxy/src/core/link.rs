@@ -35,6 +35,8 @@ use crate::core::queue::{LinkQueue, Queued};
 
 /// Link connect + hello deadline.
 pub const LINK_HANDSHAKE: Duration = Duration::from_secs(5);
+/// Read buffer capacity a link keeps between frames.
+const RX_KEEP: usize = 1024 * 1024;
 
 /// A link as the driver knows it: index and incarnation. Anything the driver reports about an
 /// earlier incarnation is ignored.
@@ -137,6 +139,8 @@ pub struct Link {
     pub dirty: bool,
     /// Removed by a reload: no new sessions, not reconnected.
     pub retired: bool,
+    /// When the id slab is next searched for requests past their timeout.
+    pub next_expiry: Instant,
 }
 
 impl Link {
@@ -168,6 +172,7 @@ impl Link {
             draining: false,
             dirty: false,
             retired: false,
+            next_expiry: now,
         }
     }
 
@@ -231,31 +236,49 @@ impl Link {
         Ok(a.state)
     }
 
-    /// Frame the bytes `data` read from the socket into `out` (frames, and heads of frames
-    /// over the limit that went by). Liveness is stamped per whole frame.
+    /// Bytes read from the socket: call [`Link::next_frame`] until it gives `None`.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.rx.extend_from_slice(data);
+    }
+
+    /// The next frame (or the head of a frame over the limit that went by) from what was fed.
+    /// Liveness is stamped per whole frame; a frame begun is timed from `now`.
     ///
     /// # Errors
     /// Framing is lost (bad magic or version): the link must fail.
-    pub fn ingest(
+    pub fn next_frame(&mut self, now: Instant) -> Result<Option<Decoded>, FrameError> {
+        if let Some(d) = self.dec.next_or_skip(&mut self.rx)? {
+            self.last_frame = now;
+            self.frame_since = None;
+            return Ok(Some(d));
+        }
+        if self.rx.is_empty() && !self.dec.in_frame() {
+            self.frame_since = None;
+            // A buffer grown for one big frame is given back between frames; one of the
+            // usual size is kept (dropping it would cost an allocation per read).
+            if self.rx.capacity() > RX_KEEP {
+                self.rx = BytesMut::new();
+            }
+        } else if self.frame_since.is_none() {
+            self.frame_since = Some(now);
+        }
+        Ok(None)
+    }
+
+    /// [`Link::feed`], then every frame in `out` (tests).
+    ///
+    /// # Errors
+    /// Framing is lost.
+    #[cfg(test)]
+    fn ingest(
         &mut self,
         now: Instant,
         data: &[u8],
         out: &mut Vec<Decoded>,
     ) -> Result<(), FrameError> {
-        self.rx.extend_from_slice(data);
-        while let Some(d) = self.dec.next_or_skip(&mut self.rx)? {
-            self.last_frame = now;
-            self.frame_since = None;
+        self.feed(data);
+        while let Some(d) = self.next_frame(now)? {
             out.push(d);
-        }
-        if self.rx.is_empty() && !self.dec.in_frame() {
-            self.frame_since = None;
-            // Between frames the link holds no read buffer.
-            if self.rx.capacity() > 64 * 1024 {
-                self.rx = BytesMut::new();
-            }
-        } else if self.frame_since.is_none() {
-            self.frame_since = Some(now);
         }
         Ok(())
     }
@@ -351,7 +374,7 @@ impl Link {
         let dead_gen = self.generation;
         self.generation = self.generation.wrapping_add(1).max(1);
         let (left, freed) = self.out.take_all();
-        let unsent = left
+        let unsent: HashMap<u64, Bytes> = left
             .into_iter()
             .filter(|q| q.id != 0)
             .map(|q| (q.id, q.bytes))
@@ -364,7 +387,7 @@ impl Link {
         Failed {
             was_up,
             dead_gen,
-            pending: self.ids.fail_all(),
+            pending: self.ids.fail_all(|id| unsent.contains_key(&id)),
             unsent,
             freed,
             retry_in,

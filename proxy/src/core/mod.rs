@@ -61,7 +61,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use deskmux_codec::{Decoded, Head, control_error};
+use deskmux_codec::{Head, control_error};
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use tracing::{debug, warn};
@@ -87,7 +87,7 @@ mod timers;
 use budget::{Budget, Sources};
 use desktop::{Binding, Desktop, Phase, STALLED};
 use fanout::Fanout;
-use ids::{Owner, Pending};
+use ids::{Owner, Pending, ReqHead};
 pub use link::{Link, LinkId, LinkState};
 
 /// How often timers are checked.
@@ -196,6 +196,8 @@ pub struct Core {
     link_secret: String,
     cfg: Config,
     epoch: Instant,
+    /// The last `now` given, in worker milliseconds and microseconds (see `ms`, `us`).
+    clock: std::cell::Cell<(Instant, u32, u32)>,
     desktops: Slab<Desktop>,
     /// Desktops holding a file descriptor.
     fd_desktops: usize,
@@ -223,8 +225,6 @@ pub struct Core {
     /// Worker-wide read buffer: a desktop's bytes are framed here, and only a partial frame
     /// left over gets a buffer of its own.
     arena: BytesMut,
-    /// Reused list of frames decoded from a link.
-    link_frames: Vec<Decoded>,
     metrics: Metrics,
     /// Request counters for interaction, ucs, other (cached handles).
     request_counters: [Counter; 3],
@@ -256,6 +256,7 @@ impl Core {
             link_secret: cfg.link_secret.clone(),
             cfg: cfg.clone(),
             epoch: now,
+            clock: std::cell::Cell::new((now, 0, 0)),
             desktops: Slab::new(),
             fd_desktops: 0,
             links: Vec::new(),
@@ -277,7 +278,6 @@ impl Core {
             max_in_flight_ever: cfg.limits.max_in_flight,
             next_tick: now,
             arena: BytesMut::with_capacity(64 * 1024),
-            link_frames: Vec::new(),
             metrics,
             request_counters,
         };
@@ -313,9 +313,27 @@ impl Core {
         self.router.add(u, ids, balance);
     }
 
+    /// Worker milliseconds at `now` (u32, wraps after 49 days; compared with wrapping_sub).
     pub(super) fn ms(&self, now: Instant) -> u32 {
-        // Wraps after 49 days; all comparisons use wrapping_sub.
-        now.saturating_duration_since(self.epoch).as_millis() as u32
+        self.clock_at(now).0
+    }
+
+    /// Worker microseconds at `now` (u32, wraps after 71 minutes; for request times, which
+    /// are bounded by `request_timeout_ms`).
+    pub(super) fn us(&self, now: Instant) -> u32 {
+        self.clock_at(now).1
+    }
+
+    fn clock_at(&self, now: Instant) -> (u32, u32) {
+        // One input's handling asks this many times with the same `now`: keep the last.
+        let (at, ms, us) = self.clock.get();
+        if at == now {
+            return (ms, us);
+        }
+        let d = now.saturating_duration_since(self.epoch);
+        let (ms, us) = (d.as_millis() as u32, d.as_micros() as u32);
+        self.clock.set((now, ms, us));
+        (ms, us)
     }
 
     /// The live desktop named by `id`.
@@ -466,22 +484,18 @@ impl Core {
         let Some(i) = self.link_of(id) else {
             return;
         };
-        let mut frames = std::mem::take(&mut self.link_frames);
-        let res = self.links[i].ingest(now, data, &mut frames);
         let generation = self.links[i].generation;
-        for d in frames.drain(..) {
-            // A frame may have failed the link (e.g. a bad hello ack): stop there.
-            if self.links[i].generation != generation {
-                break;
+        self.links[i].feed(data);
+        // A frame may fail the link (e.g. a bad hello ack): stop there.
+        while self.links[i].generation == generation {
+            match self.links[i].next_frame(now) {
+                Ok(Some(d)) => self.link_frame(now, i, d),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(link = %self.links[i].name, error = %e, "framing lost on link");
+                    self.fail_link(now, i, "framing lost");
+                }
             }
-            self.link_frame(now, i, d);
-        }
-        self.link_frames = frames;
-        if let Err(e) = res
-            && self.links[i].generation == generation
-        {
-            warn!(link = %self.links[i].name, error = %e, "framing lost on link");
-            self.fail_link(now, i, "framing lost");
         }
         self.settle(now);
     }
@@ -585,11 +599,13 @@ impl Core {
         let Some(slot) = self.slot_of(id) else {
             return;
         };
-        let freed = self.desktops[slot].out.consume(n);
+        let d = &mut self.desktops[slot];
+        let freed = d.out.consume(n);
         self.budget.sub(freed);
-        if self.desktops[slot].phase == Phase::Closing {
+        if d.phase == Phase::Closing {
             self.closing.push(slot);
-        } else if freed > 0 {
+        } else if freed > 0 && (d.rx.is_some() || d.has(STALLED)) {
+            // Its backlog shrank: it may be read again, its held frames taken.
             self.woken.push(slot);
         }
         self.settle(now);
@@ -608,9 +624,7 @@ impl Core {
         let Some(i) = self.link_of(id) else {
             return;
         };
-        let link = &mut self.links[i];
-        let ids = &mut link.ids;
-        let freed = link.out.consume(n, |id| ids.mark_sent(id));
+        let freed = self.links[i].out.consume(n);
         self.budget.sub(freed);
     }
 
@@ -666,16 +680,16 @@ impl Core {
         now: Instant,
         l: usize,
         owner: Owner,
-        req: Head,
+        req: &Head,
         reroute: bool,
     ) -> u64 {
         self.in_flight += 1;
         self.metrics.in_flight.inc();
+        let started_us = self.us(now);
         self.links[l].ids.insert(Pending {
             owner,
-            req,
-            sent: false,
-            started: now,
+            req: ReqHead::of(req),
+            started_us,
             reroute,
         })
     }

@@ -107,10 +107,9 @@ impl Core {
     /// `SESSION_CLOSE` upstream). The driver then flushes for a moment and exits.
     pub fn finish(&mut self, now: Instant) {
         for i in 0..self.links.len() {
-            for id in self.links[i]
-                .ids
-                .expired(now + Duration::from_secs(3600), Duration::ZERO)
-            {
+            // A timeout of 0: every request still in flight.
+            let now_us = self.us(now);
+            for id in self.links[i].ids.expired(now_us, 0) {
                 if let Some(p) = self.links[i].ids.take(id) {
                     self.answer_pending(
                         now,

@@ -268,7 +268,7 @@ impl Core {
         let (sid, tenant) = (d.sid, d.tenant);
         f.set_session(sid);
         let l = b.link as usize;
-        let id = self.track(now, l, Owner::Desktop { session: sid }, h, reroute);
+        let id = self.track(now, l, Owner::Desktop { session: sid }, &h, reroute);
         f.set_correlation(id);
         self.push_link_request(now, l, tenant, f.freeze(), id);
     }
@@ -333,7 +333,7 @@ impl Core {
             oh.tenant = h.tenant;
             oh.session = sid;
             if let Ok(mut of) = Frame::with_body(oh, f.body_bytes()) {
-                let id = self.track(now, l, Owner::Open { session: sid }, h, false);
+                let id = self.track(now, l, Owner::Open { session: sid }, &h, false);
                 of.set_correlation(id);
                 self.push_link_request(now, l, h.tenant, of.freeze(), id);
             }
@@ -447,7 +447,7 @@ impl Core {
                 d.in_flight += 1;
                 f.set_session(sid);
                 let l = b.link as usize;
-                let id = self.track(now, l, Owner::Subscribe { sub: key }, h, false);
+                let id = self.track(now, l, Owner::Subscribe { sub: key }, &h, false);
                 f.set_correlation(id);
                 self.push_link_request(now, l, tenant, f.freeze(), id);
             }
@@ -499,7 +499,7 @@ impl Core {
         }) else {
             return;
         };
-        let id = self.track(now, l, Owner::Internal, h, false);
+        let id = self.track(now, l, Owner::Internal, &h, false);
         f.set_correlation(id);
         self.push_link_control(now, l, f.freeze(), id);
     }

@@ -18,7 +18,7 @@ use deskmux_codec::msg::{self, ServiceState};
 use deskmux_codec::{Decoded, ErrorCode, Flags, Frame, Head, Kind, Service, empty_frame};
 use tracing::{debug, info, warn};
 
-use super::desktop::Phase;
+use super::desktop::{EOF, Phase, STALLED};
 use super::fanout::{Op, SubKey, Waiter};
 use super::ids::{Owner, Pending};
 use super::link::LinkState;
@@ -102,7 +102,7 @@ impl Core {
             Owner::Open { session } => {
                 self.untrack();
                 let code = f.error().map(|(c, _)| c);
-                self.open_answer(now, i, session, p.req, code);
+                self.open_answer(now, i, session, p.req.head(0), code);
             }
             Owner::Desktop { session } => {
                 // The answer must be for the session and tenant that asked.
@@ -120,9 +120,8 @@ impl Core {
                     );
                 }
                 self.untrack();
-                self.metrics
-                    .latency
-                    .observe(now.saturating_duration_since(p.started).as_secs_f64());
+                let took_us = self.us(now).wrapping_sub(p.started_us);
+                self.metrics.latency.observe(f64::from(took_us) / 1e6);
                 if let Some((code, _)) = f.error() {
                     self.metrics.error(code.name());
                 }
@@ -178,8 +177,13 @@ impl Core {
     fn answered(&mut self, now: Instant, slot: usize, b: Bytes) {
         let d = &mut self.desktops[slot];
         d.in_flight = d.in_flight.saturating_sub(1);
+        // Only a desktop held back (frames waiting, not read) or half-closed has anything to
+        // resume.
+        let held = d.rx.is_some() || d.flags & (STALLED | EOF) != 0;
         self.deliver(now, slot, b);
-        self.woken.push(slot);
+        if held {
+            self.woken.push(slot);
+        }
     }
 
     /// The waiters of a shared subscription get their answers, in the order they came: a
@@ -403,7 +407,7 @@ impl Core {
             Owner::Desktop { session } => {
                 if let Some(slot) = self.slot_of_sid(session) {
                     self.metrics.error(e.code.name());
-                    let f = deskmux_codec::error_response(&p.req, e.code, e.message);
+                    let f = deskmux_codec::error_response(&p.req.head(session), e.code, e.message);
                     self.answered(now, slot, f.freeze());
                 }
             }
@@ -415,7 +419,7 @@ impl Core {
                 } else {
                     e.code
                 };
-                self.open_answer(now, l, session, p.req, Some(c));
+                self.open_answer(now, l, session, p.req.head(0), Some(c));
             }
             Owner::Subscribe { sub } => {
                 let release = self.fanout.get(sub).map(|s| super::fanout::Release {
@@ -505,13 +509,13 @@ impl Core {
         let view = LinksView(&self.links);
         let Some(l) = self
             .router
-            .resubmit_link(&bindings, p.req.service.to_u8(), body, &view)
+            .resubmit_link(&bindings, p.req.service, body, &view)
         else {
             return false;
         };
-        // The failed entry already left the slab: this is the same request, moved.
-        self.untrack();
-        let id = self.track(now, l, p.owner, p.req, true);
+        // The failed entry already left the slab: this is the same request, moved (its
+        // start time, hence its timeout, kept).
+        let id = self.links[l].ids.insert(*p);
         self.metrics.error("resubmitted_unsent");
         let mut b = BytesMut::from(&bytes[..]);
         deskmux_codec::head::restamp_correlation(&mut b, id);

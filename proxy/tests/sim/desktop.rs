@@ -12,7 +12,11 @@ use deskmux_proxy::core::DesktopId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Asked {
     Hello,
-    Echo,
+    /// An echo whose body starts with this nonce (desktop number and correlation id), so
+    /// the servers can say whether it reached them.
+    Echo(u64),
+    /// A request that can never reach a server (another tenant stamped on it).
+    Spoofed,
     Subscribe(String),
     Unsubscribe(String),
     Heartbeat,
@@ -66,6 +70,8 @@ pub struct Desktop {
     pub going_away: bool,
     /// What it sent and got, latest last (for failure reports).
     pub log: std::collections::VecDeque<String>,
+    /// Echoes answered with an error of class "not sent", by nonce (checked by the world).
+    pub not_sent: Vec<(u64, deskmux_codec::ErrorCode)>,
 }
 
 impl Desktop {
@@ -92,6 +98,7 @@ impl Desktop {
             unicasts: Vec::new(),
             going_away: false,
             log: std::collections::VecDeque::new(),
+            not_sent: Vec::new(),
         }
     }
 
@@ -157,8 +164,11 @@ impl Desktop {
         } else {
             ixn::ECHO
         };
-        self.request(service, t, Asked::Echo, |w| {
-            let _ = w.bin(key::DATA, &vec![7u8; size]);
+        let nonce = ((self.n as u64) << 32) | (self.next_corr + 1);
+        let mut data = nonce.to_be_bytes().to_vec();
+        data.resize(size.max(8), 7);
+        self.request(service, t, Asked::Echo(nonce), |w| {
+            let _ = w.bin(key::DATA, &data);
         });
     }
 
@@ -202,7 +212,7 @@ impl Desktop {
         h.tenant = other;
         h.correlation = corr;
         self.to_send.extend_from_slice(empty_frame(h).as_bytes());
-        self.outstanding.insert(corr, Asked::Echo);
+        self.outstanding.insert(corr, Asked::Spoofed);
     }
 
     /// Raw bytes (malformed input).
@@ -287,7 +297,16 @@ impl Desktop {
                             self.subs.remove(&topic);
                         }
                     }
-                    Asked::Echo | Asked::Heartbeat => {}
+                    // PROTOCOL.md §5: "not sent" means it had no effect: the world checks
+                    // that no server saw it.
+                    Asked::Echo(nonce) => {
+                        if let Some((code, _)) = err
+                            && code.retry_class() == deskmux_codec::RetryClass::NotSent
+                        {
+                            self.not_sent.push((nonce, code));
+                        }
+                    }
+                    Asked::Spoofed | Asked::Heartbeat => {}
                 }
                 if let Some((code, _)) = err
                     && code.0 >> 8 == 0

@@ -47,6 +47,8 @@ pub struct Server {
     pub subscribed: BTreeMap<(u32, String), (u64, u64)>,
     /// The largest frame the proxy said it accepts.
     pub proxy_max: Option<u32>,
+    /// Nonces of the echoes that reached this server (drained by the world).
+    pub echoed: Vec<u64>,
 }
 
 impl Server {
@@ -64,6 +66,7 @@ impl Server {
             requests: 0,
             subscribed: BTreeMap::new(),
             proxy_max: None,
+            echoed: Vec::new(),
         }
     }
 
@@ -233,6 +236,11 @@ impl Server {
                         empty_frame(r)
                     }
                     _ => {
+                        if let Ok(Some(d)) = f.body().opt_bin(key::DATA)
+                            && let Some(n) = d.first_chunk::<8>()
+                        {
+                            self.echoed.push(u64::from_be_bytes(*n));
+                        }
                         // Echo: the same body; sometimes far larger than the proxy accepts.
                         if big {
                             let body = vec![1u8; self.proxy_max.unwrap_or(1 << 16) as usize + 10];

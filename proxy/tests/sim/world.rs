@@ -119,6 +119,8 @@ pub struct World {
     pub(crate) max_frame_seen: usize,
     pub stats: Stats,
     registry: prometheus_client::registry::Registry,
+    /// Nonces of every echo that reached a server.
+    reached: std::collections::HashSet<u64>,
 }
 
 impl World {
@@ -147,6 +149,7 @@ impl World {
             max_frame_seen: 0,
             stats: Stats::default(),
             registry,
+            reached: std::collections::HashSet::new(),
         }
     }
 
@@ -472,6 +475,20 @@ impl World {
     // ------------------------------------------------------------------ invariants
 
     fn check(&mut self) -> Result<(), String> {
+        // An echo answered "not sent" must not have reached any server.
+        for sv in &mut self.servers {
+            self.reached.extend(sv.echoed.drain(..));
+        }
+        for d in &mut self.desktops {
+            for (nonce, code) in d.not_sent.drain(..) {
+                if self.reached.contains(&nonce) {
+                    return Err(format!(
+                        "desktop {} was told {code} (not sent) for an echo a server received",
+                        d.n
+                    ));
+                }
+            }
+        }
         if let Err(e) = self.core.audit() {
             // Name the desktops the message mentions, with what they sent and got.
             let mut report = e.clone();
