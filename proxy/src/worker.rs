@@ -214,7 +214,7 @@ impl Worker {
                 self.quic_more = q.recv(Instant::now());
             }
             for id in std::mem::take(&mut self.to_read) {
-                self.read_desktop(id);
+                self.read_desktop(id, false);
             }
             for ev in &events {
                 let t = ev.token();
@@ -232,7 +232,7 @@ impl Worker {
                         self.core.writable(Endpoint::Desktop(id));
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        self.read_desktop(id);
+                        self.read_desktop(id, !ev.is_read_closed() && !ev.is_error());
                     }
                 }
             }
@@ -298,7 +298,7 @@ impl Worker {
             match self.core.accept(self.now, peer.ip(), true) {
                 Ok(id) => {
                     if self.attach(id, sock) {
-                        self.read_desktop(id);
+                        self.read_desktop(id, false);
                     }
                 }
                 Err(r) => {
@@ -329,7 +329,14 @@ impl Worker {
     }
 
     /// Read what desktop `id` sent, while the core wants it read.
-    fn read_desktop(&mut self, id: DesktopId) {
+    ///
+    /// `short_is_drained`: the wake-up came from the socket's own readiness, without an end
+    /// of stream: on a plain TCP socket a read shorter than the buffer then means the socket
+    /// is drained, so the read that would only say `WouldBlock` is skipped (one syscall per
+    /// request less; readiness is edge-triggered, so bytes arriving later wake the loop
+    /// again, and so does the end of stream). TLS and QUIC streams buffer below the socket
+    /// and are always read until they would block.
+    fn read_desktop(&mut self, id: DesktopId, short_is_drained: bool) {
         let mut budget = READ_BUDGET;
         loop {
             if !self.core.poll_read(id) {
@@ -349,7 +356,13 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
+                    let drained = short_is_drained
+                        && n < self.scratch.len()
+                        && matches!(sock, DesktopStream::Plain(_));
                     self.core.desktop_data(now, id, &self.scratch[..n]);
+                    if drained {
+                        return;
+                    }
                     if n >= budget {
                         self.to_read.push(id);
                         return;
@@ -397,8 +410,11 @@ impl Worker {
             if *generation != id.generation {
                 return;
             }
+            // TLS buffers records below the frame queue: those go out with `flush`.
+            let tls = matches!(sock, DesktopStream::Tls(_));
             let mut iov = [IoSlice::new(&[]); IOV];
             let n = self.core.desktop_slices(id, &mut iov);
+            let total: usize = iov[..n].iter().map(|s| s.len()).sum();
             let res = if n == 0 {
                 // Bytes a connection buffers below the frame queue (TLS records) go out here,
                 // also on a writable edge with an empty queue; a plain socket's flush is a
@@ -411,7 +427,14 @@ impl Worker {
                 sock.write_vectored(&iov[..n])
             };
             match res {
-                Ok(w) => self.core.desktop_written(now, id, w),
+                Ok(w) => {
+                    self.core.desktop_written(now, id, w);
+                    // All of a queue shorter than one vectored write went: done, but for
+                    // what the stream buffers below it (TLS records).
+                    if w == total && n < IOV && !tls {
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -479,7 +502,7 @@ impl Worker {
                             match stream {
                                 Some(s) => {
                                     if self.attach(id, DesktopStream::Quic(s)) {
-                                        self.read_desktop(id);
+                                        self.read_desktop(id, false);
                                     }
                                 }
                                 None => self.core.desktop_lost(now, id, Disconnect::IoError),
@@ -494,7 +517,7 @@ impl Worker {
                 }
                 QuicEvent::Readable(slot) => {
                     if let Some(id) = self.desktop_id(slot) {
-                        self.read_desktop(id);
+                        self.read_desktop(id, false);
                     }
                 }
                 QuicEvent::Writable(slot) => {
@@ -585,8 +608,15 @@ impl Worker {
             if n == 0 {
                 return;
             }
+            let total: usize = iov[..n].iter().map(|s| s.len()).sum();
             match ls.sock.write_vectored(&iov[..n]) {
-                Ok(w) => self.core.link_written(now, id, w),
+                Ok(w) => {
+                    self.core.link_written(now, id, w);
+                    // Fewer frames than one write takes, all written: nothing is left.
+                    if w == total && n < IOV {
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
