@@ -6,15 +6,19 @@
 #
 #   benches/proxy_before_after.sh OLD_DIR NEW_DIR
 #
-# Env: CLIENTS (15000), REPS (3), WINDOWS ("1 16"), OUT (a folder for the JSON and logs).
+# Env: CLIENTS (15000), REPS (4; even, so each build goes first equally often), WINDOWS
+# ("1 16"), OUT (a folder for the JSON and logs).
 # Prints one line per run (proxy CPU per request is the figure to compare), then a summary.
 set -uo pipefail
 OLD=${1:?old bin dir}; NEW=${2:?new bin dir}
-CLIENTS=${CLIENTS:-15000}; REPS=${REPS:-3}; WINDOWS=${WINDOWS:-"1 16"}
+CLIENTS=${CLIENTS:-15000}; REPS=${REPS:-4}; WINDOWS=${WINDOWS:-"1 16"}
 OUT=${OUT:-$(mktemp -d -t before-after.XXXX)}; mkdir -p "$OUT"
 for rep in $(seq 1 "$REPS"); do
   for w in $WINDOWS; do
-    for which in old new; do
+    # The order alternates between repetitions: a run leaves ~30,000 TIME_WAIT sockets and a
+    # warm page cache behind it, which would otherwise always favour the same build.
+    order="old new"; [ $((rep % 2)) = 0 ] && order="new old"
+    for which in $order; do
       dir=$OLD; [ "$which" = new ] && dir=$NEW
       json="$OUT/$which.w$w.$rep.json"
       "$dir/loadgen" compare -n "$CLIENTS" --window "$w" -q --json "$json" > "$OUT/$which.w$w.$rep.log" 2>&1

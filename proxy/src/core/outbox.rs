@@ -180,6 +180,12 @@ impl Core {
     /// Queue `b` to a desktop. A desktop over its queue bounds, or with a backlog when the
     /// worker budget has no room, is a slow consumer. Returns whether it was queued.
     pub(super) fn deliver(&mut self, now: Instant, slot: usize, b: Bytes) -> bool {
+        // At the hard limit, the largest backlogs (desktops that do not read) go first, so
+        // that a desktop which reads is not the one closed for a burst of answers.
+        if !self.budget.fits(b.len()) && self.desktops.get(slot).is_some_and(|d| !d.out.is_empty())
+        {
+            self.make_room(now, b.len(), true);
+        }
         match self.try_deliver(now, slot, b) {
             Delivery::Queued => true,
             Delivery::Gone => false,
