@@ -748,16 +748,6 @@ impl Core {
         &self.links
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// Whether link `l` is up and not draining (for instance states).
     pub fn link_up(&self, l: usize) -> bool {
         let l = &self.links[l];

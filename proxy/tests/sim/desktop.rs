@@ -72,6 +72,10 @@ pub struct Desktop {
     pub log: std::collections::VecDeque<String>,
     /// Echoes answered with an error of class "not sent", by nonce (checked by the world).
     pub not_sent: Vec<(u64, deskmux_codec::ErrorCode)>,
+    /// It did not read for a while (a never-reader, until the quiet phase): the proxy may
+    /// have closed it as a slow consumer, or at a deadline, and dropped the error frame that
+    /// says so after the close-flush limit, since it would not read it.
+    pub stopped_reading: bool,
 }
 
 impl Desktop {
@@ -99,6 +103,7 @@ impl Desktop {
             going_away: false,
             log: std::collections::VecDeque::new(),
             not_sent: Vec::new(),
+            stopped_reading: habit == Habit::NeverReads,
         }
     }
 

@@ -304,16 +304,17 @@ impl World {
         d.closed = true;
         self.stats.closed += 1;
         if d.eof
-            && d.habit == Habit::Reads
+            && !d.stopped_reading
             && d.doomed.is_none()
             && !d.going_away
             && d.to_send.is_empty()
             && !d.outstanding.is_empty()
         {
             return Err(format!(
-                "desktop {n} half-closed and was closed with {} requests unanswered: {:?}",
+                "desktop {n} half-closed and was closed with {} requests unanswered: {:?}\n{:#?}",
                 d.outstanding.len(),
-                d.outstanding
+                d.outstanding,
+                d.log
             ));
         }
         Ok(())
