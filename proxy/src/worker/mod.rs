@@ -21,6 +21,8 @@
 //!
 //! Sockets are indexed by the core's ids (a desktop's slot, a link's index), each stored with
 //! the generation it belongs to, so a late event for a closed connection finds nothing.
+//! Desktop sockets, the QUIC endpoint and the loop are here; link sockets are in `links`,
+//! SIGHUP (configuration and certificates) in `reload`.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
@@ -33,11 +35,14 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::core::{Core, DesktopId, Endpoint, Io, LinkId, refusal_frame};
-use crate::error::{CertReloadError, Disconnect, WorkerError};
+use crate::error::{Disconnect, WorkerError};
 use crate::metrics::Metrics;
 use crate::quic::{QuicEndpoint, QuicEvent};
 use crate::status::{AdminCommand, Signals, Status};
-use crate::transport::{DesktopStream, DesktopTransport, connect_upstream};
+use crate::transport::{DesktopStream, DesktopTransport};
+
+mod links;
+mod reload;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const QUIC: Token = Token(usize::MAX - 2);
@@ -530,143 +535,6 @@ impl Worker {
         self.quic_events = evs;
     }
 
-    // ---------------------------------------------------------------- links
-
-    fn link_event(&mut self, i: usize, readable: bool, writable: bool) {
-        let Some(Some(ls)) = self.links.get_mut(i) else {
-            return;
-        };
-        let id = LinkId {
-            index: i as u16,
-            generation: ls.generation,
-        };
-        let now = self.now;
-        if !ls.connected {
-            if !writable && !readable {
-                return;
-            }
-            match ls.sock.take_error() {
-                Ok(None) if ls.sock.peer_addr().is_ok() => {
-                    ls.connected = true;
-                    self.core.link_connected(now, id);
-                }
-                // Still connecting (a spurious event).
-                Ok(None) => {}
-                _ => {
-                    self.drop_link(id);
-                    self.core.link_lost(now, id, "connect failed");
-                }
-            }
-            return;
-        }
-        if writable {
-            self.core.writable(Endpoint::Link(id));
-        }
-        if readable {
-            self.read_link(id);
-        }
-    }
-
-    fn read_link(&mut self, id: LinkId) {
-        loop {
-            let Some(Some(ls)) = self.links.get_mut(id.index as usize) else {
-                return;
-            };
-            if ls.generation != id.generation {
-                return;
-            }
-            let now = self.now;
-            match ls.sock.read(&mut self.scratch) {
-                Ok(0) => {
-                    self.drop_link(id);
-                    self.core.link_lost(now, id, "closed by server");
-                    return;
-                }
-                Ok(n) => self.core.link_data(now, id, &self.scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.drop_link(id);
-                    self.core.link_lost(now, id, "read error");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn flush_link(&mut self, id: LinkId) {
-        let now = self.now;
-        loop {
-            let Some(Some(ls)) = self.links.get_mut(id.index as usize) else {
-                return;
-            };
-            if ls.generation != id.generation || !ls.connected {
-                return;
-            }
-            let mut iov = [IoSlice::new(&[]); IOV];
-            let n = self.core.link_slices(id, &mut iov);
-            if n == 0 {
-                return;
-            }
-            let total: usize = iov[..n].iter().map(|s| s.len()).sum();
-            match ls.sock.write_vectored(&iov[..n]) {
-                Ok(w) => {
-                    self.core.link_written(now, id, w);
-                    // Fewer frames than one write takes, all written: nothing is left.
-                    if w == total && n < IOV {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.drop_link(id);
-                    self.core.link_lost(now, id, "write error");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn drop_link(&mut self, id: LinkId) {
-        if let Some(e) = self.links.get_mut(id.index as usize)
-            && e.as_ref().is_some_and(|ls| ls.generation == id.generation)
-            && let Some(mut ls) = e.take()
-        {
-            let _ = self.poll.registry().deregister(&mut ls.sock);
-        }
-    }
-
-    fn connect(&mut self, id: LinkId, addr: SocketAddr) {
-        let i = id.index as usize;
-        if self.links.len() <= i {
-            self.links.resize_with(i + 1, || None);
-        }
-        match connect_upstream(addr) {
-            Ok(mut sock) => {
-                if self
-                    .poll
-                    .registry()
-                    .register(
-                        &mut sock,
-                        Token(LINK_BASE + i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_err()
-                {
-                    self.core.link_lost(Instant::now(), id, "register failed");
-                    return;
-                }
-                self.links[i] = Some(LinkSock {
-                    generation: id.generation,
-                    sock,
-                    connected: false,
-                });
-            }
-            Err(_) => self.core.link_lost(Instant::now(), id, "connect failed"),
-        }
-    }
-
     // ---------------------------------------------------------------- the core's requests
 
     /// Carry out the core's I/O requests.
@@ -777,115 +645,5 @@ impl Worker {
             }
         }
         info!("drained; exiting");
-    }
-
-    fn reload_config(&mut self, now: Instant) {
-        let Some(mut new) = self.reload.as_ref().and_then(|f| f()) else {
-            warn!("SIGHUP: configuration not reloaded (unreadable or invalid)");
-            return;
-        };
-        info!("SIGHUP: reloading limits, upstreams and certificates");
-        self.reload_certificates(&mut new);
-        self.core.reload(now, &new);
-        let n = self.core.links().len();
-        if self.links.len() < n {
-            self.links.resize_with(n, || None);
-        }
-        self.cfg = new;
-        self.status.reloads.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// SIGHUP, `[tls]` and `[quic]`: load the certificate files `new` names and use them for
-    /// connections accepted from now on (established ones keep their session). A section
-    /// whose files cannot be used keeps its previous certificate. A section added or removed
-    /// cannot be applied (listeners are set up when the worker starts): `new` gets the running
-    /// section back, so `self.cfg` keeps describing what is served and the next SIGHUP
-    /// compares against it again. Each section that fails is logged and counted; nothing here
-    /// stops the worker.
-    fn reload_certificates(&mut self, new: &mut Config) {
-        let mut failed: Vec<CertReloadError> = Vec::new();
-        let mut applied = 0u64;
-        failed.extend(keep_running_section(
-            "tls",
-            self.cfg.tls.is_some(),
-            &self.cfg.tls,
-            &mut new.tls,
-        ));
-        if let Some(t) = &new.tls {
-            match crate::tls::server_config(&t.cert, &t.key) {
-                // Without a listener (draining) nothing new is accepted: nothing to swap.
-                Ok(sc) => {
-                    if self
-                        .listener
-                        .as_mut()
-                        .is_some_and(|l| l.set_tls_config(Arc::new(sc)))
-                    {
-                        applied += 1;
-                        info!(cert = %t.cert.display(), "SIGHUP: [tls] certificate reloaded");
-                    }
-                }
-                Err(reason) => failed.push(CertReloadError::Load {
-                    section: "tls",
-                    reason,
-                }),
-            }
-        }
-        failed.extend(keep_running_section(
-            "quic",
-            self.quic.is_some(),
-            &self.cfg.quic,
-            &mut new.quic,
-        ));
-        if let Some(q) = self.quic.as_mut() {
-            // `None` only if [quic] took its files from a [tls] section that was added and
-            // not applied above: keep the running section, whose files are its own.
-            let paths = new.quic_cert().or_else(|| {
-                new.quic = self.cfg.quic.clone();
-                new.quic_cert()
-            });
-            if let Some((cert, key)) = paths {
-                match q.reload_certificate(&cert, &key) {
-                    Ok(()) => {
-                        applied += 1;
-                        info!(cert = %cert.display(), "SIGHUP: [quic] certificate reloaded");
-                    }
-                    Err(e) => failed.push(e),
-                }
-            }
-        }
-        self.metrics.cert_reloads.inc_by(applied);
-        self.status
-            .cert_reloads
-            .fetch_add(applied, Ordering::Relaxed);
-        for e in failed {
-            warn!(error = %e, "SIGHUP: certificate not reloaded");
-            self.metrics.cert_reload_failures.inc();
-            self.status
-                .cert_reload_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A `[tls]`/`[quic]` section added or removed by a reload cannot be applied (listeners are
-/// set up when a worker starts): put the running section (`running`, served if `serving`)
-/// back into the new configuration `new` and say why; `None` when the section is still
-/// present, or still absent, as before.
-fn keep_running_section<T: Clone>(
-    section: &'static str,
-    serving: bool,
-    running: &Option<T>,
-    new: &mut Option<T>,
-) -> Option<CertReloadError> {
-    match (serving, new.is_some()) {
-        (false, true) => {
-            *new = None;
-            Some(CertReloadError::Added(section))
-        }
-        (true, false) => {
-            new.clone_from(running);
-            Some(CertReloadError::Removed(section))
-        }
-        _ => None,
     }
 }
