@@ -47,7 +47,8 @@ pub struct LoadArgs {
     /// Service the ping scenario echoes through: 1 Interaction Server, 2 UCS.
     #[arg(long, default_value_t = 1)]
     pub echo_service: u8,
-    /// Desktops per 127.0.0.x source address (default: a third of the ephemeral port range).
+    /// Desktops per 127.0.0.x source address (default: a third of the ephemeral port range, at
+    /// most 4,000, under the proxy's default `limits.max_desktops_per_source` of 4,096).
     #[arg(long)]
     pub per_source: Option<u64>,
     /// Desktops per worker process (default: the open-file limit less headroom).
@@ -168,7 +169,7 @@ impl LoadArgs {
             echo_service: self.echo_service,
             per_source: self
                 .per_source
-                .unwrap_or_else(|| shard::per_source_capacity(shard::port_range())),
+                .unwrap_or_else(|| shard::default_per_source(shard::port_range())),
             per_process: self.per_process.unwrap_or(per_process_default),
             port_range: shard::port_range(),
             interval_ms: self.interval_ms.max(10),

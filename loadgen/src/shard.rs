@@ -90,10 +90,22 @@ pub fn shard_range(desktops: u64, n: u64, i: u64) -> Range<u64> {
     lo..hi
 }
 
+/// Desktops loadgen puts on one source address by default: a proxy worker takes at most
+/// `limits.max_desktops_per_source` (default 4,096) desktops from one address, and the kernel
+/// may hash every connection of an address to the same worker; 4,000 stays under that even
+/// then.
+pub const PROXY_PER_SOURCE: u64 = 4_000;
+
 /// Connections planned per (source, destination) pair for a port range.
 pub fn per_source_capacity(range: (u16, u16)) -> u64 {
     let ports = u64::from(range.1.saturating_sub(range.0)) + 1;
     ((ports as f64) * PORT_USE_SHARE) as u64
+}
+
+/// Desktops per source address when `--per-source` is not given: what the port range allows,
+/// and no more than a proxy takes from one address ([`PROXY_PER_SOURCE`]).
+pub fn default_per_source(range: (u16, u16)) -> u64 {
+    per_source_capacity(range).min(PROXY_PER_SOURCE)
 }
 
 /// The source address desktop `id` binds before connecting, or `None` (let the kernel pick)
@@ -206,6 +218,23 @@ mod tests {
             let r = shard_range(45_000, n, i);
             assert!(r.end - r.start <= per, "shard {i} over the fd limit");
         }
+    }
+
+    #[test]
+    fn default_spread_stays_under_the_proxy_per_source_cap() {
+        assert_eq!(default_per_source(DEFAULT_PORT_RANGE), 4_000);
+        assert_eq!(
+            default_per_source((60_000, 60_999)),
+            333,
+            "a narrow port range rules"
+        );
+        // 25,000 desktops: 7 addresses, none over 4,000.
+        let per = default_per_source(DEFAULT_PORT_RANGE);
+        assert_eq!(source_addr_count(25_000, per), 7);
+        assert_eq!(
+            source_addr(24_999, 25_000, per),
+            Ok(Some(Ipv4Addr::new(127, 0, 0, 8)))
+        );
     }
 
     #[test]
