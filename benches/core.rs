@@ -79,6 +79,7 @@ impl Rig {
                     version: 1,
                     agent: "a",
                     token: "t",
+                    reconnect: None,
                     services: 0b110,
                 }
                 .write(w)

@@ -118,6 +118,7 @@ impl TestClient {
             version: 1,
             agent,
             token,
+            reconnect: None,
             services,
         };
         let resp = self

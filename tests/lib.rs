@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod creds;
 pub mod procs;
 pub mod secure_client;
 

@@ -98,6 +98,7 @@ pub mod key {
     pub const VERSION: &str = "version";
     pub const AGENT: &str = "agent";
     pub const TOKEN: &str = "token";
+    pub const RECONNECT: &str = "reconnect";
     pub const SERVICES: &str = "services";
     pub const PLACE: &str = "place";
     pub const SESSION: &str = "session";
@@ -154,41 +155,67 @@ fn i64_of(v: u64) -> i64 {
 }
 
 /// Desktop hello (control `HELLO` request) and, on a link, `SESSION_OPEN` request body.
-/// The tenant travels in the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The tenant travels in the head. Its `Debug` shows neither secret.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DesktopHello<'a> {
     /// Protocol version the desktop speaks (1).
     pub version: u32,
     /// Agent (or media-server) id.
     pub agent: &'a str,
-    /// Credential token, checked against the tenant's configured credentials.
+    /// The agent's password or API key (key `token`); empty when `reconnect` is given.
     pub token: &'a str,
+    /// A reconnect token from an earlier server hello (key `reconnect`, optional), presented
+    /// instead of `token`.
+    pub reconnect: Option<&'a str>,
     /// Services wanted, as a bit mask of [`crate::Service::mask_bit`].
     pub services: u64,
 }
 
+impl std::fmt::Debug for DesktopHello<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesktopHello")
+            .field("version", &self.version)
+            .field("agent", &self.agent)
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("reconnect", &self.reconnect.map(|_| "<token>"))
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
 impl<'a> DesktopHello<'a> {
-    /// Read from a body.
+    /// Read from a body. One of `token` and `reconnect` must be present.
     ///
     /// # Errors
     /// A missing or mistyped key.
     pub fn read(b: BodyRef<'a>) -> Result<Self, BodyError> {
+        let reconnect = b.opt_str(key::RECONNECT)?;
+        let token = match reconnect {
+            Some(_) => b.opt_str(key::TOKEN)?.unwrap_or(""),
+            None => b.str(key::TOKEN)?,
+        };
         Ok(DesktopHello {
             version: u32_of(b.int(key::VERSION)?, key::VERSION)?,
             agent: b.str(key::AGENT)?,
-            token: b.str(key::TOKEN)?,
+            token,
+            reconnect,
             services: u64_of(b.int(key::SERVICES)?, key::SERVICES)?,
         })
     }
 
-    /// Write into a body.
+    /// Write into a body (`token` only if non-empty or no `reconnect` is given).
     ///
     /// # Errors
     /// [`BodyError::TooLong`].
     pub fn write(&self, w: &mut BodyWriter<'_>) -> Result<(), BodyError> {
         w.int(key::VERSION, i64::from(self.version));
         w.str(key::AGENT, self.agent)?;
-        w.str(key::TOKEN, self.token)?;
+        if !self.token.is_empty() || self.reconnect.is_none() {
+            w.str(key::TOKEN, self.token)?;
+        }
+        if let Some(r) = self.reconnect {
+            w.str(key::RECONNECT, r)?;
+        }
         w.int(key::SERVICES, i64_of(self.services));
         Ok(())
     }
@@ -234,8 +261,9 @@ impl ServerHello {
     }
 }
 
-/// Link hello: a proxy opens an upstream link, proving it holds the link secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Link hello: a proxy opens an upstream link, proving it holds the link secret. Its `Debug`
+/// does not show the secret.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LinkHello<'a> {
     /// Protocol version (1).
     pub version: u32,
@@ -246,6 +274,17 @@ pub struct LinkHello<'a> {
     /// The largest frame (head + body) the proxy accepts on this link (optional key
     /// `max_frame`). A server should not send larger frames; a proxy skips them by length.
     pub max_frame: Option<u32>,
+}
+
+impl std::fmt::Debug for LinkHello<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHello")
+            .field("version", &self.version)
+            .field("link", &self.link)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
 }
 
 impl<'a> LinkHello<'a> {
@@ -446,6 +485,7 @@ mod tests {
             version: 1,
             agent: "a1",
             token: "t",
+            reconnect: None,
             services: 0b110,
         };
         let mut b = BytesMut::new();

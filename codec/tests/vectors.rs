@@ -587,6 +587,7 @@ fn all_vectors() -> Vec<(Vector, &'static str)> {
             version: 1,
             agent: "agent-1",
             token: "s3cret",
+            reconnect: None,
             services: 6,
         }
         .write(w)

@@ -147,6 +147,7 @@ async fn desktop(a: &Args, agent: &str) -> anyhow::Result<Conn> {
         version: 1,
         agent,
         token: &a.token,
+        reconnect: None,
         services: 6,
     };
     c.call(head(Service::Control, control::HELLO, a.tenant, 0), |w| {
@@ -336,6 +337,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                         version: 1,
                         agent: &agent,
                         token: &a.token,
+                        reconnect: None,
                         services: 6,
                     };
                     c.call(

@@ -6,6 +6,8 @@
 //! - `unavailable` → marks the service unavailable (SERVICE_STATE on every connection) → `ok`
 //! - `available` → back to running → `ok`
 //! - `stats` → `db_batches=N db_ops=N db_max_batch=N` (group-commit effect: ops per batch)
+//! - `auth` → `auth_ok=N auth_ok_reconnect=N auth_refused=N auth_locked_out=N auth_lockouts=N
+//!   auth_busy=N argon2_runs=N argon2_ns=N` (logins, and the wall time argon2 took)
 //! - `shutdown` → `ok`, then graceful shutdown (GO_AWAY, grace period, exit)
 //! - anything else → `error unknown command`
 //!
@@ -65,6 +67,24 @@ async fn session(shared: Arc<Shared>, s: TcpStream) {
                     db.stats.max_batch.load(Ordering::Relaxed)
                 ),
                 None => "db_batches=0 db_ops=0 db_max_batch=0".to_string(),
+            },
+            "auth" => match shared.auth.get() {
+                Some(a) => {
+                    let s = a.stats();
+                    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                    format!(
+                        "auth_ok={} auth_ok_reconnect={} auth_refused={} auth_locked_out={} auth_lockouts={} auth_busy={} argon2_runs={} argon2_ns={}",
+                        g(&s.ok),
+                        g(&s.ok_reconnect),
+                        g(&s.refused),
+                        g(&s.locked_out),
+                        g(&s.lockouts),
+                        g(&s.busy),
+                        g(&s.argon2_runs),
+                        g(&s.argon2_ns)
+                    )
+                }
+                None => "error not primary".to_string(),
             },
             "unavailable" => {
                 shared.set_unavailable(true);

@@ -9,7 +9,8 @@
 //! role = "both"                  # "ixn", "ucs" or "both"
 //! db = "deskmux-core.db"         # SQLite data file; a lock file "<db>.lock" sits next to it
 //! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
-//! link_secret = "change-me"      # secret a proxy must present in LINK_HELLO
+//! link_secret = "..."            # secret a proxy must present in LINK_HELLO: at least 32 bytes;
+//!                                # empty (the default) refuses every link
 //! heartbeat_ms = 5000            # heartbeat interval; 3 silent intervals close a connection
 //! handshake_timeout_ms = 10000   # a hello must complete within this
 //! max_frame = 2097152            # largest frame (head + body) accepted, bytes
@@ -24,10 +25,13 @@
 //! admin_listen = "127.0.0.1:7101" # optional admin line protocol (default: none)
 //! standby = false                # start as a warm standby (also --standby)
 //!
-//! [[tenants]]
-//! id = 1
+//! [auth]                         # see `AuthConfig`
+//! threads = 1                    # argon2 verification threads
+//! reconnect_ttl_s = 43200        # reconnect tokens live this long
+//!
+//! [[tenants]]                    # tenants this server serves; agents' credentials live in
+//! id = 1                         # the database (`core-server creds`), not here
 //! name = "acme"
-//! tokens = ["acme-token"]
 //! ```
 
 use std::net::SocketAddr;
@@ -41,22 +45,22 @@ listen = "127.0.0.1:7100"
 role = "both"
 db = "deskmux-core.db"
 instance = "core-1"
-link_secret = "deskmux-link-secret"
+# No link_secret: proxies cannot connect until one (32 bytes or more) is set.
 heartbeat_ms = 5000
 handshake_timeout_ms = 10000
 max_frame = 2097152
 max_in_flight = 256
 invite_timeout_ms = 30000
 
+# Agents log in with credentials stored in the database:
+#   echo 'a-long-password' | core-server --db deskmux-core.db creds add --tenant 1 --agent alice
 [[tenants]]
 id = 1
 name = "acme"
-tokens = ["acme-token"]
 
 [[tenants]]
 id = 2
 name = "globex"
-tokens = ["globex-token"]
 "#;
 
 /// Which services this instance runs.
@@ -97,17 +101,58 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// One tenant and the tokens its desktops may log in with.
+/// One tenant this server serves. Its agents' credentials are in the database
+/// (`core-server creds`); a shared per-tenant token (the old `tokens` key) let anyone of the
+/// tenant pose as any agent, so it is refused as an unknown key.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Tenant id, as carried in every frame head. Must be non-zero.
     pub id: u32,
     /// Name, for logs.
     #[serde(default)]
     pub name: String,
-    /// Accepted credential tokens (any one of them authenticates).
-    #[serde(default)]
-    pub tokens: Vec<String>,
+}
+
+/// `[auth]`: how logins are checked (see `crate::auth`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Threads verifying logins (argon2id costs tens of ms of CPU each). Default 1.
+    pub threads: usize,
+    /// Logins waiting for a thread before more get `OVERLOADED`. Default 4096.
+    pub queue: usize,
+    /// Lifetime of the reconnect token each server hello carries, in seconds. Default 43200
+    /// (12 h, a long shift): a desktop whose proxy dies late in the shift still reconnects
+    /// without a password. Rotating or disabling the credential ends its tokens at once.
+    pub reconnect_ttl_s: u64,
+    /// Failed logins in a row (per agent, or per source address) before a lockout. Default 5.
+    pub lockout_after: u32,
+    /// First lockout, ms; each further failure doubles it. Default 1000.
+    pub lockout_base_ms: u64,
+    /// Longest lockout, ms (also how long a source's failures are remembered). Default 900000.
+    pub lockout_max_ms: u64,
+    /// Most agents and sources remembered by the lockout, each. Default 100000.
+    pub lockout_cap: usize,
+    /// File holding the key that signs reconnect tokens (32 bytes or more). Set the same file
+    /// on every server a proxy fans one desktop out to, so that each accepts the others'
+    /// tokens. Default: a key stored in the database (shared by a primary and its standby).
+    pub token_key_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            threads: 1,
+            queue: 4096,
+            reconnect_ttl_s: 43_200,
+            lockout_after: 5,
+            lockout_base_ms: 1000,
+            lockout_max_ms: 900_000,
+            lockout_cap: 100_000,
+            token_key_file: None,
+        }
+    }
 }
 
 /// The whole configuration. Every field has a default (see the module docs).
@@ -122,7 +167,9 @@ pub struct Config {
     pub db: PathBuf,
     /// Instance name announced to proxies. Default `core-1`.
     pub instance: String,
-    /// Secret a proxy presents in `LINK_HELLO`. Default `deskmux-link-secret`.
+    /// Secret a proxy presents in `LINK_HELLO`, at least [`MIN_SECRET_LEN`] bytes (a shorter
+    /// one refuses to start without `--allow-weak-link-secret`). Default empty: every link is
+    /// refused.
     pub link_secret: String,
     /// Heartbeat interval in ms; a connection silent for 3 intervals is closed. Default 5000.
     pub heartbeat_ms: u32,
@@ -154,9 +201,14 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Start as a warm standby: wait for the primary's lock, then take over. Default false.
     pub standby: bool,
-    /// Tenants and their credentials. Default: none (every hello fails).
+    /// How logins are checked.
+    pub auth: AuthConfig,
+    /// Tenants served. Default: none (every hello fails).
     pub tenants: Vec<Tenant>,
 }
+
+/// Shortest link secret or token key accepted without `--allow-weak-link-secret`.
+pub const MIN_SECRET_LEN: usize = 32;
 
 impl Default for Config {
     fn default() -> Self {
@@ -165,7 +217,7 @@ impl Default for Config {
             role: Role::Both,
             db: PathBuf::from("deskmux-core.db"),
             instance: "core-1".into(),
-            link_secret: "deskmux-link-secret".into(),
+            link_secret: String::new(),
             heartbeat_ms: 5000,
             handshake_timeout_ms: 10_000,
             max_frame: 2 * 1024 * 1024,
@@ -179,6 +231,7 @@ impl Default for Config {
             sqlite_synchronous: "full".into(),
             admin_listen: None,
             standby: false,
+            auth: AuthConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -233,6 +286,18 @@ impl Config {
         ) {
             return bad("sqlite_synchronous must be full, normal or extra");
         }
+        let a = &self.auth;
+        if a.threads == 0 || a.queue == 0 || a.lockout_after == 0 || a.lockout_cap == 0 {
+            return bad(
+                "auth.threads, auth.queue, auth.lockout_after and auth.lockout_cap must be non-zero",
+            );
+        }
+        if a.reconnect_ttl_s == 0 || a.lockout_base_ms == 0 || a.lockout_max_ms < a.lockout_base_ms
+        {
+            return bad(
+                "auth.reconnect_ttl_s and auth.lockout_base_ms must be non-zero, and auth.lockout_max_ms at least auth.lockout_base_ms",
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for t in &self.tenants {
             if t.id == 0 {
@@ -248,11 +313,25 @@ impl Config {
         Ok(())
     }
 
-    /// Whether `token` is a credential of tenant `tenant`.
-    pub fn check_token(&self, tenant: u32, token: &str) -> bool {
-        self.tenants
-            .iter()
-            .any(|t| t.id == tenant && t.tokens.iter().any(|k| k == token))
+    /// Why the link secret is too weak to start with, if it is (empty is not weak: links
+    /// are simply refused).
+    pub fn weak_link_secret(&self) -> Option<String> {
+        let n = self.link_secret.len();
+        (n > 0 && n < MIN_SECRET_LEN).then(|| {
+            format!(
+                "link_secret is {n} bytes; use at least {MIN_SECRET_LEN} random bytes (or start with --allow-weak-link-secret)"
+            )
+        })
+    }
+
+    /// The lockout rules of `[auth]`.
+    pub fn lockout_rules(&self) -> crate::auth::lockout::Rules {
+        crate::auth::lockout::Rules {
+            after: self.auth.lockout_after,
+            base: std::time::Duration::from_millis(self.auth.lockout_base_ms),
+            max: std::time::Duration::from_millis(self.auth.lockout_max_ms),
+            cap: self.auth.lockout_cap,
+        }
     }
 }
 
@@ -261,16 +340,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_config_parses() {
+    fn default_config_parses_and_has_no_secret() {
         let c = Config::from_toml(DEFAULT_CONFIG).unwrap();
         assert_eq!(c.tenants.len(), 2);
-        assert!(c.check_token(1, "acme-token"));
-        assert!(!c.check_token(2, "acme-token"));
+        assert!(c.link_secret.is_empty());
+        assert_eq!(c.weak_link_secret(), None);
     }
 
     #[test]
     fn rejects_unknown_and_bad() {
         assert!(Config::from_toml("bogus = 1").is_err());
         assert!(Config::from_toml("[[tenants]]\nid = 0").is_err());
+        // The shared per-tenant token is gone; a config still carrying one is refused.
+        let e = Config::from_toml("[[tenants]]\nid = 1\ntokens = [\"x\"]").unwrap_err();
+        assert!(e.to_string().contains("tokens"), "{e}");
+        assert!(Config::from_toml("[auth]\nthreadz = 1").is_err());
+        assert!(Config::from_toml("[auth]\nthreads = 0").is_err());
+    }
+
+    #[test]
+    fn short_link_secret_is_weak() {
+        let c = Config::from_toml("link_secret = \"short\"").unwrap();
+        assert!(c.weak_link_secret().unwrap().contains("5 bytes"));
+        let c = Config::from_toml(&format!("link_secret = \"{}\"", "x".repeat(32))).unwrap();
+        assert_eq!(c.weak_link_secret(), None);
     }
 }

@@ -11,8 +11,9 @@
 //! otherwise) and the connection stays; only lost framing (bad magic or version, a frame over
 //! the maximum) or a deadline closes it, after a control error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IoSlice;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::secret::Secret;
+use crate::auth::{Attempt, Proof, Verdict};
 use crate::ixn::{Input, LinkId, SessKey};
 use crate::server::Shared;
 use crate::wire::{self, Out, Outbox, Peer};
@@ -50,12 +53,34 @@ enum Mode {
     Link(LinkId, HashMap<u64, Sess>),
 }
 
+/// A login checked by the auth pool, back on this connection.
+#[derive(Debug)]
+struct AuthDone {
+    /// The `HELLO` or `SESSION_OPEN` request it answers.
+    req: Head,
+    agent: String,
+    verdict: Verdict,
+}
+
+/// Largest frame read before the hello succeeds: enough for any hello, and no more memory
+/// for a peer that has not proven anything (PROTOCOL.md §4.1).
+pub const HELLO_MAX_FRAME: usize = 16 * 1024;
+
 struct Conn {
     shared: Arc<Shared>,
     out: Outbox,
     mode: Mode,
     /// Set when the connection must close after flushing.
     closing: bool,
+    /// The peer's address: lockout counts failures per source on direct connections.
+    source: Option<IpAddr>,
+    /// A direct `HELLO` waiting for its verdict: nothing more is read or handled meanwhile, so
+    /// a request written right behind the hello finds the session open.
+    hello_pending: bool,
+    /// Session ids of `SESSION_OPEN`s waiting for their verdict (links).
+    opening: HashSet<u64>,
+    /// Verdicts come back here from the auth pool.
+    auth_tx: mpsc::UnboundedSender<AuthDone>,
 }
 
 /// Serve one accepted connection until it closes.
@@ -72,13 +97,19 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let (rd, wr) = stream.into_split();
     let hb = Duration::from_millis(u64::from(shared.cfg.heartbeat_ms));
     let writer = tokio::spawn(write_loop(wr, rx, room, cancel.clone(), hb));
+    let source = rd.peer_addr().ok().map(|a| a.ip());
+    let (auth_tx, auth_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: shared.clone(),
         out,
         mode: Mode::Fresh,
         closing: false,
+        source,
+        hello_pending: false,
+        opening: HashSet::new(),
+        auth_tx,
     };
-    conn.read_loop(rd, &cancel).await;
+    conn.read_loop(rd, auth_rx, &cancel).await;
     conn.teardown();
     shared.unregister(id);
     cancel.cancel();
@@ -173,10 +204,12 @@ impl Conn {
     async fn read_loop(
         &mut self,
         mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut auth_rx: mpsc::UnboundedReceiver<AuthDone>,
         cancel: &CancellationToken,
     ) {
-        let cfg = &self.shared.cfg;
-        let mut dec = FrameDecoder::new(cfg.max_frame as usize);
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let mut dec = FrameDecoder::new(HELLO_MAX_FRAME.min(cfg.max_frame as usize));
         // Reads start small (tens of thousands of idle desktops may connect directly) and grow
         // to 64 KiB once a read fills the space offered (a busy link).
         let mut read_size = 4 * 1024;
@@ -191,7 +224,7 @@ impl Conn {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
-            loop {
+            while !self.hello_pending {
                 match dec.decode(&mut buf) {
                     Ok(Some(f)) => {
                         self.on_frame(f);
@@ -210,6 +243,7 @@ impl Conn {
             }
             if armed_for_handshake && !matches!(self.mode, Mode::Fresh) {
                 armed_for_handshake = false;
+                dec.set_max_frame_len(cfg.max_frame as usize);
                 timer.as_mut().reset((last_rx + idle).into());
             }
             if buf.capacity() - buf.len() < read_size / 4 {
@@ -226,7 +260,13 @@ impl Conn {
             // The deadline timer is re-armed lazily when it fires, not on every read.
             tokio::select! {
                 () = &mut cancelled => return,
-                r = rd.read_buf(&mut buf) => match r {
+                Some(done) = auth_rx.recv() => {
+                    self.on_auth(done);
+                    if self.closing {
+                        return;
+                    }
+                }
+                r = rd.read_buf(&mut buf), if !self.hello_pending => match r {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         last_rx = Instant::now();
@@ -301,6 +341,7 @@ impl Conn {
         match (h.service, h.msg_type) {
             (Service::Control, control::SESSION_CLOSE) => {
                 if let Mode::Link(_, sessions) = &mut self.mode {
+                    self.opening.remove(&h.session);
                     if let Some(s) = sessions.remove(&h.session) {
                         if let Some(e) = self.shared.engine.get() {
                             let _ = e.send(Input::Close(s.key));
@@ -453,14 +494,101 @@ impl Conn {
             self.err(h, ErrorCode::SERVICE_UNAVAILABLE, "service unavailable");
             return Err(false);
         }
-        if h.tenant == 0 || !self.shared.cfg.check_token(h.tenant, hello.token) {
-            self.err(h, ErrorCode::AUTH_FAILED, "bad tenant or token");
+        if h.tenant == 0 || !self.shared.tenant_known(h.tenant) {
+            tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, "login refused: unknown tenant");
+            self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
+            return Err(true);
+        }
+        if hello.agent.is_empty() || (hello.token.is_empty() && hello.reconnect.is_none()) {
+            self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
             return Err(true);
         }
         Ok(hello)
     }
 
-    fn server_hello(&self, req: &Head, session: u64) {
+    /// Hand a hello that passed [`Conn::admit`] to the auth pool; its verdict comes back
+    /// through `auth_tx` to [`Conn::on_auth`].
+    fn check(&self, req: Head, hello: &DesktopHello<'_>, source: Option<IpAddr>) -> bool {
+        let Some(auth) = self.shared.auth.get() else {
+            self.err(&req, ErrorCode::UNAVAILABLE, "not primary");
+            return false;
+        };
+        let proof = match hello.reconnect {
+            Some(t) => Proof::Reconnect(Secret::new(t)),
+            None => Proof::Secret(Secret::new(hello.token)),
+        };
+        let agent = hello.agent.to_string();
+        let tx = self.auth_tx.clone();
+        let a = agent.clone();
+        auth.check(
+            Attempt {
+                tenant: req.tenant,
+                agent,
+                proof,
+                source,
+            },
+            move |verdict| {
+                let _ = tx.send(AuthDone {
+                    req,
+                    agent: a,
+                    verdict,
+                });
+            },
+        );
+        true
+    }
+
+    /// A verdict: open the session, or refuse the hello.
+    fn on_auth(&mut self, done: AuthDone) {
+        let h = done.req;
+        let link = match &self.mode {
+            Mode::Fresh => None,
+            Mode::Link(id, _) => {
+                // Closed (SESSION_CLOSE) while it was checked: the proxy forgot it already.
+                if !self.opening.remove(&h.session) {
+                    return;
+                }
+                Some(*id)
+            }
+            Mode::Direct(_) => return,
+        };
+        if link.is_none() {
+            self.hello_pending = false;
+        }
+        let refuse = |c: &Self, code: ErrorCode, m: &str| c.err(&h, code, m);
+        match done.verdict {
+            Verdict::Ok { reconnect } => {
+                let wire_id = link.map(|_| h.session);
+                let s = self.new_session(h.tenant, &done.agent, wire_id, link);
+                self.server_hello(&h, s.wire, &reconnect);
+                match &mut self.mode {
+                    Mode::Link(_, sessions) => {
+                        sessions.insert(h.session, s);
+                    }
+                    _ => self.mode = Mode::Direct(s),
+                }
+            }
+            Verdict::Refused => {
+                refuse(self, ErrorCode::AUTH_FAILED, "bad credentials");
+                // AUTH_FAILED closes a direct connection; a link carries others' sessions.
+                self.closing = link.is_none();
+            }
+            Verdict::LockedOut(d) => {
+                let m = format!(
+                    "locked out after failed logins; retry in {} ms",
+                    d.as_millis()
+                );
+                refuse(self, ErrorCode::AUTH_FAILED, &m);
+                self.closing = link.is_none();
+            }
+            Verdict::Busy => refuse(self, ErrorCode::OVERLOADED, "too many logins being checked"),
+            Verdict::Unavailable => {
+                refuse(self, ErrorCode::UNAVAILABLE, "credentials cannot be read")
+            }
+        }
+    }
+
+    fn server_hello(&self, req: &Head, session: u64, reconnect: &str) {
         let cfg = &self.shared.cfg;
         let sh = ServerHello {
             session,
@@ -470,7 +598,11 @@ impl Conn {
         };
         let mut h = *req;
         h.session = session;
-        self.out.frame(wire::response(&h, |w| sh.write(w)));
+        self.out.frame(wire::response(&h, |w| {
+            sh.write(w)?;
+            w.str(deskmux_codec::msg::key::RECONNECT, reconnect)
+                .map(|_| ())
+        }));
     }
 
     fn new_session(
@@ -509,6 +641,9 @@ impl Conn {
         if !matches!(self.mode, Mode::Fresh) {
             return self.err(&h, ErrorCode::INVALID_STATE, "hello already done");
         }
+        if self.hello_pending {
+            return self.err(&h, ErrorCode::INVALID_STATE, "hello already sent");
+        }
         let hello = match self.admit(f) {
             Ok(x) => x,
             Err(auth_failed) => {
@@ -517,9 +652,7 @@ impl Conn {
                 return;
             }
         };
-        let s = self.new_session(h.tenant, hello.agent, None, None);
-        self.server_hello(&h, s.wire);
-        self.mode = Mode::Direct(s);
+        self.hello_pending = self.check(h, &hello, self.source);
     }
 
     fn link_hello(&mut self, f: &Frame) {
@@ -532,6 +665,7 @@ impl Conn {
             Err(e) => return self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}")),
         };
         if !ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
+            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: bad link secret");
             self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
             self.closing = true;
             return;
@@ -550,26 +684,23 @@ impl Conn {
 
     fn session_open(&mut self, f: &Frame) {
         let h = *f.head();
-        let Mode::Link(link, sessions) = &self.mode else {
+        let Mode::Link(_, sessions) = &self.mode else {
             return self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link");
         };
-        let link = *link;
-        if h.session == 0 || sessions.contains_key(&h.session) {
+        if h.session == 0 || sessions.contains_key(&h.session) || self.opening.contains(&h.session)
+        {
             return self.err(&h, ErrorCode::INVALID_STATE, "session id zero or in use");
         }
         let Ok(hello) = self.admit(f) else { return };
-        let s = self.new_session(h.tenant, hello.agent, Some(h.session), Some(link));
-        self.server_hello(&h, h.session);
-        if let Mode::Link(_, sessions) = &mut self.mode {
-            sessions.insert(h.session, s);
+        // No source address: the peer is the proxy, and locking it would lock every desktop
+        // behind it out. Per-agent lockout still applies.
+        if self.check(h, &hello, None) {
+            self.opening.insert(h.session);
         }
     }
 }
 
-/// Compare secrets without an early exit on the first differing byte.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compare secrets in constant time (`subtle`); an empty configured secret matches nothing.
+fn ct_eq(presented: &[u8], configured: &[u8]) -> bool {
+    !configured.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(presented, configured))
 }

@@ -5,6 +5,7 @@
 //! Modules, one job each:
 //! - [`config`]: the TOML configuration and its defaults;
 //! - [`admin`]: the operator's line protocol (service state, shutdown);
+//! - [`auth`]: who gets in: agent credentials, reconnect tokens, lockout;
 //! - [`server`]: start-up (primary / warm standby), accept loop, signals;
 //! - [`conn`]: one connection (direct or link): handshakes, session routing, echo, writer;
 //! - [`ixn`]: the Interaction Server engine (agents, queues, invites, subscriptions);
@@ -20,6 +21,7 @@
 )]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod db;

@@ -2,13 +2,18 @@
 //!
 //! Prints `LISTENING <addr>` on stdout once the listener is bound (tests parse it; port 0
 //! works), and `ROLE backup` / `ROLE primary` for a standby and its takeover.
+//!
+//! `core-server creds ...` manages agent credentials in the data file (see [`creds`]); secrets
+//! are read from stdin, never from the command line.
+
+mod creds;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use deskmux_core_server::config::{Config, DEFAULT_CONFIG, Role};
 use deskmux_core_server::server::Server;
 
@@ -32,9 +37,9 @@ struct Cli {
     /// Override `instance`.
     #[arg(long)]
     instance: Option<String>,
-    /// Override `link_secret`.
+    /// Start even though `link_secret` is shorter than 32 bytes (tests and demos only).
     #[arg(long)]
-    link_secret: Option<String>,
+    allow_weak_link_secret: bool,
     /// Override `invite_timeout_ms`.
     #[arg(long)]
     invite_timeout_ms: Option<u32>,
@@ -53,6 +58,17 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     default_config: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Manage agent credentials in the data file (`--db` or the config's `db`).
+    Creds {
+        #[command(subcommand)]
+        op: creds::Op,
+    },
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -75,9 +91,6 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = &cli.instance {
         cfg.instance = v.clone();
     }
-    if let Some(v) = &cli.link_secret {
-        cfg.link_secret = v.clone();
-    }
     if let Some(v) = cli.invite_timeout_ms {
         cfg.invite_timeout_ms = v;
     }
@@ -99,6 +112,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = load(&cli)?;
+    if let Some(Cmd::Creds { op }) = &cli.cmd {
+        return creds::run(&cfg.db, op);
+    }
+    if let Some(why) = cfg.weak_link_secret()
+        && !cli.allow_weak_link_secret
+    {
+        anyhow::bail!("refusing to start: {why}");
+    }
     if cli.check_config {
         println!(
             "config ok: {} tenants, role {:?}, db {}",
@@ -120,6 +141,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let server = Server::bind(cfg).await?;
+        if let Some(p) = &cli.config {
+            server.set_config_path(p.clone());
+        }
         let addr = server.local_addr()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "LISTENING {addr}")?;

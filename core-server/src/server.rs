@@ -6,6 +6,9 @@
 //!   connection; existing sessions continue, new `HELLO`/`SESSION_OPEN` get
 //!   `SERVICE_UNAVAILABLE`.
 //! - `SIGUSR2`: back to running (`SERVICE_STATE state=0`).
+//! - `SIGHUP`: re-read the configuration file: the tenant list changes; other changes are
+//!   named in a warning as needing a restart; a bad file changes nothing and is logged with its
+//!   path, line and column. Credentials need no reload: each login reads them afresh.
 //! - `SIGTERM`/`SIGINT`: graceful shutdown — `GO_AWAY` on every connection, new requests get
 //!   `SHUTTING_DOWN`, in-flight work has `shutdown_grace_ms` to finish, then the process exits.
 //!
@@ -16,10 +19,11 @@
 //! lock, loads the persisted state, switches to `role=0`, announces `SERVICE_STATE` on every
 //! link and prints `ROLE primary` on stdout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +32,8 @@ use deskmux_codec::{Head, Kind, Service};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::auth::{self, Auth};
+use crate::config::{Config, MIN_SECRET_LEN};
 use crate::db::Db;
 use crate::ixn::{self, Engine, Input, Settings};
 use crate::lock::InstanceLock;
@@ -45,6 +50,9 @@ pub enum ServerError {
     /// The data file could not be opened.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The credential store or the token key could not be set up.
+    #[error("auth: {0}")]
+    Auth(String),
     /// Another instance holds the data file and this one is not a standby.
     #[error("data file {0} is locked by another instance (start with --standby to wait)")]
     Locked(String),
@@ -66,6 +74,12 @@ pub struct Shared {
     pub engine: OnceLock<mpsc::UnboundedSender<Input>>,
     /// The DB worker (set once primary).
     pub db: OnceLock<Db>,
+    /// The login checker (set once primary).
+    pub auth: OnceLock<Auth>,
+    /// Tenants served: from the configuration, replaced by a reload (SIGHUP).
+    tenants: RwLock<HashSet<u32>>,
+    /// The configuration file, for reloads (`None`: the embedded one).
+    config_path: Mutex<Option<PathBuf>>,
     lock: Mutex<Option<InstanceLock>>,
 }
 
@@ -81,6 +95,50 @@ impl Shared {
     /// A fresh process-unique id (connections, sessions, links).
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether this server serves `tenant`.
+    pub fn tenant_known(&self, tenant: u32) -> bool {
+        self.tenants.read().is_ok_and(|t| t.contains(&tenant))
+    }
+
+    /// Re-read the configuration file (SIGHUP): the tenant list changes at once; credentials
+    /// need no reload (every login reads them from the database). Other changed fields are
+    /// named in a warning, as needing a restart.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a valid configuration; nothing changes then.
+    pub fn reload(&self) -> Result<usize, String> {
+        let path = self.config_path.lock().ok().and_then(|p| p.clone());
+        let Some(path) = path else {
+            return Err("no --config file to reload".into());
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ids: HashSet<u32> = new.tenants.iter().map(|t| t.id).collect();
+        let n = ids.len();
+        if let Ok(mut t) = self.tenants.write() {
+            *t = ids;
+        }
+        let old = &self.cfg;
+        let mut restart = Vec::new();
+        if new.link_secret != old.link_secret {
+            restart.push("link_secret");
+        }
+        if new.db != old.db {
+            restart.push("db");
+        }
+        if new.role != old.role {
+            restart.push("role");
+        }
+        if new.max_frame != old.max_frame || new.heartbeat_ms != old.heartbeat_ms {
+            restart.push("max_frame/heartbeat_ms");
+        }
+        if !restart.is_empty() {
+            tracing::warn!("reload: {} changed and need a restart", restart.join(", "));
+        }
+        Ok(n)
     }
 
     /// Track a connection for broadcasts.
@@ -139,6 +197,34 @@ impl Shared {
     }
 }
 
+/// The `[auth]` settings, with the token key read from `auth.token_key_file` if set.
+fn auth_settings(cfg: &Config) -> Result<auth::Settings, ServerError> {
+    let token_key = match &cfg.auth.token_key_file {
+        Some(p) => {
+            let k = std::fs::read(p)
+                .map_err(|e| ServerError::Auth(format!("token_key_file {}: {e}", p.display())))?;
+            if k.len() < MIN_SECRET_LEN {
+                return Err(ServerError::Auth(format!(
+                    "token_key_file {} holds {} bytes; at least {MIN_SECRET_LEN} are needed",
+                    p.display(),
+                    k.len()
+                )));
+            }
+            Some(k)
+        }
+        None => None,
+    };
+    let a = &cfg.auth;
+    Ok(auth::Settings {
+        db: cfg.db.clone(),
+        threads: a.threads,
+        queue: a.queue,
+        reconnect_ttl: Duration::from_secs(a.reconnect_ttl_s),
+        lockout: cfg.lockout_rules(),
+        token_key,
+    })
+}
+
 /// A bound server, not yet accepting.
 #[derive(Debug)]
 pub struct Server {
@@ -169,6 +255,9 @@ fn activate(
     max_id: u64,
 ) -> Result<(), ServerError> {
     let db = Db::start(store, shared.cfg.group_commit_max)?;
+    let a =
+        Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
+    let _ = shared.auth.set(a);
     if shared.cfg.role.ixn() {
         let (tx, rx) = mpsc::unbounded_channel();
         let set = Settings {
@@ -203,6 +292,9 @@ impl Server {
             conns: Mutex::new(HashMap::new()),
             engine: OnceLock::new(),
             db: OnceLock::new(),
+            auth: OnceLock::new(),
+            tenants: RwLock::new(cfg.tenants.iter().map(|t| t.id).collect()),
+            config_path: Mutex::new(None),
             lock: Mutex::new(None),
             cfg,
         });
@@ -241,6 +333,13 @@ impl Server {
     /// Whether this instance is serving (false: a standby still waiting).
     pub fn is_primary(&self) -> bool {
         self.shared.primary.load(Ordering::Acquire)
+    }
+
+    /// Remember the configuration file, so that SIGHUP can re-read it.
+    pub fn set_config_path(&self, p: PathBuf) {
+        if let Ok(mut g) = self.shared.config_path.lock() {
+            *g = Some(p);
+        }
     }
 
     /// The shared state (for embedding and tests).
@@ -310,11 +409,12 @@ async fn standby(shared: Arc<Shared>) {
 
 async fn signals(shared: Arc<Shared>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut usr1), Ok(mut usr2), Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut usr1), Ok(mut usr2), Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -323,6 +423,10 @@ async fn signals(shared: Arc<Shared>) {
         tokio::select! {
             _ = usr1.recv() => { tracing::warn!("service unavailable"); shared.set_unavailable(true); }
             _ = usr2.recv() => { tracing::warn!("service running"); shared.set_unavailable(false); }
+            _ = hup.recv() => match shared.reload() {
+                Ok(n) => tracing::warn!("reloaded: {n} tenants"),
+                Err(e) => tracing::error!("reload failed, configuration unchanged: {e}"),
+            },
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{RunConfig, Scenario, TenantCred, Transport, parse_tenant};
+use crate::config::{RunConfig, Scenario, Transport};
 use crate::shard;
 
 /// Load options.
@@ -38,9 +38,13 @@ pub struct LoadArgs {
     /// Event-loop threads per process (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Tenant credentials ID:TOKEN (repeatable; desktops alternate).
-    #[arg(long = "tenant", value_parser = parse_tenant)]
-    pub tenants: Vec<TenantCred>,
+    /// Credentials file: lines `TENANT<TAB>AGENT<TAB>PASSWORD` (what `core-server creds
+    /// import` reads); desktop `i` logs in with line `i`. `demo` and `compare` write their own.
+    #[arg(long)]
+    pub credentials: Option<std::path::PathBuf>,
+    /// On reconnects, present the password again instead of the last reconnect token.
+    #[arg(long)]
+    pub no_reconnect_tokens: bool,
     /// Skip AGENT_LOGIN after the hello.
     #[arg(long)]
     pub no_login: bool,
@@ -125,19 +129,10 @@ impl LoadArgs {
                 return Err("--rate must be positive".into());
             }
         }
-        let tenants = if self.tenants.is_empty() {
-            vec![
-                TenantCred {
-                    id: 1,
-                    token: "acme-token".into(),
-                },
-                TenantCred {
-                    id: 2,
-                    token: "globex-token".into(),
-                },
-            ]
-        } else {
-            self.tenants.clone()
+        let Some(credentials) = self.credentials.clone() else {
+            return Err(
+                "--credentials FILE is needed (lines TENANT<TAB>AGENT<TAB>PASSWORD)".into(),
+            );
         };
         if self.transport != Transport::Tcp && self.ca.is_none() {
             return Err(format!(
@@ -164,7 +159,10 @@ impl LoadArgs {
             duration_s: self.duration.max(0.1),
             drain_s: self.drain.max(0.0),
             threads: self.threads,
-            tenants,
+            credentials,
+            tenants: Vec::new(),
+            creds: Default::default(),
+            reconnect_tokens: !self.no_reconnect_tokens,
             login: !self.no_login,
             echo_service: self.echo_service,
             per_source: self
@@ -186,6 +184,10 @@ impl LoadArgs {
             server_name: self.server_name.clone(),
             quic_sockets,
             start_unix_ns: 0,
+        })
+        .and_then(|mut c: RunConfig| {
+            c.load_credentials()?;
+            Ok(c)
         })
     }
 }

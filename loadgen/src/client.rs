@@ -19,16 +19,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Who a desktop is: tenant, agent id, credential and the services it wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Tenant claimed in the hello's head.
     pub tenant: u32,
     /// Agent (or media-server) id.
     pub agent: String,
-    /// Credential token.
+    /// Password (or API key).
     pub token: String,
+    /// A reconnect token from an earlier server hello, presented instead of the password.
+    pub reconnect: Option<String>,
     /// Services mask (`1 << service`): 2 = Interaction, 4 = UCS, 6 = both.
     pub services: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("tenant", &self.tenant)
+            .field("agent", &self.agent)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Exponential backoff with optional jitter.
@@ -404,6 +416,8 @@ pub struct Desktop {
     pub tenant: u32,
     /// Index of the site (in the list given to [`connect_sites`]) it is connected to.
     pub site: usize,
+    /// The reconnect token the server hello carried, for the next hello.
+    pub reconnect: Option<String>,
 }
 
 /// Correlation ids at or above this are used by the client library itself (hello, login,
@@ -476,12 +490,17 @@ pub async fn hello(
     reader: &mut FrameReader,
     id: &Identity,
     timeout: Duration,
-) -> Result<ServerHello, ClientError> {
-    let mut req = bytes::BytesMut::with_capacity(128);
+) -> Result<(ServerHello, Option<String>), ClientError> {
+    let mut req = bytes::BytesMut::with_capacity(256);
     let h = DesktopHello {
         version: 1,
         agent: &id.agent,
-        token: &id.token,
+        token: if id.reconnect.is_some() {
+            ""
+        } else {
+            &id.token
+        },
+        reconnect: id.reconnect.as_deref(),
         services: id.services,
     };
     encode_request(
@@ -503,7 +522,9 @@ pub async fn hello(
             head.msg_type
         )));
     }
-    Ok(ServerHello::read(deskmux_codec::BodyRef::new(&body))?)
+    let b = deskmux_codec::BodyRef::new(&body);
+    let reconnect = b.opt_str(msg::key::RECONNECT)?.map(str::to_string);
+    Ok((ServerHello::read(b)?, reconnect))
 }
 
 /// Log the agent in (`AGENT_LOGIN` with `place`).
@@ -616,6 +637,8 @@ pub async fn connect_sites(
     deadline: tokio::time::Instant,
 ) -> Result<(Desktop, u32), (ClientError, u32)> {
     let mut attempt: u32 = 0;
+    // A refused reconnect token (expired, rotated) falls back to the password at once.
+    let mut id = std::borrow::Cow::Borrowed(id);
     loop {
         let site = (first + attempt as usize) % sites.len().max(1);
         let gen_now = *generation;
@@ -634,18 +657,24 @@ pub async fn connect_sites(
                 }
             };
             let mut reader = FrameReader::new(opts.read_buf, deskmux_codec::DEFAULT_MAX_FRAME_LEN);
-            let hello = hello(&mut stream, &mut reader, id, opts.timeout).await?;
+            let (hello, reconnect) = hello(&mut stream, &mut reader, &id, opts.timeout).await?;
             Ok::<_, ClientError>(Desktop {
                 conn: stream,
                 reader,
                 hello,
                 tenant: id.tenant,
                 site,
+                reconnect,
             })
         }
         .await;
         match res {
             Ok(d) => return Ok((d, attempt)),
+            Err(ClientError::Refused { code, .. })
+                if code == ErrorCode::AUTH_FAILED && id.reconnect.is_some() =>
+            {
+                id.to_mut().reconnect = None;
+            }
             Err(e) => {
                 let delay = opts.backoff.delay(attempt, fastrand::f64());
                 attempt += 1;

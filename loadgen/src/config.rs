@@ -56,25 +56,64 @@ impl Transport {
     }
 }
 
-/// One tenant's credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantCred {
+/// One desktop's credential: a line `TENANT<TAB>AGENT<TAB>PASSWORD` of the `--credentials`
+/// file (the format `core-server creds import` reads). Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cred {
     /// Tenant id.
-    pub id: u32,
-    /// A token the server accepts for it.
-    pub token: String,
+    pub tenant: u32,
+    /// Agent id.
+    pub agent: String,
+    /// Password.
+    pub password: String,
 }
 
-/// Parse `ID:TOKEN`.
+impl std::fmt::Debug for Cred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cred")
+            .field("tenant", &self.tenant)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read a credentials file: one `TENANT<TAB>AGENT<TAB>PASSWORD` per line; desktop `i` uses
+/// line `i` (wrapping). The file, not the command line, carries the passwords, so `ps` never
+/// shows them; shard processes read it themselves.
 ///
 /// # Errors
-/// Malformed text.
-pub fn parse_tenant(s: &str) -> Result<TenantCred, String> {
-    let (id, token) = s.split_once(':').ok_or("tenant must be ID:TOKEN")?;
-    Ok(TenantCred {
-        id: id.trim().parse().map_err(|_| "bad tenant id")?,
-        token: token.to_string(),
-    })
+/// Unreadable file, a malformed line, or no line at all.
+pub fn read_credentials(path: &std::path::Path) -> Result<Vec<Cred>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("credentials {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let mut it = line.splitn(3, '\t');
+        let (Some(t), Some(a), Some(p)) = (it.next(), it.next(), it.next()) else {
+            return Err(format!(
+                "credentials {} line {}: expected TENANT<TAB>AGENT<TAB>PASSWORD",
+                path.display(),
+                i + 1
+            ));
+        };
+        out.push(Cred {
+            tenant: t.trim().parse().map_err(|_| {
+                format!("credentials {} line {}: bad tenant", path.display(), i + 1)
+            })?,
+            agent: a.to_string(),
+            password: p.to_string(),
+        });
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "credentials {}: no credential in it",
+            path.display()
+        ));
+    }
+    Ok(out)
 }
 
 /// A whole run.
@@ -100,8 +139,17 @@ pub struct RunConfig {
     pub drain_s: f64,
     /// Event-loop threads per process (0 = one per core).
     pub threads: usize,
-    /// Tenants; desktop `i` uses tenant `i % len`.
-    pub tenants: Vec<TenantCred>,
+    /// The credentials file (see [`read_credentials`]); desktop `i` uses its line `i`.
+    pub credentials: PathBuf,
+    /// The distinct tenants in it, in order of first appearance.
+    pub tenants: Vec<u32>,
+    /// The credentials themselves, read from `credentials` in each process (never serialized:
+    /// the shard's command line must not carry passwords).
+    #[serde(skip)]
+    pub creds: std::sync::Arc<Vec<Cred>>,
+    /// On a reconnect, present the reconnect token of the last server hello instead of the
+    /// password (PROTOCOL.md §4.1), as a desktop in a reconnect storm does.
+    pub reconnect_tokens: bool,
     /// Log agents in (`AGENT_LOGIN`) after the hello.
     pub login: bool,
     /// Service the ping scenario echoes through (1 Interaction, 2 UCS).
@@ -146,6 +194,23 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Read [`RunConfig::credentials`] into [`RunConfig::creds`] and set `tenants`.
+    ///
+    /// # Errors
+    /// See [`read_credentials`].
+    pub fn load_credentials(&mut self) -> Result<(), String> {
+        let creds = read_credentials(&self.credentials)?;
+        let mut tenants = Vec::new();
+        for c in &creds {
+            if !tenants.contains(&c.tenant) {
+                tenants.push(c.tenant);
+            }
+        }
+        self.tenants = tenants;
+        self.creds = std::sync::Arc::new(creds);
+        Ok(())
+    }
+
     /// Nanoseconds of the ramp.
     pub fn ramp_ns(&self) -> u64 {
         (self.ramp_s * 1e9) as u64

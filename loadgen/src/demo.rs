@@ -17,19 +17,87 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, process_cpu_ns};
 
-/// Link secret shared by the demo's server and proxy.
-pub const DEMO_SECRET: &str = "deskmux-demo-link-secret";
+/// `n` random bytes from the kernel, hex-encoded (link secrets and demo passwords).
+///
+/// # Errors
+/// `/dev/urandom` unreadable.
+pub fn random_hex(n: usize) -> Result<String, String> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
 
 /// The demo's core-server configuration (`listen` on any free port, data under `dir`).
-pub fn core_config(dir: &Path) -> String {
-    core_config_with(dir, None)
+pub fn core_config(dir: &Path, secret: &str) -> String {
+    core_config_with(dir, None, secret)
+}
+
+/// Write the demo's credentials file in `dir` (mode 0600): `agents` lines
+/// `TENANT<TAB>lg-<i><TAB>PASSWORD`, tenants 1 and 2 alternating, random passwords. It is both
+/// what `core-server creds import` reads and loadgen's `--credentials`.
+///
+/// # Errors
+/// I/O or randomness.
+pub fn write_credentials(dir: &Path, agents: u64) -> Result<PathBuf, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("credentials.tsv");
+    let pool = random_hex(16 * 1024)?;
+    let mut text = String::with_capacity(usize::try_from(agents).unwrap_or(0) * 32);
+    for i in 0..agents {
+        // 16 hex digits of the pool per agent, at an offset that differs for each (the pool is
+        // 32 KiB of hex; 64 bits of it per password is plenty for a loopback demo).
+        let off = usize::try_from((i * 16) % (pool.len() as u64 - 16)).unwrap_or(0);
+        let pw = &pool[off..off + 16];
+        text.push_str(&format!("{}\tlg-{i}\t{pw}{i:x}\n", 1 + i % 2));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Provision the credentials file into the server's data file the way an operator does:
+/// `core-server --config CFG creds import`, with argon2id at its cheapest (m = 8 KiB, t = 1):
+/// the demo logs 25,000 desktops in within its ramp, which the default cost (19 MiB, 2 passes,
+/// tens of ms each) would turn into minutes of CPU. Production credentials use the default.
+///
+/// # Errors
+/// The import failed.
+pub fn import_credentials(bins: &Path, core_cfg: &Path, creds: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(creds).map_err(|e| format!("{}: {e}", creds.display()))?;
+    let out = Command::new(bins.join("core-server"))
+        .arg("--config")
+        .arg(core_cfg)
+        .args(["creds", "import", "--argon2-m-kib", "8", "--argon2-t", "1"])
+        .stdin(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("core-server creds import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "core-server creds import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// [`core_config`] with the server's per-connection `outbound_queue` (frames queued towards one
 /// connection before the server closes it as a slow consumer) set, if `Some`; the server's
 /// default (8192) otherwise. A proxy link carries the answers of thousands of desktops, so
 /// pipelined runs through the proxy may need more (`--server-outbound-queue`).
-pub fn core_config_with(dir: &Path, outbound_queue: Option<usize>) -> String {
+pub fn core_config_with(dir: &Path, outbound_queue: Option<usize>, secret: &str) -> String {
     let oq = outbound_queue
         .map(|n| format!("outbound_queue = {n}\n"))
         .unwrap_or_default();
@@ -39,19 +107,17 @@ listen = "127.0.0.1:0"
 role = "both"
 db = "{}"
 instance = "demo-core-1"
-link_secret = "{DEMO_SECRET}"
+link_secret = "{secret}"
 heartbeat_ms = 5000
 max_in_flight = 256
 {oq}
 [[tenants]]
 id = 1
 name = "acme"
-tokens = ["acme-token"]
 
 [[tenants]]
 id = 2
 name = "globex"
-tokens = ["globex-token"]
 "#,
         dir.join("core.db").display()
     )
@@ -73,6 +139,8 @@ pub struct StackOpts {
     /// silent intervals close one). Every idle desktop costs a round trip per half interval,
     /// which is what a QUIC desktop pays most for.
     pub heartbeat_ms: u32,
+    /// Agents to provision (`lg-0` ..), one per desktop of the load.
+    pub agents: u64,
 }
 
 impl Default for StackOpts {
@@ -83,6 +151,7 @@ impl Default for StackOpts {
             quic: false,
             tls: false,
             heartbeat_ms: 5000,
+            agents: 1000,
         }
     }
 }
@@ -92,6 +161,7 @@ impl Default for StackOpts {
 /// certificate, with `quic = Some((cert, key))` it also takes QUIC desktops on the same port
 /// number (UDP).
 pub fn proxy_config(
+    secret: &str,
     server: SocketAddr,
     workers: usize,
     heartbeat_ms: u32,
@@ -115,7 +185,7 @@ pub fn proxy_config(
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 workers = {workers}
-link_secret = "{DEMO_SECRET}"
+link_secret = "{secret}"
 backlog = 8192
 
 [limits]
@@ -365,6 +435,8 @@ pub struct Stack {
     pub proxy: Option<Proc>,
     /// With TLS or QUIC: the proxy's self-signed certificate (PEM), for loadgen's `--ca`.
     pub ca: Option<PathBuf>,
+    /// The provisioned agents' credentials, for loadgen's `--credentials`.
+    pub credentials: PathBuf,
 }
 
 impl Drop for Stack {
@@ -407,8 +479,16 @@ impl Stack {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let bins = bin_dir();
         let core_cfg = dir.join("core-server.toml");
-        std::fs::write(&core_cfg, core_config_with(&dir, server_outbound_queue))
-            .map_err(|e| e.to_string())?;
+        // A fresh random link secret per stack: nothing published in this repository opens a
+        // link (both binaries refuse known and short secrets).
+        let secret = random_hex(32)?;
+        std::fs::write(
+            &core_cfg,
+            core_config_with(&dir, server_outbound_queue, &secret),
+        )
+        .map_err(|e| e.to_string())?;
+        let credentials = write_credentials(&dir, o.agents.max(1))?;
+        import_credentials(&bins, &core_cfg, &credentials)?;
         let cfg_arg = core_cfg.to_string_lossy().into_owned();
         let server = Proc::start(
             &bins.join("core-server"),
@@ -431,6 +511,7 @@ impl Stack {
                 }
                 let files = ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
                 let cfg = proxy_config(
+                    &secret,
                     server_addr,
                     w,
                     o.heartbeat_ms,
@@ -459,6 +540,7 @@ impl Stack {
             server,
             proxy,
             ca: ca.map(|(c, _)| c),
+            credentials,
         })
     }
 
@@ -542,15 +624,23 @@ mod tests {
 
     #[test]
     fn configs_are_plausible_toml() {
-        let c: toml::Value = toml::from_str(&core_config(Path::new("/tmp/x"))).unwrap();
+        let secret = random_hex(32).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert_ne!(secret, random_hex(32).unwrap());
+        let c: toml::Value = toml::from_str(&core_config(Path::new("/tmp/x"), &secret)).unwrap();
         assert_eq!(c["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
         assert!(c.get("outbound_queue").is_none());
-        let c: toml::Value =
-            toml::from_str(&core_config_with(Path::new("/tmp/x"), Some(500_000))).unwrap();
+        let c: toml::Value = toml::from_str(&core_config_with(
+            Path::new("/tmp/x"),
+            Some(500_000),
+            &secret,
+        ))
+        .unwrap();
         assert_eq!(c["outbound_queue"].as_integer(), Some(500_000));
         assert_eq!(c["tenants"].as_array().unwrap().len(), 2);
         let p: toml::Value = toml::from_str(&proxy_config(
+            &secret,
             "127.0.0.1:7100".parse().unwrap(),
             2,
             5000,
@@ -564,6 +654,7 @@ mod tests {
         assert!(p.get("tls").is_none());
         let files = Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key")));
         let q: toml::Value = toml::from_str(&proxy_config(
+            &secret,
             "127.0.0.1:7100".parse().unwrap(),
             2,
             30_000,
@@ -575,6 +666,22 @@ mod tests {
         assert_eq!(q["limits"]["heartbeat_ms"].as_integer(), Some(30_000));
         assert_eq!(q["quic"]["key"].as_str(), Some("/d/proxy.key"));
         assert_eq!(q["tls"]["cert"].as_str(), Some("/d/proxy.crt"));
+    }
+
+    #[test]
+    fn credentials_file_alternates_tenants_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_credentials(dir.path(), 5).unwrap();
+        let creds = crate::config::read_credentials(&p).unwrap();
+        assert_eq!(creds.len(), 5);
+        assert_eq!(creds[0].tenant, 1);
+        assert_eq!(creds[1].tenant, 2);
+        assert_eq!(creds[3].agent, "lg-3");
+        assert_ne!(creds[0].password, creds[1].password);
+        assert!(creds.iter().all(|c| c.password.len() >= 16));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -411,6 +411,8 @@ pub struct Ctx {
     pub window: Window,
     /// Statistics.
     pub stats: RefCell<ThreadStats>,
+    /// Each desktop's last reconnect token (see [`RunConfig::reconnect_tokens`]).
+    pub reconnect: RefCell<HashMap<u64, String>>,
     /// Process-wide live counters.
     pub live: Arc<Live>,
     /// This thread's index.
@@ -709,6 +711,7 @@ fn run_thread(
             wait_ns: 0,
             ops: HashMap::new(),
         }),
+        reconnect: RefCell::new(HashMap::new()),
         live,
         thread,
         shard,

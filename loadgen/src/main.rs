@@ -95,8 +95,9 @@ struct StackArgs {
 impl StackArgs {
     /// The stack options for desktops over `transport`: through the proxy unless `direct`; for
     /// QUIC the proxy takes QUIC (and plain TCP), for TLS its TCP port speaks TLS.
-    fn opts(&self, direct: bool, transport: Transport) -> demo::StackOpts {
+    fn opts(&self, direct: bool, transport: Transport, agents: Option<u64>) -> demo::StackOpts {
         demo::StackOpts {
+            agents: agents.unwrap_or(1000),
             proxy_workers: (!direct).then_some(self.proxy_workers),
             server_outbound_queue: self.server_outbound_queue,
             quic: transport == Transport::Quic,
@@ -131,7 +132,8 @@ fn finish(
 
 /// Run `load` against a fresh stack; returns the summary.
 fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summary> {
-    let stack = Stack::start_with(&stack.opts(direct, load.transport)).map_err(|e| anyhow!(e))?;
+    let stack = Stack::start_with(&stack.opts(direct, load.transport, load.desktops))
+        .map_err(|e| anyhow!(e))?;
     let s = drive(&stack, load)?;
     drop(stack);
     Ok(s)
@@ -143,6 +145,9 @@ fn drive(stack: &Stack, load: &LoadArgs) -> Result<Summary> {
     let mut load = load.clone();
     if load.transport != Transport::Tcp && load.ca.is_none() {
         load.ca.clone_from(&stack.ca);
+    }
+    if load.credentials.is_none() {
+        load.credentials = Some(stack.credentials.clone());
     }
     let load = &load;
     let target = stack.target().map_err(|e| anyhow!(e))?;
@@ -239,7 +244,8 @@ fn real_main() -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Shard { shard, config_json } => {
             let (i, n) = shard::parse_shard(&shard).map_err(|e| anyhow!(e))?;
-            let cfg: RunConfig = serde_json::from_str(&config_json)?;
+            let mut cfg: RunConfig = serde_json::from_str(&config_json)?;
+            cfg.load_credentials().map_err(|e| anyhow!(e))?;
             runner::shard_main(cfg, i, n).map_err(|e| anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -350,11 +356,13 @@ fn transports(stack: &StackArgs, mut load: LoadArgs) -> Result<ExitCode> {
         s
     };
     let (tcp, quic) = {
-        let st = Stack::start_with(&stack.opts(false, Transport::Quic)).map_err(|e| anyhow!(e))?;
+        let st = Stack::start_with(&stack.opts(false, Transport::Quic, load.desktops))
+            .map_err(|e| anyhow!(e))?;
         (run(&st, Transport::Tcp)?, run(&st, Transport::Quic)?)
     };
     let tls = {
-        let st = Stack::start_with(&stack.opts(false, Transport::Tls)).map_err(|e| anyhow!(e))?;
+        let st = Stack::start_with(&stack.opts(false, Transport::Tls, load.desktops))
+            .map_err(|e| anyhow!(e))?;
         run(&st, Transport::Tls)?
     };
     let g = server_figure;

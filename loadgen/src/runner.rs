@@ -197,8 +197,8 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
     if cfg.sites.is_empty() {
         return Err("no target sites".into());
     }
-    if cfg.tenants.is_empty() {
-        return Err("no tenants (give --tenant ID:TOKEN)".into());
+    if cfg.creds.is_empty() {
+        return Err("no credentials (give --credentials FILE)".into());
     }
     let n = shards_for(&cfg);
     // Check that the source addresses suffice before starting anything.

@@ -46,6 +46,9 @@ struct Cli {
     /// Print an example configuration and exit.
     #[arg(long)]
     example_config: bool,
+    /// Start even though `link_secret` is empty, short or a published example (tests only).
+    #[arg(long)]
+    allow_weak_link_secret: bool,
     /// Internal: instances an operator disabled (passed by the supervisor to a worker).
     #[arg(long, hide = true)]
     disabled: Vec<String>,
@@ -121,6 +124,11 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let cfg = load(&cli, true)?;
+    if let Some(why) = cfg.weak_link_secret()
+        && !cli.allow_weak_link_secret
+    {
+        bail!("refusing to start: {why} (or pass --allow-weak-link-secret)");
+    }
     if cli.check_config {
         println!("config ok: {cfg:#?}");
         return Ok(());
@@ -238,6 +246,9 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     for u in &cli.upstream {
         worker_args.push("--upstream".to_string());
         worker_args.push(u.clone());
+    }
+    if cli.allow_weak_link_secret {
+        worker_args.push("--allow-weak-link-secret".to_string());
     }
     if let Some(n) = cli.links {
         worker_args.push("--links".to_string());

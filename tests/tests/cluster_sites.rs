@@ -18,7 +18,8 @@ fn desktops_fail_over_to_the_other_site() {
     const N: u64 = 40;
     let n = N.to_string();
     let (sa, sb) = (a.proxy.addr.to_string(), b.proxy.addr.to_string());
-    let token = format!("{T1}:{TOKEN1}");
+    let creds = deskmux_tests::creds::loadgen_file(dir.path(), T1, TOKEN1, N as usize).unwrap();
+    let token = creds.display().to_string();
     let mut lg = Proc::spawn(
         "loadgen",
         &[
@@ -29,7 +30,7 @@ fn desktops_fail_over_to_the_other_site() {
             &sb,
             "-n",
             &n,
-            "--tenant",
+            "--credentials",
             &token,
             "--no-login",
             "--rate",

@@ -44,7 +44,7 @@ async fn connect_retry(addr: SocketAddr, n: u32) -> TestClient {
     loop {
         let mut c = TestClient::connect(addr).await.expect("connect");
         let r = c
-            .hello(T1, &format!("sb-agent-{n}"), TOKEN1, 0b110)
+            .hello(T1, &deskmux_tests::creds::agent(n as usize), TOKEN1, 0b110)
             .await
             .expect("hello answer");
         match code(&r) {

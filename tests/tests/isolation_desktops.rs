@@ -363,6 +363,7 @@ async fn desktops_per_source_address_are_capped() {
                 version: 1,
                 agent: "iso9-3",
                 token: TOKEN1,
+                reconnect: None,
                 services: 0b110,
             }
             .write(w)

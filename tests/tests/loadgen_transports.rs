@@ -16,12 +16,12 @@ fn run_args<'a>(
     ca: &'a str,
     n: &'a str,
     json: &'a str,
-    tenant: &'a str,
+    credentials: &'a str,
 ) -> Vec<&'a str> {
     vec![
         "run",
-        "--tenant",
-        tenant,
+        "--credentials",
+        credentials,
         "--site",
         site,
         "--transport",
@@ -71,7 +71,8 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
         cert.cert.display().to_string(),
         N.to_string(),
     );
-    let tenant = format!("{T1}:{TOKEN1}");
+    let creds = deskmux_tests::creds::loadgen_file(out.path(), T1, TOKEN1, N as usize).unwrap();
+    let tenant = creds.display().to_string();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -136,7 +137,8 @@ fn quic_desktops_from_many_sockets_spread_over_workers_and_lose_nothing() {
 fn run_untrusted(transport: &str, site: &str, ca: &str) -> (Option<i32>, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("out.json");
-    let tenant = format!("{T1}:{TOKEN1}");
+    let creds = deskmux_tests::creds::loadgen_file(out.path(), T1, TOKEN1, 5).unwrap();
+    let tenant = creds.display().to_string();
     let mut args = run_args(site, ca, "5", json.to_str().unwrap(), &tenant);
     let t = args.iter().position(|a| *a == "--transport").unwrap();
     args[t + 1] = transport;

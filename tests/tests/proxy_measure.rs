@@ -43,6 +43,7 @@ fn hello_bytes(tenant: u32, agent: &str) -> Vec<u8> {
         version: 1,
         agent,
         token: TOKEN1,
+        reconnect: None,
         services: 0b110,
     };
     Frame::build(h, |w| hello.write(w))
@@ -84,7 +85,8 @@ fn idle_desktop_memory() {
     let mut warm = Vec::new();
     for i in 0..50 {
         let mut s = TcpStream::connect(st.proxy.addr).unwrap();
-        s.write_all(&hello_bytes(T1, &format!("warm{i}"))).unwrap();
+        s.write_all(&hello_bytes(T1, &deskmux_tests::creds::agent(i)))
+            .unwrap();
         let mut b = BytesMut::new();
         assert!(read_frame(&mut s, &mut b).error().is_none());
         warm.push(s);
@@ -100,7 +102,8 @@ fn idle_desktop_memory() {
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let mut s = TcpStream::connect(st.proxy.addr).unwrap();
-        s.write_all(&hello_bytes(T1, &format!("idle{i}"))).unwrap();
+        s.write_all(&hello_bytes(T1, &deskmux_tests::creds::agent(i)))
+            .unwrap();
         let mut b = BytesMut::new();
         let f = read_frame(&mut s, &mut b);
         assert!(f.error().is_none(), "{:?}", f.error());

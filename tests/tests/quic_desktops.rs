@@ -36,7 +36,7 @@ async fn quic_desktop(st: &Stack, cert: &TestCert, tenant: u32) -> QuicDesktop {
         .await
         .expect("quic handshake");
     let token = if tenant == T2 { TOKEN2 } else { TOKEN1 };
-    c.hello_ok(tenant, &format!("quic-agent-{}", std::process::id()), token)
+    c.hello_ok(tenant, "quic-agent", token)
         .await
         .expect("hello over quic");
     QuicDesktop { _ep: ep, conn, c }

@@ -333,7 +333,7 @@ fn flood_stack(quic_extra: &str, limits: &str) -> (Stack, TestCert, Vec<Vec<u8>>
 async fn desktops_before_flood(st: &Stack, cert: &TestCert, quic: usize) -> Vec<Worker> {
     let mut workers = Vec::new();
     for i in 0..quic {
-        workers.push(quic_worker(st, cert, &format!("quic-{i}")).await);
+        workers.push(quic_worker(st, cert, &deskmux_tests::creds::agent(i)).await);
     }
     workers.extend(tcp_workers(st).await);
     for w in &mut workers {

@@ -87,7 +87,7 @@ async fn quic_desktops_need_no_fds() {
     let mut desks: Vec<(quinn::Connection, FrameClient)> = Vec::new();
     for i in 0..n {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.expect("quic");
-        c.hello_ok(T1, &format!("q{i}"), TOKEN1)
+        c.hello_ok(T1, &deskmux_tests::creds::agent(i), TOKEN1)
             .await
             .expect("hello");
         desks.push((conn, c));
@@ -154,7 +154,9 @@ async fn connect(
             (Some((ep, conn)), c)
         }
     };
-    c.hello_ok(T1, &format!("m{i}"), TOKEN1).await.unwrap();
+    c.hello_ok(T1, &deskmux_tests::creds::agent(i), TOKEN1)
+        .await
+        .unwrap();
     (conn, c)
 }
 
@@ -280,7 +282,9 @@ async fn idle_quic_desktop_memory() {
     let mut warm = Vec::new();
     for i in 0..20 {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.unwrap();
-        c.hello_ok(T1, &format!("w{i}"), TOKEN1).await.unwrap();
+        c.hello_ok(T1, &deskmux_tests::creds::agent(i), TOKEN1)
+            .await
+            .unwrap();
         warm.push((conn, c));
     }
     let admin = st.proxy.admin;
@@ -294,7 +298,9 @@ async fn idle_quic_desktop_memory() {
     let mut desks = Vec::with_capacity(n);
     for i in 0..n {
         let (conn, mut c) = quic_connect(&ep, st.proxy.addr).await.unwrap();
-        c.hello_ok(T1, &format!("i{i}"), TOKEN1).await.unwrap();
+        c.hello_ok(T1, &deskmux_tests::creds::agent(2048 + i), TOKEN1)
+            .await
+            .unwrap();
         desks.push((conn, c));
     }
     let took = t0.elapsed();

@@ -29,7 +29,7 @@ async fn tls_desktop(st: &Stack, cert: &TestCert, tenant: u32) -> FrameClient {
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(ALPN));
     let mut c = FrameClient::new(s);
     let token = if tenant == T2 { TOKEN2 } else { TOKEN1 };
-    c.hello_ok(tenant, &format!("tls-agent-{}", std::process::id()), token)
+    c.hello_ok(tenant, "tls-agent", token)
         .await
         .expect("hello over tls");
     c

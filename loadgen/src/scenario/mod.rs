@@ -27,13 +27,15 @@ pub async fn run_desktop(ctx: Rc<Ctx>, gid: u64) {
     }
 }
 
-/// Desktop `gid`'s identity: tenants round-robin, agent id `lg-<gid>`, both services.
+/// Desktop `gid`'s identity: line `gid` of the credentials (wrapping), both services.
 pub fn identity(cfg: &RunConfig, gid: u64) -> Identity {
-    let t = &cfg.tenants[(gid as usize) % cfg.tenants.len().max(1)];
+    let n = cfg.creds.len().max(1);
+    let c = &cfg.creds[usize::try_from(gid).unwrap_or(0) % n];
     Identity {
-        tenant: t.id,
-        agent: format!("lg-{gid}"),
-        token: t.token.clone(),
+        tenant: c.tenant,
+        agent: c.agent.clone(),
+        token: c.password.clone(),
+        reconnect: None,
         services: 0b110,
     }
 }
@@ -77,7 +79,10 @@ pub async fn connect(
     login: bool,
 ) -> Result<(Desktop, u32), u32> {
     let cfg = &ctx.cfg;
-    let id = identity(cfg, gid);
+    let mut id = identity(cfg, gid);
+    if cfg.reconnect_tokens {
+        id.reconnect = ctx.reconnect.borrow_mut().remove(&gid);
+    }
     let timeout = Duration::from_secs_f64(cfg.connect_timeout_s);
     let opts = ConnectOptions {
         timeout,
@@ -109,6 +114,11 @@ pub async fn connect(
         }
     };
     ctx.stats.borrow_mut().clients.failed_attempts += u64::from(attempts);
+    if cfg.reconnect_tokens
+        && let Some(t) = d.reconnect.take()
+    {
+        ctx.reconnect.borrow_mut().insert(gid, t);
+    }
     if login {
         let place = format!("place-{gid}");
         let mut tries = 0;

@@ -235,7 +235,9 @@ async fn session(
             last_write = now;
         }
         if let Some(s) = storm_at {
-            if now >= s {
+            // The drop is deliberate: answers still on their way are waited for (bounded),
+            // not counted as lost.
+            if now >= s && (pending.in_flight() == 0 || now >= s + storm::LATE_ANSWERS_NS) {
                 return End::Storm;
             }
         }
@@ -262,7 +264,12 @@ async fn session(
             wake = wake.min(stop_at);
         }
         if let Some(s) = storm_at {
-            wake = wake.min(s);
+            // Past the storm's time, only the late-answer bound (or a read) wakes it.
+            wake = wake.min(if now < s {
+                s
+            } else {
+                s + storm::LATE_ANSWERS_NS
+            });
         }
         wake = wake.min(drain_end).max(now);
         // The read the wait made, if it was woken by data (the wait itself reads: it is

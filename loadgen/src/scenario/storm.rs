@@ -10,6 +10,11 @@ use std::time::Duration;
 /// (a drop is deliberate: it must not count requests as lost).
 pub const QUIESCE_NS: u64 = 300_000_000;
 
+/// On a machine so busy that answers take longer than [`QUIESCE_NS`], a desktop still waits
+/// this long past the storm's time for its last answers before it drops; only what is still
+/// unanswered then counts as lost.
+pub const LATE_ANSWERS_NS: u64 = 5_000_000_000;
+
 /// Delay before the first reconnect attempt of a jittered round: uniform over the spread.
 pub fn initial_delay(spread_ms: u64, rnd: f64) -> Duration {
     Duration::from_millis(spread_ms).mul_f64(rnd.clamp(0.0, 1.0))

@@ -9,7 +9,7 @@
 //! listen = "127.0.0.1:7200"        # desktop port; port 0 picks a free port (shared by workers)
 //! admin = "127.0.0.1:7290"         # admin HTTP (/metrics, /health, /status); port 0 = any
 //! workers = 2                      # worker processes sharing the port with SO_REUSEPORT
-//! link_secret = "deskmux-link-secret"  # presented in LINK_HELLO to every upstream
+//! link_secret = "..."              # presented in LINK_HELLO to every upstream: 32 bytes or more
 //! backlog = 4096                   # listen backlog
 //!
 //! [limits]
@@ -69,12 +69,41 @@ use serde::Deserialize;
 
 mod validate;
 
+/// Shortest link secret accepted without `--allow-weak-link-secret`.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Secrets published in this repository (examples, old defaults): never accepted.
+const KNOWN_SECRETS: &[&str] = &[
+    "REPLACE-with-32-or-more-random-bytes",
+    "deskmux-link-secret",
+    "deskmux-demo-link-secret",
+];
+
+impl Config {
+    /// Why the link secret must not be used, if so: empty, shorter than [`MIN_SECRET_LEN`], or
+    /// one published in this repository.
+    pub fn weak_link_secret(&self) -> Option<String> {
+        let s = &self.link_secret;
+        if KNOWN_SECRETS.contains(&s.as_str()) {
+            return Some("link_secret is a published example; set your own".into());
+        }
+        (s.len() < MIN_SECRET_LEN).then(|| {
+            format!(
+                "link_secret is {} bytes; use at least {MIN_SECRET_LEN} random bytes",
+                s.len()
+            )
+        })
+    }
+}
+
 /// A commented example configuration (printed by `proxy --example-config`).
 pub const EXAMPLE_CONFIG: &str = r#"# deskmux proxy configuration (see proxy/src/config.rs for every field and its default)
 listen = "127.0.0.1:7200"
 admin = "127.0.0.1:7290"
 workers = 2
-link_secret = "deskmux-link-secret"
+# The secret core-server's `link_secret` holds: 32 bytes or more, random, yours. The proxy
+# refuses to start with this placeholder.
+link_secret = "REPLACE-with-32-or-more-random-bytes"
 
 [limits]
 max_desktops = 19000
@@ -398,7 +427,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Worker processes. Default 2.
     pub workers: usize,
-    /// Link secret presented to every upstream. Default `deskmux-link-secret`.
+    /// Link secret presented to every upstream: at least [`MIN_SECRET_LEN`] bytes (a shorter,
+    /// empty or example one refuses to start without `--allow-weak-link-secret`). No default.
     pub link_secret: String,
     /// Listen backlog. Default 4096.
     pub backlog: i32,
@@ -502,7 +532,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
             admin: SocketAddr::from(([127, 0, 0, 1], 7290)),
             workers: 2,
-            link_secret: "deskmux-link-secret".into(),
+            link_secret: String::new(),
             backlog: 4096,
             limits: Limits::default(),
             upstream: Vec::new(),

@@ -358,6 +358,7 @@ impl Core {
         }
         d.phase = Phase::Open;
         let sid = d.sid;
+        let reconnect = d.reconnect.take();
         if let Some(rx) = d.rx.as_mut() {
             rx.dec.set_max_frame_len(self.limits.max_frame as usize);
         }
@@ -372,7 +373,14 @@ impl Core {
             heartbeat_ms: self.limits.heartbeat_ms,
             max_in_flight: self.limits.max_in_flight,
         };
-        if let Ok(fr) = Frame::build(r, |w| sh.write(w)) {
+        let built = Frame::build(r, |w| {
+            sh.write(w)?;
+            if let Some(t) = &reconnect {
+                w.str(msg::key::RECONNECT, t)?;
+            }
+            Ok(())
+        });
+        if let Ok(fr) = built {
             self.deliver(now, slot, fr.freeze());
         }
         // Frames sent behind the hello were waiting for this.

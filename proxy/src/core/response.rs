@@ -102,7 +102,13 @@ impl Core {
             Owner::Open { session } => {
                 self.untrack();
                 let code = f.error().map(|(c, _)| c);
-                self.open_answer(now, i, session, p.req.head(0), code);
+                let reconnect = f
+                    .body()
+                    .opt_str(msg::key::RECONNECT)
+                    .ok()
+                    .flatten()
+                    .map(Box::from);
+                self.open_answer(now, i, session, p.req.head(0), code, reconnect);
             }
             Owner::Desktop { session } => {
                 // The answer must be for the session and tenant that asked.
@@ -250,6 +256,7 @@ impl Core {
         sid: u64,
         req: Head,
         code: Option<ErrorCode>,
+        reconnect: Option<Box<str>>,
     ) {
         let live = self
             .slot_of_sid(sid)
@@ -266,6 +273,9 @@ impl Core {
         };
         let d = &mut self.desktops[slot];
         d.pending_opens = d.pending_opens.saturating_sub(1);
+        if d.reconnect.is_none() {
+            d.reconnect = reconnect;
+        }
         if let Some(code) = code
             && d.open_error == 0
         {
@@ -419,7 +429,7 @@ impl Core {
                 } else {
                     e.code
                 };
-                self.open_answer(now, l, session, p.req.head(0), Some(c));
+                self.open_answer(now, l, session, p.req.head(0), Some(c), None);
             }
             Owner::Subscribe { sub } => {
                 let release = self.fanout.get(sub).map(|s| super::fanout::Release {

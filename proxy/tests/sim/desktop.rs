@@ -154,6 +154,7 @@ impl Desktop {
                 version: 1,
                 agent: &agent,
                 token,
+                reconnect: None,
                 services,
             }
             .write(w)

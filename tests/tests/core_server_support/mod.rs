@@ -18,7 +18,7 @@ pub const T1: u32 = 1;
 pub const T2: u32 = 2;
 pub const TOKEN1: &str = "tok-acme";
 pub const TOKEN2: &str = "tok-globex";
-pub const SECRET: &str = "test-link-secret";
+pub const SECRET: &str = "test-link-secret-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The `core-server` binary (see [`deskmux_tests::bin_path`]); panics if it is not built.
@@ -46,17 +46,16 @@ shutdown_grace_ms = 300
 [[tenants]]
 id = 1
 name = "acme"
-tokens = ["{TOKEN1}"]
 
 [[tenants]]
 id = 2
 name = "globex"
-tokens = ["{TOKEN2}"]
 "#,
         db = dir.join("core.db").display()
     );
     let p = dir.join("core.toml");
     std::fs::write(&p, cfg).expect("write config");
+    deskmux_tests::creds::provision(&p, &[(T1, TOKEN1), (T2, TOKEN2)]).expect("provision agents");
     p
 }
 
@@ -285,6 +284,7 @@ impl Client {
             version: 1,
             agent,
             token,
+            reconnect: None,
             services: 6,
         };
         let r = self.call_head(h, |w| hello.write(w));
@@ -314,6 +314,7 @@ impl Client {
             version: 1,
             agent,
             token,
+            reconnect: None,
             services: 6,
         };
         self.call_head(h, |w| hello.write(w))

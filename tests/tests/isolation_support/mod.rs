@@ -308,6 +308,7 @@ pub fn hello_frame(tenant: u32, agent: &str, corr: u64) -> Frame {
         version: 1,
         agent,
         token: token(tenant),
+        reconnect: None,
         services: 0b110,
     };
     request(Service::Control, control::HELLO, tenant, corr, |w| {

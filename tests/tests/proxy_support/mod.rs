@@ -15,7 +15,7 @@ pub const T1: u32 = 1;
 pub const T2: u32 = 2;
 pub const TOKEN1: &str = "tok-acme";
 pub const TOKEN2: &str = "tok-globex";
-pub const SECRET: &str = "proxy-test-secret";
+pub const SECRET: &str = "proxy-test-secret-0123456789abcdef";
 pub const START: Duration = Duration::from_secs(20);
 
 /// Write a core-server config in `dir` (listen on `listen`).
@@ -38,17 +38,16 @@ shutdown_grace_ms = 300
 [[tenants]]
 id = 1
 name = "acme"
-tokens = ["{TOKEN1}"]
 
 [[tenants]]
 id = 2
 name = "globex"
-tokens = ["{TOKEN2}"]
 "#,
         db = dir.join(format!("{name}.db")).display()
     );
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, cfg).expect("write core config");
+    deskmux_tests::creds::provision(&p, &[(T1, TOKEN1), (T2, TOKEN2)]).expect("provision agents");
     p
 }
 
@@ -217,7 +216,8 @@ pub async fn wait_until_async(timeout: Duration, f: impl FnMut() -> bool + Send 
 
 pub async fn desktop(addr: SocketAddr, tenant: u32) -> TestClient {
     let token = if tenant == T2 { TOKEN2 } else { TOKEN1 };
-    TestClient::connect_hello(addr, tenant, &format!("agent-{}", fastid()), token)
+    let n = usize::try_from(fastid()).unwrap_or(0);
+    TestClient::connect_hello(addr, tenant, &deskmux_tests::creds::agent(n), token)
         .await
         .expect("hello through proxy")
 }
