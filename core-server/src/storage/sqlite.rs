@@ -185,20 +185,34 @@ impl Store for SqliteStore {
         tenant: u32,
         key: &str,
         value: &str,
+        after: i64,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Vec<ContactRow>> {
         let mut st = self.conn.prepare_cached(
             "SELECT c.id, c.attrs FROM contacts c WHERE c.id IN
-               (SELECT contact FROM contact_attrs WHERE tenant = ?1 AND key = ?2 AND value = ?3)
-             AND c.tenant = ?1 ORDER BY c.id LIMIT ?4",
+               (SELECT contact FROM contact_attrs
+                WHERE tenant = ?1 AND key = ?2 AND value = ?3 AND contact > ?4)
+             AND c.tenant = ?1 ORDER BY c.id LIMIT ?5",
         )?;
-        let rows = st.query_map(params![tenant, key, value, limit], |r| {
+        let rows = st.query_map(params![tenant, key, value, after, limit], |r| {
             Ok(ContactRow {
                 id: r.get(0)?,
                 attrs: r.get(1)?,
             })
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        // Rows are read lazily: stop once the page is full in bytes.
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let row = row?;
+            bytes = bytes.saturating_add(row.attrs.len());
+            out.push(row);
+            if bytes > max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn history_insert(
@@ -239,16 +253,19 @@ impl Store for SqliteStore {
         &mut self,
         tenant: u32,
         contact: i64,
+        before: Option<i64>,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Option<Vec<HistoryRow>>> {
         if self.contact_get(tenant, contact)?.is_none() {
             return Ok(None);
         }
         let mut st = self.conn.prepare_cached(
             "SELECT id, interaction, subject, created_us, len FROM history
-             WHERE contact = ?1 AND tenant = ?2 ORDER BY id DESC LIMIT ?3",
+             WHERE contact = ?1 AND tenant = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
         )?;
-        let rows = st.query_map(params![contact, tenant, limit], |r| {
+        let before = before.unwrap_or(i64::MAX);
+        let rows = st.query_map(params![contact, tenant, before, limit], |r| {
             Ok(HistoryRow {
                 id: r.get(0)?,
                 interaction: r.get(1)?,
@@ -257,7 +274,18 @@ impl Store for SqliteStore {
                 len: r.get(4)?,
             })
         })?;
-        Ok(Some(rows.collect::<Result<Vec<_>, _>>()?))
+        // Rows are read lazily: stop once the page is full in bytes.
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let row = row?;
+            bytes = bytes.saturating_add(row.subject.len());
+            out.push(row);
+            if bytes > max_bytes {
+                break;
+            }
+        }
+        Ok(Some(out))
     }
 
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
@@ -327,8 +355,22 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(s.contact_get(1, id).unwrap(), Some(b"raw".to_vec()));
         assert_eq!(s.contact_get(2, id).unwrap(), None);
-        assert_eq!(s.contact_find(1, "email", "a@x", 10).unwrap().len(), 1);
-        assert!(s.contact_find(2, "email", "a@x", 10).unwrap().is_empty());
+        assert_eq!(
+            s.contact_find(1, "email", "a@x", 0, 10, 1000)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            s.contact_find(1, "email", "a@x", id, 10, 1000)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.contact_find(2, "email", "a@x", 0, 10, 1000)
+                .unwrap()
+                .is_empty()
+        );
         s.begin().unwrap();
         assert!(!s.contact_delete(2, id).unwrap());
         assert!(s.contact_delete(1, id).unwrap());
