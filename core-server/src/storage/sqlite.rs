@@ -376,4 +376,38 @@ mod tests {
         assert!(s.contact_delete(1, id).unwrap());
         s.commit().unwrap();
     }
+
+    #[test]
+    fn pages_stop_at_their_byte_budget_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.begin().unwrap();
+        let pairs = vec![("k".to_string(), "v".to_string())];
+        let ids: Vec<i64> = (0..5)
+            .map(|_| s.contact_create(1, &[0u8; 100], &pairs).unwrap())
+            .collect();
+        for i in 0..5 {
+            s.history_insert(1, ids[0], 0, &"s".repeat(100), &i.to_string(), 1)
+                .unwrap()
+                .unwrap();
+        }
+        s.commit().unwrap();
+        // 250 bytes: the third row passes the budget and is the last one read.
+        let got = s.contact_find(1, "k", "v", 0, 100, 250).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3]);
+        let got = s.contact_find(1, "k", "v", ids[2], 100, 10_000).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[3..]);
+        let all = s
+            .history_list(1, ids[0], None, 100, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.len(), 5);
+        let page = s.history_list(1, ids[0], None, 100, 150).unwrap().unwrap();
+        assert_eq!(page.len(), 2);
+        let rest = s
+            .history_list(1, ids[0], Some(page[1].id), 100, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest, all[2..]);
+    }
 }
