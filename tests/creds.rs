@@ -85,6 +85,12 @@ pub const NAMED: &[&str] = &[
     "lb",
     "quic-agent",
     "tls-agent",
+    "bomber",
+    "other",
+    "deep",
+    "flags",
+    "pager",
+    "linked",
 ];
 
 /// How many numbered agents (`agent-N`) each tenant gets.

@@ -140,6 +140,10 @@ pub mod key {
     pub const WAITING: &str = "waiting";
     pub const READY_AGENTS: &str = "ready_agents";
     pub const LIMIT: &str = "limit";
+    /// Paging (PROTOCOL.md §8.1): the cursor a request continues from.
+    pub const AFTER: &str = "after";
+    /// Paging (PROTOCOL.md §8.1): present when more remain; the next request's `after`.
+    pub const NEXT: &str = "next";
 }
 
 fn u32_of(v: i64, key: &'static str) -> Result<u32, BodyError> {

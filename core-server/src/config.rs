@@ -13,7 +13,7 @@
 //!                                # empty (the default) refuses every link
 //! heartbeat_ms = 5000            # heartbeat interval; 3 silent intervals close a connection
 //! handshake_timeout_ms = 10000   # a hello must complete within this
-//! max_frame = 2097152            # largest frame (head + body) accepted, bytes
+//! max_frame = 2097152            # largest frame (head + body) accepted and sent, bytes (>= 131072)
 //! max_in_flight = 256            # requests a session may have outstanding
 //! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
 //! outbound_queue = 8192          # frames queued per desktop connection before it is a slow consumer
@@ -175,7 +175,8 @@ pub struct Config {
     pub heartbeat_ms: u32,
     /// Handshake deadline in ms (not reset by each byte). Default 10000.
     pub handshake_timeout_ms: u32,
-    /// Largest frame (head + body) accepted. Default 2 MiB.
+    /// Largest frame (head + body) accepted, and largest answer sent: list answers page and
+    /// texts come in chunks to stay under it (PROTOCOL.md §8.1). At least 128 KiB. Default 2 MiB.
     pub max_frame: u32,
     /// Requests a session may have in flight. Default 256.
     pub max_in_flight: u32,
@@ -265,8 +266,10 @@ impl Config {
     /// [`ConfigError::Invalid`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.max_frame < 1024 {
-            return bad("max_frame must be at least 1024");
+        // One item of any size the caps allow must fit one answer, or a paged answer could
+        // not make progress (see `limits::MIN_MAX_FRAME`).
+        if self.max_frame < crate::limits::MIN_MAX_FRAME {
+            return bad("max_frame must be at least 131072 (limits::MIN_MAX_FRAME)");
         }
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
@@ -350,6 +353,8 @@ mod tests {
     #[test]
     fn rejects_unknown_and_bad() {
         assert!(Config::from_toml("bogus = 1").is_err());
+        assert!(Config::from_toml("max_frame = 131071").is_err());
+        assert!(Config::from_toml("max_frame = 131072").is_ok());
         assert!(Config::from_toml("[[tenants]]\nid = 0").is_err());
         // The shared per-tenant token is gone; a config still carrying one is refused.
         let e = Config::from_toml("[[tenants]]\nid = 1\ntokens = [\"x\"]").unwrap_err();

@@ -81,6 +81,9 @@ struct Conn {
     opening: HashSet<u64>,
     /// Verdicts come back here from the auth pool.
     auth_tx: mpsc::UnboundedSender<AuthDone>,
+    /// Largest answer to send: `max_frame`, or less if a proxy link announced less (never
+    /// under `limits::MIN_MAX_FRAME`, the least one item needs). Paged UCS answers fit it.
+    answer_max: u32,
 }
 
 /// Serve one accepted connection until it closes.
@@ -108,6 +111,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         hello_pending: false,
         opening: HashSet::new(),
         auth_tx,
+        answer_max: shared.cfg.max_frame,
     };
     conn.read_loop(rd, auth_rx, &cancel).await;
     conn.teardown();
@@ -363,6 +367,15 @@ impl Conn {
 
     fn on_request(&mut self, f: Frame) {
         let h = *f.head();
+        // PROTOCOL.md §3: a body nested deeper than 16 lists (or truncated, or not UTF-8) is
+        // malformed. Checked here, once, for every request but ECHO — the hello, link hello and
+        // SESSION_OPEN included — before any handler reads it; the walk stops at depth 17, so
+        // a 100,000-deep list costs no more than a flat one.
+        if h.msg_type != ixn::ECHO || h.service == Service::Control {
+            if let Err(e) = f.body().validate() {
+                return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
+            }
+        }
         if h.service == Service::Control {
             match h.msg_type {
                 control::HEARTBEAT => self.out.frame(wire::ok(&h)),
@@ -429,9 +442,10 @@ impl Conn {
             return self.err(&h, ErrorCode::NO_ROUTE, "service not run by this server");
         }
         if h.msg_type == ixn::ECHO {
-            // Answered at minimum cost: the same body bytes behind a re-stamped head.
-            let (mut head, body) = f.into_parts();
-            head.kind = Kind::Response;
+            // Answered at minimum cost: the same body bytes behind a re-stamped head (without
+            // the request's flags). The body is not walked: ECHO takes "anything" (§7).
+            let (head, body) = f.into_parts();
+            let head = wire::response_head(&head);
             self.out.send(Out::Split(head.to_bytes(), body));
             return;
         }
@@ -460,7 +474,7 @@ impl Conn {
             _ => match self.shared.db.get() {
                 Some(db) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
-                    crate::ucs::handle(db, sess.tenant, &f, sess.peer.clone());
+                    crate::ucs::handle(db, sess.tenant, self.answer_max, &f, sess.peer.clone());
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },
@@ -498,6 +512,10 @@ impl Conn {
             tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, "login refused: unknown tenant");
             self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
             return Err(true);
+        }
+        if hello.agent.len() > crate::limits::MAX_KEY {
+            self.err(h, ErrorCode::MALFORMED, "agent: more than 128 bytes");
+            return Err(false);
         }
         if hello.agent.is_empty() || (hello.token.is_empty() && hello.reconnect.is_none()) {
             self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
@@ -680,6 +698,10 @@ impl Conn {
         self.out.frame(wire::response(&h, |w| ack.write(w)));
         self.mode = Mode::Link(self.shared.next_id(), HashMap::new());
         self.out.set_link();
+        // §4.2: a server should not send a link frames over the max_frame it announced.
+        if let Some(m) = lh.max_frame {
+            self.answer_max = m.max(crate::limits::MIN_MAX_FRAME).min(cfg.max_frame);
+        }
     }
 
     fn session_open(&mut self, f: &Frame) {

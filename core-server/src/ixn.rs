@@ -22,6 +22,7 @@ use deskmux_codec::{BodyRef, ErrorCode, Flags, Frame, Head, Kind, Service};
 use tokio::sync::mpsc;
 
 use crate::db::{Db, Finish};
+use crate::limits::{self, ListKind};
 use crate::storage::{IxnRow, IxnState, Store, StoreError};
 use crate::wire::{self, Outbox, Pairs, Peer};
 
@@ -247,6 +248,11 @@ fn bad<T>(c: ErrorCode, m: &'static str) -> Result<T, (ErrorCode, &'static str)>
 
 fn malformed(_: deskmux_codec::BodyError) -> (ErrorCode, &'static str) {
     (ErrorCode::MALFORMED, "malformed body")
+}
+
+/// A cap passed or a bad list (see [`crate::limits`]): `MALFORMED`, naming the cap.
+fn refused(r: limits::Refused) -> (ErrorCode, &'static str) {
+    (ErrorCode::MALFORMED, r.message())
 }
 
 impl Engine {
@@ -542,16 +548,12 @@ impl Engine {
     }
 
     fn submit(&mut self, key: SessKey, req: &Head, b: BodyRef<'_>, peer: &Peer) -> Reply {
-        let queue = b.str(key::QUEUE).map_err(malformed)?;
-        if queue.is_empty() {
-            return bad(ErrorCode::MALFORMED, "empty queue name");
-        }
+        let queue = limits::queue(b.str(key::QUEUE).map_err(malformed)?).map_err(refused)?;
         let props = match b.opt_list(key::PROPS).map_err(malformed)? {
-            Some(l) => wire::read_pairs(l, key::PROPS).map_err(malformed)?,
+            Some(l) => limits::read_pairs(l, ListKind::Props).map_err(refused)?,
             None => Vec::new(),
         };
-        let mut norm = Vec::with_capacity(props.len());
-        wire::merge_pairs(&mut norm, props);
+        let norm = limits::normalise(props);
         let (tenant, _) = self.tenant_of(key);
         let id = self.next_id;
         self.next_id += 1;
@@ -811,12 +813,17 @@ impl Engine {
 
     fn change_props(&mut self, key: SessKey, req: &Head, b: BodyRef<'_>, peer: &Peer) -> Reply {
         let (id, tenant) = self.find(key, &b)?;
-        let upd = wire::read_pairs(b.list(key::PROPS).map_err(malformed)?, key::PROPS)
-            .map_err(malformed)?;
+        let upd = limits::read_pairs(b.list(key::PROPS).map_err(malformed)?, ListKind::Props)
+            .map_err(refused)?;
         let Some(ix) = self.ixns.get_mut(&id) else {
             return bad(ErrorCode::NOT_FOUND, "no such interaction");
         };
-        wire::merge_pairs(&mut ix.props, upd);
+        // The merged list is held to the same caps, or repeated updates would grow it without
+        // bound; a refused update leaves the properties as they were.
+        let mut merged = ix.props.clone();
+        limits::merge_pairs(&mut merged, upd);
+        limits::check_pairs(&merged, ListKind::Props).map_err(refused)?;
+        ix.props = merged;
         if let St::Owned { agent } = &ix.st {
             let target = self
                 .tenants
@@ -849,10 +856,7 @@ impl Engine {
         peer: &Peer,
     ) -> Reply {
         let (id, tenant) = self.find(key, &b)?;
-        let queue = b.str(key::QUEUE).map_err(malformed)?;
-        if queue.is_empty() {
-            return bad(ErrorCode::MALFORMED, "empty queue name");
-        }
+        let queue = limits::queue(b.str(key::QUEUE).map_err(malformed)?).map_err(refused)?;
         if !self.owner_or_submitter(key, id) {
             return bad(
                 ErrorCode::INVALID_STATE,
@@ -930,6 +934,9 @@ impl Engine {
         let topic = b.str(key::TOPIC).map_err(malformed)?;
         if !valid_topic(topic) {
             return bad(ErrorCode::MALFORMED, "topic must be stats or queue:NAME");
+        }
+        if topic.len() > "queue:".len() + limits::MAX_QUEUE {
+            return bad(ErrorCode::MALFORMED, limits::TOPIC_TOO_LONG);
         }
         let Some(sess) = self.sessions.get(&key) else {
             return bad(ErrorCode::INVALID_STATE, "no session");

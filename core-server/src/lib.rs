@@ -9,7 +9,8 @@
 //! - [`server`]: start-up (primary / warm standby), accept loop, signals;
 //! - [`conn`]: one connection (direct or link): handshakes, session routing, echo, writer;
 //! - [`ixn`]: the Interaction Server engine (agents, queues, invites, subscriptions);
-//! - [`ucs`]: the UCS requests (contacts, history);
+//! - [`ucs`]: the UCS requests (contacts, history), paged to `max_frame`;
+//! - [`limits`]: caps on lists and sizes from the wire, and the property-list merge;
 //! - [`db`]: the DB worker thread and its group commit;
 //! - [`storage`]: the storage trait and its SQLite backend;
 //! - [`lock`]: the standby lock (the only `unsafe`, one `flock` call);
@@ -26,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod db;
 pub mod ixn;
+pub mod limits;
 pub mod lock;
 pub mod server;
 pub mod storage;

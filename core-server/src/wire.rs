@@ -153,11 +153,20 @@ impl Peer {
     }
 }
 
-/// A response to `req` with the body `f` writes.
-pub fn response(req: &Head, f: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>) -> Bytes {
+/// The head of a (non-error) response to `req`: same service, type, tenant, session and
+/// correlation; no flags. A request's flags describe the request (`RETRY`), or make no sense on
+/// it (`ERROR`, `BROADCAST`): copying them would send, say, an `ERROR`-flagged success with no
+/// `code` (PROTOCOL.md §5). Error responses set `ERROR` themselves.
+pub fn response_head(req: &Head) -> Head {
     let mut head = *req;
     head.kind = Kind::Response;
     head.flags = Flags::default();
+    head
+}
+
+/// A response to `req` with the body `f` writes.
+pub fn response(req: &Head, f: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>) -> Bytes {
+    let head = response_head(req);
     let mut buf = BytesMut::with_capacity(HEAD_LEN + 64);
     match encode_with(head, &mut buf, f) {
         Ok(_) => buf.freeze(),
@@ -191,7 +200,8 @@ pub fn build(head: Head, f: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyE
 /// A property list (`props`, `attrs`): `str` items, key = name.
 pub type Pairs = Vec<(String, String)>;
 
-/// Read a property list; every item must be a string.
+/// Read a stored property list; every item must be a string. Lists from the wire go through
+/// [`crate::limits::read_pairs`], which checks the caps first.
 ///
 /// # Errors
 /// A malformed list or a non-string value.
@@ -220,21 +230,6 @@ pub fn encode_pairs(p: &[(String, String)]) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Merge `upd` into `base`: a key is replaced in place or appended; an empty value removes it.
-pub fn merge_pairs(base: &mut Pairs, upd: Pairs) {
-    for (k, v) in upd {
-        let pos = base.iter().position(|(bk, _)| *bk == k);
-        match (pos, v.is_empty()) {
-            (Some(i), true) => {
-                base.remove(i);
-            }
-            (Some(i), false) => base[i].1 = v,
-            (None, true) => {}
-            (None, false) => base.push((k, v)),
-        }
-    }
-}
-
 /// Read a full body and check it nests properly (PROTOCOL.md §3).
 ///
 /// # Errors
@@ -248,23 +243,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_replaces_appends_removes() {
-        let mut p = vec![("a".into(), "1".into()), ("b".into(), "2".into())];
-        merge_pairs(
-            &mut p,
-            vec![
-                ("a".into(), "9".into()),
-                ("b".into(), String::new()),
-                ("c".into(), "3".into()),
-            ],
-        );
-        assert_eq!(
-            p,
-            vec![
-                ("a".to_string(), "9".to_string()),
-                ("c".to_string(), "3".to_string())
-            ]
-        );
+    fn pairs_round_trip() {
+        let p: Pairs = vec![("a".into(), "9".into()), ("c".into(), "3".into())];
         let enc = encode_pairs(&p);
         assert_eq!(read_pairs(BodyRef::new(&enc), "props").unwrap(), p);
     }

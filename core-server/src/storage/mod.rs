@@ -129,13 +129,18 @@ pub trait Store: Send {
     ) -> StoreResult<bool>;
     /// Delete a contact and its history. False if it does not exist in this tenant.
     fn contact_delete(&mut self, tenant: u32, id: i64) -> StoreResult<bool>;
-    /// Contacts whose attribute `key` equals `value`, lowest id first.
+    /// Contacts whose attribute `key` equals `value` and whose id is over `after`, lowest id
+    /// first: at most `limit`, and no more once their attributes add up to over `max_bytes`
+    /// (the row that passes it is included, so the caller sees that more remain). The byte
+    /// bound keeps one page's memory bounded whatever the rows weigh.
     fn contact_find(
         &mut self,
         tenant: u32,
         key: &str,
         value: &str,
+        after: i64,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Vec<ContactRow>>;
 
     /// Insert a history record; `None` if the contact does not exist in this tenant.
@@ -148,12 +153,16 @@ pub trait Store: Send {
         text: &str,
         now_us: i64,
     ) -> StoreResult<Option<i64>>;
-    /// A contact's history, newest first; `None` if the contact does not exist in this tenant.
+    /// A contact's history, newest first, only records with an id under `before` if given: at
+    /// most `limit`, and no more once their subjects add up to over `max_bytes` (the row that
+    /// passes it is included). `None` if the contact does not exist in this tenant.
     fn history_list(
         &mut self,
         tenant: u32,
         contact: i64,
+        before: Option<i64>,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Option<Vec<HistoryRow>>>;
     /// A history record's text.
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>>;

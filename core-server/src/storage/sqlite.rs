@@ -185,20 +185,34 @@ impl Store for SqliteStore {
         tenant: u32,
         key: &str,
         value: &str,
+        after: i64,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Vec<ContactRow>> {
         let mut st = self.conn.prepare_cached(
             "SELECT c.id, c.attrs FROM contacts c WHERE c.id IN
-               (SELECT contact FROM contact_attrs WHERE tenant = ?1 AND key = ?2 AND value = ?3)
-             AND c.tenant = ?1 ORDER BY c.id LIMIT ?4",
+               (SELECT contact FROM contact_attrs
+                WHERE tenant = ?1 AND key = ?2 AND value = ?3 AND contact > ?4)
+             AND c.tenant = ?1 ORDER BY c.id LIMIT ?5",
         )?;
-        let rows = st.query_map(params![tenant, key, value, limit], |r| {
+        let rows = st.query_map(params![tenant, key, value, after, limit], |r| {
             Ok(ContactRow {
                 id: r.get(0)?,
                 attrs: r.get(1)?,
             })
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        // Rows are read lazily: stop once the page is full in bytes.
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let row = row?;
+            bytes = bytes.saturating_add(row.attrs.len());
+            out.push(row);
+            if bytes > max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn history_insert(
@@ -239,16 +253,19 @@ impl Store for SqliteStore {
         &mut self,
         tenant: u32,
         contact: i64,
+        before: Option<i64>,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreResult<Option<Vec<HistoryRow>>> {
         if self.contact_get(tenant, contact)?.is_none() {
             return Ok(None);
         }
         let mut st = self.conn.prepare_cached(
             "SELECT id, interaction, subject, created_us, len FROM history
-             WHERE contact = ?1 AND tenant = ?2 ORDER BY id DESC LIMIT ?3",
+             WHERE contact = ?1 AND tenant = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
         )?;
-        let rows = st.query_map(params![contact, tenant, limit], |r| {
+        let before = before.unwrap_or(i64::MAX);
+        let rows = st.query_map(params![contact, tenant, before, limit], |r| {
             Ok(HistoryRow {
                 id: r.get(0)?,
                 interaction: r.get(1)?,
@@ -257,7 +274,18 @@ impl Store for SqliteStore {
                 len: r.get(4)?,
             })
         })?;
-        Ok(Some(rows.collect::<Result<Vec<_>, _>>()?))
+        // Rows are read lazily: stop once the page is full in bytes.
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let row = row?;
+            bytes = bytes.saturating_add(row.subject.len());
+            out.push(row);
+            if bytes > max_bytes {
+                break;
+            }
+        }
+        Ok(Some(out))
     }
 
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
@@ -327,11 +355,59 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(s.contact_get(1, id).unwrap(), Some(b"raw".to_vec()));
         assert_eq!(s.contact_get(2, id).unwrap(), None);
-        assert_eq!(s.contact_find(1, "email", "a@x", 10).unwrap().len(), 1);
-        assert!(s.contact_find(2, "email", "a@x", 10).unwrap().is_empty());
+        assert_eq!(
+            s.contact_find(1, "email", "a@x", 0, 10, 1000)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            s.contact_find(1, "email", "a@x", id, 10, 1000)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.contact_find(2, "email", "a@x", 0, 10, 1000)
+                .unwrap()
+                .is_empty()
+        );
         s.begin().unwrap();
         assert!(!s.contact_delete(2, id).unwrap());
         assert!(s.contact_delete(1, id).unwrap());
         s.commit().unwrap();
+    }
+
+    #[test]
+    fn pages_stop_at_their_byte_budget_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.begin().unwrap();
+        let pairs = vec![("k".to_string(), "v".to_string())];
+        let ids: Vec<i64> = (0..5)
+            .map(|_| s.contact_create(1, &[0u8; 100], &pairs).unwrap())
+            .collect();
+        for i in 0..5 {
+            s.history_insert(1, ids[0], 0, &"s".repeat(100), &i.to_string(), 1)
+                .unwrap()
+                .unwrap();
+        }
+        s.commit().unwrap();
+        // 250 bytes: the third row passes the budget and is the last one read.
+        let got = s.contact_find(1, "k", "v", 0, 100, 250).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3]);
+        let got = s.contact_find(1, "k", "v", ids[2], 100, 10_000).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[3..]);
+        let all = s
+            .history_list(1, ids[0], None, 100, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.len(), 5);
+        let page = s.history_list(1, ids[0], None, 100, 150).unwrap().unwrap();
+        assert_eq!(page.len(), 2);
+        let rest = s
+            .history_list(1, ids[0], Some(page[1].id), 100, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest, all[2..]);
     }
 }
