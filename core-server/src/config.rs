@@ -156,6 +156,16 @@ pub struct Config {
     pub standby: bool,
     /// Tenants and their credentials. Default: none (every hello fails).
     pub tenants: Vec<Tenant>,
+    /// SQLite `busy_timeout` in ms: how long a group commit waits for another process's lock
+    /// on the data file (an operator's `sqlite3` shell, a backup tool) before its batch fails.
+    /// A batch that cannot open its transaction fails whole, with nothing applied. Default 5000.
+    pub sqlite_busy_timeout_ms: u32,
+    /// SQLite `max_page_count`: the data file may not grow past this many pages (4 KiB each).
+    /// A write that needs more fails with nothing of it applied, as on a full disk (writes
+    /// batched with it may fail too, also unapplied); reads go on. Use it to keep the file
+    /// under the disk's size, or to test disk-full handling. It cannot go below the file's
+    /// current size. Default: unset (SQLite's own limit).
+    pub sqlite_max_page_count: Option<u32>,
 }
 
 impl Default for Config {
@@ -180,6 +190,8 @@ impl Default for Config {
             admin_listen: None,
             standby: false,
             tenants: Vec::new(),
+            sqlite_busy_timeout_ms: 5000,
+            sqlite_max_page_count: None,
         }
     }
 }

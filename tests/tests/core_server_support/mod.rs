@@ -105,6 +105,12 @@ impl Server {
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         self.proc_.wait_exit(within).is_ok()
     }
+
+    /// Wait (bounded) for the process to exit by itself; its exit code (`None`: ended by a
+    /// signal). Panics if it is still running after `within` (it is then killed).
+    pub fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        self.proc_.wait_exit(within).expect("core-server exits")
+    }
 }
 
 /// A blocking protocol client (a direct desktop, or a proxy link).
