@@ -334,7 +334,10 @@ macro_rules! wrapper_store {
                 let $s2 = self;
                 $ctl
             }
-            fn rollback(&mut self) {}
+            fn rollback(&mut self) {
+                let $s2 = self;
+                let _: StoreResult<()> = $ctl;
+            }
             fn in_transaction(&self) -> bool {
                 $open
             }
