@@ -206,6 +206,16 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Tenants served. Default: none (every hello fails).
     pub tenants: Vec<Tenant>,
+    /// SQLite `busy_timeout` in ms: how long a group commit waits for another process's lock
+    /// on the data file (an operator's `sqlite3` shell, a backup tool) before its batch fails.
+    /// A batch that cannot open its transaction fails whole, with nothing applied. Default 5000.
+    pub sqlite_busy_timeout_ms: u32,
+    /// SQLite `max_page_count`: the data file may not grow past this many pages (4 KiB each).
+    /// A write that needs more fails with nothing of it applied, as on a full disk (writes
+    /// batched with it may fail too, also unapplied); reads go on. Use it to keep the file
+    /// under the disk's size, or to test disk-full handling. It cannot go below the file's
+    /// current size. Default: unset (SQLite's own limit).
+    pub sqlite_max_page_count: Option<u32>,
 }
 
 /// Shortest link secret or token key accepted without `--allow-weak-link-secret`.
@@ -234,6 +244,8 @@ impl Default for Config {
             standby: false,
             auth: AuthConfig::default(),
             tenants: Vec::new(),
+            sqlite_busy_timeout_ms: 5000,
+            sqlite_max_page_count: None,
         }
     }
 }

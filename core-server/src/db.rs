@@ -10,18 +10,56 @@
 //! cost is shared by as many operations as arrived while the previous batch was committing.
 //! Reads ride the same queue (they are cheap and keep per-connection ordering: a read that
 //! follows a write sees it) and are also answered after the commit, since they may have read
-//! the batch's uncommitted writes. If the commit fails, every item gets the error (`INTERNAL`).
+//! the batch's uncommitted writes.
+//!
+//! What can fail, and what each operation is told (its [`Finish`] gets `Ok` only if its
+//! changes were committed):
+//! - **The transaction cannot be opened** (`BEGIN` fails, e.g. another process holds the write
+//!   lock past `busy_timeout`): no operation of the batch is run at all — running them outside
+//!   a transaction would make each write durable on its own while its client is told it failed.
+//!   Each gets [`StoreError::NotApplied`].
+//! - **One operation fails** (a storage error inside it, e.g. the disk is full): it runs inside
+//!   its own SAVEPOINT, so it is rolled back alone, gets [`StoreError::NotApplied`], and the
+//!   others of the batch still commit. Any storage error inside an operation rolls it back,
+//!   even if the operation went on afterwards: half an operation is never committed.
+//! - **SQLite abandons the whole transaction** by itself (it does on a full disk, an I/O error
+//!   or out of memory, for statements that have no statement journal): everything the
+//!   transaction ran so far is undone, so those operations get [`StoreError::NotApplied`];
+//!   the operations not run yet get a new transaction.
+//! - **The commit fails**: the outcome is unknown (a failed fsync may still have written), so
+//!   every operation of the transaction gets that error.
+//! - **Another instance took the data file over** ([`Store::fence_check`], at the start of
+//!   every transaction): the batch is not run, and the worker stops for good. Its owner
+//!   ([`Db::start_with`]) is told, and the server exits, leaving its standby as the only
+//!   primary.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use crate::storage::{Store, StoreError};
+use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreResult};
 
 /// Called after the batch's commit with its outcome; sends the response.
 pub type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// Runs inside the batch transaction; returns what to do once it is committed.
 pub type Work = Box<dyn FnOnce(&mut dyn Store) -> Finish + Send>;
+/// Called once, on the worker thread, when the worker stops, with why.
+pub type OnStop = Box<dyn FnOnce(&Stopped) + Send>;
+
+/// Why the DB worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    /// Every [`Db`] handle was dropped (an orderly end).
+    #[error("every handle was dropped")]
+    Closed,
+    /// The store refused to go on writing ([`StoreError::Fenced`]).
+    #[error("{0}")]
+    Fenced(StoreError),
+    /// An operation (or the worker) panicked.
+    #[error("panicked: {0}")]
+    Panicked(String),
+}
 
 /// Group-commit counters (read by the admin `stats` command).
 #[derive(Debug, Default)]
@@ -43,17 +81,46 @@ pub struct Db {
 }
 
 impl Db {
-    /// Start the worker thread on `store`.
+    /// Start the worker thread on `store`; when it stops, that is logged.
     ///
     /// # Errors
     /// The thread cannot be spawned.
-    pub fn start(mut store: Box<dyn Store>, max_batch: usize) -> std::io::Result<Db> {
+    pub fn start(store: Box<dyn Store>, max_batch: usize) -> std::io::Result<Db> {
+        Db::start_with(
+            store,
+            max_batch,
+            Box::new(|why| tracing::info!("db worker stopped: {why}")),
+        )
+    }
+
+    /// Start the worker thread on `store`; `on_stop` runs on it when it stops, however it
+    /// stops (a panic included, where panics unwind).
+    ///
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start_with(
+        mut store: Box<dyn Store>,
+        max_batch: usize,
+        on_stop: OnStop,
+    ) -> std::io::Result<Db> {
         let (tx, rx) = mpsc::channel::<Work>();
         let stats = Arc::new(DbStats::default());
         let st = stats.clone();
         std::thread::Builder::new()
             .name("db-worker".into())
-            .spawn(move || run(store.as_mut(), &rx, max_batch.max(1), &st))?;
+            .spawn(move || {
+                // Unwinding out of `run` is caught so that the owner learns of the death; the
+                // store may be mid-transaction then, but nothing uses it afterwards.
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run(store.as_mut(), &rx, max_batch.max(1), &st)
+                }));
+                let why = match ran {
+                    Ok(Ok(())) => Stopped::Closed,
+                    Ok(Err(e)) => Stopped::Fenced(e),
+                    Err(p) => Stopped::Panicked(panic_text(p.as_ref())),
+                };
+                on_stop(&why);
+            })?;
         Ok(Db { tx, stats })
     }
 
@@ -63,9 +130,28 @@ impl Db {
     }
 }
 
-fn run(store: &mut dyn Store, rx: &mpsc::Receiver<Work>, max_batch: usize, stats: &DbStats) {
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-text panic payload".into()
+    }
+}
+
+/// An operation run, and what it is told after the commit (`None`: committed).
+type Done = (Finish, Option<StoreError>);
+
+/// Runs batches until every handle is dropped (`Ok`) or the store is fenced (`Err`).
+fn run(
+    store: &mut dyn Store,
+    rx: &mpsc::Receiver<Work>,
+    max_batch: usize,
+    stats: &DbStats,
+) -> Result<(), StoreError> {
     let mut batch: Vec<Work> = Vec::with_capacity(max_batch);
-    let mut finishes: Vec<Finish> = Vec::with_capacity(max_batch);
+    let mut done: Vec<Done> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -78,21 +164,442 @@ fn run(store: &mut dyn Store, rx: &mpsc::Receiver<Work>, max_batch: usize, stats
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(n, Ordering::Relaxed);
         stats.max_batch.fetch_max(n, Ordering::Relaxed);
-        let began = store.begin();
-        for w in batch.drain(..) {
-            finishes.push(w(store));
+        let mut work = batch.drain(..);
+        let fenced = run_batch(store, &mut work, &mut done);
+        drop(work);
+        for (f, res) in done.drain(..) {
+            f(res.as_ref().map_or(Ok(()), Err));
         }
-        let res = match began {
-            Ok(()) => store.commit(),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &res {
-            tracing::error!("group commit of {} operations failed: {e}", finishes.len());
+        fenced?;
+    }
+    Ok(())
+}
+
+/// Run `work` in as few transactions as SQLite allows (one, unless it abandons one itself),
+/// pushing each operation's fate on `done`. `Err` only if the store is fenced.
+fn run_batch(
+    store: &mut dyn Store,
+    work: &mut dyn ExactSizeIterator<Item = Work>,
+    done: &mut Vec<Done>,
+) -> Result<(), StoreError> {
+    while work.len() > 0 {
+        if let Err(e) = store.begin() {
+            tracing::error!(
+                "could not open a transaction for {} operations; none of them was run: {e}",
+                work.len()
+            );
+            refuse_all(
+                &mut *work,
+                done,
+                &format!("the transaction could not be opened: {e}"),
+            );
+            return Ok(());
+        }
+        if let Err(e) = store.fence_check() {
             store.rollback();
+            tracing::error!("{} operations not run: {e}", work.len());
+            refuse_all(&mut *work, done, &format!("{e}"));
+            return match e {
+                StoreError::Fenced(_) => Err(e),
+                _ => Ok(()),
+            };
         }
-        for f in finishes.drain(..) {
-            f(res.as_ref().map(|_| ()));
+        let first = done.len();
+        let mut abandoned = None;
+        for w in &mut *work {
+            if let Err(e) = store.savepoint() {
+                refuse(w, done, &format!("savepoint: {e}"));
+                abandoned = Some(format!("savepoint: {e}"));
+                break;
+            }
+            let mut t = Tracked {
+                inner: &mut *store,
+                failed: None,
+            };
+            let f = w(&mut t);
+            let failed = t.failed.take();
+            if !store.in_transaction() {
+                // SQLite rolled the whole transaction back by itself.
+                let why = failed.unwrap_or_else(|| "no error reported".into());
+                done.push((f, Some(StoreError::NotApplied(why.clone()))));
+                abandoned = Some(why);
+                break;
+            }
+            let kept = match &failed {
+                None => store.release(),
+                Some(why) => {
+                    tracing::error!("a storage operation failed and was rolled back alone: {why}");
+                    store.rollback_to()
+                }
+            };
+            if let Err(e) = kept {
+                // The savepoint could not be closed: the transaction's state is not known.
+                done.push((f, Some(StoreError::NotApplied(format!("savepoint: {e}")))));
+                abandoned = Some(format!("savepoint: {e}"));
+                break;
+            }
+            done.push((f, failed.map(StoreError::NotApplied)));
+        }
+        if let Some(why) = abandoned {
+            store.rollback();
+            let lost = done.len() - first;
+            tracing::error!(
+                "a transaction of {lost} operations was rolled back whole ({why}); \
+                 {} operations of the batch are left for a new one",
+                work.len()
+            );
+            for d in &mut done[first..] {
+                if d.1.is_none() {
+                    d.1 = Some(StoreError::NotApplied(format!(
+                        "rolled back with its transaction: {why}"
+                    )));
+                }
+            }
+            continue;
+        }
+        if let Err(e) = store.commit() {
+            tracing::error!(
+                "group commit of {} operations failed: {e}",
+                done.len() - first
+            );
+            store.rollback();
+            for d in &mut done[first..] {
+                if d.1.is_none() {
+                    // Not NotApplied: a commit that fails (in the fsync, say) may still land.
+                    d.1 = Some(StoreError::Other(format!("commit failed: {e}")));
+                }
+            }
         }
     }
-    tracing::info!("db worker stopped");
+    Ok(())
+}
+
+/// Run each operation against a store that refuses everything, so that it builds its answer
+/// (an error) without touching the data.
+fn refuse_all(work: impl Iterator<Item = Work>, done: &mut Vec<Done>, why: &str) {
+    for w in work {
+        refuse(w, done, why);
+    }
+}
+
+fn refuse(w: Work, done: &mut Vec<Done>, why: &str) {
+    let f = w(&mut Refuse(why));
+    done.push((f, Some(StoreError::NotApplied(why.to_string()))));
+}
+
+/// The store an operation sees when it must not run: every call fails.
+struct Refuse<'a>(&'a str);
+
+impl Refuse<'_> {
+    fn no<T>(&self) -> StoreResult<T> {
+        Err(StoreError::NotApplied(self.0.to_string()))
+    }
+}
+
+/// The store an operation sees when it runs: the real one, minus transaction control, noting
+/// whether any call failed (then the operation is rolled back, whatever it did next).
+struct Tracked<'a> {
+    inner: &'a mut dyn Store,
+    failed: Option<String>,
+}
+
+impl Tracked<'_> {
+    fn note<T>(&mut self, r: StoreResult<T>) -> StoreResult<T> {
+        if let Err(e) = &r
+            && self.failed.is_none()
+        {
+            self.failed = Some(e.to_string());
+        }
+        r
+    }
+
+    fn not_here<T>(&mut self) -> StoreResult<T> {
+        self.note(Err(StoreError::Other(
+            "an operation may not control its transaction".into(),
+        )))
+    }
+}
+
+/// `Store` for the two wrappers, written once: each data call is handed to `$data` as
+/// `$call` (the call on a given store), every transaction-control call gets `$ctl`, and
+/// `in_transaction` answers `$open`.
+macro_rules! wrapper_store {
+    ($ty:ty, open = $open:expr, |$s:ident, $call:ident| $data:expr, |$s2:ident| $ctl:expr) => {
+        impl Store for $ty {
+            fn begin(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn commit(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn rollback(&mut self) {
+                let $s2 = self;
+                let _: StoreResult<()> = $ctl;
+            }
+            fn in_transaction(&self) -> bool {
+                $open
+            }
+            fn savepoint(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn release(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn rollback_to(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn fence_acquire(&mut self) -> StoreResult<u64> {
+                let $s2 = self;
+                $ctl
+            }
+            fn fence_check(&mut self) -> StoreResult<()> {
+                let $s2 = self;
+                $ctl
+            }
+            fn contact_create(
+                &mut self,
+                tenant: u32,
+                attrs: &[u8],
+                pairs: &[(String, String)],
+            ) -> StoreResult<i64> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.contact_create(tenant, attrs, pairs);
+                $data
+            }
+            fn contact_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.contact_get(tenant, id);
+                $data
+            }
+            fn contact_put(
+                &mut self,
+                tenant: u32,
+                id: i64,
+                attrs: &[u8],
+                pairs: &[(String, String)],
+            ) -> StoreResult<bool> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.contact_put(tenant, id, attrs, pairs);
+                $data
+            }
+            fn contact_delete(&mut self, tenant: u32, id: i64) -> StoreResult<bool> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.contact_delete(tenant, id);
+                $data
+            }
+            fn contact_find(
+                &mut self,
+                tenant: u32,
+                key: &str,
+                value: &str,
+                after: i64,
+                limit: u32,
+                max_bytes: usize,
+            ) -> StoreResult<Vec<ContactRow>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| {
+                    st.contact_find(tenant, key, value, after, limit, max_bytes)
+                };
+                $data
+            }
+            fn history_insert(
+                &mut self,
+                tenant: u32,
+                contact: i64,
+                interaction: i64,
+                subject: &str,
+                text: &str,
+                now_us: i64,
+            ) -> StoreResult<Option<i64>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| {
+                    st.history_insert(tenant, contact, interaction, subject, text, now_us)
+                };
+                $data
+            }
+            fn history_list(
+                &mut self,
+                tenant: u32,
+                contact: i64,
+                before: Option<i64>,
+                limit: u32,
+                max_bytes: usize,
+            ) -> StoreResult<Option<Vec<HistoryRow>>> {
+                let $s = self;
+                let $call =
+                    |st: &mut dyn Store| st.history_list(tenant, contact, before, limit, max_bytes);
+                $data
+            }
+            fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.content_get(tenant, id);
+                $data
+            }
+            fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.ixn_load();
+                $data
+            }
+            fn ixn_max_id(&mut self) -> StoreResult<u64> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.ixn_max_id();
+                $data
+            }
+            fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.ixn_put(row);
+                $data
+            }
+        }
+    };
+}
+
+wrapper_store!(
+    Tracked<'_>,
+    open = true,
+    |s, call| {
+        let r = call(&mut *s.inner);
+        s.note(r)
+    },
+    |s| s.not_here()
+);
+
+wrapper_store!(Refuse<'_>, open = false, |s, _call| s.no(), |s| s.no());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::{SqliteOptions, SqliteStore};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    fn pairs(v: &str) -> Vec<(String, String)> {
+        vec![("k".to_string(), v.to_string())]
+    }
+
+    /// A create of contact `k=v`; `then_fail` makes the operation fail after its write (by
+    /// trying to commit, which an operation may not). `saw_err` is set if a call failed.
+    fn create(v: &'static str, then_fail: bool, saw_err: Arc<AtomicBool>) -> Work {
+        Box::new(move |s: &mut dyn Store| -> Finish {
+            let r = s.contact_create(1, v.as_bytes(), &pairs(v));
+            if r.is_err() {
+                saw_err.store(true, Ordering::Relaxed);
+            }
+            if then_fail {
+                assert!(s.commit().is_err());
+            }
+            Box::new(|_| {})
+        })
+    }
+
+    fn found(s: &mut SqliteStore, v: &str) -> usize {
+        s.contact_find(1, "k", v, 0, 10, usize::MAX).unwrap().len()
+    }
+
+    #[test]
+    fn a_failing_operation_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let flag = Arc::new(AtomicBool::new(false));
+        let batch = vec![
+            create("a", false, flag.clone()),
+            create("b", true, flag.clone()),
+            create("c", false, flag.clone()),
+        ];
+        let mut done = Vec::new();
+        run_batch(&mut s, &mut batch.into_iter(), &mut done).unwrap();
+        let fates: Vec<bool> = done.iter().map(|d| d.1.is_none()).collect();
+        assert_eq!(fates, [true, false, true]);
+        assert!(done[1].1.as_ref().unwrap().nothing_applied());
+        assert_eq!(
+            (found(&mut s, "a"), found(&mut s, "b"), found(&mut s, "c")),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_failed_begin_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let opts = SqliteOptions {
+            busy_timeout: Duration::from_millis(50),
+            ..SqliteOptions::default()
+        };
+        let mut s = SqliteStore::open_opts(&path, &opts).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let saw_err = Arc::new(AtomicBool::new(false));
+        let batch = vec![
+            create("a", false, saw_err.clone()),
+            create("b", false, saw_err.clone()),
+        ];
+        let mut done = Vec::new();
+        run_batch(&mut s, &mut batch.into_iter(), &mut done).unwrap();
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(
+            done.iter()
+                .all(|d| d.1.as_ref().is_some_and(StoreError::nothing_applied))
+        );
+        assert!(
+            saw_err.load(Ordering::Relaxed),
+            "the operations saw a refusing store"
+        );
+        assert_eq!((found(&mut s, "a"), found(&mut s, "b")), (0, 0));
+    }
+
+    fn stops(db_path: &std::path::Path) -> (Db, mpsc::Receiver<String>) {
+        let mut s = SqliteStore::open(db_path).unwrap();
+        s.fence_acquire().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let db = Db::start_with(
+            Box::new(s),
+            8,
+            Box::new(move |why| {
+                let _ = tx.send(match why {
+                    Stopped::Closed => "closed".to_string(),
+                    Stopped::Fenced(_) => "fenced".to_string(),
+                    Stopped::Panicked(m) => format!("panicked: {m}"),
+                });
+            }),
+        )
+        .unwrap();
+        (db, rx)
+    }
+
+    #[test]
+    fn a_newer_epoch_stops_the_worker_before_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (db, stopped) = stops(&path);
+        let mut newer = SqliteStore::open(&path).unwrap();
+        newer.fence_acquire().unwrap();
+        let (tx, answered) = mpsc::channel();
+        assert!(db.submit(Box::new(move |s: &mut dyn Store| -> Finish {
+            let _ = s.contact_create(1, b"x", &pairs("x"));
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(StoreError::nothing_applied));
+            })
+        })));
+        let wait = Duration::from_secs(10);
+        assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
+        assert_eq!(stopped.recv_timeout(wait).unwrap(), "fenced");
+        assert_eq!(found(&mut newer, "x"), 0);
+    }
+
+    #[test]
+    fn a_panic_on_the_worker_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, stopped) = stops(&dir.path().join("t.db"));
+        assert!(db.submit(Box::new(|_s: &mut dyn Store| -> Finish {
+            panic!("boom");
+        })));
+        let why = stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(why, "panicked: boom");
+        drop(db);
+    }
 }

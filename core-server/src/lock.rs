@@ -1,27 +1,42 @@
-//! The warm-standby lock: an exclusive `flock(2)` on a lock file next to the data file.
+//! The warm-standby lock: an exclusive `flock(2)` on the data file itself.
 //!
 //! The primary holds the lock for its whole life; the kernel releases it when the process dies
 //! (kill -9 included), so a standby blocked in [`InstanceLock::acquire_blocking`] wakes up and
-//! takes over. This is the only module with `unsafe` (one libc call, see the SAFETY note).
+//! takes over.
+//!
+//! Why the data file and not a lock file next to it: a lock belongs to the file (its inode),
+//! not to a name. With a separate `<db>.lock`, removing that file ("stale lock") or naming the
+//! data file another way (a symlink, a hard link, `./x.db` against `x.db` on another mount)
+//! gave a second primary, and two primaries overwrite each other's interactions. The data file
+//! is the one thing every instance that would write it must open.
+//!
+//! Living with SQLite on the same file: SQLite locks with `fcntl(2)` byte-range locks, which on
+//! Linux are independent of `flock(2)` locks on local filesystems, so this lock neither blocks
+//! nor is blocked by SQLite's own. (On NFS, Linux emulates `flock` with `fcntl`; SQLite's WAL
+//! mode does not work on NFS anyway.) One rule follows from `fcntl` semantics: closing *any*
+//! descriptor of a file drops all of the process's `fcntl` locks on it, SQLite's included. So
+//! the descriptor held here stays open as long as the process (the server keeps the lock until
+//! it exits), and nothing else opens the data file outside SQLite ([`InstanceLock::names_it`]
+//! only `stat`s the path).
+//!
+//! A lock is not the last line: a primary also holds a fencing epoch stored in the database
+//! (see `storage::sqlite`), so one that somehow lost its lock stops writing once another
+//! instance has taken the file over.
+//!
+//! This is the only module with `unsafe` (one libc call, see the SAFETY note).
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// A held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
-    /// The lock file's path.
+    file: File,
+    /// The data file's path, as given.
     pub path: PathBuf,
-}
-
-/// The lock file for the data file `db`: `<db>.lock`.
-pub fn lock_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
 }
 
 fn flock(file: &File, blocking: bool) -> std::io::Result<bool> {
@@ -42,6 +57,8 @@ fn flock(file: &File, blocking: bool) -> std::io::Result<bool> {
     }
 }
 
+/// Open (creating it empty if missing: SQLite takes an empty file as an empty database) the
+/// data file, following symlinks, so that every name of it leads to the same lock.
 fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -52,25 +69,41 @@ fn open(path: &Path) -> std::io::Result<File> {
 }
 
 impl InstanceLock {
-    /// Take the lock if free. `Ok(None)` if another instance holds it.
+    /// Take the lock on the data file `db` if free. `Ok(None)` if another instance holds it.
     ///
     /// # Errors
-    /// The lock file cannot be opened.
+    /// The data file cannot be opened.
     pub fn try_acquire(db: &Path) -> std::io::Result<Option<InstanceLock>> {
-        let path = lock_path(db);
-        let file = open(&path)?;
-        Ok(flock(&file, false)?.then_some(InstanceLock { _file: file, path }))
+        let file = open(db)?;
+        Ok(flock(&file, false)?.then_some(InstanceLock {
+            file,
+            path: db.to_path_buf(),
+        }))
     }
 
-    /// Wait until the lock is free, then take it.
+    /// Wait until the lock on the data file `db` is free, then take it.
     ///
     /// # Errors
-    /// The lock file cannot be opened or locked.
+    /// The data file cannot be opened or locked.
     pub fn acquire_blocking(db: &Path) -> std::io::Result<InstanceLock> {
-        let path = lock_path(db);
-        let file = open(&path)?;
+        let file = open(db)?;
         flock(&file, true)?;
-        Ok(InstanceLock { _file: file, path })
+        Ok(InstanceLock {
+            file,
+            path: db.to_path_buf(),
+        })
+    }
+
+    /// Whether `path` names the locked file now (same device and inode). Checked after SQLite
+    /// has opened the path: had the file been replaced in between (or while a standby waited),
+    /// the lock would guard a file nobody writes.
+    ///
+    /// # Errors
+    /// `path` or the locked file cannot be examined.
+    pub fn names_it(&self, path: &Path) -> std::io::Result<bool> {
+        let held = self.file.metadata()?;
+        let named = std::fs::metadata(path)?;
+        Ok(held.dev() == named.dev() && held.ino() == named.ino())
     }
 }
 
@@ -86,5 +119,23 @@ mod tests {
         assert!(InstanceLock::try_acquire(&db).unwrap().is_none());
         drop(a);
         assert!(InstanceLock::try_acquire(&db).unwrap().is_some());
+    }
+
+    #[test]
+    fn every_name_of_the_file_shares_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        let a = InstanceLock::try_acquire(&db).unwrap().unwrap();
+        let sym = dir.path().join("sym.db");
+        std::os::unix::fs::symlink(&db, &sym).unwrap();
+        let hard = dir.path().join("hard.db");
+        std::fs::hard_link(&db, &hard).unwrap();
+        assert!(InstanceLock::try_acquire(&sym).unwrap().is_none());
+        assert!(InstanceLock::try_acquire(&hard).unwrap().is_none());
+        assert!(a.names_it(&sym).unwrap());
+        // The path now names another file: the lock no longer guards it.
+        std::fs::remove_file(&db).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        assert!(!a.names_it(&db).unwrap());
     }
 }

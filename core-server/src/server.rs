@@ -12,12 +12,22 @@
 //! - `SIGTERM`/`SIGINT`: graceful shutdown — `GO_AWAY` on every connection, new requests get
 //!   `SHUTTING_DOWN`, in-flight work has `shutdown_grace_ms` to finish, then the process exits.
 //!
-//! Warm standby: the data file is guarded by an exclusive lock on `<db>.lock` ([`crate::lock`]).
-//! A primary takes it at start (and refuses to start if it is held). A standby (`--standby`)
-//! listens at once, answering link hellos with `role=1` and refusing sessions with
-//! `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the standby gets the
-//! lock, loads the persisted state, switches to `role=0`, announces `SERVICE_STATE` on every
-//! link and prints `ROLE primary` on stdout.
+//! Warm standby: the data file is guarded by an exclusive lock on the data file itself
+//! ([`crate::lock`]), so that no other name for it (a removed lock file, a symlink) lets a
+//! second primary in. A primary takes it at start (and refuses to start if it is held). A
+//! standby (`--standby`) listens at once, answering link hellos with `role=1` and refusing
+//! sessions with `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the
+//! standby gets the lock, loads the persisted state, switches to `role=0`, announces
+//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout.
+//!
+//! Fencing: whoever takes the lock raises the fencing epoch stored in the database before
+//! loading anything, and the DB worker checks it at the start of every transaction. A primary
+//! that finds a newer epoch (or its data file replaced) stops writing and exits.
+//!
+//! A primary whose DB worker or engine task ends exits too (with an error log): the process
+//! would otherwise hold the lock while unable to serve, and its standby would never take over.
+//! (Release builds abort on any panic, see the workspace's `Cargo.toml`; this covers the debug
+//! builds and an orderly end that should never happen.)
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,7 +47,7 @@ use crate::config::{Config, MIN_SECRET_LEN};
 use crate::db::Db;
 use crate::ixn::{self, Engine, Input, Settings};
 use crate::lock::InstanceLock;
-use crate::storage::sqlite::SqliteStore;
+use crate::storage::sqlite::{SqliteOptions, SqliteStore};
 use crate::storage::{IxnRow, Store, StoreError};
 use crate::wire::{self, Outbox};
 
@@ -56,6 +66,9 @@ pub enum ServerError {
     /// Another instance holds the data file and this one is not a standby.
     #[error("data file {0} is locked by another instance (start with --standby to wait)")]
     Locked(String),
+    /// The data file's path came to name another file while this instance took its lock.
+    #[error("data file {0} was replaced while its lock was being taken")]
+    Replaced(String),
 }
 
 /// State shared by every connection task.
@@ -236,9 +249,24 @@ pub struct Server {
 /// An opened store, the open interactions to recover and the highest interaction id.
 type Opened = (Box<dyn Store>, Vec<IxnRow>, u64);
 
-/// Open the data file and read what the engine needs to recover.
-fn open_store(cfg: &Config) -> Result<Opened, StoreError> {
-    let mut store = SqliteStore::open_with(&cfg.db, &cfg.sqlite_synchronous)?;
+/// Open the data file under `lock`, take it over (raise the fencing epoch), then read what
+/// the engine needs to recover: after the epoch is raised, an older primary can commit
+/// nothing more, so what is read is final.
+fn open_store(cfg: &Config, lock: &InstanceLock) -> Result<Opened, ServerError> {
+    let opts = SqliteOptions {
+        synchronous: cfg.sqlite_synchronous.clone(),
+        busy_timeout: Duration::from_millis(u64::from(cfg.sqlite_busy_timeout_ms)),
+        max_page_count: cfg.sqlite_max_page_count,
+    };
+    let mut store = SqliteStore::open_opts(&cfg.db, &opts)?;
+    if !lock.names_it(&cfg.db)? {
+        return Err(ServerError::Replaced(cfg.db.display().to_string()));
+    }
+    let epoch = store.fence_acquire()?;
+    tracing::info!(
+        "data file {} taken over, fencing epoch {epoch}",
+        cfg.db.display()
+    );
     let (rows, max) = if cfg.role.ixn() {
         (store.ixn_load()?, store.ixn_max_id()?)
     } else {
@@ -254,7 +282,14 @@ fn activate(
     rows: Vec<IxnRow>,
     max_id: u64,
 ) -> Result<(), ServerError> {
-    let db = Db::start(store, shared.cfg.group_commit_max)?;
+    let db = Db::start_with(
+        store,
+        shared.cfg.group_commit_max,
+        Box::new(|why| {
+            tracing::error!("the DB worker stopped ({why}); exiting so that a standby can serve");
+            std::process::exit(1);
+        }),
+    )?;
     let a =
         Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     let _ = shared.auth.set(a);
@@ -266,7 +301,18 @@ fn activate(
         };
         tracing::info!("recovered {} open interactions", rows.len());
         let engine = Engine::new(set, db.clone(), tx.clone(), rows, max_id);
-        tokio::spawn(ixn::run(engine, rx));
+        let task = tokio::spawn(ixn::run(engine, rx));
+        tokio::spawn(async move {
+            // The engine runs for the life of the process: `Shared` keeps its inbox open.
+            let why = match task.await {
+                Ok(()) => "its inbox closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(
+                "the interaction engine stopped ({why}); exiting so that a standby can serve"
+            );
+            std::process::exit(1);
+        });
         let _ = shared.engine.set(tx);
     }
     let _ = shared.db.set(db);
@@ -299,7 +345,7 @@ impl Server {
             cfg,
         });
         if let Some(l) = lock {
-            let (store, rows, max) = open_store(&shared.cfg)?;
+            let (store, rows, max) = open_store(&shared.cfg, &l)?;
             activate(&shared, store, rows, max)?;
             if let Ok(mut g) = shared.lock.lock() {
                 *g = Some(l);
@@ -379,7 +425,7 @@ async fn standby(shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let got = tokio::task::spawn_blocking(move || {
         let lock = InstanceLock::acquire_blocking(&cfg.db)?;
-        let opened = open_store(&cfg)?;
+        let opened = open_store(&cfg, &lock)?;
         Ok::<_, ServerError>((lock, opened))
     })
     .await;

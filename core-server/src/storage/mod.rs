@@ -20,6 +20,23 @@ pub enum StoreError {
     /// Anything else (I/O on the data file, corrupt row).
     #[error("storage: {0}")]
     Other(String),
+    /// The operation was not applied, and it is known that nothing of it was: its batch's
+    /// transaction could not be opened, or it (or its whole transaction) was rolled back.
+    /// Retrying it is safe.
+    #[error("not applied: {0}")]
+    NotApplied(String),
+    /// Another instance has taken the data file over (a newer fencing epoch), or the data
+    /// file's path now names another file: this instance must not write any more.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+impl StoreError {
+    /// Whether it is known that nothing of the operation was applied (so that it may be
+    /// answered in the "not sent" retry class). Any other failure may have applied it.
+    pub fn nothing_applied(&self) -> bool {
+        matches!(self, StoreError::NotApplied(_) | StoreError::Fenced(_))
+    }
 }
 
 /// A contact: id and its attributes in wire form (an item list of `str` values).
@@ -108,6 +125,23 @@ pub trait Store: Send {
     fn commit(&mut self) -> StoreResult<()>;
     /// Abandon it.
     fn rollback(&mut self);
+    /// Whether a transaction is open. A backend may abandon a whole transaction by itself on
+    /// some errors (SQLite does on a full disk, an I/O error or out of memory), so the DB
+    /// worker looks after every operation.
+    fn in_transaction(&self) -> bool;
+    /// Mark the start of one operation inside the transaction.
+    fn savepoint(&mut self) -> StoreResult<()>;
+    /// Keep the operation's changes (in the transaction) and forget its mark.
+    fn release(&mut self) -> StoreResult<()>;
+    /// Undo the operation's changes, and only them, and forget its mark.
+    fn rollback_to(&mut self) -> StoreResult<()>;
+    /// Become the data file's only writer: raise the fencing epoch stored in the database
+    /// and remember it. Returns the new epoch. Called once, after taking the instance lock.
+    fn fence_acquire(&mut self) -> StoreResult<u64>;
+    /// Inside a transaction, before any write: [`StoreError::Fenced`] if a newer epoch is
+    /// stored (another instance took over) or the data file was replaced. Without a
+    /// [`Store::fence_acquire`] first, there is nothing to check.
+    fn fence_check(&mut self) -> StoreResult<()>;
 
     /// Create a contact with encoded attributes; `pairs` are the same attributes, indexed for
     /// search. Returns the new id.

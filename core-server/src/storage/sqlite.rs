@@ -10,8 +10,19 @@
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit returns only after the
 //! WAL is fsynced — an acknowledged write survives a crash or power loss. (`sqlite_synchronous =
 //! "normal"` in the config trades that for speed: still safe against kill -9, not power loss.)
+//!
+//! Fencing: the `fence` table holds one epoch. An instance that takes the data file over (after
+//! its lock, see `lock.rs`) raises it and remembers its value ([`Store::fence_acquire`]); at
+//! the start of every transaction the DB worker compares ([`Store::fence_check`]) and, if
+//! another instance has raised it since (or the path now names another file), refuses to
+//! write: two primaries never both commit, even if the lock failed to keep one out.
+//!
+//! Disk full: `max_page_count` (config `sqlite_max_page_count`) caps the file; past it a write
+//! fails with `SQLITE_FULL` exactly as on a full disk, which is how the tests make a disk full.
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -48,11 +59,48 @@ CREATE TABLE IF NOT EXISTS interactions(
     owner TEXT,
     qpos INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS interactions_open ON interactions(state) WHERE state < 2;
+CREATE TABLE IF NOT EXISTS fence(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL);
+INSERT OR IGNORE INTO fence(id, epoch) VALUES (1, 0);
 ";
+
+/// How to open the data file (see the `sqlite_*` fields of the configuration).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// `synchronous`: `full`, `normal` or `extra`.
+    pub synchronous: String,
+    /// How long to wait for another connection's lock before failing with `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// `max_page_count`, if set.
+    pub max_page_count: Option<u32>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: "full".into(),
+            busy_timeout: Duration::from_secs(5),
+            max_page_count: None,
+        }
+    }
+}
+
+/// The (device, inode) a path names now.
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
 
 /// A SQLite data file.
 pub struct SqliteStore {
     conn: Connection,
+    /// The data file's path, and the (device, inode) it named when opened: a primary whose
+    /// path comes to name another file (deleted and recreated, renamed over) stops writing.
+    path: PathBuf,
+    file: (u64, u64),
+    /// The fencing epoch this instance holds, once it has taken the data file over.
+    epoch: Option<i64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -75,11 +123,31 @@ impl SqliteStore {
     /// # Errors
     /// The file cannot be opened, the setting is unknown, or the schema cannot be created.
     pub fn open_with(path: &Path, synchronous: &str) -> StoreResult<SqliteStore> {
+        SqliteStore::open_opts(
+            path,
+            &SqliteOptions {
+                synchronous: synchronous.into(),
+                ..SqliteOptions::default()
+            },
+        )
+    }
+
+    /// Open with every option.
+    ///
+    /// # Errors
+    /// The file cannot be opened, an option is invalid, or the schema cannot be created.
+    pub fn open_opts(path: &Path, opts: &SqliteOptions) -> StoreResult<SqliteStore> {
+        let synchronous = opts.synchronous.as_str();
         if !matches!(synchronous, "full" | "normal" | "extra") {
             return Err(StoreError::Other(format!("synchronous={synchronous}")));
         }
+        if opts.max_page_count == Some(0) {
+            return Err(StoreError::Other(
+                "max_page_count must be at least 1".into(),
+            ));
+        }
         let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(opts.busy_timeout)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Other(format!(
@@ -89,9 +157,24 @@ impl SqliteStore {
         conn.execute_batch(&format!(
             "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF;"
         ))?;
+        if let Some(max) = opts.max_page_count {
+            // SQLite answers with the limit in force: never below the file's current size.
+            let got: i64 =
+                conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
+            if got != i64::from(max) {
+                tracing::warn!("max_page_count {max} is below the data file's size; using {got}");
+            }
+        }
         conn.execute_batch(SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(SqliteStore { conn })
+        let file =
+            file_id(path).map_err(|e| StoreError::Other(format!("{}: {e}", path.display())))?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            file,
+            epoch: None,
+        })
     }
 
     fn put_pairs(&mut self, tenant: u32, id: i64, pairs: &[(String, String)]) -> StoreResult<()> {
@@ -117,7 +200,84 @@ impl Store for SqliteStore {
     }
 
     fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
+        // Nothing to do if SQLite already rolled the transaction back itself.
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+        Ok(())
+    }
+
+    fn release(&mut self) -> StoreResult<()> {
+        self.conn.prepare_cached("RELEASE op")?.execute([])?;
+        Ok(())
+    }
+
+    fn rollback_to(&mut self) -> StoreResult<()> {
+        // ROLLBACK TO keeps the savepoint open; RELEASE then drops it (its changes are gone).
+        self.conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+        self.conn.prepare_cached("RELEASE op")?.execute([])?;
+        Ok(())
+    }
+
+    fn fence_acquire(&mut self) -> StoreResult<u64> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let bumped = self
+            .conn
+            .execute("UPDATE fence SET epoch = epoch + 1 WHERE id = 1", [])
+            .and_then(|_| {
+                self.conn
+                    .query_row("SELECT epoch FROM fence WHERE id = 1", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+            });
+        let epoch = match bumped {
+            Ok(e) => e,
+            Err(e) => {
+                self.rollback();
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            self.rollback();
+            return Err(e.into());
+        }
+        self.epoch = Some(epoch);
+        Ok(epoch.max(0) as u64)
+    }
+
+    fn fence_check(&mut self) -> StoreResult<()> {
+        let Some(mine) = self.epoch else {
+            return Ok(());
+        };
+        let now: i64 = self
+            .conn
+            .prepare_cached("SELECT epoch FROM fence WHERE id = 1")?
+            .query_row([], |r| r.get(0))?;
+        if now != mine {
+            return Err(StoreError::Fenced(format!(
+                "the data file's fencing epoch is {now}, this instance's is {mine}: \
+                 another instance has taken it over"
+            )));
+        }
+        match file_id(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            Ok(_) => Err(StoreError::Fenced(format!(
+                "{} now names another file than the one this instance writes",
+                self.path.display()
+            ))),
+            Err(e) => Err(StoreError::Fenced(format!(
+                "{} is no longer there: {e}",
+                self.path.display()
+            ))),
+        }
     }
 
     fn contact_create(

@@ -34,6 +34,7 @@ pub fn bin() -> PathBuf {
 
 /// A config file for tests: two tenants, short invite timeout, db in `dir`.
 pub fn write_config(dir: &Path, invite_timeout_ms: u32, extra: &str) -> PathBuf {
+    let had_db = dir.join("core.db").exists();
     let cfg = format!(
         r#"listen = "127.0.0.1:0"
 db = "{db}"
@@ -55,7 +56,12 @@ name = "globex"
     );
     let p = dir.join("core.toml");
     std::fs::write(&p, cfg).expect("write config");
-    deskmux_tests::creds::provision(&p, &[(T1, TOKEN1), (T2, TOKEN2)]).expect("provision agents");
+    // Once per data file: a test that rewrites the config (to restart with other settings)
+    // keeps the agents it has, and a full disk stays full.
+    if !had_db {
+        deskmux_tests::creds::provision_named(&p, &[(T1, TOKEN1), (T2, TOKEN2)])
+            .expect("provision agents");
+    }
     p
 }
 
@@ -103,6 +109,12 @@ impl Server {
     /// Wait for exit (bounded).
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         self.proc_.wait_exit(within).is_ok()
+    }
+
+    /// Wait (bounded) for the process to exit by itself; its exit code (`None`: ended by a
+    /// signal). Panics if it is still running after `within` (it is then killed).
+    pub fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        self.proc_.wait_exit(within).expect("core-server exits")
     }
 }
 

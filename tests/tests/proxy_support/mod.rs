@@ -25,6 +25,7 @@ pub fn core_config(dir: &Path, name: &str, listen: &str) -> PathBuf {
 
 /// As [`core_config`], with extra top-level TOML lines (e.g. `role = "ucs"`).
 pub fn core_config_with(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
+    let had_db = dir.join(format!("{name}.db")).exists();
     let cfg = format!(
         r#"{extra}
 listen = "{listen}"
@@ -47,7 +48,12 @@ name = "globex"
     );
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, cfg).expect("write core config");
-    deskmux_tests::creds::provision(&p, &[(T1, TOKEN1), (T2, TOKEN2)]).expect("provision agents");
+    // Once per data file: a test that rewrites the config (to restart with other settings)
+    // keeps the agents it has, and a full disk stays full.
+    if !had_db {
+        deskmux_tests::creds::provision(&p, &[(T1, TOKEN1), (T2, TOKEN2)])
+            .expect("provision agents");
+    }
     p
 }
 
