@@ -132,7 +132,20 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        Client::with_stream(TcpStream::connect_timeout(&addr, WAIT).expect("connect"))
+    }
+
+    /// Connect from source address `src` (another 127.0.0.0/8 address: a second "machine").
+    pub fn connect_from(addr: SocketAddr, src: std::net::IpAddr) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::new(src, 0).into())
+            .expect("bind source");
+        sock.connect_timeout(&addr.into(), WAIT).expect("connect");
+        Client::with_stream(sock.into())
+    }
+
+    fn with_stream(s: TcpStream) -> Client {
         s.set_nodelay(true).ok();
         s.set_read_timeout(Some(Duration::from_millis(50))).ok();
         Client {
@@ -290,8 +303,6 @@ impl Client {
     }
 
     pub fn hello(&mut self, tenant: u32, agent: &str, token: &str) -> Frame {
-        let mut h = Head::new(Kind::Request, Service::Control, control::HELLO);
-        h.tenant = tenant;
         let hello = DesktopHello {
             version: 1,
             agent,
@@ -299,6 +310,13 @@ impl Client {
             reconnect: None,
             services: 6,
         };
+        self.hello_as(tenant, &hello)
+    }
+
+    /// A `HELLO` with any body (a reconnect token, say).
+    pub fn hello_as(&mut self, tenant: u32, hello: &DesktopHello<'_>) -> Frame {
+        let mut h = Head::new(Kind::Request, Service::Control, control::HELLO);
+        h.tenant = tenant;
         let r = self.call_head(h, |w| hello.write(w));
         if r.error().is_none() {
             self.tenant = tenant;
