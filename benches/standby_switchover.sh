@@ -53,25 +53,31 @@ wait_line() { # file pattern timeout_s
     done
 }
 
+SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat > core.toml <<EOF
 listen = "127.0.0.1:0"
 role = "both"
 db = "$OUT/core.db"
 instance = "primary"
-link_secret = "switchover-secret"
+link_secret = "$SECRET"
 heartbeat_ms = 5000
 max_in_flight = 256
 
 [[tenants]]
 id = 1
 name = "acme"
-tokens = ["acme-token"]
 
 [[tenants]]
 id = 2
 name = "globex"
-tokens = ["globex-token"]
 EOF
+
+# N agents, tenants alternating, random passwords; imported with argon2id's cheapest cost (the
+# bench measures the switchover, not logins), and given to loadgen as its --credentials.
+head -c $((N * 12)) /dev/urandom | od -An -tx1 -v -w12 | tr -d ' ' |
+    awk '{ printf "%d\tlg-%d\t%s\n", 1 + (NR - 1) % 2, NR - 1, $0 }' > credentials.tsv
+chmod 600 credentials.tsv
+"$BIN/core-server" --config core.toml creds import --argon2-m-kib 8 --argon2-t 1 < credentials.tsv
 
 "$BIN/core-server" --config core.toml > >(stamp > primary.out) 2> primary.err &
 PRIMARY=$!; PIDS+=("$PRIMARY")
@@ -87,7 +93,7 @@ cat > proxy.toml <<EOF
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 workers = 2
-link_secret = "switchover-secret"
+link_secret = "$SECRET"
 backlog = 8192
 
 [limits]
@@ -135,7 +141,7 @@ POLL_PID=$!
 
 LO0=$(nstat -asz TcpExtListenOverflows 2>/dev/null | awk '/ListenOverflows/{print $2}')
 T_LG=$(now)
-"$BIN/loadgen" run --site "$LISTEN" -n "$N" --rate "$RATE" --ramp "$RAMP" --warmup "$WARMUP" \
+"$BIN/loadgen" run --credentials credentials.tsv --site "$LISTEN" -n "$N" --rate "$RATE" --ramp "$RAMP" --warmup "$WARMUP" \
     --duration "$DURATION" --drain 5 --no-login --interval-ms 100 \
     --json loadgen.json --hdr-log loadgen.hlog > loadgen.out 2> loadgen.err &
 LG=$!; PIDS+=("$LG")

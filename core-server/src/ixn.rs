@@ -585,11 +585,13 @@ impl Engine {
                 (Ok(()), Ok(())) => {
                     let _ = me.send(Input::Submitted(pending));
                 }
-                _ => {
+                (Err(e), _) => {
                     let req = pending.req;
-                    pending
-                        .peer
-                        .reply(wire::error(&req, ErrorCode::INTERNAL, "storage error"));
+                    pending.peer.reply(wire::storage_error(&req, e));
+                }
+                (Ok(()), Err(e)) => {
+                    let req = pending.req;
+                    pending.peer.reply(wire::storage_error(&req, &e));
                 }
             })
         }));
@@ -679,9 +681,9 @@ impl Engine {
                 (Ok(()), Ok(())) => peer.reply(ok),
                 (_, Err(e)) => {
                     tracing::error!("interaction storage error: {e}");
-                    peer.reply(wire::error(&req, ErrorCode::INTERNAL, "storage error"));
+                    peer.reply(wire::storage_error(&req, &e));
                 }
-                (Err(_), _) => peer.reply(wire::error(&req, ErrorCode::INTERNAL, "commit failed")),
+                (Err(e), _) => peer.reply(wire::storage_error(&req, e)),
             })
         }));
         if ok2 {

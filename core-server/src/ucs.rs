@@ -69,9 +69,9 @@ pub fn work(
                 (Ok(()), Err(Fail::Code(c, m))) => wire::error(&req, c, m),
                 (Ok(()), Err(Fail::Store(e))) => {
                     tracing::error!("ucs storage error: {e}");
-                    wire::error(&req, ErrorCode::INTERNAL, "storage error")
+                    wire::storage_error(&req, &e)
                 }
-                (Err(_), _) => wire::error(&req, ErrorCode::INTERNAL, "commit failed"),
+                (Err(e), _) => wire::storage_error(&req, e),
             };
             peer.reply(out);
         })

@@ -20,6 +20,20 @@ use deskmux_codec::{
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// The answer to a request whose storage failed: `UNAVAILABLE` (not sent: retry is safe) when
+/// it is known that nothing of it was applied, `INTERNAL` (outcome unknown) otherwise.
+pub fn storage_error(req: &Head, e: &crate::storage::StoreError) -> Bytes {
+    if e.nothing_applied() {
+        error(
+            req,
+            ErrorCode::UNAVAILABLE,
+            "storage failed; nothing was applied",
+        )
+    } else {
+        error(req, ErrorCode::INTERNAL, "storage failed")
+    }
+}
+
 /// Microseconds since the UNIX epoch.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()

@@ -132,14 +132,26 @@ fn start(fault: Fault) -> (SocketAddr, std::thread::JoinHandle<()>) {
     (rx.recv().unwrap(), h)
 }
 
+/// A credentials file (the fake server accepts any): two tenants, ten agents.
+fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("creds.tsv");
+    let lines: String = (0..10)
+        .map(|i| format!("{}\tfake-{i}\tpassword-{i}\n", 1 + i % 2))
+        .collect();
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
 fn run_loadgen(addr: SocketAddr, extra: &[&str]) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let html = dir.path().join("out.html");
     let hlog = dir.path().join("out.hlog");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("run")
+        .arg("--credentials")
+        .arg(credentials(dir.path()))
         .args([
-            "run",
             "--site",
             &addr.to_string(),
             "-q",
@@ -246,8 +258,10 @@ fn dead_site_fails_over_to_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("run")
+        .arg("--credentials")
+        .arg(credentials(dir.path()))
         .args([
-            "run",
             "--site",
             &dead_addr.to_string(),
             "--site",

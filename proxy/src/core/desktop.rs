@@ -128,9 +128,6 @@ pub struct Desktop {
     pub pending_opens: u8,
     /// First failure among the `SESSION_OPEN` answers (0 = none).
     pub open_error: u16,
-    /// The reconnect token of the first server hello among them (phase `Opening` only),
-    /// passed on in the proxy's own server hello (PROTOCOL.md §4.1).
-    pub reconnect: Option<Box<str>>,
     /// Authenticated tenant (the hello's claim until the sessions are open).
     pub tenant: u32,
     /// Session id: generation in the high 32 bits, slot in the low 32. Announced to the
@@ -163,7 +160,6 @@ impl Desktop {
             in_flight: 0,
             pending_opens: 0,
             open_error: 0,
-            reconnect: None,
             tenant: 0,
             sid,
             accepted_ms: now_ms,

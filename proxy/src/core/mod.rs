@@ -55,7 +55,7 @@
 //! Generations make stale answers (after timeouts, disconnects, link reconnects) miss, so ids
 //! never cross between desktops.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -204,6 +204,11 @@ pub struct Core {
     links: Vec<Link>,
     router: Router,
     fanout: Fanout,
+    /// Reconnect tokens of desktops still opening their sessions, by session id: the first
+    /// server hello's, passed on in the proxy's own (PROTOCOL.md §4.1). A side table, so an
+    /// idle desktop's state does not grow for a moment of its handshake; emptied on open and
+    /// on close.
+    reconnect: HashMap<u64, Box<str>>,
     budget: Budget,
     sources: Sources,
     next_gen: u32,
@@ -262,6 +267,7 @@ impl Core {
             links: Vec::new(),
             router: Router::with_seed(seed ^ 0x5EED),
             fanout: Fanout::new(),
+            reconnect: HashMap::new(),
             budget: Budget::new(cfg.limits.worker_queue_bytes),
             sources: Sources::default(),
             // The worker index sits in the generation's top byte, so session ids are unique

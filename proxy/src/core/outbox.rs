@@ -33,6 +33,7 @@ impl Core {
             return;
         }
         debug!(sid = d.sid, reason = why.name(), "closing");
+        self.reconnect.remove(&d.sid);
         let was = d.phase;
         if was == Phase::Open {
             self.metrics.sessions.dec();

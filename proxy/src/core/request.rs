@@ -358,7 +358,7 @@ impl Core {
         }
         d.phase = Phase::Open;
         let sid = d.sid;
-        let reconnect = d.reconnect.take();
+        let reconnect = self.reconnect.remove(&sid);
         if let Some(rx) = d.rx.as_mut() {
             rx.dec.set_max_frame_len(self.limits.max_frame as usize);
         }

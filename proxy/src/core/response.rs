@@ -271,11 +271,11 @@ impl Core {
             }
             return;
         };
+        if let Some(t) = reconnect {
+            self.reconnect.entry(sid).or_insert(t);
+        }
         let d = &mut self.desktops[slot];
         d.pending_opens = d.pending_opens.saturating_sub(1);
-        if d.reconnect.is_none() {
-            d.reconnect = reconnect;
-        }
         if let Some(code) = code
             && d.open_error == 0
         {
