@@ -607,6 +607,37 @@ fn all_vectors() -> Vec<(Vector, &'static str)> {
         &hello,
     );
 
+    let resume = [
+        (key::VERSION, V::Int(1)),
+        (key::AGENT, V::Str("agent-1")),
+        (key::RECONNECT, V::Str("dmr1.opaque")),
+        (key::SERVICES, V::Int(6)),
+    ];
+    assert_same_body("DesktopHello with reconnect", &resume, |w| {
+        msg::DesktopHello {
+            version: 1,
+            agent: "agent-1",
+            token: "",
+            reconnect: Some("dmr1.opaque"),
+            services: 6,
+        }
+        .write(w)
+        .expect("write");
+    });
+    g.frame(
+        "request-control-hello-reconnect",
+        "desktop hello presenting a reconnect token instead of a password (no token key)",
+        head(
+            Kind::Request,
+            Service::Control,
+            msg::control::HELLO,
+            7,
+            1,
+            0,
+        ),
+        &resume,
+    );
+
     let server_hello = [
         (key::SESSION, V::Int(1001)),
         (key::MAX_FRAME, V::Int(2_097_152)),

@@ -97,7 +97,7 @@ async fn wrong_link_secret_keeps_links_down_and_hellos_unavailable() {
     let cfg = proxy_config(dir.path(), &[("\"ucs\"", addr)], 1, 1, "");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace(SECRET, "not-the-secret");
+        .replace(SECRET, "not-the-secret-but-just-as-long-0123");
     std::fs::write(&cfg, text).unwrap();
     let proxy = start_proxy(cfg);
     let (code_h, _) = http_get(proxy.admin, "/health");
