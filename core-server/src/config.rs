@@ -170,7 +170,7 @@ pub struct Config {
     /// Secret a proxy presents in `LINK_HELLO`, at least [`MIN_SECRET_LEN`] bytes (a shorter
     /// one refuses to start without `--allow-weak-link-secret`). Default empty: every link is
     /// refused.
-    pub link_secret: String,
+    pub link_secret: LinkSecret,
     /// Heartbeat interval in ms; a connection silent for 3 intervals is closed. Default 5000.
     pub heartbeat_ms: u32,
     /// Handshake deadline in ms (not reset by each byte). Default 10000.
@@ -218,6 +218,35 @@ pub struct Config {
     pub sqlite_max_page_count: Option<u32>,
 }
 
+/// The link secret: a string whose `Debug` shows only its length, so that no log or dump of
+/// the configuration carries it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct LinkSecret(String);
+
+impl LinkSecret {
+    /// The secret's bytes, for the constant-time compare.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is set (every link is refused).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for LinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkSecret(<{} bytes>)", self.0.len())
+    }
+}
+
 /// Shortest link secret or token key accepted without `--allow-weak-link-secret`.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -228,7 +257,7 @@ impl Default for Config {
             role: Role::Both,
             db: PathBuf::from("deskmux-core.db"),
             instance: "core-1".into(),
-            link_secret: String::new(),
+            link_secret: LinkSecret::default(),
             heartbeat_ms: 5000,
             handshake_timeout_ms: 10_000,
             max_frame: 2 * 1024 * 1024,
@@ -373,6 +402,14 @@ mod tests {
         assert!(e.to_string().contains("tokens"), "{e}");
         assert!(Config::from_toml("[auth]\nthreadz = 1").is_err());
         assert!(Config::from_toml("[auth]\nthreads = 0").is_err());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_link_secret() {
+        let c = Config::from_toml("link_secret = \"s3cr3t-s3cr3t\"").unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("13 bytes"), "{d}");
     }
 
     #[test]

@@ -79,12 +79,41 @@ const KNOWN_SECRETS: &[&str] = &[
     "deskmux-demo-link-secret",
 ];
 
+/// The link secret: a string whose `Debug` shows only its length (so `--check-config` and
+/// logs of the configuration never carry it).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct LinkSecret(String);
+
+impl LinkSecret {
+    /// The secret's bytes, for the link hello.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for LinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkSecret(<{} bytes>)", self.0.len())
+    }
+}
+
 impl Config {
     /// Why the link secret must not be used, if so: empty, shorter than [`MIN_SECRET_LEN`], or
     /// one published in this repository.
     pub fn weak_link_secret(&self) -> Option<String> {
         let s = &self.link_secret;
-        if KNOWN_SECRETS.contains(&s.as_str()) {
+        if KNOWN_SECRETS.contains(&s.0.as_str()) {
             return Some("link_secret is a published example; set your own".into());
         }
         (s.len() < MIN_SECRET_LEN).then(|| {
@@ -429,7 +458,7 @@ pub struct Config {
     pub workers: usize,
     /// Link secret presented to every upstream: at least [`MIN_SECRET_LEN`] bytes (a shorter,
     /// empty or example one refuses to start without `--allow-weak-link-secret`). No default.
-    pub link_secret: String,
+    pub link_secret: LinkSecret,
     /// Listen backlog. Default 4096.
     pub backlog: i32,
     /// Limits.
@@ -532,7 +561,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
             admin: SocketAddr::from(([127, 0, 0, 1], 7290)),
             workers: 2,
-            link_secret: String::new(),
+            link_secret: LinkSecret::default(),
             backlog: 4096,
             limits: Limits::default(),
             upstream: Vec::new(),

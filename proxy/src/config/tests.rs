@@ -163,3 +163,20 @@ fn override_parses() {
     assert_eq!(u.services, vec![ServiceId(1), ServiceId(2)]);
     assert!(Upstream::parse_override("ixn").is_err());
 }
+
+#[test]
+fn link_secret_is_hidden_and_weak_ones_are_named() {
+    let c = Config::from_toml("link_secret = \"a-secret-of-thirty-two-bytes-xyz\"").unwrap();
+    let d = format!("{c:?}");
+    assert!(!d.contains("a-secret"), "{d}");
+    assert!(d.contains("32 bytes"), "{d}");
+    assert_eq!(c.weak_link_secret(), None);
+    let short = Config::from_toml("link_secret = \"short\"").unwrap();
+    assert!(short.weak_link_secret().unwrap().contains("5 bytes"));
+    let example = Config::from_toml(EXAMPLE_CONFIG).unwrap();
+    assert!(example.weak_link_secret().unwrap().contains("published"));
+    assert!(
+        Config::default().weak_link_secret().is_some(),
+        "no secret is weak"
+    );
+}

@@ -193,7 +193,7 @@ impl LinkView for LinksView<'_> {
 pub struct Core {
     index: usize,
     limits: Limits,
-    link_secret: String,
+    link_secret: crate::config::LinkSecret,
     cfg: Config,
     epoch: Instant,
     /// The last `now` given, in worker milliseconds and microseconds (see `ms`, `us`).
