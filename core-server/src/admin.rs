@@ -3,6 +3,9 @@
 //!
 //! One command per line, one answer line each:
 //! - `state` → `state=running|unavailable role=primary|backup instance=NAME`
+//! - `token TOKEN` → `ok` if it is the admin token (`admin_token_file`), else `error bad token`;
+//!   the mutating commands below need it first on the connection (without a configured token
+//!   they are refused: anyone who can connect could otherwise shut the server down)
 //! - `unavailable` → marks the service unavailable (SERVICE_STATE on every connection) → `ok`
 //! - `available` → back to running → `ok`
 //! - `stats` → `db_batches=N db_ops=N db_max_batch=N` (group-commit effect: ops per batch)
@@ -11,23 +14,28 @@
 //! - `shutdown` → `ok`, then graceful shutdown (GO_AWAY, grace period, exit)
 //! - anything else → `error unknown command`
 //!
+//! A line longer than 1 KiB closes the connection.
+//!
 //! The same controls exist as signals (SIGUSR1, SIGUSR2, SIGTERM; see [`crate::server`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use deskmux_codec::msg::{Role, State};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::Shared;
 
-/// Serve admin connections forever.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Longest command line accepted.
+const MAX_LINE: u64 = 1024;
+
+/// Serve admin connections forever; `token` guards the mutating commands.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<Arc<Vec<u8>>>) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
-                tokio::spawn(session(shared.clone(), s));
+                tokio::spawn(session(shared.clone(), s, token.clone()));
             }
             Err(e) => {
                 tracing::warn!("admin accept: {e}");
@@ -37,11 +45,53 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn session(shared: Arc<Shared>, s: TcpStream) {
+async fn session(shared: Arc<Shared>, s: TcpStream, token: Option<Arc<Vec<u8>>>) {
     let (rd, mut wr) = s.into_split();
-    let mut lines = BufReader::new(rd).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let answer = match line.trim() {
+    let mut rd = BufReader::new(rd);
+    let mut authorized = false;
+    loop {
+        let mut raw = Vec::new();
+        match (&mut rd)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut raw)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) if raw.len() as u64 > MAX_LINE => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let cmd = line.trim();
+        let mutating = matches!(cmd, "unavailable" | "available" | "shutdown");
+        if let Some(t) = cmd.strip_prefix("token ") {
+            authorized = token.as_ref().is_some_and(|want| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), want.as_slice()))
+            });
+            let answer = if authorized {
+                "ok\n"
+            } else {
+                "error bad token\n"
+            };
+            if !authorized {
+                tracing::warn!("admin line protocol: a wrong admin token was presented");
+            }
+            if wr.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if mutating && !authorized {
+            let answer = if token.is_some() {
+                "error admin token required (send: token TOKEN)\n"
+            } else {
+                "error no admin_token_file configured\n"
+            };
+            if wr.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let answer = match cmd {
             "state" => {
                 let st = shared.service_state();
                 format!(

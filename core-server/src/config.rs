@@ -7,7 +7,7 @@
 //! ```toml
 //! listen = "127.0.0.1:7100"      # address to listen on (port 0: any free port)
 //! role = "both"                  # "ixn", "ucs" or "both"
-//! db = "deskmux-core.db"         # SQLite data file; a lock file "<db>.lock" sits next to it
+//! db = "deskmux-core.db"         # SQLite data file; the standby lock is taken on it
 //! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
 //! link_secret = "..."            # secret a proxy must present in LINK_HELLO: at least 32 bytes;
 //!                                # empty (the default) refuses every link
@@ -23,6 +23,8 @@
 //! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
 //! sqlite_synchronous = "full"    # "full" (fsync per group commit) or "normal" (see field docs)
 //! admin_listen = "127.0.0.1:7101" # optional admin line protocol (default: none)
+//! http_listen = "127.0.0.1:7102" # optional HTTP admin: /metrics, /health, /status (default: none)
+//! admin_token_file = "admin.token" # token for mutating admin controls (default: none: refused)
 //! standby = false                # start as a warm standby (also --standby)
 //!
 //! [auth]                         # see `AuthConfig`
@@ -163,7 +165,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Services run: `ixn`, `ucs` or `both`. Default `both`.
     pub role: Role,
-    /// SQLite data file. Default `deskmux-core.db`. The standby lock is `<db>.lock`.
+    /// SQLite data file. Default `deskmux-core.db`. The standby lock is taken on this file
+    /// itself, with a fencing epoch stored in it.
     pub db: PathBuf,
     /// Instance name announced to proxies. Default `core-1`.
     pub instance: String,
@@ -200,6 +203,12 @@ pub struct Config {
     pub sqlite_synchronous: String,
     /// Optional admin line-protocol address (see `admin.rs`), loopback recommended. Default none.
     pub admin_listen: Option<SocketAddr>,
+    /// Optional HTTP admin address (`/metrics`, `/health`, `/status`; see `http.rs`), e.g.
+    /// `127.0.0.1:7102`: bind it to loopback. Default none.
+    pub http_listen: Option<SocketAddr>,
+    /// File holding the token (32 bytes or more) that the HTTP admin's mutating endpoints
+    /// require as `Authorization: Bearer <token>`. Default none: those endpoints answer 403.
+    pub admin_token_file: Option<PathBuf>,
     /// Start as a warm standby: wait for the primary's lock, then take over. Default false.
     pub standby: bool,
     /// How logins are checked.
@@ -270,6 +279,8 @@ impl Default for Config {
             go_away_reconnect_ms: 1000,
             sqlite_synchronous: "full".into(),
             admin_listen: None,
+            http_listen: None,
+            admin_token_file: None,
             standby: false,
             auth: AuthConfig::default(),
             tenants: Vec::new(),

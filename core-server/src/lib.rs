@@ -5,6 +5,7 @@
 //! Modules, one job each:
 //! - [`config`]: the TOML configuration and its defaults;
 //! - [`admin`]: the operator's line protocol (service state, shutdown);
+//! - [`http`]: the operator's HTTP port (`/metrics`, `/health`, `/status`, token-guarded controls);
 //! - [`auth`]: who gets in: agent credentials, reconnect tokens, lockout;
 //! - [`server`]: start-up (primary / warm standby), accept loop, signals;
 //! - [`conn`]: one connection (direct or link): handshakes, session routing, echo, writer;
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod db;
+pub mod http;
 pub mod ixn;
 pub mod limits;
 pub mod lock;

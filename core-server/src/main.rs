@@ -150,6 +150,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(a) = server.admin_addr() {
             writeln!(out, "ADMIN {a}")?;
         }
+        if let Some(a) = server.http_addr() {
+            writeln!(out, "HTTP {a}")?;
+        }
         out.flush()?;
         drop(out);
         server.run().await?;

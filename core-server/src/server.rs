@@ -154,6 +154,11 @@ impl Shared {
         Ok(n)
     }
 
+    /// Open connections (direct desktops and links).
+    pub fn connections(&self) -> usize {
+        self.conns.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// Track a connection for broadcasts.
     pub fn register(&self, id: u64, out: Outbox) {
         if let Ok(mut m) = self.conns.lock() {
@@ -244,6 +249,8 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    http: Option<TcpListener>,
+    admin_token: Option<Vec<u8>>,
 }
 
 /// An opened store, the open interactions to recover and the highest interaction id.
@@ -356,10 +363,30 @@ impl Server {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let admin_token = match &shared.cfg.admin_token_file {
+            Some(p) => {
+                let t = std::fs::read(p).map_err(|e| {
+                    ServerError::Auth(format!("admin_token_file {}: {e}", p.display()))
+                })?;
+                let t = t.trim_ascii().to_vec();
+                if t.len() < MIN_SECRET_LEN {
+                    return Err(ServerError::Auth(format!(
+                        "admin_token_file {} holds {} bytes; at least {MIN_SECRET_LEN} are needed",
+                        p.display(),
+                        t.len()
+                    )));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let http = crate::http::bind(shared.cfg.http_listen).await?;
         Ok(Server {
             shared,
             listener,
             admin,
+            http,
+            admin_token,
         })
     }
 
@@ -374,6 +401,11 @@ impl Server {
     /// The admin port's bound address, if configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTP admin's bound address, if configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Whether this instance is serving (false: a standby still waiting).
@@ -403,8 +435,12 @@ impl Server {
             tokio::spawn(standby(shared.clone()));
         }
         tokio::spawn(signals(shared.clone()));
+        let token = self.admin_token.map(Arc::new);
         if let Some(admin) = self.admin {
-            tokio::spawn(crate::admin::serve(shared.clone(), admin));
+            tokio::spawn(crate::admin::serve(shared.clone(), admin, token.clone()));
+        }
+        if let Some(http) = self.http {
+            tokio::spawn(crate::http::serve(shared.clone(), http, token));
         }
         loop {
             match self.listener.accept().await {

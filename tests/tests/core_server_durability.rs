@@ -264,11 +264,19 @@ fn service_state_signals_and_go_away() {
     assert!(s.wait_exit(Duration::from_secs(5)));
 }
 
+const ADMIN_TOKEN: &str = "admin-token-of-at-least-32-bytes-0123";
+
 #[test]
 fn admin_line_protocol() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 5000, "");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        &format!("admin_token_file = \"{}\"\n", token_file.display()),
+    );
     let mut s = Server::start(&cfg, &["--admin-listen", "127.0.0.1:0"]);
     let admin = s.wait_line("ADMIN ");
     let admin_addr: std::net::SocketAddr =
@@ -289,6 +297,11 @@ fn admin_line_protocol() {
     );
     let mut l = Client::connect(s.addr);
     ok(l.link_hello(SECRET.as_bytes()));
+    // Mutating commands need the admin token first.
+    assert!(cmd("unavailable").starts_with("error admin token required"));
+    assert!(cmd("shutdown").starts_with("error admin token required"));
+    assert_eq!(cmd("token not-the-token"), "error bad token");
+    assert_eq!(cmd(&format!("token {ADMIN_TOKEN}")), "ok");
     assert_eq!(cmd("unavailable"), "ok");
     let is_state =
         |f: &Frame| f.head().kind == Kind::Control && f.head().msg_type == control::SERVICE_STATE;

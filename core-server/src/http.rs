@@ -1,0 +1,266 @@
+//! The operator's HTTP port (axum, like the proxy's): Prometheus `/metrics`, `/health`,
+//! JSON `/status`, and the mutating controls behind an admin token.
+//!
+//! Why HTTP next to the line protocol ([`crate::admin`]): monitoring systems scrape HTTP, load
+//! balancers probe it, and a token in a header is something operators already manage. The
+//! mutating endpoints (`POST /service/unavailable`, `/service/available`, `/shutdown`) need
+//! `Authorization: Bearer <token>` with the token read from `admin_token_file` (compared in
+//! constant time); without a configured token they answer 403. It binds where `http_listen`
+//! says; loopback is the documented choice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::server::Shared;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    /// The admin token; `None`: mutating endpoints are refused.
+    token: Option<Arc<Vec<u8>>>,
+}
+
+/// Serve the HTTP admin on `listener` until the process ends.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<Arc<Vec<u8>>>) {
+    let app = App { shared, token };
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/service/unavailable", post(unavailable))
+        .route("/service/available", post(available))
+        .route("/shutdown", post(shutdown))
+        .with_state(app);
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!("http admin stopped: {e}");
+    }
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The Prometheus text format (0.0.4), written by hand: a handful of families, each with its
+/// HELP and TYPE under the name its sample carries (counters end in `_total`), which is what
+/// `promtool check metrics` asks for.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.0, "# HELP deskmux_core_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE deskmux_core_{name} {kind}");
+        let _ = writeln!(self.0, "deskmux_core_{name} {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: u64) {
+        self.family(name, "gauge", help, v as f64);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.family(&format!("{name}_total"), "counter", help, v as f64);
+    }
+}
+
+/// `/metrics`, built from the live counters at each scrape.
+async fn metrics(State(app): State<App>) -> Response {
+    let s = &app.shared;
+    let mut t = Text::default();
+    t.gauge(
+        "primary",
+        "1 while this instance serves, 0 while a standby waits",
+        u64::from(s.primary.load(Ordering::Acquire)),
+    );
+    t.gauge(
+        "service_unavailable",
+        "1 while marked service unavailable",
+        u64::from(s.unavailable.load(Ordering::Acquire)),
+    );
+    t.gauge(
+        "connections",
+        "Open connections (direct desktops and proxy links)",
+        s.connections() as u64,
+    );
+    if let Some(db) = s.db.get() {
+        t.counter(
+            "db_batches",
+            "Group-commit transactions run",
+            load(&db.stats.batches),
+        );
+        t.counter(
+            "db_operations",
+            "Storage operations run in them",
+            load(&db.stats.ops),
+        );
+        t.gauge(
+            "db_max_batch",
+            "Largest group-commit batch so far",
+            load(&db.stats.max_batch),
+        );
+    }
+    if let Some(a) = s.auth.get() {
+        let st = a.stats();
+        t.counter("logins_ok", "Logins accepted", load(&st.ok));
+        t.counter(
+            "logins_ok_reconnect",
+            "Logins accepted with a reconnect token",
+            load(&st.ok_reconnect),
+        );
+        t.counter(
+            "logins_refused",
+            "Logins refused: unknown, wrong, disabled or expired",
+            load(&st.refused),
+        );
+        t.counter(
+            "logins_locked_out",
+            "Logins refused because the agent or source was locked out",
+            load(&st.locked_out),
+        );
+        t.counter("lockouts", "Lockouts started", load(&st.lockouts));
+        t.counter(
+            "logins_busy",
+            "Logins answered OVERLOADED because the check queue was full",
+            load(&st.busy),
+        );
+        t.counter(
+            "argon2_verifications",
+            "argon2id password verifications run",
+            load(&st.argon2_runs),
+        );
+        t.family(
+            "argon2_seconds_total",
+            "counter",
+            "Wall time spent in argon2id verifications",
+            load(&st.argon2_ns) as f64 / 1e9,
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        t.0,
+    )
+        .into_response()
+}
+
+/// 200 while this instance serves and is not marked unavailable; 503 otherwise (a standby, a
+/// server marked unavailable, one shutting down), so that a load balancer sends nothing there.
+async fn health(State(app): State<App>) -> Response {
+    let s = &app.shared;
+    let primary = s.primary.load(Ordering::Acquire);
+    let unavailable = s.unavailable.load(Ordering::Acquire);
+    let stopping = s.shutting_down.load(Ordering::Acquire);
+    if primary && !unavailable && !stopping {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        let why = if stopping {
+            "shutting down\n"
+        } else if !primary {
+            "standby\n"
+        } else {
+            "service unavailable\n"
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    }
+}
+
+async fn status(State(app): State<App>) -> Response {
+    let s = &app.shared;
+    let st = s.service_state();
+    let mut v = serde_json::json!({
+        "instance": st.instance,
+        "role": if s.primary.load(Ordering::Acquire) { "primary" } else { "backup" },
+        "state": if s.unavailable.load(Ordering::Acquire) { "unavailable" } else { "running" },
+        "shutting_down": s.shutting_down.load(Ordering::Acquire),
+        "connections": s.connections(),
+    });
+    if let Some(db) = s.db.get() {
+        v["db"] = serde_json::json!({
+            "batches": load(&db.stats.batches),
+            "operations": load(&db.stats.ops),
+            "max_batch": load(&db.stats.max_batch),
+        });
+    }
+    if let Some(a) = s.auth.get() {
+        let st = a.stats();
+        v["auth"] = serde_json::json!({
+            "ok": load(&st.ok),
+            "ok_reconnect": load(&st.ok_reconnect),
+            "refused": load(&st.refused),
+            "locked_out": load(&st.locked_out),
+            "lockouts": load(&st.lockouts),
+            "busy": load(&st.busy),
+            "argon2_runs": load(&st.argon2_runs),
+            "argon2_ns": load(&st.argon2_ns),
+        });
+    }
+    axum::Json(v).into_response()
+}
+
+/// Whether the request carries the admin token; the refusal to send otherwise.
+fn authorized(app: &App, h: &HeaderMap) -> Result<(), Response> {
+    let Some(want) = &app.token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "no admin_token_file configured: mutating endpoints are off\n",
+        )
+            .into_response());
+    };
+    let got = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(got, want.as_slice())) {
+        Ok(())
+    } else {
+        tracing::warn!("http admin: a mutating request without the admin token was refused");
+        Err((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
+    }
+}
+
+async fn unavailable(State(app): State<App>, h: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &h) {
+        return r;
+    }
+    app.shared.set_unavailable(true);
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn available(State(app): State<App>, h: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &h) {
+        return r;
+    }
+    app.shared.set_unavailable(false);
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn shutdown(State(app): State<App>, h: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &h) {
+        return r;
+    }
+    let shared = app.shared.clone();
+    tokio::spawn(async move { crate::server::shutdown(&shared).await });
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Bind the HTTP port if configured.
+///
+/// # Errors
+/// The bind failed.
+pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        Some(a) => Ok(Some(TcpListener::bind(a).await?)),
+        None => Ok(None),
+    }
+}
