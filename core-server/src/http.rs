@@ -209,13 +209,12 @@ async fn status(State(app): State<App>) -> Response {
 }
 
 /// Whether the request carries the admin token; the refusal to send otherwise.
-fn authorized(app: &App, h: &HeaderMap) -> Result<(), Response> {
+fn authorized(app: &App, h: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     let Some(want) = &app.token else {
         return Err((
             StatusCode::FORBIDDEN,
             "no admin_token_file configured: mutating endpoints are off\n",
-        )
-            .into_response());
+        ));
     };
     let got = h
         .get(header::AUTHORIZATION)
@@ -225,13 +224,13 @@ fn authorized(app: &App, h: &HeaderMap) -> Result<(), Response> {
         Ok(())
     } else {
         tracing::warn!("http admin: a mutating request without the admin token was refused");
-        Err((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
+        Err((StatusCode::UNAUTHORIZED, "admin token required\n"))
     }
 }
 
 async fn unavailable(State(app): State<App>, h: HeaderMap) -> Response {
     if let Err(r) = authorized(&app, &h) {
-        return r;
+        return r.into_response();
     }
     app.shared.set_unavailable(true);
     (StatusCode::OK, "ok\n").into_response()
@@ -239,7 +238,7 @@ async fn unavailable(State(app): State<App>, h: HeaderMap) -> Response {
 
 async fn available(State(app): State<App>, h: HeaderMap) -> Response {
     if let Err(r) = authorized(&app, &h) {
-        return r;
+        return r.into_response();
     }
     app.shared.set_unavailable(false);
     (StatusCode::OK, "ok\n").into_response()
@@ -247,7 +246,7 @@ async fn available(State(app): State<App>, h: HeaderMap) -> Response {
 
 async fn shutdown(State(app): State<App>, h: HeaderMap) -> Response {
     if let Err(r) = authorized(&app, &h) {
-        return r;
+        return r.into_response();
     }
     let shared = app.shared.clone();
     tokio::spawn(async move { crate::server::shutdown(&shared).await });
