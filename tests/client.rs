@@ -131,6 +131,34 @@ impl TestClient {
         Ok(resp)
     }
 
+    /// Send a desktop hello presenting a reconnect token instead of a password.
+    ///
+    /// # Errors
+    /// I/O or timeout.
+    pub async fn hello_reconnect(
+        &mut self,
+        tenant: u32,
+        agent: &str,
+        token: &str,
+    ) -> Result<Frame> {
+        self.tenant = tenant;
+        let hello = DesktopHello {
+            version: 1,
+            agent,
+            token: "",
+            reconnect: Some(token),
+            services: 0b110,
+        };
+        let resp = self
+            .request(Service::Control, msg::control::HELLO, |w| hello.write(w))
+            .await?;
+        if resp.error().is_none() {
+            let sh = ServerHello::read(resp.body()).context("server hello body")?;
+            self.session = sh.session;
+        }
+        Ok(resp)
+    }
+
     /// Send a request built by `body` and wait for the response with its correlation id.
     ///
     /// # Errors

@@ -311,3 +311,28 @@ async fn hello_rules_deadline_and_in_flight_cap() {
         d.backlog()
     );
 }
+
+/// The proxy passes on the reconnect token its server gave (PROTOCOL.md §4.1): a desktop that
+/// comes back presents it instead of its password, through the proxy, and gets in; the token
+/// does not open another agent's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_token_through_the_proxy() {
+    let st = stack(1, 2, "");
+    let mut first = TestClient::connect(st.proxy.addr).await.unwrap();
+    let h = first.hello(T1, "a1", TOKEN1, 0b110).await.unwrap();
+    assert!(h.error().is_none(), "{:?}", h.error());
+    let token = h
+        .body()
+        .str(key::RECONNECT)
+        .expect("the proxy's server hello carries the server's reconnect token")
+        .to_string();
+    drop(first);
+    let mut again = TestClient::connect(st.proxy.addr).await.unwrap();
+    let h = again.hello_reconnect(T1, "a1", &token).await.unwrap();
+    assert!(h.error().is_none(), "token refused: {:?}", h.error());
+    let r = echo(&mut again, Service::Ucs, b"back").await;
+    assert!(r.error().is_none());
+    let mut other = TestClient::connect(st.proxy.addr).await.unwrap();
+    let h = other.hello_reconnect(T1, "a2", &token).await.unwrap();
+    assert_eq!(code(&h), Some(ErrorCode::AUTH_FAILED));
+}
