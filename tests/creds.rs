@@ -91,6 +91,19 @@ pub const NAMED: &[&str] = &[
     "flags",
     "pager",
     "linked",
+    "half-direct",
+    "half-check",
+    "half-link-a",
+    "half-link-b",
+    "subs-link",
+    "subs-direct",
+    "bytes-writer",
+    "bytes-slow",
+    "bytes-other",
+    "overload",
+    "cap-a",
+    "cap-b",
+    "cap-c",
 ];
 
 /// How many numbered agents (`agent-N`) each tenant gets.

@@ -8,7 +8,13 @@
 //!   they are refused: anyone who can connect could otherwise shut the server down)
 //! - `unavailable` → marks the service unavailable (SERVICE_STATE on every connection) → `ok`
 //! - `available` → back to running → `ok`
-//! - `stats` → `db_batches=N db_ops=N db_max_batch=N` (group-commit effect: ops per batch)
+//! - `stats` → `db_batches=N db_ops=N db_max_batch=N` (group-commit effect: ops per batch),
+//!   then `db_queued=N db_overloaded=N` (operations waiting for the DB worker, and refused
+//!   because `db_queue` were), `engine_queued=N engine_overloaded=N` (the same for the
+//!   engine and `engine_queue`), `subs=N link_subs=N sub_topics=N sub_slots=N` (subscriptions the
+//!   engine holds, of them held by proxy links, distinct tenant topics, and how many its
+//!   table has room for) and `conns=N conns_max=N
+//!   conns_refused=N` (connections served, the cap in force, refused at the cap)
 //! - `auth` → `auth_ok=N auth_ok_reconnect=N auth_refused=N auth_locked_out=N auth_lockouts=N
 //!   auth_busy=N argon2_runs=N argon2_ns=N` (logins, and the wall time argon2 took)
 //! - `shutdown` → `ok`, then graceful shutdown (GO_AWAY, grace period, exit)
@@ -43,6 +49,46 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<Arc
             }
         }
     }
+}
+
+/// The `stats` answer (see the module docs).
+fn stats(shared: &Shared) -> String {
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut line = match shared.db.get() {
+        Some(db) => format!(
+            "db_batches={} db_ops={} db_max_batch={} db_queued={} db_overloaded={}",
+            g(&db.stats.batches),
+            g(&db.stats.ops),
+            g(&db.stats.max_batch),
+            db.gauge().depth(),
+            g(&db.gauge().refused)
+        ),
+        None => "db_batches=0 db_ops=0 db_max_batch=0 db_queued=0 db_overloaded=0".to_string(),
+    };
+    match shared.engine.get() {
+        Some(e) => {
+            let st = e.stats();
+            line.push_str(&format!(
+                " engine_queued={} engine_overloaded={} subs={} link_subs={} sub_topics={} sub_slots={}",
+                e.gauge().depth(),
+                g(&e.gauge().refused),
+                g(&st.subs),
+                g(&st.link_subs),
+                g(&st.sub_topics),
+                g(&st.sub_slots)
+            ));
+        }
+        None => line.push_str(
+            " engine_queued=0 engine_overloaded=0 subs=0 link_subs=0 sub_topics=0 sub_slots=0",
+        ),
+    }
+    line.push_str(&format!(
+        " conns={} conns_max={} conns_refused={}",
+        shared.open_conns.load(Ordering::Relaxed),
+        shared.max_conns,
+        g(&shared.refused_conns)
+    ));
+    line
 }
 
 async fn session(shared: Arc<Shared>, s: TcpStream, token: Option<Arc<Vec<u8>>>) {
@@ -109,15 +155,7 @@ async fn session(shared: Arc<Shared>, s: TcpStream, token: Option<Arc<Vec<u8>>>)
                     st.instance
                 )
             }
-            "stats" => match shared.db.get() {
-                Some(db) => format!(
-                    "db_batches={} db_ops={} db_max_batch={}",
-                    db.stats.batches.load(Ordering::Relaxed),
-                    db.stats.ops.load(Ordering::Relaxed),
-                    db.stats.max_batch.load(Ordering::Relaxed)
-                ),
-                None => "db_batches=0 db_ops=0 db_max_batch=0".to_string(),
-            },
+            "stats" => stats(&shared),
             "auth" => match shared.auth.get() {
                 Some(a) => {
                     let s = a.stats();

@@ -17,7 +17,12 @@
 //! max_in_flight = 256            # requests a session may have outstanding
 //! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
 //! outbound_queue = 8192          # frames queued per desktop connection before it is a slow consumer
+//! outbound_queue_bytes = 8388608 # bytes queued per desktop connection before it is a slow consumer
 //! link_outbound_queue = 262144   # frames queued per proxy link; past half, the link's reads pause
+//! link_outbound_queue_bytes = 268435456 # bytes queued per proxy link; likewise
+//! max_connections = 19900        # connections (desktops, links) served at once; more get OVERLOADED
+//! engine_queue = 131072          # requests waiting for the interaction engine; more get OVERLOADED
+//! db_queue = 131072              # operations waiting for the DB worker; more get OVERLOADED
 //! group_commit_max = 512         # most storage operations committed in one transaction
 //! shutdown_grace_ms = 2000       # after GO_AWAY, how long in-flight work may take
 //! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
@@ -187,10 +192,33 @@ pub struct Config {
     pub invite_timeout_ms: u32,
     /// Frames queued towards one connection before it counts as a slow consumer. Default 8192.
     pub outbound_queue: usize,
+    /// Bytes queued towards one direct connection before it counts as a slow consumer (it is
+    /// then closed and its queue dropped): a desktop that asks for large contents and does not
+    /// read holds at most this much of the server's memory. At least `max_frame`. Default
+    /// 8388608 (8 MiB).
+    pub outbound_queue_bytes: usize,
     /// Frames queued towards one proxy link. Past half of it the server stops reading the
     /// link's requests until the writer catches up (TCP then slows the proxy); only a full
     /// queue closes the link. Default 262144.
     pub link_outbound_queue: usize,
+    /// Bytes queued towards one proxy link: past half of it the link's reads pause, as for
+    /// `link_outbound_queue`; only a full queue closes the link. At least `max_frame`. Default
+    /// 268435456 (256 MiB).
+    pub link_outbound_queue_bytes: usize,
+    /// Connections (direct desktops and proxy links) served at once. A connection past it is
+    /// accepted, sent a control `OVERLOADED` and closed. The cap in force is never more than
+    /// the process's open-file limit less 100 (room for the data file, the listeners and the
+    /// refusals themselves). Default 19900.
+    pub max_connections: usize,
+    /// Requests waiting for the interaction engine, across all connections. A request that
+    /// finds the queue full is answered `OVERLOADED` (not sent) at once. Sessions opening and
+    /// closing are never refused (they take a separate, uncounted place in the queue, bounded
+    /// by the number of sessions). Default 131072.
+    pub engine_queue: usize,
+    /// Storage operations waiting for the DB worker, across all connections. A UCS request, or
+    /// an interaction request that would write, that finds it full is answered `OVERLOADED`
+    /// (not sent) at once, before anything changed. Default 131072.
+    pub db_queue: usize,
     /// Most storage operations run in one group-commit transaction. Default 512.
     pub group_commit_max: usize,
     /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
@@ -273,7 +301,12 @@ impl Default for Config {
             max_in_flight: 256,
             invite_timeout_ms: 30_000,
             outbound_queue: 8192,
+            outbound_queue_bytes: 8 * 1024 * 1024,
             link_outbound_queue: 262_144,
+            link_outbound_queue_bytes: 256 * 1024 * 1024,
+            max_connections: 19_900,
+            engine_queue: 131_072,
+            db_queue: 131_072,
             group_commit_max: 512,
             shutdown_grace_ms: 2000,
             go_away_reconnect_ms: 1000,
@@ -333,6 +366,16 @@ impl Config {
         {
             return bad(
                 "max_in_flight, outbound_queue, link_outbound_queue and group_commit_max must be non-zero",
+            );
+        }
+        if self.max_connections == 0 || self.engine_queue == 0 || self.db_queue == 0 {
+            return bad("max_connections, engine_queue and db_queue must be non-zero");
+        }
+        // A queue must hold the largest answer, or that answer alone would close its desktop.
+        let max_frame = self.max_frame as usize;
+        if self.outbound_queue_bytes < max_frame || self.link_outbound_queue_bytes < max_frame {
+            return bad(
+                "outbound_queue_bytes and link_outbound_queue_bytes must be at least max_frame",
             );
         }
         if !matches!(
@@ -413,6 +456,13 @@ mod tests {
         assert!(e.to_string().contains("tokens"), "{e}");
         assert!(Config::from_toml("[auth]\nthreadz = 1").is_err());
         assert!(Config::from_toml("[auth]\nthreads = 0").is_err());
+        for zero in ["max_connections", "engine_queue", "db_queue"] {
+            assert!(Config::from_toml(&format!("{zero} = 0")).is_err(), "{zero}");
+        }
+        assert!(Config::from_toml("outbound_queue_bytes = 131072").is_err());
+        assert!(Config::from_toml("link_outbound_queue_bytes = 1000").is_err());
+        let c = Config::from_toml("max_frame = 131072\noutbound_queue_bytes = 131072").unwrap();
+        assert_eq!(c.outbound_queue_bytes, 131_072);
     }
 
     #[test]

@@ -24,14 +24,15 @@ use deskmux_codec::{ErrorCode, Flags, Frame, FrameDecoder, Head, Kind, Service, 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::secret::Secret;
 use crate::auth::{Attempt, Proof, Verdict};
 use crate::ixn::{Input, LinkId, SessKey};
+use crate::queue::Refused;
 use crate::server::Shared;
-use crate::wire::{self, Out, Outbox, Peer};
+use crate::wire::{self, Out, OutState, Outbox, Peer, QueueLimits};
 
 /// One authenticated session on this connection.
 #[derive(Debug)]
@@ -86,20 +87,28 @@ struct Conn {
     answer_max: u32,
 }
 
-/// Serve one accepted connection until it closes.
+/// How long a closing connection's writer may take to flush what was queued before it: a peer
+/// that does not read cannot hold the connection (and its queue) open past this.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// Serve one accepted connection until it closes. The accept loop counted it in
+/// `open_conns`; the count is taken off here once the writer is done.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let cancel = CancellationToken::new();
-    let (out, rx, room) = Outbox::new(
-        shared.cfg.outbound_queue,
-        shared.cfg.link_outbound_queue,
-        cancel.clone(),
-    );
+    let cfg = &shared.cfg;
+    let limits = QueueLimits {
+        desktop_frames: cfg.outbound_queue,
+        desktop_bytes: cfg.outbound_queue_bytes,
+        link_frames: cfg.link_outbound_queue,
+        link_bytes: cfg.link_outbound_queue_bytes,
+    };
+    let (out, rx, st) = Outbox::new(limits, cancel.clone());
     let id = shared.next_id();
     shared.register(id, out.clone());
     let (rd, wr) = stream.into_split();
     let hb = Duration::from_millis(u64::from(shared.cfg.heartbeat_ms));
-    let writer = tokio::spawn(write_loop(wr, rx, room, cancel.clone(), hb));
+    let writer = tokio::spawn(write_loop(wr, rx, st, cancel.clone(), hb));
     let source = rd.peer_addr().ok().map(|a| a.ip());
     let (auth_tx, auth_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
@@ -119,12 +128,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     cancel.cancel();
     drop(conn);
     let _ = writer.await;
+    shared.open_conns.fetch_sub(1, Ordering::AcqRel);
 }
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
-    room: Arc<Notify>,
+    st: Arc<OutState>,
     cancel: CancellationToken,
     hb: Duration,
 ) {
@@ -145,11 +155,22 @@ async fn write_loop(
                     stop = true;
                 }
                 // Room was made: a link reader paused in `wait_room` may go on.
-                room.notify_waiters();
+                st.room.notify_waiters();
             }
             () = &mut cancelled => {
                 while let Ok(o) = rx.try_recv() {
                     batch.push(o);
+                }
+                if st.slow() {
+                    // It does not read: what is queued would never leave. Drop it now (its
+                    // memory goes at once) and tell the peer why, if it can still hear it.
+                    let dropped: usize = batch.iter().map(Out::len).sum();
+                    st.written(dropped);
+                    batch.clear();
+                    let f = control_error(0, ErrorCode::SLOW_CONSUMER, "outbound queue full");
+                    let f = Out::Frame(f.freeze());
+                    st.add(f.len());
+                    batch.push(f);
                 }
                 stop = true;
             }
@@ -158,7 +179,9 @@ async fn write_loop(
                     hb_corr += 1;
                     let mut h = Head::new(Kind::Request, Service::Control, control::HEARTBEAT);
                     h.correlation = hb_corr;
-                    batch.push(Out::Frame(bytes::Bytes::copy_from_slice(&h.to_bytes())));
+                    let f = Out::Frame(bytes::Bytes::copy_from_slice(&h.to_bytes()));
+                    st.add(f.len());
+                    batch.push(f);
                     timer.as_mut().reset((Instant::now() + hb).into());
                 } else {
                     timer.as_mut().reset((last_write + hb).into());
@@ -166,11 +189,16 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            if write_batch(&mut wr, &batch).await.is_err() {
+            let n: usize = batch.iter().map(Out::len).sum();
+            let wrote = flush(&mut wr, &batch, &cancel, &st, stop).await;
+            // Written (or never to be): no longer held for this connection.
+            st.written(n);
+            batch.clear();
+            st.room.notify_waiters();
+            if wrote.is_err() {
                 cancel.cancel();
                 break;
             }
-            batch.clear();
             last_write = Instant::now();
         }
         if stop {
@@ -178,6 +206,34 @@ async fn write_loop(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Write a batch. While the connection is open this takes as long as the peer needs to read
+/// it; once the connection is cancelled (`closing`, or during the write) at most
+/// [`CLOSE_FLUSH`] more, so that answers queued before a close still leave. A slow consumer
+/// gets nothing more at all: it does not read, and a write blocked on it would keep the
+/// connection, and all it has queued, alive.
+async fn flush(
+    wr: &mut OwnedWriteHalf,
+    batch: &[Out],
+    cancel: &CancellationToken,
+    st: &OutState,
+    closing: bool,
+) -> std::io::Result<()> {
+    let w = write_batch(wr, batch);
+    tokio::pin!(w);
+    if !closing {
+        tokio::select! {
+            r = &mut w => return r,
+            () = cancel.cancelled() => {}
+        }
+        if st.slow() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+    }
+    tokio::time::timeout(CLOSE_FLUSH, w)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Out]) -> std::io::Result<()> {
@@ -227,6 +283,8 @@ impl Conn {
         tokio::pin!(timer);
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        // Set when the peer half-closed (end of stream): by then, every answer must be out.
+        let mut ended: Option<Instant> = None;
         loop {
             while !self.hello_pending {
                 match dec.decode(&mut buf) {
@@ -250,6 +308,31 @@ impl Conn {
                 dec.set_max_frame_len(cfg.max_frame as usize);
                 timer.as_mut().reset((last_rx + idle).into());
             }
+            if let Some(deadline) = ended {
+                // Half-closed (PROTOCOL.md §4.1.1): nothing more to read, but requests it sent
+                // may still be with the engine or the DB worker (and a hello with the auth
+                // pool). Wait for each answer to be queued, then close: the writer flushes
+                // them first. Bounded by the deadline.
+                if self.all_answered() {
+                    return;
+                }
+                let answered = self.out.state().answered.notified();
+                tokio::select! {
+                    () = &mut cancelled => return,
+                    Some(done) = auth_rx.recv() => {
+                        self.on_auth(done);
+                        if self.closing {
+                            return;
+                        }
+                    }
+                    () = answered => {}
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        tracing::debug!("half-closed connection: answers still due at the deadline");
+                        return;
+                    }
+                }
+                continue;
+            }
             if buf.capacity() - buf.len() < read_size / 4 {
                 buf.reserve(read_size);
             }
@@ -271,7 +354,10 @@ impl Conn {
                     }
                 }
                 r = rd.read_buf(&mut buf), if !self.hello_pending => match r {
-                    Ok(0) | Err(_) => return,
+                    // End of stream: answer what was sent before closing, within the idle
+                    // deadline (a request slower than that is not waited for).
+                    Ok(0) => ended = Some(Instant::now() + idle),
+                    Err(_) => return,
                     Ok(n) => {
                         last_rx = Instant::now();
                         if n >= offered && read_size < 64 * 1024 {
@@ -293,6 +379,19 @@ impl Conn {
         }
     }
 
+    /// Whether every request read so far is answered (its answer queued): no hello or
+    /// session open waiting for its verdict, no session with a request in flight.
+    fn all_answered(&self) -> bool {
+        let idle = |s: &Sess| s.peer.inflight.load(Ordering::Acquire) == 0;
+        !self.hello_pending
+            && self.opening.is_empty()
+            && match &self.mode {
+                Mode::Fresh => true,
+                Mode::Direct(s) => idle(s),
+                Mode::Link(_, sessions) => sessions.values().all(idle),
+            }
+    }
+
     /// End every session of this connection.
     fn teardown(&mut self) {
         let engine = self.shared.engine.get();
@@ -300,15 +399,15 @@ impl Conn {
             Mode::Fresh => {}
             Mode::Direct(s) => {
                 if let Some(e) = engine {
-                    let _ = e.send(Input::Close(s.key));
+                    e.control(Input::Close(s.key));
                 }
             }
             Mode::Link(id, sessions) => {
                 if let Some(e) = engine {
                     for s in sessions.values() {
-                        let _ = e.send(Input::Close(s.key));
+                        e.control(Input::Close(s.key));
                     }
-                    let _ = e.send(Input::LinkClosed(id));
+                    e.control(Input::LinkClosed(id));
                 }
             }
         }
@@ -348,7 +447,7 @@ impl Conn {
                     self.opening.remove(&h.session);
                     if let Some(s) = sessions.remove(&h.session) {
                         if let Some(e) = self.shared.engine.get() {
-                            let _ = e.send(Input::Close(s.key));
+                            e.control(Input::Close(s.key));
                         }
                     }
                 } else {
@@ -398,7 +497,8 @@ impl Conn {
                 return self.err(&h, ErrorCode::MALFORMED, "missing topic (str)");
             };
             if let Some(e) = self.shared.engine.get() {
-                let _ = e.send(Input::LinkUnsubscribe {
+                // Never refused (see `crate::queue`): the proxy does not retry it.
+                e.control(Input::LinkUnsubscribe {
                     link: *link,
                     tenant: h.tenant,
                     topic: topic.to_string(),
@@ -464,9 +564,18 @@ impl Conn {
             Service::Interaction => match self.shared.engine.get() {
                 Some(e) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
-                    if e.send(Input::Request(sess.key, f)).is_err() {
-                        sess.peer
-                            .reply(wire::error(&h, ErrorCode::UNAVAILABLE, "engine stopped"));
+                    match e.request(Input::Request(sess.key, f)) {
+                        Ok(()) => {}
+                        Err(Refused::Full) => sess.peer.reply(wire::error(
+                            &h,
+                            ErrorCode::OVERLOADED,
+                            "engine queue full (engine_queue)",
+                        )),
+                        Err(Refused::Stopped) => sess.peer.reply(wire::error(
+                            &h,
+                            ErrorCode::UNAVAILABLE,
+                            "engine stopped",
+                        )),
                     }
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
@@ -637,7 +746,7 @@ impl Conn {
             inflight: Arc::new(AtomicU32::new(0)),
         };
         if let Some(e) = self.shared.engine.get() {
-            let _ = e.send(Input::Open {
+            e.control(Input::Open {
                 key,
                 tenant,
                 agent: agent.to_string(),

@@ -32,12 +32,18 @@
 //!   every transaction): the batch is not run, and the worker stops for good. Its owner
 //!   ([`Db::start_with`]) is told, and the server exits, leaving its standby as the only
 //!   primary.
+//!
+//! The queue is bounded in operations (`db_queue`, a [`Gauge`]): [`Db::try_submit`] refuses
+//! an operation when that many wait, and its caller answers `OVERLOADED` (not sent). The
+//! engine, which changes its memory before it writes, asks first ([`Db::has_room`]) and then
+//! submits unconditionally, so that a write it has started is never refused halfway.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use crate::queue::Gauge;
 use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreResult};
 
 /// Called after the batch's commit with its outcome; sends the response.
@@ -76,6 +82,8 @@ pub struct DbStats {
 #[derive(Debug, Clone)]
 pub struct Db {
     tx: mpsc::Sender<Work>,
+    /// Operations waiting, against `db_queue`.
+    gauge: Arc<Gauge>,
     /// Group-commit counters.
     pub stats: Arc<DbStats>,
 }
@@ -89,30 +97,35 @@ impl Db {
         Db::start_with(
             store,
             max_batch,
+            usize::MAX,
             Box::new(|why| tracing::info!("db worker stopped: {why}")),
         )
     }
 
-    /// Start the worker thread on `store`; `on_stop` runs on it when it stops, however it
-    /// stops (a panic included, where panics unwind).
+    /// Start the worker thread on `store`, admitting `queue` operations at a time through
+    /// [`Db::try_submit`]; `on_stop` runs on it when it stops, however it stops (a panic
+    /// included, where panics unwind).
     ///
     /// # Errors
     /// The thread cannot be spawned.
     pub fn start_with(
         mut store: Box<dyn Store>,
         max_batch: usize,
+        queue: usize,
         on_stop: OnStop,
     ) -> std::io::Result<Db> {
         let (tx, rx) = mpsc::channel::<Work>();
         let stats = Arc::new(DbStats::default());
         let st = stats.clone();
+        let gauge = Arc::new(Gauge::new(queue));
+        let g = gauge.clone();
         std::thread::Builder::new()
             .name("db-worker".into())
             .spawn(move || {
                 // Unwinding out of `run` is caught so that the owner learns of the death; the
                 // store may be mid-transaction then, but nothing uses it afterwards.
                 let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run(store.as_mut(), &rx, max_batch.max(1), &st)
+                    run(store.as_mut(), &rx, max_batch.max(1), &st, &g)
                 }));
                 let why = match ran {
                     Ok(Ok(())) => Stopped::Closed,
@@ -121,13 +134,52 @@ impl Db {
                 };
                 on_stop(&why);
             })?;
-        Ok(Db { tx, stats })
+        Ok(Db { tx, gauge, stats })
     }
 
-    /// Queue work. False if the worker is gone.
+    /// Queue work whatever the queue holds (admitted already: see [`Db::has_room`]). False if
+    /// the worker is gone.
     pub fn submit(&self, w: Work) -> bool {
-        self.tx.send(w).is_ok()
+        self.gauge.force();
+        let ok = self.tx.send(w).is_ok();
+        if !ok {
+            self.gauge.done();
+        }
+        ok
     }
+
+    /// Queue work if fewer than `db_queue` operations wait.
+    ///
+    /// # Errors
+    /// [`Full`] with the work (not run) if the queue is full or the worker is gone
+    /// (`stopped` tells which).
+    pub fn try_submit(&self, w: Work) -> Result<(), Full> {
+        if !self.gauge.try_take() {
+            return Err(Full { stopped: false });
+        }
+        if self.tx.send(w).is_err() {
+            self.gauge.done();
+            return Err(Full { stopped: true });
+        }
+        Ok(())
+    }
+
+    /// Whether an operation would be admitted now (see [`Gauge::has_room`]).
+    pub fn has_room(&self) -> bool {
+        self.gauge.has_room()
+    }
+
+    /// The queue's count and cap.
+    pub fn gauge(&self) -> &Gauge {
+        &self.gauge
+    }
+}
+
+/// Work refused by [`Db::try_submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    /// The worker is gone (rather than busy).
+    pub stopped: bool,
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -149,6 +201,7 @@ fn run(
     rx: &mpsc::Receiver<Work>,
     max_batch: usize,
     stats: &DbStats,
+    gauge: &Gauge,
 ) -> Result<(), StoreError> {
     let mut batch: Vec<Work> = Vec::with_capacity(max_batch);
     let mut done: Vec<Done> = Vec::with_capacity(max_batch);
@@ -159,6 +212,10 @@ fn run(
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
+        }
+        // Taken off the queue: room for as many more.
+        for _ in 0..batch.len() {
+            gauge.done();
         }
         let n = batch.len() as u64;
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -559,6 +616,7 @@ mod tests {
         let db = Db::start_with(
             Box::new(s),
             8,
+            usize::MAX,
             Box::new(move |why| {
                 let _ = tx.send(match why {
                     Stopped::Closed => "closed".to_string(),
@@ -589,6 +647,45 @@ mod tests {
         assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
         assert_eq!(stopped.recv_timeout(wait).unwrap(), "fenced");
         assert_eq!(found(&mut newer, "x"), 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_work_without_running_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.fence_acquire().unwrap();
+        let db = Db::start_with(Box::new(s), 8, 1, Box::new(|_| {})).unwrap();
+        // Hold the worker inside a batch, so that what comes next waits in the queue.
+        let (started_tx, started) = mpsc::channel();
+        let (release, held) = mpsc::channel::<()>();
+        assert!(
+            db.try_submit(Box::new(move |_s: &mut dyn Store| -> Finish {
+                let _ = started_tx.send(());
+                let _ = held.recv();
+                Box::new(|_| {})
+            }))
+            .is_ok()
+        );
+        let wait = Duration::from_secs(10);
+        started.recv_timeout(wait).unwrap();
+        let (tx, answered) = mpsc::channel();
+        let op = |v: &'static str| -> Work {
+            let tx = tx.clone();
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let r = s.contact_create(1, v.as_bytes(), &pairs(v)).is_ok();
+                Box::new(move |c| {
+                    let _ = tx.send((v, r && c.is_ok()));
+                })
+            })
+        };
+        assert!(db.try_submit(op("queued")).is_ok());
+        assert_eq!(db.try_submit(op("refused")), Err(Full { stopped: false }));
+        assert_eq!(db.gauge().refused.load(Ordering::Relaxed), 1);
+        release.send(()).unwrap();
+        assert_eq!(answered.recv_timeout(wait).unwrap(), ("queued", true));
+        assert!(db.try_submit(op("later")).is_ok());
+        // In order: the refused operation, had it run, would have answered before this one.
+        assert_eq!(answered.recv_timeout(wait).unwrap(), ("later", true));
     }
 
     #[test]

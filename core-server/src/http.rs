@@ -108,6 +108,46 @@ async fn metrics(State(app): State<App>) -> Response {
             load(&db.stats.max_batch),
         );
     }
+    if let Some(db) = s.db.get() {
+        t.gauge(
+            "db_queued",
+            "Operations waiting for the DB worker",
+            db.gauge().depth() as u64,
+        );
+        t.counter(
+            "db_overloaded",
+            "Requests answered OVERLOADED because db_queue was full",
+            load(&db.gauge().refused),
+        );
+    }
+    if let Some(e) = s.engine.get() {
+        t.gauge(
+            "engine_queued",
+            "Requests waiting for the Interaction Server engine",
+            e.gauge().depth() as u64,
+        );
+        t.counter(
+            "engine_overloaded",
+            "Requests answered OVERLOADED because engine_queue was full",
+            load(&e.gauge().refused),
+        );
+        let st = e.stats();
+        t.gauge(
+            "subscriptions",
+            "Subscriptions the engine holds",
+            load(&st.subs),
+        );
+        t.gauge(
+            "link_subscriptions",
+            "Of them, held by proxy links",
+            load(&st.link_subs),
+        );
+    }
+    t.counter(
+        "connections_refused",
+        "Connections refused at max_connections",
+        load(&s.refused_conns),
+    );
     if let Some(a) = s.auth.get() {
         let st = a.stats();
         t.counter("logins_ok", "Logins accepted", load(&st.ok));

@@ -16,15 +16,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::db::{Db, Finish};
+use crate::limits::{self, ListKind};
+use crate::queue::{EngineRx, EngineTx};
+use crate::storage::{IxnRow, IxnState, Store, StoreError};
+use crate::subs::{Owner, Subs};
+use crate::wire::{self, Pairs, Peer};
 use bytes::Bytes;
 use deskmux_codec::msg::{ixn, key};
 use deskmux_codec::{BodyRef, ErrorCode, Flags, Frame, Head, Kind, Service};
-use tokio::sync::mpsc;
-
-use crate::db::{Db, Finish};
-use crate::limits::{self, ListKind};
-use crate::storage::{IxnRow, IxnState, Store, StoreError};
-use crate::wire::{self, Outbox, Pairs, Peer};
 
 /// Internal session key (unique per process).
 pub type SessKey = u64;
@@ -196,26 +196,11 @@ impl TenantState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Owner {
-    Link(LinkId),
-    Session(SessKey),
-}
-
-#[derive(Debug)]
-struct Sub {
-    owner: Owner,
-    tenant: u32,
-    topic: String,
-    seq: i64,
-    out: Outbox,
-}
-
 /// The Interaction Server state machine.
 pub struct Engine {
     set: Settings,
     db: Db,
-    me: mpsc::UnboundedSender<Input>,
+    me: EngineTx,
     sessions: HashMap<SessKey, Session>,
     tenants: HashMap<u32, TenantState>,
     ixns: HashMap<u64, Ixn>,
@@ -224,11 +209,7 @@ pub struct Engine {
     idle_clock: u64,
     invite_gen: u64,
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    subs: HashMap<u64, Sub>,
-    sub_by_key: HashMap<(Owner, u32, String), u64>,
-    sub_by_topic: HashMap<(u32, String), Vec<u64>>,
-    sub_by_owner: HashMap<Owner, Vec<u64>>,
-    next_sub: u64,
+    subs: Subs,
 }
 
 impl std::fmt::Debug for Engine {
@@ -257,13 +238,7 @@ fn refused(r: limits::Refused) -> (ErrorCode, &'static str) {
 
 impl Engine {
     /// An engine recovering `rows` (queued and owned interactions) from storage.
-    pub fn new(
-        set: Settings,
-        db: Db,
-        me: mpsc::UnboundedSender<Input>,
-        rows: Vec<IxnRow>,
-        max_id: u64,
-    ) -> Engine {
+    pub fn new(set: Settings, db: Db, me: EngineTx, rows: Vec<IxnRow>, max_id: u64) -> Engine {
         let mut e = Engine {
             set,
             db,
@@ -276,11 +251,7 @@ impl Engine {
             idle_clock: 0,
             invite_gen: 0,
             timers: BinaryHeap::new(),
-            subs: HashMap::new(),
-            sub_by_key: HashMap::new(),
-            sub_by_topic: HashMap::new(),
-            sub_by_owner: HashMap::new(),
-            next_sub: 1,
+            subs: Subs::default(),
         };
         // Rows come ordered by queue position.
         for r in rows {
@@ -343,23 +314,28 @@ impl Engine {
                 );
             }
             Input::Close(key) => self.close_session(now, key),
-            Input::LinkClosed(link) => self.drop_owner(&Owner::Link(link)),
+            Input::LinkClosed(link) => self.subs.drop_owner(&Owner::Link(link)),
             Input::LinkUnsubscribe {
                 link,
                 tenant,
                 topic,
-            } => {
-                if let Some(id) = self
-                    .sub_by_key
-                    .get(&(Owner::Link(link), tenant, topic))
-                    .copied()
-                {
-                    self.drop_sub(id);
-                }
-            }
+            } => self.subs.unsubscribe(Owner::Link(link), tenant, &topic),
             Input::Request(key, frame) => self.request(now, key, &frame),
             Input::Submitted(p) => self.submitted(now, *p),
         }
+    }
+
+    /// Publish the subscription counts (admin `stats`) and give back the memory of released
+    /// subscriptions.
+    pub fn after_batch(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.subs.shrink();
+        let (subs, link_subs, topics) = self.subs.counts();
+        let st = self.me.stats();
+        st.subs.store(subs as u64, Relaxed);
+        st.link_subs.store(link_subs as u64, Relaxed);
+        st.sub_topics.store(topics as u64, Relaxed);
+        st.sub_slots.store(self.subs.slots() as u64, Relaxed);
     }
 
     /// Expire invites whose deadline has passed.
@@ -423,6 +399,19 @@ impl Engine {
         b: BodyRef<'_>,
         peer: &Peer,
     ) -> Reply {
+        // A request that writes asks the DB queue for room first, before anything changes:
+        // refused then, it is `OVERLOADED` and nothing happened (see `crate::db`).
+        let writes = matches!(
+            req.msg_type,
+            ixn::SUBMIT
+                | ixn::ACCEPT
+                | ixn::CHANGE_PROPERTIES
+                | ixn::PLACE_IN_QUEUE
+                | ixn::STOP_PROCESSING
+        );
+        if writes && !self.db.has_room() {
+            return bad(ErrorCode::OVERLOADED, "storage queue full (db_queue)");
+        }
         match req.msg_type {
             ixn::AGENT_LOGIN => self.login(key, req, b),
             ixn::AGENT_READY => self.set_ready(now, key, req, true),
@@ -542,7 +531,7 @@ impl Engine {
 
     fn close_session(&mut self, now: Instant, key: SessKey) {
         self.logout(now, key);
-        self.drop_owner(&Owner::Session(key));
+        self.subs.drop_owner(&Owner::Session(key));
         // Interactions keep a stale `submitter`: session keys are never reused.
         self.sessions.remove(&key);
     }
@@ -583,7 +572,7 @@ impl Engine {
             let r = s.ixn_put(&row);
             Box::new(move |c: Result<(), &StoreError>| match (c, r) {
                 (Ok(()), Ok(())) => {
-                    let _ = me.send(Input::Submitted(pending));
+                    me.control(Input::Submitted(pending));
                 }
                 (Err(e), _) => {
                     let req = pending.req;
@@ -947,33 +936,9 @@ impl Engine {
             Some(l) => Owner::Link(l),
             None => Owner::Session(key),
         };
-        let owner_key = owner.clone();
-        let k = (owner.clone(), sess.tenant, topic.to_string());
-        let id = match self.sub_by_key.get(&k) {
-            Some(id) => *id,
-            None => {
-                let id = self.next_sub;
-                self.next_sub += 1;
-                self.subs.insert(
-                    id,
-                    Sub {
-                        owner,
-                        tenant: sess.tenant,
-                        topic: topic.to_string(),
-                        seq: 0,
-                        out: sess.peer.out.clone(),
-                    },
-                );
-                self.sub_by_topic
-                    .entry((sess.tenant, topic.to_string()))
-                    .or_default()
-                    .push(id);
-                self.sub_by_key.insert(k, id);
-                self.sub_by_owner.entry(owner_key).or_default().push(id);
-                id
-            }
-        };
-        let seq = self.subs.get(&id).map(|s| s.seq).unwrap_or(0);
+        let (id, seq) = self
+            .subs
+            .subscribe(owner, sess.tenant, topic, &sess.peer.out);
         Ok(Some(wire::response(req, |w| {
             w.int(key::SUBSCRIPTION, id as i64);
             w.int(key::SEQ, seq);
@@ -988,41 +953,9 @@ impl Engine {
                 Some(l) => Owner::Link(l),
                 None => Owner::Session(key),
             };
-            if let Some(id) = self
-                .sub_by_key
-                .get(&(owner, sess.tenant, topic.to_string()))
-                .copied()
-            {
-                self.drop_sub(id);
-            }
+            self.subs.unsubscribe(owner, sess.tenant, topic);
         }
         Ok(Some(wire::ok(req)))
-    }
-
-    /// Drop every subscription of a session or link.
-    fn drop_owner(&mut self, owner: &Owner) {
-        for id in self.sub_by_owner.remove(owner).unwrap_or_default() {
-            self.drop_sub(id);
-        }
-    }
-
-    fn drop_sub(&mut self, id: u64) {
-        if let Some(s) = self.subs.remove(&id) {
-            if let Some(v) = self.sub_by_owner.get_mut(&s.owner) {
-                v.retain(|x| *x != id);
-                if v.is_empty() {
-                    self.sub_by_owner.remove(&s.owner);
-                }
-            }
-            self.sub_by_key
-                .remove(&(s.owner, s.tenant, s.topic.clone()));
-            if let Some(v) = self.sub_by_topic.get_mut(&(s.tenant, s.topic.clone())) {
-                v.retain(|x| *x != id);
-                if v.is_empty() {
-                    self.sub_by_topic.remove(&(s.tenant, s.topic));
-                }
-            }
-        }
     }
 
     fn publish(
@@ -1032,19 +965,13 @@ impl Engine {
         msg: u16,
         f: impl Fn(&mut deskmux_codec::BodyWriter<'_>),
     ) {
-        let Some(ids) = self.sub_by_topic.get(&(tenant, topic.to_string())) else {
-            return;
-        };
         let published = wire::now_us();
-        for id in ids {
-            let Some(s) = self.subs.get_mut(id) else {
-                continue;
-            };
+        self.subs.each_of_topic(tenant, topic, |id, s| {
             s.seq += 1;
             let mut h = Head::new(Kind::Event, Service::Interaction, msg);
             h.flags = Flags(Flags::BROADCAST);
             h.tenant = tenant;
-            h.correlation = *id;
+            h.correlation = id;
             let seq = s.seq;
             s.out.frame(wire::build(h, |w| {
                 w.str(key::TOPIC, topic)?;
@@ -1053,11 +980,11 @@ impl Engine {
                 w.int(key::PUBLISHED_US, published);
                 Ok(())
             }));
-        }
+        });
     }
 
     fn publish_queue(&mut self, tenant: u32, queue: &str, what: &str, id: u64) {
-        if self.sub_by_topic.is_empty() {
+        if self.subs.is_empty() {
             return;
         }
         let topic = format!("queue:{queue}");
@@ -1068,10 +995,7 @@ impl Engine {
     }
 
     fn stats(&mut self, tenant: u32) {
-        if !self
-            .sub_by_topic
-            .contains_key(&(tenant, "stats".to_string()))
-        {
+        if !self.subs.has_topic(tenant, "stats") {
             return;
         }
         let (waiting, ready) = match self.tenants.get(&tenant) {
@@ -1230,7 +1154,7 @@ fn event(
 }
 
 /// Drive `engine` from `rx` until every sender is gone.
-pub async fn run(mut engine: Engine, mut rx: mpsc::UnboundedReceiver<Input>) {
+pub async fn run(mut engine: Engine, mut rx: EngineRx) {
     let mut batch = Vec::with_capacity(256);
     loop {
         let deadline = engine.next_deadline();
@@ -1250,6 +1174,7 @@ pub async fn run(mut engine: Engine, mut rx: mpsc::UnboundedReceiver<Input>) {
                     engine.handle(now, input);
                 }
                 engine.tick(now);
+                engine.after_batch();
             }
             () = sleep => engine.tick(Instant::now()),
         }
@@ -1262,8 +1187,10 @@ mod tests {
     //! without sleeping.
     use super::*;
     use crate::storage::sqlite::SqliteStore;
+    use crate::wire::Outbox;
     use std::sync::Arc;
     use std::sync::atomic::AtomicU32;
+    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     struct Desk {
@@ -1273,7 +1200,13 @@ mod tests {
 
     impl Desk {
         fn new() -> Desk {
-            let (out, rx, _room) = Outbox::new(64, 64, CancellationToken::new());
+            let limits = wire::QueueLimits {
+                desktop_frames: 64,
+                desktop_bytes: 1 << 24,
+                link_frames: 64,
+                link_bytes: 1 << 24,
+            };
+            let (out, rx, _st) = Outbox::new(limits, CancellationToken::new());
             Desk {
                 peer: Peer {
                     out,
@@ -1311,7 +1244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("e.db")).unwrap();
         let db = Db::start(Box::new(store), 16).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = crate::queue::engine_channel(1024);
         let set = Settings {
             invite_timeout: Duration::from_secs(5),
             with_ucs: false,
@@ -1384,7 +1317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(&dir.path().join("r.db"), "normal").unwrap();
         let db = Db::start(Box::new(store), 64).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = crate::queue::engine_channel(1024);
         let set = Settings {
             invite_timeout: Duration::from_millis(100),
             with_ucs: false,

@@ -12,6 +12,8 @@
 //! - [`ixn`]: the Interaction Server engine (agents, queues, invites, subscriptions);
 //! - [`ucs`]: the UCS requests (contacts, history), paged to `max_frame`;
 //! - [`limits`]: caps on lists and sizes from the wire, and the property-list merge;
+//! - [`subs`]: the engine's subscriptions and their indexes;
+//! - [`queue`]: bounded admission to the engine and the DB worker (`OVERLOADED` when full);
 //! - [`db`]: the DB worker thread and its group commit;
 //! - [`storage`]: the storage trait and its SQLite backend;
 //! - [`lock`]: the standby lock (the only `unsafe`, one `flock` call);
@@ -31,7 +33,9 @@ pub mod http;
 pub mod ixn;
 pub mod limits;
 pub mod lock;
+pub mod queue;
 pub mod server;
 pub mod storage;
+pub mod subs;
 pub mod ucs;
 pub mod wire;

@@ -32,21 +32,22 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use deskmux_codec::msg::{self, GoAway, ServiceState, control};
 use deskmux_codec::{Head, Kind, Service};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::auth::{self, Auth};
 use crate::config::{Config, MIN_SECRET_LEN};
 use crate::db::Db;
-use crate::ixn::{self, Engine, Input, Settings};
+use crate::ixn::{self, Engine, Settings};
 use crate::lock::InstanceLock;
+use crate::queue::{self, EngineTx};
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
 use crate::storage::{IxnRow, Store, StoreError};
 use crate::wire::{self, Outbox};
@@ -83,8 +84,14 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Outbox>>,
+    /// Connections being served (counted from accept to the end of their writer).
+    pub open_conns: AtomicUsize,
+    /// The connection cap in force: `max_connections`, less if the open-file limit is lower.
+    pub max_conns: usize,
+    /// Connections refused at the cap.
+    pub refused_conns: AtomicU64,
     /// The Interaction Server engine's inbox (set once primary, if the role runs).
-    pub engine: OnceLock<mpsc::UnboundedSender<Input>>,
+    pub engine: OnceLock<EngineTx>,
     /// The DB worker (set once primary).
     pub db: OnceLock<Db>,
     /// The login checker (set once primary).
@@ -292,6 +299,7 @@ fn activate(
     let db = Db::start_with(
         store,
         shared.cfg.group_commit_max,
+        shared.cfg.db_queue,
         Box::new(|why| {
             tracing::error!("the DB worker stopped ({why}); exiting so that a standby can serve");
             std::process::exit(1);
@@ -301,7 +309,7 @@ fn activate(
         Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     let _ = shared.auth.set(a);
     if shared.cfg.role.ixn() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = queue::engine_channel(shared.cfg.engine_queue);
         let set = Settings {
             invite_timeout: Duration::from_millis(u64::from(shared.cfg.invite_timeout_ms)),
             with_ucs: shared.cfg.role.ucs(),
@@ -343,6 +351,9 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
+            open_conns: AtomicUsize::new(0),
+            max_conns: connection_cap(cfg.max_connections),
+            refused_conns: AtomicU64::new(0),
             engine: OnceLock::new(),
             db: OnceLock::new(),
             auth: OnceLock::new(),
@@ -442,10 +453,20 @@ impl Server {
         if let Some(http) = self.http {
             tokio::spawn(crate::http::serve(shared.clone(), http, token));
         }
+        tracing::info!("serving at most {} connections", shared.max_conns);
         loop {
             match self.listener.accept().await {
                 Ok((s, _)) => {
-                    tokio::spawn(crate::conn::serve(shared.clone(), s));
+                    // Counted here, before the task runs, so that a burst of accepts cannot
+                    // pass the cap; `conn::serve` takes the count off when it ends.
+                    let n = shared.open_conns.fetch_add(1, Ordering::AcqRel);
+                    if n >= shared.max_conns {
+                        shared.open_conns.fetch_sub(1, Ordering::AcqRel);
+                        shared.refused_conns.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(refuse(s));
+                    } else {
+                        tokio::spawn(crate::conn::serve(shared.clone(), s));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -454,6 +475,38 @@ impl Server {
             }
         }
     }
+}
+
+/// Refuse a connection past the cap: a control `OVERLOADED`, then close (PROTOCOL.md §5). The
+/// write is bounded in time (a peer that does not read gets nothing more); these sockets are
+/// the "less 100" of the cap.
+async fn refuse(mut s: TcpStream) {
+    let f = deskmux_codec::control_error(
+        0,
+        deskmux_codec::ErrorCode::OVERLOADED,
+        "too many connections",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = s.write_all(&f.freeze()).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+}
+
+/// The connection cap in force: `configured`, or the soft open-file limit less 100 if that is
+/// lower (past it, accepts would fail with EMFILE and nobody would be told).
+fn connection_cap(configured: usize) -> usize {
+    match open_file_limit() {
+        Some(n) => configured.min(n.saturating_sub(100).max(1)),
+        None => configured,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (Linux); `None` if unknown or unlimited.
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 async fn standby(shared: Arc<Shared>) {

@@ -94,8 +94,16 @@ pub fn handle(db: &Db, tenant: u32, max_frame: u32, frame: &Frame, peer: Peer) {
     match parse(tenant, max_frame as usize, frame) {
         Ok(op) => {
             let p = peer.clone();
-            if !db.submit(work(req, peer, op)) {
-                p.reply(wire::error(&req, ErrorCode::UNAVAILABLE, "storage stopped"));
+            match db.try_submit(work(req, peer, op)) {
+                Ok(()) => {}
+                Err(crate::db::Full { stopped: false }) => p.reply(wire::error(
+                    &req,
+                    ErrorCode::OVERLOADED,
+                    "storage queue full (db_queue)",
+                )),
+                Err(crate::db::Full { stopped: true }) => {
+                    p.reply(wire::error(&req, ErrorCode::UNAVAILABLE, "storage stopped"))
+                }
             }
         }
         Err(Fail::Code(c, m)) => peer.reply(wire::error(&req, c, m)),

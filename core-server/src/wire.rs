@@ -2,15 +2,19 @@
 //! outbound queue of a connection, reply bookkeeping, and building response/event frames.
 //!
 //! A connection's writer drains an [`Outbox`]; anything (the reader, the engine task, the DB
-//! thread) may push to it without blocking. A desktop whose queue passes `outbound_queue`
-//! frames is not reading: it is cancelled as a slow consumer rather than blocking the pusher.
+//! thread) may push to it without blocking. The queue is bounded twice: in frames and in
+//! bytes, since one answer may be a frame of 2 MiB and a frame count alone lets a desktop that
+//! asks for large contents and never reads pin gigabytes. A desktop whose queue passes
+//! `outbound_queue` frames or `outbound_queue_bytes` bytes is not reading: it is cancelled as
+//! a slow consumer rather than blocking the pusher, and its queue is dropped at once.
 //! A proxy link carries thousands of sessions' answers, so it is never judged by the desktop
-//! limit: its reader stops reading requests while the queue is over half of
-//! `link_outbound_queue` ([`Outbox::wait_room`]), which pushes back on the proxy through TCP;
-//! only a link queue that fills completely (events alone outrunning it) is cancelled.
+//! limits: its reader stops reading requests while the queue is over half of
+//! `link_outbound_queue` frames or `link_outbound_queue_bytes` bytes ([`Outbox::wait_room`]),
+//! which pushes back on the proxy through TCP; only a link queue that fills completely (events
+//! alone outrunning it) is cancelled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use deskmux_codec::{
@@ -52,6 +56,73 @@ pub enum Out {
     Split([u8; HEAD_LEN], Bytes),
 }
 
+impl Out {
+    /// Bytes this item holds (and will write).
+    pub fn len(&self) -> usize {
+        match self {
+            Out::Frame(b) => b.len(),
+            Out::Split(_, b) => HEAD_LEN + b.len(),
+        }
+    }
+
+    /// Whether it is empty (never, for a frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How much one connection's queue may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Frames a direct desktop may have queued before it is a slow consumer.
+    pub desktop_frames: usize,
+    /// Bytes a direct desktop may have queued before it is a slow consumer.
+    pub desktop_bytes: usize,
+    /// Frames a link may have queued (half of it pauses its reads; all of it closes it).
+    pub link_frames: usize,
+    /// Bytes a link may have queued (likewise).
+    pub link_bytes: usize,
+}
+
+/// The state a connection's queue shares with its writer.
+#[derive(Debug, Default)]
+pub struct OutState {
+    /// Set once the connection is an authenticated proxy link.
+    link: AtomicBool,
+    /// Bytes queued and not yet written.
+    bytes: AtomicUsize,
+    /// The queue overflowed: the writer drops what is queued and sends `SLOW_CONSUMER`.
+    slow: AtomicBool,
+    /// Signalled by the writer each time it drained (and wrote) a batch, for
+    /// [`Outbox::wait_room`].
+    pub room: Notify,
+    /// Signalled each time a request is answered ([`Peer::reply`]): a half-closed connection
+    /// waits on it for its last answers.
+    pub answered: Notify,
+}
+
+impl OutState {
+    /// Count `n` bytes the writer queued itself (heartbeats, a last error).
+    pub fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Count `n` bytes as written (called by the writer once they are).
+    pub fn written(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection was cancelled because its queue overflowed.
+    pub fn slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+}
+
 /// The sending side of a connection's outbound queue.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -59,70 +130,92 @@ pub struct Outbox {
     tx: mpsc::Sender<Out>,
     /// Cancels the connection (slow consumer, framing lost, shutdown).
     cancel: CancellationToken,
-    /// Frames a direct desktop may have queued before it is a slow consumer.
-    desktop_limit: usize,
-    /// Set once the connection is an authenticated proxy link.
-    link: Arc<AtomicBool>,
-    /// Signalled by the writer each time it drains a batch, for [`Outbox::wait_room`].
-    room: Arc<Notify>,
+    limits: QueueLimits,
+    st: Arc<OutState>,
 }
 
 impl Outbox {
-    /// A queue that holds `desktop_limit` frames for a desktop and `link_limit` for a link;
-    /// the receiver and the drain signal go to the writer task.
+    /// A queue bounded by `limits`; the receiver and the shared state go to the writer task.
     pub fn new(
-        desktop_limit: usize,
-        link_limit: usize,
+        limits: QueueLimits,
         cancel: CancellationToken,
-    ) -> (Outbox, mpsc::Receiver<Out>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(link_limit.max(desktop_limit).max(1));
-        let room = Arc::new(Notify::new());
+    ) -> (Outbox, mpsc::Receiver<Out>, Arc<OutState>) {
+        let (tx, rx) = mpsc::channel(limits.link_frames.max(limits.desktop_frames).max(1));
+        let st = Arc::new(OutState::default());
         let out = Outbox {
             tx,
             cancel,
-            desktop_limit,
-            link: Arc::new(AtomicBool::new(false)),
-            room: room.clone(),
+            limits,
+            st: st.clone(),
         };
-        (out, rx, room)
+        (out, rx, st)
     }
 
     /// Mark the connection as a proxy link (after a successful link hello).
     pub fn set_link(&self) {
-        self.link.store(true, Ordering::Release);
+        self.st.link.store(true, Ordering::Release);
     }
 
     fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Queue an item; a desktop over its limit, or a full link queue, cancels the connection
-    /// (slow consumer).
+    /// Queue an item; a desktop over its limits, or a full link queue, cancels the connection
+    /// (slow consumer). Nothing is queued once the connection is cancelled: it is closing, and
+    /// its writer only flushes what was queued before.
     pub fn send(&self, item: Out) {
-        let over_desktop_limit =
-            !self.link.load(Ordering::Acquire) && self.queued() >= self.desktop_limit;
-        let full = over_desktop_limit
-            || match self.tx.try_send(item) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-            };
-        if full && !self.cancel.is_cancelled() {
-            tracing::warn!("outbound queue full: slow consumer, closing");
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let n = item.len();
+        let link = self.st.link.load(Ordering::Acquire);
+        let byte_cap = if link {
+            self.limits.link_bytes
+        } else {
+            self.limits.desktop_bytes
+        };
+        let before = self.st.bytes.fetch_add(n, Ordering::AcqRel);
+        // One item alone is always taken (an answer is at most `max_frame`); a queue that
+        // already holds some must stay under the cap.
+        let over_bytes = before > 0 && before + n > byte_cap;
+        let over_frames = !link && self.queued() >= self.limits.desktop_frames;
+        if !over_bytes && !over_frames {
+            match self.tx.try_send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.st.bytes.fetch_sub(n, Ordering::AcqRel);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
+        }
+        self.st.bytes.fetch_sub(n, Ordering::AcqRel);
+        if !self.cancel.is_cancelled() {
+            tracing::warn!(
+                queued_bytes = before,
+                frames = self.queued(),
+                "outbound queue full: slow consumer, closing"
+            );
+            self.st.slow.store(true, Ordering::Release);
             self.cancel.cancel();
         }
     }
 
-    /// Wait until at most half the queue is in use. A link's reader calls this before each
-    /// read, so a proxy that sends faster than it reads answers is slowed by TCP instead of
-    /// being disconnected.
+    /// Wait until at most half the queue is in use, in frames and in bytes. A link's reader
+    /// calls this before each read, so a proxy that sends faster than it reads answers is
+    /// slowed by TCP instead of being disconnected.
     pub async fn wait_room(&self) {
         let half = self.tx.max_capacity() / 2;
+        let half_bytes = self.limits.link_bytes / 2;
         loop {
-            let drained = self.room.notified();
+            let drained = self.st.room.notified();
             tokio::pin!(drained);
             // Register before checking, so a drain between the check and the await is seen.
             drained.as_mut().enable();
-            if self.queued() <= half || self.tx.is_closed() {
+            if (self.queued() <= half && self.st.queued_bytes() <= half_bytes)
+                || self.tx.is_closed()
+                || self.cancel.is_cancelled()
+            {
                 return;
             }
             drained.await;
@@ -143,6 +236,11 @@ impl Outbox {
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
     }
+
+    /// The state shared with the writer (drain and answer signals).
+    pub fn state(&self) -> &Arc<OutState> {
+        &self.st
+    }
 }
 
 /// Where a session's answers go: its connection's outbox and its in-flight counter.
@@ -155,10 +253,14 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Answer one request (counts it out of the in-flight window).
+    /// Answer one request (counts it out of the in-flight window). The answer is queued
+    /// before the count drops, so that a half-closed connection that sees no request in
+    /// flight knows every answer is queued (its writer flushes them before closing); the
+    /// `answered` signal wakes such a connection.
     pub fn reply(&self, b: Bytes) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.out.frame(b);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.out.st.answered.notify_one();
     }
 
     /// Push an event (no in-flight accounting).
@@ -255,6 +357,69 @@ pub fn validate(b: BodyRef<'_>) -> Result<(), BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits() -> QueueLimits {
+        QueueLimits {
+            desktop_frames: 100,
+            desktop_bytes: 1000,
+            link_frames: 100,
+            link_bytes: 4000,
+        }
+    }
+
+    #[test]
+    fn a_desktop_queue_is_bounded_in_bytes() {
+        let cancel = CancellationToken::new();
+        let (out, mut rx, st) = Outbox::new(limits(), cancel.clone());
+        // One item alone is always taken, however large.
+        out.frame(Bytes::from(vec![0u8; 1500]));
+        assert!(!cancel.is_cancelled());
+        assert_eq!(st.queued_bytes(), 1500);
+        // Written: the bytes are no longer counted, and small frames fit again.
+        let item = rx.try_recv().unwrap();
+        st.written(item.len());
+        for _ in 0..9 {
+            out.frame(Bytes::from(vec![0u8; 100]));
+        }
+        assert!(!cancel.is_cancelled());
+        out.frame(Bytes::from(vec![0u8; 101]));
+        assert!(
+            cancel.is_cancelled(),
+            "1001 bytes queued for a 1000-byte desktop"
+        );
+        assert!(st.slow());
+        // Nothing more is queued once cancelled.
+        out.frame(Bytes::from(vec![0u8; 1]));
+        assert_eq!(st.queued_bytes(), 900);
+    }
+
+    #[tokio::test]
+    async fn a_link_waits_for_room_in_bytes() {
+        let cancel = CancellationToken::new();
+        let (out, mut rx, st) = Outbox::new(limits(), cancel.clone());
+        out.set_link();
+        out.frame(Bytes::from(vec![0u8; 2500]));
+        // Over half the link's bytes: a reader waits until the writer drains.
+        let waiter = {
+            let out = out.clone();
+            tokio::spawn(async move { out.wait_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let item = rx.recv().await.unwrap();
+        st.written(item.len());
+        st.room.notify_waiters();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        // Only a full link queue closes it.
+        out.frame(Bytes::from(vec![0u8; 3000]));
+        out.frame(Bytes::from(vec![0u8; 900]));
+        assert!(!cancel.is_cancelled());
+        out.frame(Bytes::from(vec![0u8; 200]));
+        assert!(cancel.is_cancelled());
+    }
 
     #[test]
     fn pairs_round_trip() {

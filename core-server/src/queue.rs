@@ -1,0 +1,248 @@
+//! Bounded admission to the engine and the DB worker (`engine_queue`, `db_queue`).
+//!
+//! Each queue is one channel, so that everything sent to the engine (a session opening, its
+//! requests, its close) is handled in the order it was sent, but only *requests* are counted
+//! against the cap: a request that finds its queue full is answered `OVERLOADED` (not sent)
+//! at once by its sender, before anything changed. What must not be lost goes in uncounted:
+//! sessions opening and closing, a link closing, a proxy dropping a link's subscription (it
+//! does not retry it), and an interaction whose write was committed (`Submitted`). Those are
+//! bounded by other means: one open and one close per session, one link close per link,
+//! one `Submitted` per write in flight.
+//!
+//! The count is a [`Gauge`]: senders add one per queued request, the receiver takes one off
+//! per request it takes out of the channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::ixn::Input;
+
+/// How many counted items wait in a queue, against a cap.
+#[derive(Debug)]
+pub struct Gauge {
+    queued: AtomicUsize,
+    cap: usize,
+    /// Items refused because the queue was full.
+    pub refused: AtomicU64,
+}
+
+impl Gauge {
+    /// A gauge admitting `cap` items at a time.
+    pub fn new(cap: usize) -> Gauge {
+        Gauge {
+            queued: AtomicUsize::new(0),
+            cap: cap.max(1),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one more item if the queue is under its cap; false (and counted as refused)
+    /// if it is full.
+    pub fn try_take(&self) -> bool {
+        let ok = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Count one more item whatever the cap (it was admitted already, see [`Gauge::has_room`]).
+    pub fn force(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One item left the queue.
+    pub fn done(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether an item would be admitted now (false is counted as a refusal). For a single
+    /// consumer that then sends with [`Gauge::force`]: others may fill the queue in between,
+    /// so it may pass the cap by what that one sender adds.
+    pub fn has_room(&self) -> bool {
+        let ok = self.queued.load(Ordering::Acquire) < self.cap;
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Items queued now.
+    pub fn depth(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// What the engine publishes about itself, for the admin `stats` command.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Subscriptions held (sessions' and links').
+    pub subs: AtomicU64,
+    /// Of them, held by proxy links.
+    pub link_subs: AtomicU64,
+    /// Distinct (tenant, topic) subscribed.
+    pub sub_topics: AtomicU64,
+    /// Subscriptions the engine's table has room for without growing (what it holds in
+    /// memory, whether used or not).
+    pub sub_slots: AtomicU64,
+}
+
+/// One input on the engine's channel, and whether it was counted.
+#[derive(Debug)]
+pub struct Queued {
+    input: Input,
+    counted: bool,
+}
+
+/// Why a request was not queued for the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: `OVERLOADED`.
+    Full,
+    /// The engine is gone.
+    Stopped,
+}
+
+/// The engine's inbox, sending side. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EngineTx {
+    tx: mpsc::UnboundedSender<Queued>,
+    gauge: Arc<Gauge>,
+    stats: Arc<EngineStats>,
+}
+
+/// The engine's inbox, receiving side.
+#[derive(Debug)]
+pub struct EngineRx {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    gauge: Arc<Gauge>,
+}
+
+/// An engine inbox admitting `cap` requests at a time.
+pub fn engine_channel(cap: usize) -> (EngineTx, EngineRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let gauge = Arc::new(Gauge::new(cap));
+    (
+        EngineTx {
+            tx,
+            gauge: gauge.clone(),
+            stats: Arc::new(EngineStats::default()),
+        },
+        EngineRx { rx, gauge },
+    )
+}
+
+impl EngineTx {
+    /// Queue an input that must not be lost (see the module docs); false if the engine is
+    /// gone.
+    pub fn control(&self, input: Input) -> bool {
+        self.tx
+            .send(Queued {
+                input,
+                counted: false,
+            })
+            .is_ok()
+    }
+
+    /// Queue a request, if the queue has room.
+    ///
+    /// # Errors
+    /// [`Refused::Full`] at the cap, [`Refused::Stopped`] if the engine is gone.
+    pub fn request(&self, input: Input) -> Result<(), Refused> {
+        if !self.gauge.try_take() {
+            return Err(Refused::Full);
+        }
+        let sent = self.tx.send(Queued {
+            input,
+            counted: true,
+        });
+        if sent.is_err() {
+            self.gauge.done();
+            return Err(Refused::Stopped);
+        }
+        Ok(())
+    }
+
+    /// The request count and its cap.
+    pub fn gauge(&self) -> &Gauge {
+        &self.gauge
+    }
+
+    /// What the engine publishes about itself.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+}
+
+impl EngineRx {
+    /// Take up to `limit` inputs into `out`, waiting for at least one; 0 when every sender is
+    /// gone.
+    pub async fn recv_many(&mut self, out: &mut Vec<Input>, limit: usize) -> usize {
+        let mut got = Vec::with_capacity(limit.min(64));
+        let n = self.rx.recv_many(&mut got, limit).await;
+        out.extend(got.into_iter().map(|q| self.take(q)));
+        n
+    }
+
+    /// Take one input, blocking the thread (tests, outside the runtime).
+    pub fn blocking_recv(&mut self) -> Option<Input> {
+        let q = self.rx.blocking_recv()?;
+        Some(self.take(q))
+    }
+
+    fn take(&self, q: Queued) -> Input {
+        if q.counted {
+            self.gauge.done();
+        }
+        q.input
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_refuses_requests_but_never_controls() {
+        let (tx, mut rx) = engine_channel(2);
+        assert_eq!(tx.request(Input::LinkClosed(1)), Ok(()));
+        assert_eq!(tx.request(Input::LinkClosed(2)), Ok(()));
+        assert_eq!(tx.request(Input::LinkClosed(3)), Err(Refused::Full));
+        assert_eq!(tx.gauge().refused.load(Ordering::Relaxed), 1);
+        // Closes always get in, and in order.
+        assert!(tx.control(Input::LinkClosed(4)));
+        assert_eq!(tx.gauge().depth(), 2);
+        let ids: Vec<u64> = std::iter::from_fn(|| match rx.rx.try_recv() {
+            Ok(q) => match rx.take(q) {
+                Input::LinkClosed(id) => Some(id),
+                _ => None,
+            },
+            Err(_) => None,
+        })
+        .collect();
+        assert_eq!(ids, [1, 2, 4]);
+        // Taking them out made room again.
+        assert_eq!(tx.gauge().depth(), 0);
+        assert_eq!(tx.request(Input::LinkClosed(5)), Ok(()));
+    }
+
+    #[test]
+    fn has_room_then_force_passes_the_cap_by_one_at_most() {
+        let g = Gauge::new(1);
+        assert!(g.has_room());
+        assert!(g.try_take());
+        assert!(!g.has_room());
+        g.force();
+        assert_eq!(g.depth(), 2);
+        g.done();
+        g.done();
+        assert!(g.try_take());
+    }
+}
