@@ -31,5 +31,6 @@ pub mod limits;
 pub mod lock;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod ucs;
 pub mod wire;

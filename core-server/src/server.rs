@@ -69,6 +69,9 @@ pub enum ServerError {
     /// The data file's path came to name another file while this instance took its lock.
     #[error("data file {0} was replaced while its lock was being taken")]
     Replaced(String),
+    /// `[tls]` cannot be used (files unreadable, key not matching, no CA).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// State shared by every connection task.
@@ -147,6 +150,10 @@ impl Shared {
         }
         if new.max_frame != old.max_frame || new.heartbeat_ms != old.heartbeat_ms {
             restart.push("max_frame/heartbeat_ms");
+        }
+        // The TLS files are read when the listener starts (a certificate rotation restarts).
+        if new.tls != old.tls {
+            restart.push("tls");
         }
         if !restart.is_empty() {
             tracing::warn!("reload: {} changed and need a restart", restart.join(", "));
@@ -244,6 +251,8 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    /// With `[tls]`: every accepted connection is TLS.
+    tls: Option<crate::tls::Acceptor>,
 }
 
 /// An opened store, the open interactions to recover and the highest interaction id.
@@ -326,6 +335,11 @@ impl Server {
     /// # Errors
     /// [`ServerError`].
     pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
+        // Before the lock and the data file: a bad certificate should not make a standby wait.
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(ServerError::Tls)?),
+            None => None,
+        };
         let lock = InstanceLock::try_acquire(&cfg.db)?;
         if lock.is_none() && !cfg.standby {
             return Err(ServerError::Locked(cfg.db.display().to_string()));
@@ -360,6 +374,7 @@ impl Server {
             shared,
             listener,
             admin,
+            tls,
         })
     }
 
@@ -408,9 +423,14 @@ impl Server {
         }
         loop {
             match self.listener.accept().await {
-                Ok((s, _)) => {
-                    tokio::spawn(crate::conn::serve(shared.clone(), s));
-                }
+                Ok((s, _)) => match &self.tls {
+                    None => {
+                        tokio::spawn(crate::conn::serve(shared.clone(), s));
+                    }
+                    Some(a) => {
+                        tokio::spawn(crate::conn::serve_tls(shared.clone(), a.clone(), s));
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
