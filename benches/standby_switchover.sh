@@ -94,6 +94,8 @@ listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 workers = 2
 link_secret = "$SECRET"
+# Loopback links in plain TCP, by choice (the proxy refuses plaintext links otherwise).
+plaintext_links = true
 backlog = 8192
 
 [limits]

@@ -36,6 +36,13 @@
 //! threads = 1                    # argon2 verification threads
 //! reconnect_ttl_s = 43200        # reconnect tokens live this long
 //!
+//! [tls]                          # optional: the listen port speaks TLS only (ALPN deskmux/1)
+//! cert = "/etc/deskmux/core.crt" # PEM chain, leaf first (read at start)
+//! key = "/etc/deskmux/core.key"  # PEM private key
+//! client_ca = "/etc/deskmux/proxies-ca.pem" # optional: a LINK_HELLO is accepted only on a
+//!                                # connection whose client certificate chains to it, and
+//!                                # still needs link_secret (mutual TLS backs up the secret)
+//!
 //! [[tenants]]                    # tenants this server serves; agents' credentials live in
 //! id = 1                         # the database (`core-server creds`), not here
 //! name = "acme"
@@ -243,6 +250,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Tenants served. Default: none (every hello fails).
     pub tenants: Vec<Tenant>,
+    /// TLS on the listen port (`[tls]`): desktops and proxy links alike. Default: none
+    /// (plain TCP).
+    pub tls: Option<Tls>,
     /// SQLite `busy_timeout` in ms: how long a group commit waits for another process's lock
     /// on the data file (an operator's `sqlite3` shell, a backup tool) before its batch fails.
     /// A batch that cannot open its transaction fails whole, with nothing applied. Default 5000.
@@ -284,6 +294,29 @@ impl std::fmt::Debug for LinkSecret {
     }
 }
 
+/// TLS on the listen port. When present the port speaks TLS only (TLS 1.2 and 1.3, ALPN
+/// `deskmux/1` offered; a client offering only other protocols is refused, one offering none
+/// is accepted), for direct desktops and proxy links alike. The files are read at start: a
+/// new certificate needs a restart.
+///
+/// Mutual TLS (`client_ca`) *backs up* the link secret, it does not replace it: a
+/// `LINK_HELLO` is accepted only on a connection that presented a client certificate chaining
+/// to `client_ca`, and it must still carry `link_secret`. A stolen secret then opens no link
+/// without a proxy's key, and a stolen key none without the secret. Direct desktops need no
+/// client certificate (one they present is verified all the same).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key: PathBuf,
+    /// PEM file of the CA(s) that sign the proxies' client certificates. Default: none (links
+    /// are authenticated by the secret alone).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Shortest link secret or token key accepted without `--allow-weak-link-secret`.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -317,6 +350,7 @@ impl Default for Config {
             standby: false,
             auth: AuthConfig::default(),
             tenants: Vec::new(),
+            tls: None,
             sqlite_busy_timeout_ms: 5000,
             sqlite_max_page_count: None,
         }

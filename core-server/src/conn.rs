@@ -1,4 +1,9 @@
-//! One TCP connection: a direct desktop (one session) or a proxy link (many sessions).
+//! One connection, TCP or TLS over TCP (`[tls]`): a direct desktop (one session) or a proxy
+//! link (many sessions).
+//!
+//! The loops are generic over the stream's halves: a plain connection uses the `TcpStream`'s
+//! own lock-free halves (exactly the code it had before TLS), a TLS one the halves of
+//! `tokio::io::split` (a lock per poll, which the encryption's cost dwarfs).
 //!
 //! The reader decodes frames with `FrameDecoder` and handles each at once: handshakes,
 //! heartbeats and ECHO right here (echo re-stamps the head's kind and sends the request's own
@@ -21,9 +26,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use deskmux_codec::msg::{DesktopHello, LinkHello, LinkHelloAck, ServerHello, control, ixn};
 use deskmux_codec::{ErrorCode, Flags, Frame, FrameDecoder, Head, Kind, Service, control_error};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -85,16 +89,74 @@ struct Conn {
     /// Largest answer to send: `max_frame`, or less if a proxy link announced less (never
     /// under `limits::MIN_MAX_FRAME`, the least one item needs). Paged UCS answers fit it.
     answer_max: u32,
+    /// `[tls] client_ca` is set and this connection presented no verified client
+    /// certificate: it may not become a link.
+    link_refused: bool,
 }
 
 /// How long a closing connection's writer may take to flush what was queued before it: a peer
 /// that does not read cannot hold the connection (and its queue) open past this.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
-/// Serve one accepted connection until it closes. The accept loop counted it in
-/// `open_conns`; the count is taken off here once the writer is done.
+/// Serve one accepted plain TCP connection until it closes. The accept loop counted it in
+/// `open_conns`; the count is taken off once the connection is done.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let source = stream.peer_addr().ok().map(|a| a.ip());
+    let (rd, wr) = stream.into_split();
+    run(shared, rd, wr, source, Instant::now(), false).await;
+}
+
+/// Serve one accepted connection on a `[tls]` port: the TLS handshake (within
+/// `handshake_timeout_ms`, which then also bounds the hello: one deadline from accept), then
+/// the connection as usual.
+pub async fn serve_tls(shared: Arc<Shared>, tls: crate::tls::Acceptor, stream: TcpStream) {
+    let accepted = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let source = stream.peer_addr().ok().map(|a| a.ip());
+    let limit = Duration::from_millis(u64::from(shared.cfg.handshake_timeout_ms));
+    let stream = match tokio::time::timeout(limit, tls.inner.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(source = ?source, error = %e, "tls handshake failed");
+            shared.open_conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(source = ?source, "tls handshake deadline");
+            shared.open_conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    // rustls verified any certificate presented against `client_ca` during the handshake.
+    let has_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|c| !c.is_empty());
+    let (rd, wr) = tokio::io::split(stream);
+    run(
+        shared,
+        rd,
+        wr,
+        source,
+        accepted,
+        tls.links_need_cert && !has_cert,
+    )
+    .await;
+}
+
+async fn run<R, W>(
+    shared: Arc<Shared>,
+    rd: R,
+    wr: W,
+    source: Option<IpAddr>,
+    accepted: Instant,
+    link_refused: bool,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let cancel = CancellationToken::new();
     let cfg = &shared.cfg;
     let limits = QueueLimits {
@@ -106,10 +168,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let (out, rx, st) = Outbox::new(limits, cancel.clone());
     let id = shared.next_id();
     shared.register(id, out.clone());
-    let (rd, wr) = stream.into_split();
     let hb = Duration::from_millis(u64::from(shared.cfg.heartbeat_ms));
     let writer = tokio::spawn(write_loop(wr, rx, st, cancel.clone(), hb));
-    let source = rd.peer_addr().ok().map(|a| a.ip());
     let (auth_tx, auth_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: shared.clone(),
@@ -121,8 +181,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         opening: HashSet::new(),
         auth_tx,
         answer_max: shared.cfg.max_frame,
+        link_refused,
     };
-    conn.read_loop(rd, auth_rx, &cancel).await;
+    conn.read_loop(rd, auth_rx, &cancel, accepted).await;
     conn.teardown();
     shared.unregister(id);
     cancel.cancel();
@@ -131,8 +192,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     shared.open_conns.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     st: Arc<OutState>,
     cancel: CancellationToken,
@@ -213,8 +274,8 @@ async fn write_loop(
 /// [`CLOSE_FLUSH`] more, so that answers queued before a close still leave. A slow consumer
 /// gets nothing more at all: it does not read, and a write blocked on it would keep the
 /// connection, and all it has queued, alive.
-async fn flush(
-    wr: &mut OwnedWriteHalf,
+async fn flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     batch: &[Out],
     cancel: &CancellationToken,
     st: &OutState,
@@ -236,7 +297,7 @@ async fn flush(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Out]) -> std::io::Result<()> {
+async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, batch: &[Out]) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
     for o in batch {
         match o {
@@ -257,15 +318,18 @@ async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Out]) -> std::io::Result<
         }
         IoSlice::advance_slices(&mut bufs, n);
     }
-    Ok(())
+    // TLS: records the socket did not take yet wait in rustls until flushed, and the writer
+    // may sleep next; on a plain TCP half this is a no-op.
+    wr.flush().await
 }
 
 impl Conn {
-    async fn read_loop(
+    async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         mut auth_rx: mpsc::UnboundedReceiver<AuthDone>,
         cancel: &CancellationToken,
+        accepted: Instant,
     ) {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
@@ -275,7 +339,7 @@ impl Conn {
         let mut read_size = 4 * 1024;
         let mut buf = BytesMut::with_capacity(read_size);
         let handshake_deadline =
-            Instant::now() + Duration::from_millis(u64::from(cfg.handshake_timeout_ms));
+            accepted + Duration::from_millis(u64::from(cfg.handshake_timeout_ms));
         let idle = Duration::from_millis(u64::from(cfg.heartbeat_ms) * 3);
         let mut last_rx = Instant::now();
         let timer = tokio::time::sleep_until(handshake_deadline.into());
@@ -791,6 +855,18 @@ impl Conn {
             Ok(x) => x,
             Err(e) => return self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}")),
         };
+        if self.link_refused {
+            // `[tls] client_ca`: mutual TLS backs up the secret; without a client certificate
+            // the secret is not even looked at.
+            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: no client certificate");
+            self.err(
+                &h,
+                ErrorCode::AUTH_FAILED,
+                "link needs a client certificate",
+            );
+            self.closing = true;
+            return;
+        }
         if !ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
             tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: bad link secret");
             self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");

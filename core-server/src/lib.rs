@@ -37,5 +37,6 @@ pub mod queue;
 pub mod server;
 pub mod storage;
 pub mod subs;
+pub mod tls;
 pub mod ucs;
 pub mod wire;

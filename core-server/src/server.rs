@@ -70,6 +70,9 @@ pub enum ServerError {
     /// The data file's path came to name another file while this instance took its lock.
     #[error("data file {0} was replaced while its lock was being taken")]
     Replaced(String),
+    /// `[tls]` cannot be used (files unreadable, key not matching, no CA).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// State shared by every connection task.
@@ -154,6 +157,10 @@ impl Shared {
         }
         if new.max_frame != old.max_frame || new.heartbeat_ms != old.heartbeat_ms {
             restart.push("max_frame/heartbeat_ms");
+        }
+        // The TLS files are read when the listener starts (a certificate rotation restarts).
+        if new.tls != old.tls {
+            restart.push("tls");
         }
         if !restart.is_empty() {
             tracing::warn!("reload: {} changed and need a restart", restart.join(", "));
@@ -258,6 +265,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     http: Option<TcpListener>,
     admin_token: Option<Vec<u8>>,
+    /// With `[tls]`: every accepted connection is TLS.
+    tls: Option<crate::tls::Acceptor>,
 }
 
 /// An opened store, the open interactions to recover and the highest interaction id.
@@ -341,6 +350,11 @@ impl Server {
     /// # Errors
     /// [`ServerError`].
     pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
+        // Before the lock and the data file: a bad certificate should not make a standby wait.
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(ServerError::Tls)?),
+            None => None,
+        };
         let lock = InstanceLock::try_acquire(&cfg.db)?;
         if lock.is_none() && !cfg.standby {
             return Err(ServerError::Locked(cfg.db.display().to_string()));
@@ -398,6 +412,7 @@ impl Server {
             admin,
             http,
             admin_token,
+            tls,
         })
     }
 
@@ -465,7 +480,14 @@ impl Server {
                         shared.refused_conns.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(refuse(s));
                     } else {
-                        tokio::spawn(crate::conn::serve(shared.clone(), s));
+                        match &self.tls {
+                            None => {
+                                tokio::spawn(crate::conn::serve(shared.clone(), s));
+                            }
+                            Some(a) => {
+                                tokio::spawn(crate::conn::serve_tls(shared.clone(), a.clone(), s));
+                            }
+                        }
                     }
                 }
                 Err(e) => {

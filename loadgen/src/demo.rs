@@ -2,6 +2,9 @@
 //! to the loadgen executable) with embedded configurations on loopback, wait for their
 //! `LISTENING` lines, drive them, and kill them. `compare` runs the same load direct and
 //! through the proxy and prints the ratios of throughput, server CPU per request and p99.
+//! The proxy's links to core-server are TLS (core-server's port speaks TLS with a fresh rcgen
+//! certificate, the proxy's link CA), as a deployment's should be; `--plaintext-links` makes
+//! them plain TCP on loopback. Direct desktops always speak plain TCP to the server.
 //!
 //! Server figures added to the summary's `server` object: `via` (`direct`/`proxy`),
 //! `server_cpu_percent`, `server_cpu_us_per_request`, `proxy_cpu_percent`,
@@ -141,6 +144,11 @@ pub struct StackOpts {
     pub heartbeat_ms: u32,
     /// Agents to provision (`lg-0` ..), one per desktop of the load.
     pub agents: u64,
+    /// The proxy's links to core-server use TLS (the default): core-server's port speaks TLS
+    /// (a self-signed rcgen certificate for 127.0.0.1, which the proxy trusts as its link CA).
+    /// Only with a proxy (direct desktops speak plain TCP). Otherwise the links are plain TCP
+    /// on loopback, with the proxy's explicit `plaintext_links` opt-in.
+    pub link_tls: bool,
 }
 
 impl Default for StackOpts {
@@ -152,6 +160,7 @@ impl Default for StackOpts {
             tls: false,
             heartbeat_ms: 5000,
             agents: 1000,
+            link_tls: true,
         }
     }
 }
@@ -159,7 +168,8 @@ impl Default for StackOpts {
 /// The demo's proxy configuration, pointing at `server`, with desktop heartbeats every
 /// `heartbeat_ms`; with `tls = Some((cert, key))` its TCP port speaks TLS with that
 /// certificate, with `quic = Some((cert, key))` it also takes QUIC desktops on the same port
-/// number (UDP).
+/// number (UDP). With `link_ca = Some(ca)` its links are TLS, verifying the server against
+/// `ca`; otherwise plain TCP on loopback, opted in with `plaintext_links = true`.
 pub fn proxy_config(
     secret: &str,
     server: SocketAddr,
@@ -167,6 +177,7 @@ pub fn proxy_config(
     heartbeat_ms: u32,
     tls: Option<(&Path, &Path)>,
     quic: Option<(&Path, &Path)>,
+    link_ca: Option<&Path>,
 ) -> String {
     let section = |name: &str, files: Option<(&Path, &Path)>| {
         files
@@ -180,13 +191,22 @@ pub fn proxy_config(
             .unwrap_or_default()
     };
     let quic = section("tls", tls) + &section("quic", quic);
+    let links = match link_ca {
+        Some(ca) => format!("\n[link_tls]\nca = \"{}\"\n", ca.display()),
+        None => String::new(),
+    };
+    let plaintext = if link_ca.is_some() {
+        ""
+    } else {
+        "# Loopback links in plain TCP, by choice (`loadgen demo --plaintext-links`).\nplaintext_links = true\n"
+    };
     format!(
         r#"# written by loadgen demo
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 workers = {workers}
 link_secret = "{secret}"
-backlog = 8192
+{plaintext}backlog = 8192
 
 [limits]
 max_desktops = 20000
@@ -198,7 +218,7 @@ name = "demo-core-1"
 service = ["interaction", "ucs"]
 addr = "{server}"
 links = 2
-{quic}"#
+{quic}{links}"#
     )
 }
 
@@ -468,9 +488,11 @@ impl Stack {
         let (proxy_workers, server_outbound_queue) = (o.proxy_workers, o.server_outbound_queue);
         if (o.quic || o.tls) && proxy_workers.is_none() {
             return Err(
-                "TLS and QUIC desktops need the proxy (core-server speaks TCP only)".into(),
+                "TLS and QUIC desktops need the proxy (the demo's core-server speaks TCP to desktops)".into(),
             );
         }
+        // TLS links: only with a proxy (direct desktops speak plain TCP to the server).
+        let link_tls = o.link_tls && proxy_workers.is_some();
         let dir = std::env::temp_dir().join(format!(
             "deskmux-demo-{}-{}",
             std::process::id(),
@@ -482,11 +504,21 @@ impl Stack {
         // A fresh random link secret per stack: nothing published in this repository opens a
         // link (both binaries refuse known and short secrets).
         let secret = random_hex(32)?;
-        std::fs::write(
-            &core_cfg,
-            core_config_with(&dir, server_outbound_queue, &secret),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut core_text = core_config_with(&dir, server_outbound_queue, &secret);
+        let link_ca = if link_tls {
+            let cdir = dir.join("core-tls");
+            std::fs::create_dir_all(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
+            let (cert, key) = crate::tls::self_signed(&cdir, &["127.0.0.1", "localhost"])?;
+            core_text.push_str(&format!(
+                "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+            Some(cert)
+        } else {
+            None
+        };
+        std::fs::write(&core_cfg, core_text).map_err(|e| e.to_string())?;
         let credentials = write_credentials(&dir, o.agents.max(1))?;
         import_credentials(&bins, &core_cfg, &credentials)?;
         let cfg_arg = core_cfg.to_string_lossy().into_owned();
@@ -517,6 +549,7 @@ impl Stack {
                     o.heartbeat_ms,
                     files.filter(|_| o.tls),
                     files.filter(|_| o.quic),
+                    link_ca.as_deref(),
                 );
                 std::fs::write(&pcfg, cfg).map_err(|e| e.to_string())?;
                 let arg = pcfg.to_string_lossy().into_owned();
@@ -646,12 +679,16 @@ mod tests {
             5000,
             None,
             None,
+            None,
         ))
         .unwrap();
         assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
         assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
         assert!(p.get("quic").is_none());
         assert!(p.get("tls").is_none());
+        // Plain links on loopback only with the explicit opt-in.
+        assert_eq!(p["plaintext_links"].as_bool(), Some(true));
+        assert!(p.get("link_tls").is_none());
         let files = Some((Path::new("/d/proxy.crt"), Path::new("/d/proxy.key")));
         let q: toml::Value = toml::from_str(&proxy_config(
             &secret,
@@ -660,8 +697,11 @@ mod tests {
             30_000,
             files,
             files,
+            Some(Path::new("/d/core.crt")),
         ))
         .unwrap();
+        assert_eq!(q["link_tls"]["ca"].as_str(), Some("/d/core.crt"));
+        assert!(q.get("plaintext_links").is_none());
         assert_eq!(q["quic"]["cert"].as_str(), Some("/d/proxy.crt"));
         assert_eq!(q["limits"]["heartbeat_ms"].as_integer(), Some(30_000));
         assert_eq!(q["quic"]["key"].as_str(), Some("/d/proxy.key"));

@@ -90,6 +90,12 @@ struct StackArgs {
     /// three silent intervals close one).
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u32,
+    /// The proxy's links to core-server in plain TCP (loopback, with the proxy's explicit
+    /// `plaintext_links` opt-in). Default: TLS links (core-server's port speaks TLS with a
+    /// self-signed certificate the proxy trusts as its link CA; benches/LINK_TLS.md has the
+    /// cost).
+    #[arg(long)]
+    plaintext_links: bool,
 }
 
 impl StackArgs {
@@ -103,6 +109,7 @@ impl StackArgs {
             quic: transport == Transport::Quic,
             tls: transport == Transport::Tls,
             heartbeat_ms: self.heartbeat_ms,
+            link_tls: !self.plaintext_links,
         }
     }
 }

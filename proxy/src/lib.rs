@@ -73,6 +73,7 @@ pub mod admin;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod link_tls;
 pub mod metrics;
 pub mod partition;
 pub mod quic;

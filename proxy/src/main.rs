@@ -49,6 +49,9 @@ struct Cli {
     /// Start even though `link_secret` is empty, short or a published example (tests only).
     #[arg(long)]
     allow_weak_link_secret: bool,
+    /// Allow plain TCP links to upstreams that configure no TLS (sets `plaintext_links`).
+    #[arg(long)]
+    plaintext_links: bool,
     /// Internal: instances an operator disabled (passed by the supervisor to a worker).
     #[arg(long, hide = true)]
     disabled: Vec<String>,
@@ -90,11 +93,18 @@ fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
             .collect::<Result<Vec<_>, String>>()
             .map_err(anyhow::Error::msg)?;
     }
+    if cli.plaintext_links {
+        cfg.plaintext_links = true;
+    }
     cfg.normalize();
     if cert_files {
         cfg.validate()?;
     } else {
         cfg.validate_settings()?;
+    }
+    // At start, `--check-config` and every SIGHUP: a link in plain TCP is a choice.
+    if let Some(why) = cfg.plaintext_link_refusal() {
+        bail!("refusing the configuration: {why}");
     }
     Ok(cfg)
 }
@@ -223,6 +233,13 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
 }
 
 fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
+    for u in cfg.plaintext_links_off_host() {
+        tracing::warn!(
+            upstream = %u.name,
+            addr = %u.addr,
+            "plaintext link to a non-loopback address: the link secret, desktops' credentials and tenant data cross the network readable (configure [link_tls])"
+        );
+    }
     let (_reserved, listen) =
         reserve_port(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let signals = install_signals()?;
@@ -249,6 +266,9 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     }
     if cli.allow_weak_link_secret {
         worker_args.push("--allow-weak-link-secret".to_string());
+    }
+    if cli.plaintext_links {
+        worker_args.push("--plaintext-links".to_string());
     }
     if let Some(n) = cli.links {
         worker_args.push("--links".to_string());

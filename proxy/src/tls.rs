@@ -1,20 +1,26 @@
-//! TLS for TCP desktops: rustls driven sans-IO inside the worker's mio loop.
+//! TLS over TCP, rustls driven sans-IO inside the worker's mio loop: desktops (the server
+//! side) and upstream links (the client side, [`crate::link_tls`]).
 //!
 //! A [`TlsStream`] wraps a non-blocking `mio::net::TcpStream` and a
-//! [`rustls::ServerConnection`]. It is a plain `Read + Write + Source`, so the worker treats it
-//! like any other desktop socket:
+//! [`rustls::ServerConnection`] (a desktop) or [`rustls::ClientConnection`] (a link). It is a
+//! plain `Read + Write + Source`, so the worker treats it like any other socket:
 //!
 //! - `read` returns decrypted bytes. It pulls TLS records from the socket until plaintext is
 //!   available or the socket would block, processes them, and writes any handshake output
 //!   (server flight, alerts) at once. A handshake failure (bad certificate, wrong ALPN,
 //!   garbage) returns an `InvalidData` error after trying to send rustls' alert, and the worker
-//!   closes only that desktop; it is logged once with the peer and the rustls reason.
+//!   closes only that desktop (or fails that link); it is logged once with the peer and the
+//!   rustls reason.
 //! - `write` / `write_vectored` first flush TLS records still waiting from an earlier write;
 //!   while any remain it answers `WouldBlock` (so the rustls buffer never grows past one
 //!   vectored write of frames). Otherwise it encrypts what it is given, tries to send the
 //!   records, and reports the plaintext as written: records the socket did not take stay
 //!   pending, and the socket's next writable edge makes the worker call `flush`, which sends
 //!   them. The worker also waits for `flush` before dropping a closing desktop.
+//!
+//! A link writes its `LINK_HELLO` (which carries the link secret) as soon as TCP connects:
+//! rustls holds plaintext written before the handshake completes and encrypts it only once the
+//! server's certificate is verified, so the secret never reaches an unverified server.
 //!
 //! The whole desktop handshake (TLS + hello) is bounded by `limits.handshake_ms`, counted from
 //! accept, exactly as for plain TCP. ALPN: the server offers `deskmux/1`; a client offering
@@ -23,10 +29,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::ops::DerefMut;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::ServerConnection;
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
@@ -76,17 +84,18 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| format!("tls.key {}: {e}", path.display()))
 }
 
-/// One TLS desktop connection.
+/// One TLS connection: a desktop's (`ServerConnection`, the default) or a link's
+/// (`ClientConnection`).
 #[derive(Debug)]
-pub struct TlsStream {
+pub struct TlsStream<C = ServerConnection> {
     sock: mio::net::TcpStream,
-    tls: ServerConnection,
+    tls: C,
     peer: SocketAddr,
     /// The peer closed its side (TCP EOF).
     eof: bool,
 }
 
-impl TlsStream {
+impl TlsStream<ServerConnection> {
     /// Start the server side of a handshake on an accepted socket.
     ///
     /// # Errors
@@ -107,7 +116,44 @@ impl TlsStream {
             eof: false,
         })
     }
+}
 
+impl TlsStream<ClientConnection> {
+    /// Start the client side of a handshake on a socket connecting to `peer` (an upstream
+    /// link); `cfg` holds the CA the server's certificate must chain to, `name` the name it
+    /// must carry.
+    ///
+    /// # Errors
+    /// rustls refused to create the connection (not expected with a valid configuration).
+    pub fn connect(
+        sock: mio::net::TcpStream,
+        cfg: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+        peer: SocketAddr,
+    ) -> io::Result<Self> {
+        let mut tls = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
+        // The LINK_HELLO is written before the handshake completes: rustls keeps it (whole)
+        // until the server is verified.
+        tls.set_buffer_limit(None);
+        Ok(TlsStream {
+            sock,
+            tls,
+            peer,
+            eof: false,
+        })
+    }
+
+    /// The TCP socket (connect progress: `take_error`, `peer_addr`).
+    pub fn tcp(&self) -> &mio::net::TcpStream {
+        &self.sock
+    }
+}
+
+impl<C, D> TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData + 'static,
+{
     /// The negotiated ALPN protocol, once the handshake is done.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.tls.alpn_protocol()
@@ -141,7 +187,11 @@ impl TlsStream {
     }
 }
 
-impl Read for TlsStream {
+impl<C, D> Read for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData + 'static,
+{
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
@@ -164,7 +214,7 @@ impl Read for TlsStream {
                 // Best effort: rustls queued an alert that tells the client why.
                 let _ = self.send_pending();
                 let handshaking = self.tls.is_handshaking();
-                warn!(peer = %self.peer, error = %e, handshaking, "tls error; closing desktop");
+                warn!(peer = %self.peer, error = %e, handshaking, "tls error; closing");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             // Handshake flights and key updates go out now; what the socket does not take
@@ -174,7 +224,11 @@ impl Read for TlsStream {
     }
 }
 
-impl Write for TlsStream {
+impl<C, D> Write for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData + 'static,
+{
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[io::IoSlice::new(buf)])
     }
@@ -197,4 +251,27 @@ impl Write for TlsStream {
     }
 }
 
-delegate_source!(TlsStream, sock);
+// By hand: `delegate_source!` takes no generic parameters.
+impl<C> mio::event::Source for TlsStream<C> {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.sock.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.sock.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.sock.deregister(registry)
+    }
+}

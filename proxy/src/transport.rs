@@ -258,6 +258,91 @@ pub fn reserve_port(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
     Ok((s, local))
 }
 
+/// An upstream link's connection: plain TCP (with the explicit opt-in) or TLS, the proxy
+/// being the client ([`crate::link_tls`]).
+#[derive(Debug)]
+pub enum LinkStream {
+    /// Plain TCP.
+    Plain(mio::net::TcpStream),
+    /// TLS over TCP (boxed: the rustls state is a few KiB).
+    Tls(Box<crate::tls::TlsStream<rustls::ClientConnection>>),
+}
+
+impl LinkStream {
+    /// The TCP socket underneath (connect progress: `take_error`, `peer_addr`).
+    pub fn tcp(&self) -> &mio::net::TcpStream {
+        match self {
+            LinkStream::Plain(s) => s,
+            LinkStream::Tls(s) => s.tcp(),
+        }
+    }
+}
+
+impl io::Read for LinkStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            LinkStream::Plain(s) => s.read(buf),
+            LinkStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for LinkStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LinkStream::Plain(s) => s.write(buf),
+            LinkStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            LinkStream::Plain(s) => s.write_vectored(bufs),
+            LinkStream::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LinkStream::Plain(s) => s.flush(),
+            LinkStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Source for LinkStream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            LinkStream::Plain(s) => s.register(registry, token, interests),
+            LinkStream::Tls(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            LinkStream::Plain(s) => s.reregister(registry, token, interests),
+            LinkStream::Tls(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            LinkStream::Plain(s) => s.deregister(registry),
+            LinkStream::Tls(s) => s.deregister(registry),
+        }
+    }
+}
+
 /// Start a non-blocking connect to an upstream, with `TCP_NODELAY`.
 ///
 /// # Errors

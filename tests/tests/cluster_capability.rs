@@ -85,6 +85,7 @@ async fn submits_round_robin_by_queue_and_unsent_ones_move() {
 admin = "127.0.0.1:0"
 workers = 1
 link_secret = "{SECRET}"
+plaintext_links = true
 
 [clusters.urs]
 capability_key = "queue"

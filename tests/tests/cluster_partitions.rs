@@ -44,6 +44,7 @@ async fn keys_go_to_their_partition() {
 admin = "127.0.0.1:0"
 workers = 1
 link_secret = "{SECRET}"
+plaintext_links = true
 
 [clusters.ucs]
 partition_key = "phone"

@@ -167,6 +167,7 @@ async fn primary_killed_switches_to_standby_within_a_second() {
 admin = "127.0.0.1:0"
 workers = 2
 link_secret = "{SECRET}"
+plaintext_links = true
 
 [limits]
 link_backoff_min_ms = 50

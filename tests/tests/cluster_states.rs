@@ -67,6 +67,7 @@ async fn disable_enable_unavailable_stopped() {
 admin = "127.0.0.1:0"
 workers = 2
 link_secret = "{SECRET}"
+plaintext_links = true
 
 [limits]
 link_heartbeat_ms = 100

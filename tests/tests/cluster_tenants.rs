@@ -22,6 +22,7 @@ fn write_cfg(path: &Path, ixn: SocketAddr, a: SocketAddr, b: SocketAddr, t1: &st
 admin = "127.0.0.1:0"
 workers = 2
 link_secret = "{SECRET}"
+plaintext_links = true
 
 [[upstream]]
 name = "ixn"

@@ -51,6 +51,15 @@
 //! id = 7
 //! ucs = "ucs-2"
 //!
+//! # Link security: TLS per upstream, or plain TCP only when switched on explicitly.
+//! plaintext_links = false          # true: upstreams without TLS may use plain TCP links
+//! [link_tls]                       # TLS on every link (unless an upstream says tls = false)
+//! ca = "/etc/deskmux/core-ca.pem"  # CA(s) the servers' certificates must chain to
+//! client_cert = "..."              # optional: mutual TLS (core-server's tls.client_ca)
+//! client_key = "..."
+//! # and per [[upstream]], overriding: tls = true|false, ca, server_name (default: addr's IP),
+//! # client_cert, client_key
+//!
 //! [tls]                            # optional: TLS on the desktop TCP port (absent: plain TCP)
 //! cert = "/etc/deskmux/proxy.crt"  # PEM chain, leaf first; re-read on SIGHUP (rotation)
 //! key = "/etc/deskmux/proxy.key"   # PEM private key; ALPN offered: deskmux/1
@@ -64,6 +73,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -153,6 +163,14 @@ links = 2
 # [[tenant]]                    # tenant routing: tenant 7's UCS only on instance "ucs-2"
 # id = 7
 # ucs = "ucs-2"
+
+# Links to core-server: TLS, verified against the CA that signed core-server's certificate
+# (uncomment and point at your CA). Without it the links are plain TCP, which the proxy
+# refuses to start with unless `plaintext_links = true` (or `tls = false` on the upstream).
+# [link_tls]
+# ca = "/etc/deskmux/core-ca.pem"
+# client_cert = "/etc/deskmux/proxy-link.crt"   # mutual TLS (core-server tls.client_ca)
+# client_key = "/etc/deskmux/proxy-link.key"
 
 # [tls]                         # TLS on the desktop TCP port (absent: plain TCP)
 # cert = "/etc/deskmux/proxy.crt"
@@ -246,6 +264,26 @@ pub struct Upstream {
     /// new sessions go to the backup. Default: none.
     #[serde(default)]
     pub backup: Option<String>,
+    /// TLS on this instance's links: `true` (needs a `ca`, here or in `[link_tls]`), `false`
+    /// (plain TCP, explicitly: the opt-in `plaintext_links` gives for every upstream).
+    /// Default: TLS when `[link_tls]` is present or `ca` is set here; otherwise plain TCP,
+    /// which the proxy refuses to start with unless `plaintext_links = true`.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// PEM file of the CA(s) the server's certificate must chain to. Default: `[link_tls]`'s.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (DNS name or IP address). Default: the IP
+    /// address of `addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM certificate chain presented to the server (mutual TLS, core-server's
+    /// `tls.client_ca`). Default: `[link_tls]`'s; none: no client certificate.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`. Default: `[link_tls]`'s.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -272,6 +310,11 @@ impl Upstream {
             cluster: String::new(),
             capabilities: Vec::new(),
             backup: None,
+            tls: None,
+            ca: None,
+            server_name: None,
+            client_cert: None,
+            client_key: None,
         })
     }
 }
@@ -476,6 +519,32 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// QUIC desktops on UDP, same port number as `listen` (`[quic]`). Default: none.
     pub quic: Option<Quic>,
+    /// TLS on every upstream link that does not say `tls = false` (`[link_tls]`; each
+    /// upstream may override its fields). Default: none.
+    pub link_tls: Option<LinkTls>,
+    /// Allow links in plain TCP to upstreams that configure no TLS. Without it (the
+    /// default), the proxy refuses to start (and a SIGHUP is not applied) while such an
+    /// upstream exists: a plaintext link carries the link secret and every desktop's
+    /// credential readable. A plaintext link to a non-loopback address is logged as a
+    /// warning at start. `--plaintext-links` sets it. Default false.
+    pub plaintext_links: bool,
+}
+
+/// TLS for upstream links (`[link_tls]`), the defaults of every `[[upstream]]`'s `ca`,
+/// `client_cert` and `client_key`. The proxy offers ALPN `deskmux/1`, verifies the server's
+/// certificate against `ca` and the upstream's `server_name`, and writes `LINK_HELLO` (the
+/// link secret) only once it did. The files are read when a worker starts and again on
+/// SIGHUP (new links use the new files; files that cannot be used keep the previous ones).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkTls {
+    /// PEM file of the CA(s) that sign the servers' certificates. Required here or on each
+    /// TLS upstream.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain presented to servers (mutual TLS). Default: none.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// QUIC desktops (always encrypted: TLS 1.3 inside QUIC, ALPN `deskmux/1`).
@@ -569,6 +638,8 @@ impl Default for Config {
             tenant: Vec::new(),
             tls: None,
             quic: None,
+            link_tls: None,
+            plaintext_links: false,
         }
     }
 }

@@ -79,6 +79,7 @@ impl Config {
                     u.name
                 ));
             }
+            self.link_security(u).map_err(ConfigError::Invalid)?;
         }
         if let Some(q) = &self.quic {
             if self.quic_cert().is_none() {
@@ -95,7 +96,7 @@ impl Config {
     }
 
     /// Load the `[tls]` and `[quic]` certificate and key files and check that each key
-    /// matches its certificate. Separate from [`Config::validate_settings`] because a SIGHUP
+    /// matches its certificate; load every TLS link's CA and client certificate. Separate from [`Config::validate_settings`] because a SIGHUP
     /// reload must not be refused for bad certificate files: the worker then keeps its
     /// previous certificate and applies the rest.
     ///
@@ -108,7 +109,7 @@ impl Config {
         if let Some((cert, key)) = self.quic_cert() {
             crate::quic::crypto_config(&cert, &key).map_err(ConfigError::Invalid)?;
         }
-        Ok(())
+        self.check_link_tls_files().map_err(ConfigError::Invalid)
     }
 
     /// Names, clusters, backup pairs and tenant routes (after [`Config::normalize`]; names

@@ -248,6 +248,11 @@ mod tests {
             cluster: cluster.into(),
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
             backup: None,
+            tls: None,
+            ca: None,
+            server_name: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 

@@ -11,6 +11,11 @@ fn up(services: &[u8], port: u16) -> Upstream {
         cluster: String::new(),
         capabilities: Vec::new(),
         backup: None,
+        tls: None,
+        ca: None,
+        server_name: None,
+        client_cert: None,
+        client_key: None,
     }
 }
 

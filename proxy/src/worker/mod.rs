@@ -83,8 +83,21 @@ impl std::fmt::Debug for WorkerOpts {
 /// A link's socket.
 struct LinkSock {
     generation: u32,
-    sock: mio::net::TcpStream,
+    sock: crate::transport::LinkStream,
     connected: bool,
+}
+
+/// How an instance's links connect (cached per router instance: built once from the
+/// configuration, rebuilt on SIGHUP).
+#[derive(Clone)]
+enum LinkSec {
+    /// Plain TCP (the configuration opted in).
+    Plain,
+    /// TLS with this client configuration (CA, client certificate), verifying this name.
+    Tls(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
 }
 
 /// The worker: sockets around a core.
@@ -98,6 +111,8 @@ pub struct Worker {
     desktops: Vec<Option<(u32, DesktopStream)>>,
     /// Link sockets by link index.
     links: Vec<Option<LinkSock>>,
+    /// Link security by router instance (see [`LinkSec`]).
+    link_tls: std::collections::HashMap<usize, LinkSec>,
     /// Closed desktops' sockets finishing their last bytes (see `close_stream`).
     lingering: Vec<(Instant, DesktopStream)>,
     scratch: Vec<u8>,
@@ -159,6 +174,7 @@ impl Worker {
             listener: Some(listener),
             quic,
             links: (0..core.links().len()).map(|_| None).collect(),
+            link_tls: std::collections::HashMap::new(),
             core,
             desktops: Vec::new(),
             lingering: Vec::new(),

@@ -25,6 +25,19 @@ impl Worker {
             self.links.resize_with(n, || None);
         }
         self.cfg = new;
+        // After `self.cfg`: link TLS settings come from the new configuration.
+        let (applied, failed) = self.reload_link_tls();
+        self.metrics.cert_reloads.inc_by(applied);
+        self.status
+            .cert_reloads
+            .fetch_add(applied, Ordering::Relaxed);
+        for reason in failed {
+            warn!(error = %reason, "SIGHUP: link tls files not reloaded; keeping the previous ones");
+            self.metrics.cert_reload_failures.inc();
+            self.status
+                .cert_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.status.reloads.fetch_add(1, Ordering::Relaxed);
     }
 

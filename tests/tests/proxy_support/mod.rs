@@ -80,8 +80,12 @@ pub fn proxy_config(
     links: u16,
     limits: &str,
 ) -> PathBuf {
+    // Loopback links in plain TCP by explicit choice (the proxy refuses them otherwise). A
+    // test that wants TLS links appends a `[link_tls]` section: it makes every upstream TLS,
+    // and the opt-in then permits nothing.
+    let links_security = "plaintext_links = true\n";
     let mut s = format!(
-        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = {workers}\nlink_secret = \"{SECRET}\"\n\n[limits]\n{limits}\n"
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = {workers}\nlink_secret = \"{SECRET}\"\n{links_security}\n[limits]\n{limits}\n"
     );
     for (i, (svc, addr)) in upstreams.iter().enumerate() {
         s.push_str(&format!(
