@@ -3,11 +3,11 @@
 //!
 //! Every agent id a test logs in with must have a credential (the hello's agent is bound to
 //! it). Rather than each test provisioning its own, a server started by the test support gets
-//! the same set: the literal names below and `agent-0` .. `agent-4095`, in tenants 1 and 2,
+//! the same set: the literal names below and `agent-0` .. `agent-255`, in tenants 1 and 2,
 //! each tenant with one password ([`provision`]'s `passwords`). A test that needs a new name
 //! uses [`agent`] or adds it to [`NAMED`].
 //!
-//! The hashes use argon2id's cheapest parameters so that provisioning 8,000 agents costs a
+//! The hashes use argon2id's cheapest parameters so that provisioning ~660 agents costs a
 //! fraction of a second; tests of the default cost provision their own.
 
 use std::io::Write;
@@ -107,7 +107,7 @@ pub const NAMED: &[&str] = &[
 ];
 
 /// How many numbered agents (`agent-N`) each tenant gets.
-pub const NUMBERED: usize = 4096;
+pub const NUMBERED: usize = 256;
 
 /// The numbered agent `n` (wrapping at [`NUMBERED`]).
 pub fn agent(n: usize) -> String {
