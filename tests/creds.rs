@@ -129,18 +129,20 @@ pub fn import_lines(passwords: &[(u32, &str)], numbered: bool) -> String {
     s
 }
 
-/// Run `core-server --config CONFIG creds import` with `lines` on stdin (cheap argon2).
+/// Run `core-server --config CONFIG creds ARGS` with `stdin` written to its standard input
+/// (where the command reads secrets); returns its output.
 ///
 /// # Errors
-/// The binary is missing or the import failed.
-pub fn import(config: &Path, lines: &str) -> Result<()> {
+/// The binary is missing or could not be run.
+pub fn run(config: &Path, args: &[&str], stdin: &str) -> Result<std::process::Output> {
     let bin = crate::bin_path("core-server");
     let mut child = Command::new(&bin)
-        .args(["--config"])
+        .arg("--config")
         .arg(config)
-        .args(["creds", "import", "--argon2-m-kib", "8", "--argon2-t", "1"])
+        .arg("creds")
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn {}", bin.display()))?;
@@ -148,8 +150,20 @@ pub fn import(config: &Path, lines: &str) -> Result<()> {
         .stdin
         .take()
         .context("stdin")?
-        .write_all(lines.as_bytes())?;
-    let out = child.wait_with_output()?;
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+/// Run `core-server --config CONFIG creds import` with `lines` on stdin (cheap argon2).
+///
+/// # Errors
+/// The binary is missing or the import failed.
+pub fn import(config: &Path, lines: &str) -> Result<()> {
+    let out = run(
+        config,
+        &["import", "--argon2-m-kib", "8", "--argon2-t", "1"],
+        lines,
+    )?;
     if !out.status.success() {
         bail!(
             "creds import failed: {}",

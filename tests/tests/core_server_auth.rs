@@ -11,7 +11,7 @@ mod core_server_support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use core_server_support::*;
@@ -23,23 +23,7 @@ const BOB_PW: &str = "bob-battery-staple";
 
 /// Run `core-server --config CFG creds ARGS` with `stdin`; returns (success, stdout, stderr).
 fn creds(cfg: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(cfg)
-        .arg("creds")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn creds");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = deskmux_tests::creds::run(cfg, args, stdin).expect("run creds");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
