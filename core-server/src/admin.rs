@@ -110,9 +110,9 @@ async fn session(shared: Arc<Shared>, s: TcpStream, token: Option<Arc<Vec<u8>>>)
         let cmd = line.trim();
         let mutating = matches!(cmd, "unavailable" | "available" | "shutdown");
         if let Some(t) = cmd.strip_prefix("token ") {
-            authorized = token.as_ref().is_some_and(|want| {
-                bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), want.as_slice()))
-            });
+            authorized = token
+                .as_ref()
+                .is_some_and(|want| crate::auth::secret::ct_eq(t.as_bytes(), want));
             let answer = if authorized {
                 "ok\n"
             } else {

@@ -867,7 +867,7 @@ impl Conn {
             self.closing = true;
             return;
         }
-        if !ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
+        if !crate::auth::secret::ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
             tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: bad link secret");
             self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
             self.closing = true;
@@ -905,9 +905,4 @@ impl Conn {
             self.opening.insert(h.session);
         }
     }
-}
-
-/// Compare secrets in constant time (`subtle`); an empty configured secret matches nothing.
-fn ct_eq(presented: &[u8], configured: &[u8]) -> bool {
-    !configured.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(presented, configured))
 }

@@ -260,7 +260,7 @@ fn authorized(app: &App, h: &HeaderMap) -> Result<(), (StatusCode, &'static str)
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    if bool::from(subtle::ConstantTimeEq::ct_eq(got, want.as_slice())) {
+    if crate::auth::secret::ct_eq(got, want) {
         Ok(())
     } else {
         tracing::warn!("http admin: a mutating request without the admin token was refused");

@@ -37,6 +37,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Whether `presented` equals the `configured` secret, compared in constant time (`subtle`);
+/// an empty configured secret matches nothing. Used for the link secret and the admin token.
+pub fn ct_eq(presented: &[u8], configured: &[u8]) -> bool {
+    !configured.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(presented, configured))
+}
+
 /// Hashing failed (bad parameters, no randomness).
 #[derive(Debug, thiserror::Error)]
 #[error("secret hashing: {0}")]
