@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use core_server_support::*;
-use deskmux_codec::msg::{key, ucs};
+use deskmux_codec::msg::{ixn, key, ucs};
 use deskmux_codec::{BodyError, BodyWriter, ErrorCode, Frame, Head, Kind, RetryClass, Service};
 use deskmux_tests::Proc;
 
@@ -192,6 +192,102 @@ fn failed_begin_applies_nothing() {
     );
     // The lock is free again: writes succeed.
     ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("after", "lock"))));
+    s.kill9();
+}
+
+/// While another process holds the database's write lock, a write of the engine fails; the
+/// answer comes after the server's busy timeout, so the test holds the lock until then.
+fn failed_ixn_write(
+    dir: &Path,
+    c: &mut Client,
+    ty: u16,
+    body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
+) {
+    let other = rusqlite::Connection::open(db_path(dir)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = c.ixn(ty, body);
+    other.execute_batch("ROLLBACK").unwrap();
+    storage_failure(&r);
+}
+
+/// An interaction write that fails changes nothing in memory either: the server goes on as the
+/// database has it. (Before, memory changed first: a failed `ACCEPT` left an interaction owned
+/// in memory and queued on disk, a failed `STOP_PROCESSING` dropped it from memory and freed
+/// the agent, and a failed `CHANGE_PROPERTIES` kept the new properties and announced them.)
+#[test]
+fn a_failed_interaction_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 60_000, "sqlite_busy_timeout_ms = 200\n");
+    let mut s = Server::start(&cfg, &[]);
+    let mut a = Client::desktop(s.addr, T1, "a", TOKEN1);
+    ok(a.ixn(ixn::AGENT_LOGIN, |_| Ok(())));
+    ok(a.ixn(ixn::AGENT_READY, |_| Ok(())));
+    let mut media = Client::desktop(s.addr, T1, "media", TOKEN1);
+    let submit = |m: &mut Client| {
+        let r = ok(m.ixn(ixn::SUBMIT, |w| {
+            w.str(key::QUEUE, "q")?;
+            props(w, key::PROPS, &[("k", "v1")])
+        }));
+        int(&r, key::INTERACTION)
+    };
+    let x = submit(&mut media);
+    let on = |id: i64| {
+        move |w: &mut BodyWriter<'_>| {
+            w.int(key::INTERACTION, id);
+            Ok(())
+        }
+    };
+    let invited = |c: &mut Client, id: i64| {
+        c.wait_for(WAIT, |f| {
+            f.head().msg_type == ixn::INVITE && f.body().int(key::INTERACTION) == Ok(id)
+        })
+        .is_some()
+    };
+    assert!(invited(&mut a, x), "a is invited to {x}");
+
+    // ACCEPT fails: still an invite, so accepting again works.
+    failed_ixn_write(dir.path(), &mut a, ixn::ACCEPT, on(x));
+    ok(a.ixn(ixn::ACCEPT, on(x)));
+
+    // CHANGE_PROPERTIES fails: the properties are as before, and no event announced the
+    // change that did not happen. The next change's event shows the whole list.
+    failed_ixn_write(dir.path(), &mut a, ixn::CHANGE_PROPERTIES, |w| {
+        w.int(key::INTERACTION, x);
+        props(w, key::PROPS, &[("k", "v2")])
+    });
+    ok(a.ixn(ixn::CHANGE_PROPERTIES, |w| {
+        w.int(key::INTERACTION, x);
+        props(w, key::PROPS, &[("k2", "w")])
+    }));
+    let ev = a
+        .event(ixn::PROPERTIES_CHANGED, WAIT)
+        .expect("PROPERTIES_CHANGED");
+    let l = ev.body().list(key::PROPS).unwrap();
+    assert_eq!(
+        (l.str("k").unwrap(), l.str("k2").unwrap()),
+        ("v1", "w"),
+        "the first PROPERTIES_CHANGED is the committed change, over the old properties"
+    );
+
+    // STOP_PROCESSING fails: a still owns x, so a new interaction is not offered to it, and
+    // stopping x again works.
+    failed_ixn_write(dir.path(), &mut a, ixn::STOP_PROCESSING, on(x));
+    let y = submit(&mut media);
+    ok(a.ixn(ixn::STOP_PROCESSING, on(x)));
+    // Only now is a free: its next invite is y, and nothing was offered in between.
+    let first = a
+        .event(ixn::INVITE, WAIT)
+        .expect("an invite once x is done");
+    assert_eq!(int(&first, key::INTERACTION), y);
+
+    // What the server holds is what a restarted server finds: y, offered to a again.
+    s.kill9();
+    let mut s = Server::start(&cfg, &[]);
+    let mut a = Client::desktop(s.addr, T1, "a", TOKEN1);
+    ok(a.ixn(ixn::AGENT_LOGIN, |_| Ok(())));
+    ok(a.ixn(ixn::AGENT_READY, |_| Ok(())));
+    assert!(invited(&mut a, y), "y survives the restart");
+    err(&a.ixn(ixn::ACCEPT, on(x)), ErrorCode::NOT_FOUND);
     s.kill9();
 }
 
