@@ -16,6 +16,7 @@
 //! max_frame = 2097152            # largest frame (head + body) accepted and sent, bytes (>= 131072)
 //! max_in_flight = 256            # requests a session may have outstanding
 //! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
+//! request_timeout_ms = 10000     # a request still queued after this is answered OVERLOADED, not run
 //! outbound_queue = 8192          # frames queued per desktop connection before it is a slow consumer
 //! outbound_queue_bytes = 8388608 # bytes queued per desktop connection before it is a slow consumer
 //! link_outbound_queue = 262144   # frames queued per proxy link; past half, the link's reads pause
@@ -197,6 +198,13 @@ pub struct Config {
     pub max_in_flight: u32,
     /// Invite timeout in ms. Default 30000.
     pub invite_timeout_ms: u32,
+    /// A request's deadline in ms from its arrival: one still waiting in the engine's or the DB
+    /// worker's queue then is answered `OVERLOADED` (nothing applied; a retry is safe) instead
+    /// of being run for a client that has likely given up. A request that has started is
+    /// always finished and answered. Below the proxy's `request_timeout_ms` (default 30000), so
+    /// that its desktops get this definite answer rather than `TIMEOUT` (outcome unknown).
+    /// 1 to 3600000. Default 10000.
+    pub request_timeout_ms: u32,
     /// Frames queued towards one connection before it counts as a slow consumer. Default 8192.
     pub outbound_queue: usize,
     /// Bytes queued towards one direct connection before it counts as a slow consumer (it is
@@ -333,6 +341,7 @@ impl Default for Config {
             max_frame: 2 * 1024 * 1024,
             max_in_flight: 256,
             invite_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
             outbound_queue: 8192,
             outbound_queue_bytes: 8 * 1024 * 1024,
             link_outbound_queue: 262_144,
@@ -392,6 +401,9 @@ impl Config {
         }
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
+        }
+        if !(1..=3_600_000).contains(&self.request_timeout_ms) {
+            return bad("request_timeout_ms must be 1 to 3600000 (one hour)");
         }
         if self.max_in_flight == 0
             || self.outbound_queue == 0

@@ -624,11 +624,14 @@ impl Conn {
                 "too many requests in flight",
             );
         }
+        // Its deadline (`request_timeout_ms`): not started by then, it is not run at all.
+        let timeout = std::time::Duration::from_millis(self.shared.cfg.request_timeout_ms.into());
+        let deadline = std::time::Instant::now() + timeout;
         match h.service {
             Service::Interaction => match self.shared.engine.get() {
                 Some(e) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
-                    match e.request(Input::Request(sess.key, f)) {
+                    match e.request(Input::Request(sess.key, f, deadline)) {
                         Ok(()) => {}
                         Err(Refused::Full) => sess.peer.reply(wire::error(
                             &h,
@@ -647,7 +650,8 @@ impl Conn {
             _ => match self.shared.db.get() {
                 Some(db) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
-                    crate::ucs::handle(db, sess.tenant, self.answer_max, &f, sess.peer.clone());
+                    let (max, peer) = (self.answer_max, sess.peer.clone());
+                    crate::ucs::handle(db, sess.tenant, max, &f, peer, deadline);
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },

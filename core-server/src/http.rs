@@ -119,6 +119,11 @@ async fn metrics(State(app): State<App>) -> Response {
             "Requests answered OVERLOADED because db_queue was full",
             load(&db.gauge().refused),
         );
+        t.counter(
+            "db_expired",
+            "Storage operations not run: they waited past request_timeout_ms",
+            load(&db.stats.expired),
+        );
     }
     if let Some(e) = s.engine.get() {
         t.gauge(
@@ -230,6 +235,7 @@ async fn status(State(app): State<App>) -> Response {
             "batches": load(&db.stats.batches),
             "operations": load(&db.stats.ops),
             "max_batch": load(&db.stats.max_batch),
+            "expired": load(&db.stats.expired),
         });
     }
     if let Some(a) = s.auth.get() {

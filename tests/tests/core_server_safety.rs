@@ -291,6 +291,53 @@ fn a_failed_interaction_write_changes_nothing() {
     s.kill9();
 }
 
+/// A request still queued when its deadline (`request_timeout_ms`) passes is answered
+/// `OVERLOADED` and not run. The DB worker is held inside a `BEGIN` that waits for another
+/// process's write lock (`busy_timeout`, much longer than the deadline); a request sent then
+/// waits in the queue behind it. Before deadlines it would have been run after the wait (here:
+/// failed its own `BEGIN` in turn, after a second full `busy_timeout`).
+#[test]
+fn a_request_queued_past_its_deadline_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        "sqlite_busy_timeout_ms = 3000\nrequest_timeout_ms = 100\nhttp_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut s = Server::start(&cfg, &[]);
+    let http = http_addr(&mut s);
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("warm", "up"))));
+    let batches = |what: &str| {
+        let (code, body) = core_server_support::http(http, "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        sample(&body, what).unwrap_or_else(|| panic!("no {what} in {body}"))
+    };
+    let before = batches("deskmux_core_db_batches_total");
+    let other = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    send_create(&mut c, 900_001, &one("deadline", "held"));
+    // The worker has taken the first create's batch: it is inside BEGIN, waiting for the lock.
+    let end = Instant::now() + WAIT;
+    while batches("deskmux_core_db_batches_total") <= before {
+        assert!(Instant::now() < end, "the worker never took the batch");
+        std::thread::yield_now();
+    }
+    send_create(&mut c, 900_002, &one("deadline", "queued"));
+    let got = collect(&mut c, &[900_001, 900_002], Instant::now() + WAIT, false);
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    assert_eq!(got.len(), 2, "both are answered");
+    storage_failure(&got[&900_001]);
+    let (code, msg) = got[&900_002].error().expect("an error");
+    assert_eq!(code, ErrorCode::OVERLOADED, "{msg}");
+    assert!(msg.contains("request_timeout_ms"), "{msg}");
+    assert_eq!(batches("deskmux_core_db_expired_total"), 1.0);
+    assert_eq!(count(&mut c, "deadline", "queued"), 0, "not run");
+    assert_eq!(count(&mut c, "deadline", "held"), 0, "its BEGIN failed");
+    s.kill9();
+}
+
 /// Writes made by [`DiskFull`], to check after the fact that exactly the acknowledged ones exist.
 #[derive(Default)]
 struct Ledger {

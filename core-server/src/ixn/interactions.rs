@@ -42,22 +42,26 @@ impl Engine {
             peer: peer.clone(),
         });
         let me = self.me.clone();
-        let ok = self.db.submit(Box::new(move |s: &mut dyn Store| -> Finish {
-            let r = s.ixn_put(&row);
-            Box::new(move |c: Result<(), &StoreError>| match (c, r) {
-                (Ok(()), Ok(())) => {
-                    me.control(Input::Submitted(pending));
-                }
-                (Err(e), _) => {
-                    let req = pending.req;
-                    pending.peer.reply(wire::storage_error(&req, e));
-                }
-                (Ok(()), Err(e)) => {
-                    let req = pending.req;
-                    pending.peer.reply(wire::storage_error(&req, &e));
-                }
-            })
-        }));
+        let deadline = self.deadline;
+        let ok = self.db.submit(
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let r = s.ixn_put(&row);
+                Box::new(move |c: Result<(), &StoreError>| match (c, r) {
+                    (Ok(()), Ok(())) => {
+                        me.control(Input::Submitted(pending));
+                    }
+                    (Err(e), _) => {
+                        let req = pending.req;
+                        pending.peer.reply(wire::storage_error(&req, e));
+                    }
+                    (Ok(()), Err(e)) => {
+                        let req = pending.req;
+                        pending.peer.reply(wire::storage_error(&req, &e));
+                    }
+                })
+            }),
+            deadline,
+        );
         if !ok {
             return bad(ErrorCode::UNAVAILABLE, "storage stopped");
         }
@@ -172,28 +176,32 @@ impl Engine {
             ok,
             failed: None,
         });
-        let submitted = self.db.submit(Box::new(move |s: &mut dyn Store| -> Finish {
-            let r = s.ixn_put(&row).and_then(|()| match history {
-                // Recorded only if the contact exists in this tenant.
-                Some((c, subject, text)) => s
-                    .history_insert(tenant, c, id as i64, &subject, &text, wire::now_us())
-                    .map(drop),
-                None => Ok(()),
-            });
-            Box::new(move |c: Result<(), &StoreError>| {
-                let e = match (c, &r) {
-                    (Ok(()), Ok(())) => None,
-                    (_, Err(e)) => {
-                        tracing::error!("interaction storage error: {e}");
-                        Some(e)
-                    }
-                    (Err(e), _) => Some(e),
-                };
-                w.failed = e.map(|e| wire::storage_error(&w.req, e));
-                // The engine is gone only when the process is stopping: nobody to answer.
-                me.control(Input::Written(w));
-            })
-        }));
+        let deadline = self.deadline;
+        let submitted = self.db.submit(
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let r = s.ixn_put(&row).and_then(|()| match history {
+                    // Recorded only if the contact exists in this tenant.
+                    Some((c, subject, text)) => s
+                        .history_insert(tenant, c, id as i64, &subject, &text, wire::now_us())
+                        .map(drop),
+                    None => Ok(()),
+                });
+                Box::new(move |c: Result<(), &StoreError>| {
+                    let e = match (c, &r) {
+                        (Ok(()), Ok(())) => None,
+                        (_, Err(e)) => {
+                            tracing::error!("interaction storage error: {e}");
+                            Some(e)
+                        }
+                        (Err(e), _) => Some(e),
+                    };
+                    w.failed = e.map(|e| wire::storage_error(&w.req, e));
+                    // The engine is gone only when the process is stopping: nobody to answer.
+                    me.control(Input::Written(w));
+                })
+            }),
+            deadline,
+        );
         if !submitted {
             return bad(ErrorCode::UNAVAILABLE, "storage stopped");
         }
@@ -340,12 +348,12 @@ impl Engine {
 
     /// Hold `frame` of session `key` until interaction `id`'s write resolves; `false` if the
     /// bounds on waiting requests (per interaction and in all) are reached.
-    pub(super) fn defer(&mut self, id: u64, key: SessKey, frame: Frame) -> bool {
+    pub(super) fn defer(&mut self, id: u64, key: SessKey, frame: Frame, deadline: Instant) -> bool {
         let q = self.deferred.entry(id).or_default();
         if q.len() >= MAX_WAITING_PER_IXN || self.deferred_total >= MAX_WAITING {
             return false;
         }
-        q.push_back((key, frame));
+        q.push_back((key, frame, deadline));
         self.deferred_total += 1;
         true
     }
@@ -357,12 +365,12 @@ impl Engine {
             let Some(q) = self.deferred.get_mut(&id) else {
                 return;
             };
-            let Some((key, frame)) = q.pop_front() else {
+            let Some((key, frame, deadline)) = q.pop_front() else {
                 self.deferred.remove(&id);
                 return;
             };
             self.deferred_total -= 1;
-            self.request(now, key, frame);
+            self.request(now, key, frame, deadline);
         }
     }
 

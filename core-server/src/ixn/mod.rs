@@ -83,8 +83,10 @@ pub enum Input {
         /// Its topic.
         topic: String,
     },
-    /// A request of service 1 (not ECHO), already checked for session and tenant.
-    Request(SessKey, Frame),
+    /// A request of service 1 (not ECHO), already checked for session and tenant, with its
+    /// deadline (`request_timeout_ms` from its arrival): not started by then, it is answered
+    /// `OVERLOADED` and not run.
+    Request(SessKey, Frame, Instant),
     /// A submitted interaction is durable.
     Submitted(Box<Pending>),
     /// A change to an interaction was committed, or failed (see [`Engine`]'s persistence).
@@ -267,9 +269,12 @@ pub struct Engine {
     invite_gen: u64,
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     subs: Subs,
-    /// Requests waiting for an interaction's write, by interaction.
-    deferred: HashMap<u64, VecDeque<(SessKey, Frame)>>,
+    /// Requests waiting for an interaction's write, by interaction, with their deadlines.
+    deferred: HashMap<u64, VecDeque<(SessKey, Frame, Instant)>>,
     deferred_total: usize,
+    /// The deadline of the request being handled: the writes it makes carry it to the DB
+    /// worker, which does not run them past it.
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -314,6 +319,7 @@ impl Engine {
             subs: Subs::default(),
             deferred: HashMap::new(),
             deferred_total: 0,
+            deadline: None,
         };
         // Rows come ordered by queue position.
         for r in rows {
@@ -384,7 +390,7 @@ impl Engine {
                 tenant,
                 topic,
             } => self.subs.unsubscribe(Owner::Link(link), tenant, &topic),
-            Input::Request(key, frame) => self.request(now, key, frame),
+            Input::Request(key, frame, deadline) => self.request(now, key, frame, deadline),
             Input::Submitted(p) => self.submitted(now, *p),
             Input::Written(w) => self.written(now, *w),
         }
@@ -446,19 +452,22 @@ impl Engine {
         self.dispatch(now, tenant);
     }
 
-    fn request(&mut self, now: Instant, key: SessKey, frame: Frame) {
+    fn request(&mut self, now: Instant, key: SessKey, frame: Frame, deadline: Instant) {
         let req = *frame.head();
         let Some(sess) = self.sessions.get(&key) else {
             // The session ended while the request was queued; nobody to answer.
             return;
         };
         let peer = sess.peer.clone();
+        if now > deadline {
+            return peer.reply(wire::expired(&req));
+        }
         let b = frame.body();
         let r = match b.validate() {
             Err(_) => bad(ErrorCode::MALFORMED, "malformed body"),
             Ok(()) => match self.waits(key, &req, &b) {
                 Some(id) => {
-                    if self.defer(id, key, frame.clone()) {
+                    if self.defer(id, key, frame.clone(), deadline) {
                         return;
                     }
                     bad(
@@ -466,7 +475,12 @@ impl Engine {
                         "too many requests wait for this interaction",
                     )
                 }
-                None => self.dispatch_request(now, key, &req, b, &peer),
+                None => {
+                    self.deadline = Some(deadline);
+                    let r = self.dispatch_request(now, key, &req, b, &peer);
+                    self.deadline = None;
+                    r
+                }
             },
         };
         match r {

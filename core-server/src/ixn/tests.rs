@@ -45,6 +45,11 @@ impl Desk {
     }
 }
 
+/// A request with a deadline far beyond any clock the tests drive.
+fn ask(key: SessKey, f: Frame) -> Input {
+    Input::Request(key, f, Instant::now() + Duration::from_secs(3600))
+}
+
 fn req(
     ty: u16,
     f: impl FnOnce(&mut deskmux_codec::BodyWriter<'_>) -> Result<(), deskmux_codec::BodyError>,
@@ -82,12 +87,12 @@ fn reject_then_timeout_moves_to_next_agent() {
         );
     }
     for k in [1, 2] {
-        e.handle(t0, Input::Request(k, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-        e.handle(t0, Input::Request(k, req(ixn::AGENT_READY, |_| Ok(()))));
+        e.handle(t0, ask(k, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+        e.handle(t0, ask(k, req(ixn::AGENT_READY, |_| Ok(()))));
     }
     e.handle(
         t0,
-        Input::Request(
+        ask(
             3,
             req(ixn::SUBMIT, |w| {
                 w.str(key::QUEUE, "q")?;
@@ -103,7 +108,7 @@ fn reject_then_timeout_moves_to_next_agent() {
     assert!(desks[0].drain().contains(&(Kind::Event, ixn::INVITE, 1)));
     e.handle(
         t0,
-        Input::Request(
+        ask(
             1,
             req(ixn::REJECT, |w| {
                 w.int(key::INTERACTION, 1);
@@ -258,7 +263,7 @@ fn random_operations(seed: u64) {
                 let before = e.ixns.len();
                 e.handle(
                     now,
-                    Input::Request(
+                    ask(
                         keys[5],
                         req(ixn::SUBMIT, |w| {
                             w.str(key::QUEUE, "q1")?;
@@ -275,7 +280,7 @@ fn random_operations(seed: u64) {
                 continue;
             }
         };
-        e.handle(now, Input::Request(k, f));
+        e.handle(now, ask(k, f));
         if rng.u32(0..4) == 0 {
             now += Duration::from_millis(60);
             e.tick(now);
@@ -348,11 +353,11 @@ fn writes_change_memory_only_once_committed() {
     };
     open(&mut e, 1, "a", &a);
     open(&mut e, 9, "media", &media);
-    e.handle(t0, Input::Request(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    e.handle(t0, Input::Request(1, req(ixn::AGENT_READY, |_| Ok(()))));
+    e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+    e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
     for _ in 0..2 {
         let submit = req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop));
-        e.handle(t0, Input::Request(9, submit));
+        e.handle(t0, ask(9, submit));
         let committed = rx.blocking_recv().unwrap();
         e.handle(t0, committed);
     }
@@ -360,11 +365,11 @@ fn writes_change_memory_only_once_committed() {
     assert!(a.drain().contains(&(Kind::Event, ixn::INVITE, 1)));
 
     // An ACCEPT whose write fails: still invited, so it can be accepted again.
-    e.handle(t0, Input::Request(1, on(ixn::ACCEPT, 1)));
+    e.handle(t0, ask(1, on(ixn::ACCEPT, 1)));
     assert!(e.ixns[&1].writing);
     // A REJECT sent meanwhile waits for the ACCEPT's outcome rather than requeueing an
     // interaction that may be owned a moment later.
-    e.handle(t0, Input::Request(1, on(ixn::REJECT, 1)));
+    e.handle(t0, ask(1, on(ixn::REJECT, 1)));
     assert_eq!(e.deferred_total, 1);
     resolve_one(&mut e, &mut rx, t0, true);
     let got = a.drain();
@@ -377,7 +382,7 @@ fn writes_change_memory_only_once_committed() {
     // An ACCEPT being written when the invite times out: the invite lasts until the write
     // resolves; it failed, so the invite is revoked then.
     let t1 = t0 + Duration::from_secs(1);
-    e.handle(t1, Input::Request(1, on(ixn::ACCEPT, 1)));
+    e.handle(t1, ask(1, on(ixn::ACCEPT, 1)));
     e.tick(t1 + timeout * 2);
     assert!(!a.drain().contains(&(Kind::Event, ixn::INVITE_REVOKED, 1)));
     resolve_one(&mut e, &mut rx, t1 + timeout * 2, true);
@@ -391,13 +396,13 @@ fn writes_change_memory_only_once_committed() {
 
     // Committed: owned. Interaction 2 waits, since a is busy.
     let t2 = t1 + timeout * 2;
-    e.handle(t2, Input::Request(1, on(ixn::ACCEPT, 1)));
+    e.handle(t2, ask(1, on(ixn::ACCEPT, 1)));
     resolve_one(&mut e, &mut rx, t2, false);
     assert_eq!(e.ixns[&1].st, St::Owned { agent: "a".into() });
     assert!(!a.drain().iter().any(|f| f.1 == ixn::INVITE && f.2 == 2));
 
     // A STOP whose write fails: a still owns 1, is still busy, and 2 is not offered.
-    e.handle(t2, Input::Request(1, on(ixn::STOP_PROCESSING, 1)));
+    e.handle(t2, ask(1, on(ixn::STOP_PROCESSING, 1)));
     resolve_one(&mut e, &mut rx, t2, true);
     assert_eq!(e.ixns[&1].st, St::Owned { agent: "a".into() });
     let got = a.drain();
@@ -407,7 +412,7 @@ fn writes_change_memory_only_once_committed() {
         "{got:?}"
     );
     // Committed this time: 1 is gone and 2 is offered.
-    e.handle(t2, Input::Request(1, on(ixn::STOP_PROCESSING, 1)));
+    e.handle(t2, ask(1, on(ixn::STOP_PROCESSING, 1)));
     resolve_one(&mut e, &mut rx, t2, false);
     assert!(!e.ixns.contains_key(&1));
     assert!(a.drain().contains(&(Kind::Event, ixn::INVITE, 2)));
@@ -415,15 +420,63 @@ fn writes_change_memory_only_once_committed() {
     // An ACCEPT of 2 being written when a's session ends (the invite is requeued) and a logs
     // in again on a new session, not ready: once committed, a owns 2 (it is out of its queue)
     // and counts it in its load.
-    e.handle(t2, Input::Request(1, on(ixn::ACCEPT, 2)));
+    e.handle(t2, ask(1, on(ixn::ACCEPT, 2)));
     e.handle(t2, Input::Close(1));
     assert_eq!(e.ixns[&2].st, St::Queued);
     let a2 = Desk::new();
     open(&mut e, 2, "a", &a2);
-    e.handle(t2, Input::Request(2, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+    e.handle(t2, ask(2, req(ixn::AGENT_LOGIN, |_| Ok(()))));
     assert_eq!(e.tenants[&1].agents["a"].load, 0);
     resolve_one(&mut e, &mut rx, t2, false);
     assert_eq!(e.ixns[&2].st, St::Owned { agent: "a".into() });
     assert_eq!(e.tenants[&1].agents["a"].load, 1);
     assert_eq!(e.tenants[&1].waiting, 0);
+}
+
+/// A request handled after its deadline is answered `OVERLOADED` and not run.
+#[test]
+fn a_request_past_its_deadline_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("d.db")).unwrap();
+    let db = Db::start(Box::new(store), 16).unwrap();
+    let (tx, _rx) = crate::queue::engine_channel(1024);
+    let set = Settings {
+        invite_timeout: Duration::from_secs(5),
+        with_ucs: false,
+    };
+    let mut e = Engine::new(set, db, tx, Vec::new(), 0);
+    let t0 = Instant::now();
+    let mut d = Desk::new();
+    e.handle(
+        t0,
+        Input::Open {
+            key: 1,
+            tenant: 1,
+            agent: "a".into(),
+            wire: 1,
+            peer: d.peer.clone(),
+            link: None,
+        },
+    );
+    let login = req(ixn::AGENT_LOGIN, |_| Ok(()));
+    let late = t0 + Duration::from_millis(1);
+    e.handle(late, Input::Request(1, login.clone(), t0));
+    assert!(e.tenants.get(&1).is_none_or(|t| t.agents.is_empty()));
+    // At its deadline it still runs.
+    e.handle(late, Input::Request(1, login, late));
+    assert!(e.tenants[&1].agents.contains_key("a"));
+    let codes: Vec<Option<ErrorCode>> = std::iter::from_fn(|| d.rx.try_recv().ok())
+        .map(|o| match o {
+            wire::Out::Frame(b) => {
+                let mut buf = bytes::BytesMut::from(&b[..]);
+                let f = deskmux_codec::FrameDecoder::default()
+                    .decode(&mut buf)
+                    .unwrap()
+                    .unwrap();
+                f.error().map(|(c, _)| c)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, [Some(ErrorCode::OVERLOADED), None]);
 }

@@ -29,13 +29,20 @@ pub enum StoreError {
     /// file's path now names another file: this instance must not write any more.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The operation waited in the DB worker's queue past its deadline (`request_timeout_ms`)
+    /// and was not run.
+    #[error("not run: waited past request_timeout_ms")]
+    Expired,
 }
 
 impl StoreError {
     /// Whether it is known that nothing of the operation was applied (so that it may be
     /// answered in the "not sent" retry class). Any other failure may have applied it.
     pub fn nothing_applied(&self) -> bool {
-        matches!(self, StoreError::NotApplied(_) | StoreError::Fenced(_))
+        matches!(
+            self,
+            StoreError::NotApplied(_) | StoreError::Fenced(_) | StoreError::Expired
+        )
     }
 }
 
