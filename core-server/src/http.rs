@@ -153,6 +153,16 @@ async fn metrics(State(app): State<App>) -> Response {
         "Connections refused at max_connections",
         load(&s.refused_conns),
     );
+    t.counter(
+        "config_reloads",
+        "Configuration reloads (SIGHUP) that took effect",
+        load(&s.reloads),
+    );
+    t.counter(
+        "config_reload_failures",
+        "Configuration reloads that failed; nothing changed (the log says why)",
+        load(&s.reload_failures),
+    );
     if let Some(a) = s.auth.get() {
         let st = a.stats();
         t.counter("logins_ok", "Logins accepted", load(&st.ok));

@@ -6,9 +6,11 @@
 //!   connection; existing sessions continue, new `HELLO`/`SESSION_OPEN` get
 //!   `SERVICE_UNAVAILABLE`.
 //! - `SIGUSR2`: back to running (`SERVICE_STATE state=0`).
-//! - `SIGHUP`: re-read the configuration file: the tenant list changes; other changes are
-//!   named in a warning as needing a restart; a bad file changes nothing and is logged with its
-//!   path, line and column. Credentials need no reload: each login reads them afresh.
+//! - `SIGHUP`: re-read the configuration file: the tenant list changes, and with `[tls]` the
+//!   certificate, key and CA files are read again (new connections get them); other changes
+//!   are named in a warning as needing a restart; a bad file or an unusable certificate changes
+//!   nothing and is logged with its path (and line and column). Credentials need no reload:
+//!   each login reads them afresh.
 //! - `SIGTERM`/`SIGINT`: graceful shutdown — `GO_AWAY` on every connection, new requests get
 //!   `SHUTTING_DOWN`, in-flight work has `shutdown_grace_ms` to finish, then the process exits.
 //!
@@ -93,6 +95,10 @@ pub struct Shared {
     pub max_conns: usize,
     /// Connections refused at the cap.
     pub refused_conns: AtomicU64,
+    /// Configuration reloads (SIGHUP) that took effect.
+    pub reloads: AtomicU64,
+    /// Configuration reloads that failed (nothing changed).
+    pub reload_failures: AtomicU64,
     /// The Interaction Server engine's inbox (set once primary, if the role runs).
     pub engine: OnceLock<EngineTx>,
     /// The DB worker (set once primary).
@@ -101,6 +107,10 @@ pub struct Shared {
     pub auth: OnceLock<Auth>,
     /// Tenants served: from the configuration, replaced by a reload (SIGHUP).
     tenants: RwLock<HashSet<u32>>,
+    /// With `[tls]`: what accepted connections speak. A reload (SIGHUP) reads the certificate,
+    /// key and CA files again and replaces it, so that a rotated certificate is served to new
+    /// connections without a restart; connections already open keep theirs.
+    tls: RwLock<Option<crate::tls::Acceptor>>,
     /// The configuration file, for reloads (`None`: the embedded one).
     config_path: Mutex<Option<PathBuf>>,
     lock: Mutex<Option<InstanceLock>>,
@@ -132,6 +142,16 @@ impl Shared {
     /// # Errors
     /// The file cannot be read or is not a valid configuration; nothing changes then.
     pub fn reload(&self) -> Result<usize, String> {
+        let r = self.reload_inner();
+        let counter = match r {
+            Ok(_) => &self.reloads,
+            Err(_) => &self.reload_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn reload_inner(&self) -> Result<usize, String> {
         let path = self.config_path.lock().ok().and_then(|p| p.clone());
         let Some(path) = path else {
             return Err("no --config file to reload".into());
@@ -139,12 +159,24 @@ impl Shared {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let old = &self.cfg;
+        // The TLS files first: a certificate that cannot be used fails the whole reload,
+        // with nothing changed. Switching TLS on or off changes what the port speaks, and
+        // needs a restart.
+        let tls = match (&new.tls, &old.tls) {
+            (Some(t), Some(_)) => Some(crate::tls::acceptor(t)?),
+            _ => None,
+        };
+        if let Some(a) = tls
+            && let Ok(mut g) = self.tls.write()
+        {
+            *g = Some(a);
+        }
         let ids: HashSet<u32> = new.tenants.iter().map(|t| t.id).collect();
         let n = ids.len();
         if let Ok(mut t) = self.tenants.write() {
             *t = ids;
         }
-        let old = &self.cfg;
         let mut restart = Vec::new();
         if new.link_secret != old.link_secret {
             restart.push("link_secret");
@@ -158,9 +190,8 @@ impl Shared {
         if new.max_frame != old.max_frame || new.heartbeat_ms != old.heartbeat_ms {
             restart.push("max_frame/heartbeat_ms");
         }
-        // The TLS files are read when the listener starts (a certificate rotation restarts).
-        if new.tls != old.tls {
-            restart.push("tls");
+        if new.tls.is_some() != old.tls.is_some() {
+            restart.push("tls (on or off)");
         }
         if !restart.is_empty() {
             tracing::warn!("reload: {} changed and need a restart", restart.join(", "));
@@ -265,8 +296,6 @@ pub struct Server {
     admin: Option<TcpListener>,
     http: Option<TcpListener>,
     admin_token: Option<Vec<u8>>,
-    /// With `[tls]`: every accepted connection is TLS.
-    tls: Option<crate::tls::Acceptor>,
 }
 
 /// An opened store, the open interactions to recover and the highest interaction id.
@@ -368,10 +397,13 @@ impl Server {
             open_conns: AtomicUsize::new(0),
             max_conns: connection_cap(cfg.max_connections),
             refused_conns: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
             engine: OnceLock::new(),
             db: OnceLock::new(),
             auth: OnceLock::new(),
             tenants: RwLock::new(cfg.tenants.iter().map(|t| t.id).collect()),
+            tls: RwLock::new(tls),
             config_path: Mutex::new(None),
             lock: Mutex::new(None),
             cfg,
@@ -412,7 +444,6 @@ impl Server {
             admin,
             http,
             admin_token,
-            tls,
         })
     }
 
@@ -480,12 +511,13 @@ impl Server {
                         shared.refused_conns.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(refuse(s));
                     } else {
-                        match &self.tls {
+                        let tls = shared.tls.read().ok().and_then(|t| t.clone());
+                        match tls {
                             None => {
                                 tokio::spawn(crate::conn::serve(shared.clone(), s));
                             }
                             Some(a) => {
-                                tokio::spawn(crate::conn::serve_tls(shared.clone(), a.clone(), s));
+                                tokio::spawn(crate::conn::serve_tls(shared.clone(), a, s));
                             }
                         }
                     }
