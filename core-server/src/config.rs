@@ -23,7 +23,9 @@
 //! link_outbound_queue_bytes = 268435456 # bytes queued per proxy link; likewise
 //! max_connections = 19900        # connections (desktops, links) served at once; more get OVERLOADED
 //! engine_queue = 131072          # requests waiting for the interaction engine; more get OVERLOADED
+//! engine_queue_bytes = 134217728 # ... or once they hold this many bytes
 //! db_queue = 131072              # operations waiting for the DB worker; more get OVERLOADED
+//! db_queue_bytes = 134217728     # ... or once they (and the batch being run) hold this many bytes
 //! group_commit_max = 512         # most storage operations committed in one transaction
 //! shutdown_grace_ms = 2000       # after GO_AWAY, how long in-flight work may take
 //! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
@@ -230,10 +232,17 @@ pub struct Config {
     /// closing are never refused (they take a separate, uncounted place in the queue, bounded
     /// by the number of sessions). Default 131072.
     pub engine_queue: usize,
+    /// Bytes the requests waiting for the engine may hold (their frames) before a request is
+    /// answered `OVERLOADED`. At least `max_frame`. Default 128 MiB.
+    pub engine_queue_bytes: usize,
     /// Storage operations waiting for the DB worker, across all connections. A UCS request, or
     /// an interaction request that would write, that finds it full is answered `OVERLOADED`
     /// (not sent) at once, before anything changed. Default 131072.
     pub db_queue: usize,
+    /// Bytes the storage operations waiting for the DB worker, and those of the batch it is
+    /// running, may hold before a request that would add one is answered `OVERLOADED`. At
+    /// least `max_frame`. Default 128 MiB.
+    pub db_queue_bytes: usize,
     /// Most storage operations run in one group-commit transaction. Default 512.
     pub group_commit_max: usize,
     /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
@@ -348,7 +357,9 @@ impl Default for Config {
             link_outbound_queue_bytes: 256 * 1024 * 1024,
             max_connections: 19_900,
             engine_queue: 131_072,
+            engine_queue_bytes: 128 << 20,
             db_queue: 131_072,
+            db_queue_bytes: 128 << 20,
             group_commit_max: 512,
             shutdown_grace_ms: 2000,
             go_away_reconnect_ms: 1000,
@@ -419,6 +430,9 @@ impl Config {
         }
         // A queue must hold the largest answer, or that answer alone would close its desktop.
         let max_frame = self.max_frame as usize;
+        if self.engine_queue_bytes < max_frame || self.db_queue_bytes < max_frame {
+            return bad("engine_queue_bytes and db_queue_bytes must be at least max_frame");
+        }
         if self.outbound_queue_bytes < max_frame || self.link_outbound_queue_bytes < max_frame {
             return bad(
                 "outbound_queue_bytes and link_outbound_queue_bytes must be at least max_frame",

@@ -56,10 +56,11 @@ use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreRes
 pub type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// Runs inside the batch transaction; returns what to do once it is committed.
 pub type Work = Box<dyn FnOnce(&mut dyn Store) -> Finish + Send>;
-/// Work with its deadline, as queued.
+/// Work with its deadline and the bytes it was counted for, as queued.
 struct Job {
     work: Work,
     deadline: Option<Instant>,
+    bytes: usize,
 }
 
 /// Called once, on the worker thread, when the worker stops, with why.
@@ -111,27 +112,27 @@ impl Db {
         Db::start_with(
             store,
             max_batch,
-            usize::MAX,
+            (usize::MAX, usize::MAX),
             Box::new(|why| tracing::info!("db worker stopped: {why}")),
         )
     }
 
-    /// Start the worker thread on `store`, admitting `queue` operations at a time through
-    /// [`Db::try_submit`]; `on_stop` runs on it when it stops, however it stops (a panic
-    /// included, where panics unwind).
+    /// Start the worker thread on `store`, admitting `queue.0` operations holding under
+    /// `queue.1` bytes at a time through [`Db::try_submit`]; `on_stop` runs on it when it
+    /// stops, however it stops (a panic included, where panics unwind).
     ///
     /// # Errors
     /// The thread cannot be spawned.
     pub fn start_with(
         mut store: Box<dyn Store>,
         max_batch: usize,
-        queue: usize,
+        queue: (usize, usize),
         on_stop: OnStop,
     ) -> std::io::Result<Db> {
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(DbStats::default());
         let st = stats.clone();
-        let gauge = Arc::new(Gauge::new(queue));
+        let gauge = Arc::new(Gauge::new(queue.0, queue.1));
         let g = gauge.clone();
         std::thread::Builder::new()
             .name("db-worker".into())
@@ -151,13 +152,18 @@ impl Db {
         Ok(Db { tx, gauge, stats })
     }
 
-    /// Queue work whatever the queue holds (admitted already: see [`Db::has_room`]), not to be
-    /// run after `deadline`. False if the worker is gone.
-    pub fn submit(&self, work: Work, deadline: Option<Instant>) -> bool {
-        self.gauge.force();
-        let ok = self.tx.send(Job { work, deadline }).is_ok();
+    /// Queue work holding about `bytes` whatever the queue holds (admitted already: see
+    /// [`Db::has_room`]), not to be run after `deadline`. False if the worker is gone.
+    pub fn submit(&self, work: Work, deadline: Option<Instant>, bytes: usize) -> bool {
+        self.gauge.force(bytes);
+        let job = Job {
+            work,
+            deadline,
+            bytes,
+        };
+        let ok = self.tx.send(job).is_ok();
         if !ok {
-            self.gauge.done();
+            self.gauge.done(bytes);
         }
         ok
     }
@@ -167,12 +173,22 @@ impl Db {
     /// # Errors
     /// [`Full`] (the work is dropped, not run) if the queue is full or the worker is gone
     /// (`stopped` tells which).
-    pub fn try_submit(&self, work: Work, deadline: Option<Instant>) -> Result<(), Full> {
-        if !self.gauge.try_take() {
+    pub fn try_submit(
+        &self,
+        work: Work,
+        deadline: Option<Instant>,
+        bytes: usize,
+    ) -> Result<(), Full> {
+        if !self.gauge.try_take(bytes) {
             return Err(Full { stopped: false });
         }
-        if self.tx.send(Job { work, deadline }).is_err() {
-            self.gauge.done();
+        let job = Job {
+            work,
+            deadline,
+            bytes,
+        };
+        if self.tx.send(job).is_err() {
+            self.gauge.done(bytes);
             return Err(Full { stopped: true });
         }
         Ok(())
@@ -228,9 +244,13 @@ fn run(
                 Err(_) => break,
             }
         }
-        // Taken off the queue: room for as many more.
-        for _ in 0..jobs.len() {
-            gauge.done();
+        // Taken off the queue: room for as many more. Their bytes stay counted until the
+        // batch is finished, since the batch holds them until then: what the queue admits
+        // bounds what waits and what runs together.
+        let mut held = 0;
+        for j in &jobs {
+            gauge.done(0);
+            held += j.bytes;
         }
         // Work past its deadline is answered without a transaction (which might itself wait
         // for a lock): it is not run at all.
@@ -256,6 +276,7 @@ fn run(
         for (f, res) in done.drain(..) {
             f(res.as_ref().map_or(Ok(()), Err));
         }
+        gauge.release(held);
         fenced?;
     }
     Ok(())
@@ -649,7 +670,7 @@ mod tests {
         let db = Db::start_with(
             Box::new(s),
             8,
-            usize::MAX,
+            (usize::MAX, usize::MAX),
             Box::new(move |why| {
                 let _ = tx.send(match why {
                     Stopped::Closed => "closed".to_string(),
@@ -677,7 +698,8 @@ mod tests {
                     let _ = tx.send(r.map_err(StoreError::nothing_applied));
                 })
             }),
-            None
+            None,
+            0
         ));
         let wait = Duration::from_secs(10);
         assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
@@ -690,7 +712,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         s.fence_acquire().unwrap();
-        let db = Db::start_with(Box::new(s), 8, 1, Box::new(|_| {})).unwrap();
+        let db = Db::start_with(Box::new(s), 8, (1, usize::MAX), Box::new(|_| {})).unwrap();
         // Hold the worker inside a batch, so that what comes next waits in the queue.
         let (started_tx, started) = mpsc::channel();
         let (release, held) = mpsc::channel::<()>();
@@ -701,7 +723,8 @@ mod tests {
                     let _ = held.recv();
                     Box::new(|_| {})
                 }),
-                None
+                None,
+                0
             )
             .is_ok()
         );
@@ -717,15 +740,15 @@ mod tests {
                 })
             })
         };
-        assert!(db.try_submit(op("queued"), None).is_ok());
+        assert!(db.try_submit(op("queued"), None, 0).is_ok());
         assert_eq!(
-            db.try_submit(op("refused"), None),
+            db.try_submit(op("refused"), None, 0),
             Err(Full { stopped: false })
         );
         assert_eq!(db.gauge().refused.load(Ordering::Relaxed), 1);
         release.send(()).unwrap();
         assert_eq!(answered.recv_timeout(wait).unwrap(), ("queued", true));
-        assert!(db.try_submit(op("later"), None).is_ok());
+        assert!(db.try_submit(op("later"), None, 0).is_ok());
         // In order: the refused operation, had it run, would have answered before this one.
         assert_eq!(answered.recv_timeout(wait).unwrap(), ("later", true));
     }
@@ -737,7 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         s.fence_acquire().unwrap();
-        let db = Db::start_with(Box::new(s), 8, 16, Box::new(|_| {})).unwrap();
+        let db = Db::start_with(Box::new(s), 8, (16, usize::MAX), Box::new(|_| {})).unwrap();
         let (started_tx, started) = mpsc::channel();
         let (release, held) = mpsc::channel::<()>();
         let hold = Box::new(move |_s: &mut dyn Store| -> Finish {
@@ -745,7 +768,7 @@ mod tests {
             let _ = held.recv();
             Box::new(|_| {})
         });
-        assert!(db.try_submit(hold, None).is_ok());
+        assert!(db.try_submit(hold, None, 0).is_ok());
         let wait = Duration::from_secs(10);
         started.recv_timeout(wait).unwrap();
         let (tx, answered) = mpsc::channel();
@@ -763,8 +786,8 @@ mod tests {
         // Its deadline has passed by the time the worker takes it (the worker is held).
         let past = Instant::now();
         let later = Instant::now() + Duration::from_secs(3600);
-        assert!(db.try_submit(op("late"), Some(past)).is_ok());
-        assert!(db.try_submit(op("in time"), Some(later)).is_ok());
+        assert!(db.try_submit(op("late"), Some(past), 0).is_ok());
+        assert!(db.try_submit(op("in time"), Some(later), 0).is_ok());
         release.send(()).unwrap();
         assert_eq!(answered.recv_timeout(wait).unwrap(), ("late", false, true));
         assert_eq!(
@@ -786,7 +809,8 @@ mod tests {
             Box::new(|_s: &mut dyn Store| -> Finish {
                 panic!("boom");
             }),
-            None
+            None,
+            0
         ));
         let why = stopped.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(why, "panicked: boom");

@@ -114,6 +114,11 @@ async fn metrics(State(app): State<App>) -> Response {
             "Operations waiting for the DB worker",
             db.gauge().depth() as u64,
         );
+        t.gauge(
+            "db_queued_bytes",
+            "Bytes held by operations waiting for the DB worker and by the batch it runs",
+            db.gauge().bytes() as u64,
+        );
         t.counter(
             "db_overloaded",
             "Requests answered OVERLOADED because db_queue was full",
@@ -130,6 +135,11 @@ async fn metrics(State(app): State<App>) -> Response {
             "engine_queued",
             "Requests waiting for the Interaction Server engine",
             e.gauge().depth() as u64,
+        );
+        t.gauge(
+            "engine_queued_bytes",
+            "Bytes held by requests waiting for the Interaction Server engine",
+            e.gauge().bytes() as u64,
         );
         t.counter(
             "engine_overloaded",

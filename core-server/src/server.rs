@@ -337,7 +337,7 @@ fn activate(
     let db = Db::start_with(
         store,
         shared.cfg.group_commit_max,
-        shared.cfg.db_queue,
+        (shared.cfg.db_queue, shared.cfg.db_queue_bytes),
         Box::new(|why| {
             tracing::error!("the DB worker stopped ({why}); exiting so that a standby can serve");
             std::process::exit(1);
@@ -347,7 +347,8 @@ fn activate(
         Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     let _ = shared.auth.set(a);
     if shared.cfg.role.ixn() {
-        let (tx, rx) = queue::engine_channel(shared.cfg.engine_queue);
+        let (tx, rx) =
+            queue::engine_channel(shared.cfg.engine_queue, shared.cfg.engine_queue_bytes);
         let set = Settings {
             invite_timeout: Duration::from_millis(u64::from(shared.cfg.invite_timeout_ms)),
             with_ucs: shared.cfg.role.ucs(),

@@ -101,7 +101,9 @@ pub fn handle(
     match parse(tenant, max_frame as usize, frame) {
         Ok(op) => {
             let p = peer.clone();
-            match db.try_submit(work(req, peer, op), Some(deadline)) {
+            // The operation holds about what the frame held (its values, parsed and copied).
+            let bytes = frame.as_bytes().len();
+            match db.try_submit(work(req, peer, op), Some(deadline), bytes) {
                 Ok(()) => {}
                 Err(crate::db::Full { stopped: false }) => p.reply(wire::error(
                     &req,

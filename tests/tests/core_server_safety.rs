@@ -338,6 +338,75 @@ fn a_request_queued_past_its_deadline_is_not_run() {
     s.kill9();
 }
 
+/// The DB worker's queue is bounded in bytes too: while the worker is held inside a `BEGIN`
+/// (another process has the write lock), large writes queue until they hold `db_queue_bytes`,
+/// and the next is answered `OVERLOADED` at once, not run. (Counted in operations only,
+/// 131,072 writes of 2 MiB could have queued.)
+#[test]
+fn the_db_queue_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        "sqlite_busy_timeout_ms = 3000\nmax_frame = 131072\ndb_queue_bytes = 131072\nhttp_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut s = Server::start(&cfg, &[]);
+    let http = http_addr(&mut s);
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("warm", "up"))));
+    let metric = |what: &str| {
+        let (code, body) = core_server_support::http(http, "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        sample(&body, what).unwrap_or_else(|| panic!("no {what} in {body}"))
+    };
+    let before = metric("deskmux_core_db_batches_total");
+    let other = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // 100 values of 500 bytes: about 51 KiB a frame, under the 64 KiB attribute cap.
+    let big = |tag: &str| -> Vec<(String, String)> {
+        (0..100)
+            .map(|i| (format!("{tag}{i:03}"), "v".repeat(500)))
+            .collect()
+    };
+    send_create(&mut c, 800_001, &big("a"));
+    let end = Instant::now() + WAIT;
+    while metric("deskmux_core_db_batches_total") <= before {
+        assert!(Instant::now() < end, "the worker never took the batch");
+        std::thread::yield_now();
+    }
+    // The held batch counts ~51 KiB; two more queue (under 128 KiB when each arrives); the
+    // fourth finds ~153 KiB and is refused.
+    for (i, tag) in ["b", "c", "d"].into_iter().enumerate() {
+        send_create(&mut c, 800_002 + i as u64, &big(tag));
+    }
+    let refused = c.wait_response(800_004);
+    let (code, msg) = refused.error().expect("refused");
+    assert_eq!(code, ErrorCode::OVERLOADED, "{msg}");
+    assert!(msg.contains("db_queue"), "{msg}");
+    assert!(metric("deskmux_core_db_queued_bytes") >= 150_000.0);
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    let got = collect(
+        &mut c,
+        &[800_001, 800_002, 800_003],
+        Instant::now() + WAIT,
+        false,
+    );
+    assert_eq!(got.len(), 3, "the others are answered");
+    assert_eq!(
+        count(&mut c, "d000", &"v".repeat(500)),
+        0,
+        "the refused write is not run"
+    );
+    // Given back once their batch is finished (just after its answers are sent).
+    let end = Instant::now() + WAIT;
+    while metric("deskmux_core_db_queued_bytes") != 0.0 {
+        assert!(Instant::now() < end, "queued bytes never went back to 0");
+        std::thread::yield_now();
+    }
+    s.kill9();
+}
+
 /// Writes made by [`DiskFull`], to check after the fact that exactly the acknowledged ones exist.
 #[derive(Default)]
 struct Ledger {

@@ -43,6 +43,7 @@ impl Engine {
         });
         let me = self.me.clone();
         let deadline = self.deadline;
+        let bytes = row.props.len() + row.queue.len();
         let ok = self.db.submit(
             Box::new(move |s: &mut dyn Store| -> Finish {
                 let r = s.ixn_put(&row);
@@ -61,6 +62,7 @@ impl Engine {
                 })
             }),
             deadline,
+            bytes,
         );
         if !ok {
             return bad(ErrorCode::UNAVAILABLE, "storage stopped");
@@ -167,6 +169,9 @@ impl Engine {
             _ => None,
         };
         let tenant = row.tenant;
+        let bytes = row.props.len()
+            + row.queue.len()
+            + history.as_ref().map_or(0, |(_, s, t)| s.len() + t.len());
         let me = self.me.clone();
         let mut w = Box::new(Write {
             id,
@@ -201,6 +206,7 @@ impl Engine {
                 })
             }),
             deadline,
+            bytes,
         );
         if !submitted {
             return bad(ErrorCode::UNAVAILABLE, "storage stopped");

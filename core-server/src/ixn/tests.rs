@@ -64,7 +64,7 @@ fn reject_then_timeout_moves_to_next_agent() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("e.db")).unwrap();
     let db = Db::start(Box::new(store), 16).unwrap();
-    let (tx, mut rx) = crate::queue::engine_channel(1024);
+    let (tx, mut rx) = crate::queue::engine_channel(1024, usize::MAX);
     let set = Settings {
         invite_timeout: Duration::from_secs(5),
         with_ucs: false,
@@ -143,7 +143,7 @@ fn random_operations(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_with(&dir.path().join("r.db"), "normal").unwrap();
     let db = Db::start(Box::new(store), 64).unwrap();
-    let (tx, mut rx) = crate::queue::engine_channel(1024);
+    let (tx, mut rx) = crate::queue::engine_channel(1024, usize::MAX);
     let set = Settings {
         invite_timeout: Duration::from_millis(100),
         with_ucs: false,
@@ -328,7 +328,7 @@ fn writes_change_memory_only_once_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("w.db")).unwrap();
     let db = Db::start(Box::new(store), 16).unwrap();
-    let (tx, mut rx) = crate::queue::engine_channel(1024);
+    let (tx, mut rx) = crate::queue::engine_channel(1024, usize::MAX);
     let timeout = Duration::from_secs(5);
     let set = Settings {
         invite_timeout: timeout,
@@ -439,7 +439,7 @@ fn a_request_past_its_deadline_is_not_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("d.db")).unwrap();
     let db = Db::start(Box::new(store), 16).unwrap();
-    let (tx, _rx) = crate::queue::engine_channel(1024);
+    let (tx, _rx) = crate::queue::engine_channel(1024, usize::MAX);
     let set = Settings {
         invite_timeout: Duration::from_secs(5),
         with_ucs: false,
