@@ -355,12 +355,17 @@ impl Engine {
     /// Hold `frame` of session `key` until interaction `id`'s write resolves; `false` if the
     /// bounds on waiting requests (per interaction and in all) are reached.
     pub(super) fn defer(&mut self, id: u64, key: SessKey, frame: Frame, deadline: Instant) -> bool {
+        let bytes = frame.as_bytes().len();
         let q = self.deferred.entry(id).or_default();
-        if q.len() >= MAX_WAITING_PER_IXN || self.deferred_total >= MAX_WAITING {
+        if q.len() >= MAX_WAITING_PER_IXN
+            || self.deferred_total >= MAX_WAITING
+            || self.deferred_bytes + bytes > MAX_WAITING_BYTES
+        {
             return false;
         }
         q.push_back((key, frame, deadline));
         self.deferred_total += 1;
+        self.deferred_bytes += bytes;
         true
     }
 
@@ -376,6 +381,7 @@ impl Engine {
                 return;
             };
             self.deferred_total -= 1;
+            self.deferred_bytes -= frame.as_bytes().len();
             self.request(now, key, frame, deadline);
         }
     }

@@ -119,10 +119,12 @@ enum Change {
     Stop { contact: Option<i64> },
 }
 
-/// Requests that may wait for one interaction's write, and for all (see [`Engine::defer`]).
-/// Beyond these a request is answered `OVERLOADED`: waiting requests hold their frames.
+/// Requests that may wait for one interaction's write, for all, and the bytes of all their
+/// frames (see [`Engine::defer`]). Beyond these a request is answered `OVERLOADED`: waiting
+/// requests hold their frames, outside the engine queue's own bounds.
 const MAX_WAITING_PER_IXN: usize = 16;
 const MAX_WAITING: usize = 4096;
+const MAX_WAITING_BYTES: usize = 16 << 20;
 
 /// A submitted interaction waiting for its commit.
 #[derive(Debug)]
@@ -272,6 +274,7 @@ pub struct Engine {
     /// Requests waiting for an interaction's write, by interaction, with their deadlines.
     deferred: HashMap<u64, VecDeque<(SessKey, Frame, Instant)>>,
     deferred_total: usize,
+    deferred_bytes: usize,
     /// The deadline of the request being handled: the writes it makes carry it to the DB
     /// worker, which does not run them past it.
     deadline: Option<Instant>,
@@ -319,6 +322,7 @@ impl Engine {
             subs: Subs::default(),
             deferred: HashMap::new(),
             deferred_total: 0,
+            deferred_bytes: 0,
             deadline: None,
         };
         // Rows come ordered by queue position.
@@ -638,6 +642,13 @@ impl Engine {
         }
         let waiting: usize = self.deferred.values().map(VecDeque::len).sum();
         assert_eq!(waiting, self.deferred_total);
+        let bytes: usize = self
+            .deferred
+            .values()
+            .flatten()
+            .map(|(_, f, _)| f.as_bytes().len())
+            .sum();
+        assert_eq!(bytes, self.deferred_bytes);
         for (id, q) in &self.deferred {
             // Requests wait only while a write is out; it runs them when it resolves.
             let writing = self.ixns.get(id).is_some_and(|i| i.writing);
