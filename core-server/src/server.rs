@@ -75,6 +75,25 @@ pub enum ServerError {
     /// `[tls]` cannot be used (files unreadable, key not matching, no CA).
     #[error("{0}")]
     Tls(String),
+    /// A port could not be bound: most often another process (another core-server?)
+    /// already serves it.
+    #[error("{what} {addr}: {source} (is another process already serving it?)")]
+    Bind {
+        /// The configuration key.
+        what: &'static str,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn bind_error(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
+) -> ServerError {
+    ServerError::Bind { what, addr, source }
 }
 
 /// State shared by every connection task.
@@ -385,6 +404,22 @@ impl Server {
             Some(t) => Some(crate::tls::acceptor(t).map_err(ServerError::Tls)?),
             None => None,
         };
+        // The ports next, before the data file: a port another process serves is refused now,
+        // with its error, rather than after storage started (whose stop would exit first).
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| bind_error("listen", cfg.listen, e))?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| bind_error("admin_listen", a, e))?,
+            ),
+            None => None,
+        };
+        let http = crate::http::bind(cfg.http_listen)
+            .await
+            .map_err(|e| bind_error("http_listen", cfg.http_listen.unwrap_or(cfg.listen), e))?;
         let lock = InstanceLock::try_acquire(&cfg.db)?;
         if lock.is_none() && !cfg.standby {
             return Err(ServerError::Locked(cfg.db.display().to_string()));
@@ -416,11 +451,6 @@ impl Server {
                 *g = Some(l);
             }
         }
-        let listener = TcpListener::bind(shared.cfg.listen).await?;
-        let admin = match shared.cfg.admin_listen {
-            Some(a) => Some(TcpListener::bind(a).await?),
-            None => None,
-        };
         let admin_token = match &shared.cfg.admin_token_file {
             Some(p) => {
                 let t = std::fs::read(p).map_err(|e| {
@@ -438,7 +468,6 @@ impl Server {
             }
             None => None,
         };
-        let http = crate::http::bind(shared.cfg.http_listen).await?;
         Ok(Server {
             shared,
             listener,

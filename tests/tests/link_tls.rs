@@ -15,8 +15,7 @@
 mod proxy_support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deskmux_codec::{ErrorCode, Service};
 use deskmux_tests::secure_client::{ALPN, TestCert, client_config, self_signed, tls_connect};
@@ -189,37 +188,6 @@ async fn server_not_signed_by_the_ca_keeps_links_down_and_hellos_unavailable() {
     );
     assert_eq!(links_up(admin), 0);
     hello_unavailable(&proxy).await;
-}
-
-/// Run the proxy on `cfg` and wait (bounded) for it to exit; its exit status and stderr.
-/// A proxy still running after 15 s (it accepted the configuration) is killed: `None`.
-fn run_to_exit(cfg: &Path, args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
-    let mut child = Command::new(deskmux_tests::bin_path("proxy"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn proxy");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (status, err)
 }
 
 #[test]
