@@ -60,8 +60,8 @@ pub enum ServerError {
     /// I/O (bind, lock file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The data file could not be opened.
-    #[error("{0}")]
+    /// The data file could not be opened (the source says why).
+    #[error("the data file could not be opened")]
     Store(#[from] StoreError),
     /// The credential store or the token key could not be set up.
     #[error("auth: {0}")]
