@@ -7,6 +7,7 @@
 //! ```toml
 //! listen = "127.0.0.1:7100"      # address to listen on (port 0: any free port)
 //! role = "both"                  # "ixn", "ucs" or "both"
+//! data_dir = "/var/lib/deskmux"  # where a relative `db` lives (default: see `Config::data_dir`)
 //! db = "deskmux-core.db"         # SQLite data file; the standby lock is taken on it
 //! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
 //! link_secret = "..."            # secret a proxy must present in LINK_HELLO: at least 32 bytes;
@@ -180,9 +181,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Services run: `ixn`, `ucs` or `both`. Default `both`.
     pub role: Role,
-    /// SQLite data file. Default `deskmux-core.db`. The standby lock is taken on this file
-    /// itself, with a fencing epoch stored in it.
+    /// SQLite data file. Default `deskmux-core.db`. A relative path is under `data_dir`, never
+    /// under the working directory (which differs between a shell, a unit and a container).
+    /// The standby lock is taken on this file itself, with a fencing epoch stored in it.
     pub db: PathBuf,
+    /// The directory a relative `db` is in, created (mode 0700) if missing. Default: systemd's
+    /// `$STATE_DIRECTORY` (a unit with `StateDirectory=deskmux`), else
+    /// `$XDG_STATE_HOME/deskmux`, else `$HOME/.local/state/deskmux`.
+    pub data_dir: Option<PathBuf>,
     /// Instance name announced to proxies. Default `core-1`.
     pub instance: String,
     /// Secret a proxy presents in `LINK_HELLO`, at least [`MIN_SECRET_LEN`] bytes (a shorter
@@ -343,6 +349,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             role: Role::Both,
             db: PathBuf::from("deskmux-core.db"),
+            data_dir: None,
             instance: "core-1".into(),
             link_secret: LinkSecret::default(),
             heartbeat_ms: 5000,
@@ -397,6 +404,56 @@ impl Config {
         let c: Config = toml::from_str(s)?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// The directory a relative `db` is in: `data_dir`, or the default it documents.
+    ///
+    /// # Errors
+    /// No `data_dir` and none of the environment variables of its default set.
+    pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        self.data_dir
+            .clone()
+            .or_else(|| {
+                // systemd may list several directories, separated by ':'.
+                let s = env("STATE_DIRECTORY")?;
+                s.to_str()?.split(':').next().map(PathBuf::from)
+            })
+            .or_else(|| env("XDG_STATE_HOME").map(|x| x.join("deskmux")))
+            .or_else(|| env("HOME").map(|h| h.join(".local/state/deskmux")))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "db is a relative path and there is no data_dir (nor STATE_DIRECTORY, \
+                     XDG_STATE_HOME or HOME): set data_dir, or an absolute db"
+                        .into(),
+                )
+            })
+    }
+
+    /// Make `db` absolute: a relative one goes under [`Config::data_dir`], which is created
+    /// (mode 0700: it holds the credentials) if missing.
+    ///
+    /// # Errors
+    /// No data directory, or it cannot be created.
+    pub fn resolve_db(&mut self) -> Result<(), ConfigError> {
+        if self.db.is_absolute() {
+            return Ok(());
+        }
+        let dir = self.data_dir()?;
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| ConfigError::Invalid(format!("data_dir {}: {e}", dir.display())))?;
+        }
+        self.db = dir.join(&self.db);
+        Ok(())
     }
 
     /// Check ranges and uniqueness.

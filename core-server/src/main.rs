@@ -79,6 +79,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         None => DEFAULT_CONFIG.to_string(),
     };
     let mut cfg = Config::from_toml(&text)?;
+    cfg.resolve_db()?;
     if let Some(v) = cli.listen {
         cfg.listen = v;
     }
@@ -86,7 +87,8 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         cfg.role = v;
     }
     if let Some(v) = &cli.db {
-        cfg.db = v.clone();
+        // A path on the command line is the shell's: relative to the working directory.
+        cfg.db = std::path::absolute(v).with_context(|| format!("--db {}", v.display()))?;
     }
     if let Some(v) = &cli.instance {
         cfg.instance = v.clone();

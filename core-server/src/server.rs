@@ -177,7 +177,9 @@ impl Shared {
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        new.resolve_db()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let old = &self.cfg;
         // The TLS files first: a certificate that cannot be used fails the whole reload,
         // with nothing changed. Switching TLS on or off changes what the port speaks, and
