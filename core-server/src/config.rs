@@ -10,6 +10,7 @@
 //! data_dir = "/var/lib/deskmux"  # where a relative `db` lives (default: see `Config::data_dir`)
 //! db = "deskmux-core.db"         # SQLite data file; the standby lock is taken on it
 //! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
+//! link_secret_file = "/etc/deskmux/link.secret" # or link_secret = "..." inline (not both)
 //! link_secret = "..."            # secret a proxy must present in LINK_HELLO: at least 32 bytes;
 //!                                # empty (the default) refuses every link
 //! heartbeat_ms = 5000            # heartbeat interval; 3 silent intervals close a connection
@@ -195,6 +196,10 @@ pub struct Config {
     /// one refuses to start without `--allow-weak-link-secret`). Default empty: every link is
     /// refused.
     pub link_secret: LinkSecret,
+    /// A file holding the link secret (surrounding whitespace ignored), instead of
+    /// `link_secret`, so that the configuration itself holds no secret and can be world
+    /// readable, shipped, or printed. Read at start and on SIGHUP. Not both.
+    pub link_secret_file: Option<PathBuf>,
     /// Heartbeat interval in ms; a connection silent for 3 intervals is closed. Default 5000.
     pub heartbeat_ms: u32,
     /// Handshake deadline in ms (not reset by each byte). Default 10000.
@@ -319,8 +324,8 @@ impl std::fmt::Debug for LinkSecret {
 
 /// TLS on the listen port. When present the port speaks TLS only (TLS 1.2 and 1.3, ALPN
 /// `deskmux/1` offered; a client offering only other protocols is refused, one offering none
-/// is accepted), for direct desktops and proxy links alike. The files are read at start: a
-/// new certificate needs a restart.
+/// is accepted), for direct desktops and proxy links alike. The files are read at start and
+/// again on SIGHUP (certificate rotation: new connections get the new one).
 ///
 /// Mutual TLS (`client_ca`) *backs up* the link secret, it does not replace it: a
 /// `LINK_HELLO` is accepted only on a connection that presented a client certificate chaining
@@ -352,6 +357,7 @@ impl Default for Config {
             data_dir: None,
             instance: "core-1".into(),
             link_secret: LinkSecret::default(),
+            link_secret_file: None,
             heartbeat_ms: 5000,
             handshake_timeout_ms: 10_000,
             max_frame: 2 * 1024 * 1024,
@@ -528,6 +534,26 @@ impl Config {
         Ok(())
     }
 
+    /// Read `link_secret_file` into `link_secret`.
+    ///
+    /// # Errors
+    /// Both set, or the file cannot be read.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let Some(p) = &self.link_secret_file else {
+            return Ok(());
+        };
+        if !self.link_secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "link_secret and link_secret_file are both set; keep one".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::Invalid(format!("link_secret_file {}: {e}", p.display()))
+        })?;
+        self.link_secret = LinkSecret(text.trim().to_string());
+        Ok(())
+    }
+
     /// Why the link secret is too weak to start with, if it is (empty is not weak: links
     /// are simply refused).
     pub fn weak_link_secret(&self) -> Option<String> {
@@ -588,6 +614,28 @@ mod tests {
         let d = format!("{c:?}");
         assert!(!d.contains("s3cr3t"), "{d}");
         assert!(d.contains("13 bytes"), "{d}");
+    }
+
+    #[test]
+    fn link_secret_file_is_read_trimmed_and_not_with_link_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("link.secret");
+        std::fs::write(&f, format!("{}\n", "k".repeat(40))).unwrap();
+        let mut c =
+            Config::from_toml(&format!("link_secret_file = \"{}\"", f.display())).unwrap();
+        c.read_secret_files().unwrap();
+        assert_eq!(c.link_secret.as_bytes(), "k".repeat(40).as_bytes());
+        assert_eq!(c.weak_link_secret(), None);
+        let mut both = Config::from_toml(&format!(
+            "link_secret = \"{}\"\nlink_secret_file = \"{}\"",
+            "x".repeat(32),
+            f.display()
+        ))
+        .unwrap();
+        assert!(both.read_secret_files().is_err());
+        let mut missing =
+            Config::from_toml("link_secret_file = \"/nonexistent/link.secret\"").unwrap();
+        assert!(missing.read_secret_files().is_err());
     }
 
     #[test]

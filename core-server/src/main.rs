@@ -80,6 +80,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     };
     let mut cfg = Config::from_toml(&text)?;
     cfg.resolve_db()?;
+    cfg.read_secret_files()?;
     if let Some(v) = cli.listen {
         cfg.listen = v;
     }

@@ -180,6 +180,8 @@ impl Shared {
         let mut new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         new.resolve_db()
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        new.read_secret_files()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let old = &self.cfg;
         // The TLS files first: a certificate that cannot be used fails the whole reload,
         // with nothing changed. Switching TLS on or off changes what the port speaks, and
