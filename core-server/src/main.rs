@@ -124,6 +124,20 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("refusing to start: {why}");
     }
     if cli.check_config {
+        // The files the configuration names are read too, so that a path that is wrong or a
+        // certificate that does not fit its key is found now rather than at the next start.
+        if let Some(t) = &cfg.tls {
+            deskmux_core_server::tls::acceptor(t).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(p) = &cfg.admin_token_file {
+            let t = std::fs::read(p).with_context(|| format!("admin_token_file {}", p.display()))?;
+            anyhow::ensure!(
+                t.trim_ascii().len() >= deskmux_core_server::config::MIN_SECRET_LEN,
+                "admin_token_file {}: shorter than {} bytes",
+                p.display(),
+                deskmux_core_server::config::MIN_SECRET_LEN
+            );
+        }
         println!(
             "config ok: {} tenants, role {:?}, db {}",
             cfg.tenants.len(),
