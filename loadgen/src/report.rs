@@ -8,8 +8,15 @@
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
 //!   peak_connected}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
-//!   wrong, unknown_correlation, duplicates, measured}`
-//! - `throughput_rps` (answered ok per second inside the window)
+//!   wrong, unknown_correlation, duplicates, measured, due, unsent, unsent_lateness_us.*,
+//!   by_type.<name>, by_service.<service>}` — `sent` counts the scenario's measured requests;
+//!   `by_type` every request written (logins and heartbeats too), `by_service` the same summed
+//!   per service, comparable with the proxy's `deskmux_proxy_requests_total{service}`
+//! - `throughput_rps` (answered ok per second inside the window); `achieved_rate_rps` and
+//!   `achieved_over_target` (open loop: requests due in the window that were sent, per second,
+//!   and over the target rate)
+//! - `target_missed`, `target_missed_reasons[]`: the run fell more than 1 % short of its
+//!   target rate or left requests unsent
 //! - `latency_us.{count, mean, p50, p90, p99, p999, p9999, max}` — corrected for coordinated
 //!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`
 //! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
@@ -40,6 +47,8 @@ use crate::verify::Tally;
 pub const BUSY_LIMIT: f64 = 0.90;
 /// A scheduler-lag p99 over this (µs) marks loadgen as the bottleneck.
 pub const SCHED_LAG_LIMIT_US: f64 = 5_000.0;
+/// An open-loop run that sent less than this share of its target rate missed its target.
+pub const SHORTFALL_LIMIT: f64 = 0.01;
 
 /// `clients.*`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -94,6 +103,16 @@ pub struct Requests {
     pub duplicates: u64,
     /// Answered ok with an intended time inside the window.
     pub measured: u64,
+    /// Intended send time inside the window: sent or not.
+    pub due: u64,
+    /// Due inside the window and never sent (the window ended while they waited).
+    pub unsent: u64,
+    /// Of the unsent requests: window end minus intended time. Also in the corrected latency.
+    pub unsent_lateness_us: Percentiles,
+    /// Every request written, by message type (logins and heartbeats included).
+    pub by_type: BTreeMap<String, u64>,
+    /// `by_type` summed per service.
+    pub by_service: BTreeMap<String, u64>,
 }
 
 /// `events.*`.
@@ -185,6 +204,14 @@ pub struct Summary {
     pub requests: Requests,
     /// Ok answers per second in the window.
     pub throughput_rps: f64,
+    /// Open loop: requests due in the window and sent, per second of the window.
+    pub achieved_rate_rps: Option<f64>,
+    /// Open loop: `achieved_rate_rps` over `target_rate_rps`.
+    pub achieved_over_target: Option<f64>,
+    /// The run fell short of its target rate by more than 1 %, or left requests unsent.
+    pub target_missed: bool,
+    /// Why.
+    pub target_missed_reasons: Vec<String>,
     /// Corrected latency.
     pub latency_us: Percentiles,
     /// Uncorrected latency.
@@ -242,6 +269,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
     let mut wait_max: f64 = 0.0;
     let mut threads = 0;
     let mut ops: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut storms: Vec<(bool, Histogram<u64>, u64, u64)> = Vec::new();
     let wns = (window.end_ns - window.start_ns).max(1) as f64;
     for s in shards {
@@ -266,6 +294,9 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         }
         for t in &s.thread_wait_ns {
             wait_max = wait_max.max(*t as f64 / wns);
+        }
+        for (k, n) in &s.by_type {
+            *by_type.entry(k.clone()).or_default() += n;
         }
         for (k, h) in &s.ops {
             let _ = ops
@@ -327,6 +358,11 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             }
         ));
     }
+    let achieved = cfg
+        .rate
+        .map(|_| tally.due.saturating_sub(tally.unsent) as f64 / secs);
+    let achieved_over_target = cfg.rate.zip(achieved).map(|(r, a)| a / r.max(1e-9));
+    let missed = target_missed(&tally, achieved_over_target, &rec);
     let latency_over_time = rec
         .intervals
         .iter()
@@ -383,8 +419,17 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             unknown_correlation: tally.unknown,
             duplicates: tally.duplicates,
             measured,
+            due: tally.due,
+            unsent: tally.unsent,
+            unsent_lateness_us: Percentiles::of(&rec.unsent),
+            by_service: crate::counts::by_service(&by_type),
+            by_type,
         },
         throughput_rps: measured as f64 / secs,
+        achieved_rate_rps: achieved,
+        achieved_over_target,
+        target_missed: !missed.is_empty(),
+        target_missed_reasons: missed,
         latency_us: Percentiles::of(&rec.corrected),
         latency_uncorrected_us: Percentiles::of(&rec.uncorrected),
         send_lag_us: Percentiles::of(&rec.send_lag),
@@ -429,6 +474,32 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         server: None,
     };
     Ok((summary, rec))
+}
+
+/// Why a run missed its target: requests due in the window left unsent, or (open loop) less
+/// sent than the target rate by more than [`SHORTFALL_LIMIT`].
+fn target_missed(tally: &Tally, achieved_over_target: Option<f64>, rec: &Recorder) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if tally.unsent > 0 {
+        let late = Percentiles::of(&rec.unsent);
+        reasons.push(format!(
+            "{} of {} requests due in the window were never sent (lateness at the end p50 {:.1} ms,              max {:.1} ms): they waited behind the in-flight cap (the system answered slowly) or              behind loadgen; counted in the corrected latency",
+            tally.unsent,
+            tally.due,
+            late.p50 / 1000.0,
+            late.max / 1000.0
+        ));
+    }
+    if let Some(r) = achieved_over_target
+        && r < 1.0 - SHORTFALL_LIMIT
+    {
+        reasons.push(format!(
+            "achieved {:.1} % of the target rate (limit {:.0} % short)",
+            r * 100.0,
+            SHORTFALL_LIMIT * 100.0
+        ));
+    }
+    reasons
 }
 
 fn pct_row(out: &mut String, name: &str, p: &Percentiles) {
@@ -493,8 +564,34 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "throughput {:.0} req/s (ok, inside the window)",
-        s.throughput_rps
+        "          due in the window {}  unsent {}  — all written by type: {}",
+        r.due,
+        r.unsent,
+        r.by_type
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "throughput {:.0} req/s (ok, inside the window){}{}",
+        s.throughput_rps,
+        match (s.achieved_rate_rps, s.achieved_over_target) {
+            (Some(a), Some(r)) => format!(
+                "; sent {a:.0} req/s of the due ones = {:.1} % of the target",
+                r * 100.0
+            ),
+            _ => String::new(),
+        },
+        if s.target_missed {
+            format!(
+                "  ** TARGET MISSED: {} **",
+                s.target_missed_reasons.join("; ")
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         o,
@@ -504,6 +601,9 @@ pub fn table(s: &Summary) -> String {
     pct_row(&mut o, "corrected", &s.latency_us);
     pct_row(&mut o, "uncorrected", &s.latency_uncorrected_us);
     pct_row(&mut o, "send lag", &s.send_lag_us);
+    if r.unsent > 0 {
+        pct_row(&mut o, "unsent: lateness", &r.unsent_lateness_us);
+    }
     for (k, p) in &s.ops {
         pct_row(&mut o, &format!("op {k}"), p);
     }
