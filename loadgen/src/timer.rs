@@ -33,12 +33,19 @@ use crate::engine::Clock;
 pub const SPIN_NS: u64 = 20_000;
 
 /// One sleeper's registration.
+///
+/// A sleeper has at most one live heap entry, at `queued`. Moving the deadline later (a
+/// desktop's heartbeat deadline moves with every write) only updates `deadline`: the entry
+/// is re-queued when it comes up. Only an earlier deadline pushes a new entry, which makes the
+/// old one stale. So a busy closed-loop desktop costs no heap push per request.
 #[derive(Debug)]
 struct Entry {
-    /// Generation of the current deadline: heap entries of older ones are stale.
+    /// Identity of this registration: a reused slot gets another, so older entries are stale.
     generation: u64,
     /// Run time to wake at.
     deadline: u64,
+    /// Deadline of the live heap entry (`u64::MAX`: none; it fired).
+    queued: u64,
     /// Who to wake.
     waker: Option<Waker>,
 }
@@ -49,7 +56,7 @@ struct Inner {
     heap: BinaryHeap<Reverse<(u64, usize, u64)>>,
     /// Live sleepers.
     slots: Slab<Entry>,
-    /// Next generation number (never reused, so a reused slot cannot match a stale entry).
+    /// Next generation number (never reused).
     next_gen: u64,
     /// The deadline the timerfd is armed for (`u64::MAX`: not armed).
     armed: u64,
@@ -97,6 +104,7 @@ impl Timers {
         let slot = inner.slots.insert(Entry {
             generation,
             deadline,
+            queued: deadline,
             waker: None,
         });
         inner.heap.push(Reverse((deadline, slot, generation)));
@@ -159,12 +167,20 @@ impl Timers {
             inner.armed = u64::MAX;
             let mut now = self.clock.now_ns();
             while let Some(&Reverse((deadline, slot, generation))) = inner.heap.peek() {
-                let live = inner
+                let Some(e) = inner
                     .slots
-                    .get(slot)
-                    .is_some_and(|e| e.generation == generation);
-                if !live {
+                    .get_mut(slot)
+                    .filter(|e| e.generation == generation && e.queued == deadline)
+                else {
                     inner.heap.pop();
+                    continue;
+                };
+                if e.deadline != deadline {
+                    // Moved later since it was queued: queue it at its deadline now.
+                    let later = e.deadline;
+                    e.queued = later;
+                    inner.heap.pop();
+                    inner.heap.push(Reverse((later, slot, generation)));
                     continue;
                 }
                 if deadline > now {
@@ -178,7 +194,9 @@ impl Timers {
                     }
                 }
                 inner.heap.pop();
-                if let Some(w) = inner.slots[slot].waker.take() {
+                let e = &mut inner.slots[slot];
+                e.queued = u64::MAX;
+                if let Some(w) = e.waker.take() {
                     woken.push(w);
                 }
             }
@@ -205,14 +223,14 @@ impl Sleep {
     pub fn reset(&mut self, deadline: u64) {
         let t = &*self.timers;
         let mut inner = t.inner.borrow_mut();
-        if inner.slots[self.slot].deadline == deadline {
+        let e = &mut inner.slots[self.slot];
+        e.deadline = deadline;
+        if deadline >= e.queued {
+            // The live entry comes up first and re-queues it (see `Entry`).
             return;
         }
-        let generation = inner.next_gen;
-        inner.next_gen += 1;
-        let e = &mut inner.slots[self.slot];
-        e.generation = generation;
-        e.deadline = deadline;
+        e.queued = deadline;
+        let generation = e.generation;
         inner.heap.push(Reverse((deadline, self.slot, generation)));
         t.arm(&mut inner, deadline);
     }
@@ -272,8 +290,10 @@ mod tests {
                 let timers = timers.clone();
                 let order = order.clone();
                 tasks.push(tokio::task::spawn_local(async move {
-                    let mut s = timers.sleep_until(t0 + 1_000_000_000);
-                    // Reset to the real deadline: the first one must not fire.
+                    let mut s = timers.sleep_until(t0 + 2_000_000);
+                    // Moved later (its entry re-queues when it comes up), then to the real
+                    // deadline: neither earlier one may wake it early.
+                    s.reset(t0 + 1_000_000_000);
                     s.reset(t0 + ms * 1_000_000);
                     (&mut s).await;
                     let now = clock.now_ns();
