@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -43,12 +43,12 @@ use crate::engine::{EventStats, ShardResult, merge_delivery};
 use crate::recorder::{self, Percentiles, Recorder};
 use crate::verify::Tally;
 
+pub use crate::html::html;
+
 /// A thread busier than this share of a core marks loadgen as the bottleneck.
 pub const BUSY_LIMIT: f64 = 0.90;
 /// A scheduler-lag p99 over this (µs) marks loadgen as the bottleneck.
 pub const SCHED_LAG_LIMIT_US: f64 = 5_000.0;
-/// An open-loop run that sent less than this share of its target rate missed its target.
-pub const SHORTFALL_LIMIT: f64 = 0.01;
 
 /// `clients.*`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -362,7 +362,12 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         .rate
         .map(|_| tally.due.saturating_sub(tally.unsent) as f64 / secs);
     let achieved_over_target = cfg.rate.zip(achieved).map(|(r, a)| a / r.max(1e-9));
-    let missed = target_missed(&tally, achieved_over_target, &rec);
+    let missed = crate::shortfall::reasons(
+        tally.due,
+        tally.unsent,
+        &Percentiles::of(&rec.unsent),
+        achieved_over_target,
+    );
     let latency_over_time = rec
         .intervals
         .iter()
@@ -474,32 +479,6 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         server: None,
     };
     Ok((summary, rec))
-}
-
-/// Why a run missed its target: requests due in the window left unsent, or (open loop) less
-/// sent than the target rate by more than [`SHORTFALL_LIMIT`].
-fn target_missed(tally: &Tally, achieved_over_target: Option<f64>, rec: &Recorder) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if tally.unsent > 0 {
-        let late = Percentiles::of(&rec.unsent);
-        reasons.push(format!(
-            "{} of {} requests due in the window were never sent (lateness at the end p50 {:.1} ms,              max {:.1} ms): they waited behind the in-flight cap (the system answered slowly) or              behind loadgen; counted in the corrected latency",
-            tally.unsent,
-            tally.due,
-            late.p50 / 1000.0,
-            late.max / 1000.0
-        ));
-    }
-    if let Some(r) = achieved_over_target
-        && r < 1.0 - SHORTFALL_LIMIT
-    {
-        reasons.push(format!(
-            "achieved {:.1} % of the target rate (limit {:.0} % short)",
-            r * 100.0,
-            SHORTFALL_LIMIT * 100.0
-        ));
-    }
-    reasons
 }
 
 fn pct_row(out: &mut String, name: &str, p: &Percentiles) {
@@ -711,159 +690,6 @@ pub fn write_hdr_log(
     std::fs::write(path, out)
 }
 
-fn svg_polyline(points: &[(f64, f64)], color: &str) -> String {
-    let mut s = format!("<polyline fill='none' stroke='{color}' stroke-width='1.5' points='");
-    for (x, y) in points {
-        let _ = write!(s, "{x:.1},{y:.1} ");
-    }
-    s.push_str("'/>");
-    s
-}
-
-/// A log-scale y axis mapping µs to pixels.
-fn log_y(v: f64, lo: f64, hi: f64, h: f64) -> f64 {
-    let v = v.max(lo);
-    let f = (v.ln() - lo.ln()) / (hi.ln() - lo.ln()).max(1e-9);
-    h - f * h
-}
-
-fn y_ticks(lo: f64, hi: f64, w: f64, h: f64, left: f64, top: f64) -> String {
-    let mut s = String::new();
-    let mut decade = 10f64.powf(lo.log10().floor());
-    // Gridlines at 1, 2 and 5 of each decade, so a chart that spans less than one decade
-    // still has a scale.
-    let ticks = std::iter::from_fn(|| {
-        let d = decade;
-        decade *= 10.0;
-        (d <= hi * 1.0001).then_some([d, 2.0 * d, 5.0 * d])
-    });
-    for t in ticks.flatten() {
-        if t >= lo * 0.9999 && t <= hi * 1.0001 {
-            let y = top + log_y(t, lo, hi, h);
-            let label = if t >= 1e6 {
-                format!("{} s", t / 1e6)
-            } else if t >= 1e3 {
-                format!("{} ms", t / 1e3)
-            } else {
-                format!("{t} µs")
-            };
-            let _ = write!(
-                s,
-                "<line x1='{left}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/>\
-                 <text x='{}' y='{:.1}' font-size='10' text-anchor='end'>{label}</text>",
-                left + w,
-                left - 4.0,
-                y + 3.0
-            );
-        }
-    }
-    s
-}
-
-/// The self-contained HTML report: latency over time and the percentile distribution.
-pub fn html(s: &Summary, rec: &Recorder) -> String {
-    let (w, h, left, top) = (760.0, 260.0, 60.0, 20.0);
-    // Latency over time.
-    let iv = &s.latency_over_time;
-    let lo = iv
-        .iter()
-        .map(|i| i.p50)
-        .filter(|v| *v > 0.0)
-        .fold(f64::MAX, f64::min)
-        .min(s.latency_us.p50.max(1.0))
-        .max(1.0);
-    let hi = iv
-        .iter()
-        .map(|i| i.max)
-        .fold(s.latency_us.max, f64::max)
-        .max(lo * 10.0);
-    // Whole decades at both ends, so the lowest and highest gridlines are labelled.
-    let lo = 10f64.powf(lo.log10().floor());
-    let hi = 10f64.powf(hi.log10().ceil());
-    let n = iv.len().max(2) as f64 - 1.0;
-    let series = |f: &dyn Fn(&Interval) -> f64| -> Vec<(f64, f64)> {
-        iv.iter()
-            .enumerate()
-            .filter(|(_, i)| i.count > 0)
-            .map(|(k, i)| (left + k as f64 / n * w, top + log_y(f(i), lo, hi, h)))
-            .collect()
-    };
-    let mut over_time = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
-        w + left + 20.0,
-        h + top + 40.0
-    );
-    over_time.push_str(&y_ticks(lo, hi, w, h, left, top));
-    over_time.push_str(&svg_polyline(&series(&|i| i.p50), "#2a7"));
-    over_time.push_str(&svg_polyline(&series(&|i| i.p99), "#e80"));
-    over_time.push_str(&svg_polyline(&series(&|i| i.max), "#c22"));
-    let _ = write!(
-        over_time,
-        "<text x='{left}' y='{}' font-size='11'>seconds into the window (0 – {:.0} s); \
-         <tspan fill='#2a7'>p50</tspan> <tspan fill='#e80'>p99</tspan> \
-         <tspan fill='#c22'>max</tspan> per {} ms interval</text></svg>",
-        top + h + 25.0,
-        s.duration_s,
-        rec.window.interval_ns / 1_000_000
-    );
-    // Percentile distribution: x = log10(1/(1-q)), as HdrHistogram plots do.
-    let mut dist = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
-        w + left + 20.0,
-        h + top + 40.0
-    );
-    let xmax = 5.0; // up to 99.999 %
-    let curve = |hist: &Histogram<u64>| -> Vec<(f64, f64)> {
-        let mut pts = Vec::new();
-        if hist.is_empty() {
-            return pts;
-        }
-        for k in 0..=200 {
-            let x = k as f64 / 200.0 * xmax;
-            let q = 1.0 - 10f64.powf(-x);
-            let v = hist.value_at_quantile(q) as f64 / 1000.0;
-            pts.push((left + x / xmax * w, top + log_y(v, lo, hi, h)));
-        }
-        pts
-    };
-    dist.push_str(&y_ticks(lo, hi, w, h, left, top));
-    for (k, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
-        .iter()
-        .enumerate()
-    {
-        let x = left + k as f64 / xmax * w;
-        let _ = write!(
-            dist,
-            "<line x1='{x:.1}' x2='{x:.1}' y1='{top}' y2='{}' stroke='#eee'/>\
-             <text x='{x:.1}' y='{}' font-size='10' text-anchor='middle'>{label}</text>",
-            top + h,
-            top + h + 12.0
-        );
-    }
-    dist.push_str(&svg_polyline(&curve(&rec.corrected), "#c22"));
-    dist.push_str(&svg_polyline(&curve(&rec.uncorrected), "#27c"));
-    let _ = write!(
-        dist,
-        "<text x='{left}' y='{}' font-size='11'>percentile; \
-         <tspan fill='#c22'>corrected (from intended send time)</tspan>, \
-         <tspan fill='#27c'>uncorrected</tspan></text></svg>",
-        top + h + 30.0
-    );
-    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;");
-    let json = serde_json::to_string_pretty(s).unwrap_or_default();
-    format!(
-        "<!doctype html><html><head><meta charset='utf-8'><title>deskmux loadgen report</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}</style>\
-         </head><body><h1>deskmux loadgen — {}</h1><pre>{}</pre>\
-         <h2>Latency over time</h2>{over_time}<h2>Latency by percentile</h2>{dist}\
-         <h2>JSON</h2><pre>{}</pre><p>Generated {:?}</p></body></html>",
-        esc(&s.scenario),
-        esc(&table(s)),
-        esc(&json),
-        SystemTime::now()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -958,12 +784,65 @@ mod tests {
             "/events/gaps",
             "/loadgen_saturated",
             "/loadgen_cpu_percent",
+            "/requests/due",
+            "/requests/unsent",
+            "/requests/unsent_lateness_us/p99",
+            "/requests/by_type",
+            "/requests/by_service",
+            "/achieved_rate_rps",
+            "/achieved_over_target",
+            "/target_missed",
+            "/target_missed_reasons",
         ] {
             assert!(v.pointer(key).is_some(), "missing {key}");
         }
-        let html = html(&s, &rec);
-        assert!(html.contains("<svg") && html.contains("polyline"));
+        let page = html(&s, &rec);
+        assert!(page.contains("<svg") && page.contains("polyline"));
         assert!(table(&s).contains("verification passed"));
+        assert!(!s.target_missed && !table(&s).contains("TARGET MISSED"));
+
+        // Open loop at 100 req/s over the 2 s window, one shard short by 10 unsent requests:
+        // the run is flagged, in the table and the HTML too.
+        let mut open = c.clone();
+        open.rate = Some(100.0);
+        let mut r = Recorder::new(w);
+        for i in 0..190u64 {
+            let t = w.start_ns + i * 10_000_000;
+            r.record(t, t, t + 100_000);
+        }
+        for i in 190..200u64 {
+            r.record_unsent(w.start_ns + i * 10_000_000);
+        }
+        let short = ShardResult {
+            desktops: 5,
+            threads: 1,
+            tally: Tally {
+                sent: 190,
+                ok: 190,
+                due: 200,
+                unsent: 10,
+                ..Tally::default()
+            },
+            rec: r.to_wire(),
+            ..ShardResult::default()
+        };
+        let (s, rec) = aggregate(&open, &[short]).unwrap();
+        assert_eq!((s.requests.due, s.requests.unsent), (200, 10));
+        assert_eq!(s.requests.measured, 190);
+        assert_eq!(
+            s.latency_us.count, 200,
+            "unsent requests are in the corrected latency"
+        );
+        assert!((s.achieved_over_target.unwrap() - 0.95).abs() < 1e-9);
+        assert!(s.target_missed);
+        assert_eq!(
+            s.target_missed_reasons.len(),
+            2,
+            "{:?}",
+            s.target_missed_reasons
+        );
+        assert!(table(&s).contains("TARGET MISSED: 10 of 200"));
+        assert!(html(&s, &rec).contains("TARGET MISSED"));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.hlog");
         write_hdr_log(&p, &c, &rec).unwrap();
