@@ -437,10 +437,11 @@ pub struct Ctx {
 
 /// A thread's (CPU, run-queue wait) at the window's start, and whether its end was recorded.
 ///
-/// The ticker samples at its first tick inside the window and its first tick after it. The
-/// desktops may all finish before that second tick (in 3 of 15 runs they did, within 10 ms of
-/// the end): then [`CpuWindow::finish`] records the end once they have, so the figures are
-/// never left at zero.
+/// The ticker samples at its first tick inside the window and its first tick after it. A ping
+/// run's desktops end as soon as their last answers are in, which can be before that second
+/// tick (10 ms period); the ticker is then aborted and the figures used to stay at zero
+/// ("busiest thread 0 %" in 3 of 15 runs). [`CpuWindow::finish`] records the end when the
+/// thread's desktops are done, if no tick has.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuWindow {
     /// Sample at the first tick inside the window.
