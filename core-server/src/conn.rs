@@ -118,7 +118,9 @@ pub async fn serve_tls(shared: Arc<Shared>, tls: crate::tls::Acceptor, stream: T
     let stream = match tokio::time::timeout(limit, tls.inner.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::warn!(source = ?source, error = %e, "tls handshake failed");
+            if let Some(suppressed) = crate::lograte::PROTOCOL.allow() {
+                tracing::info!(source = ?source, error = %e, suppressed, "tls handshake failed");
+            }
             shared.open_conns.fetch_sub(1, Ordering::AcqRel);
             return;
         }
@@ -360,7 +362,9 @@ impl Conn {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!("framing lost: {e}");
+                        if let Some(suppressed) = crate::lograte::PROTOCOL.allow() {
+                            tracing::info!(source = ?self.source, suppressed, "framing lost, closing: {e}");
+                        }
                         self.out
                             .frame(control_error(0, e.code(), &e.to_string()).freeze());
                         return;
@@ -686,7 +690,9 @@ impl Conn {
             return Err(false);
         }
         if h.tenant == 0 || !self.shared.tenant_known(h.tenant) {
-            tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, "login refused: unknown tenant");
+            if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
+                tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, suppressed, "login refused: unknown tenant");
+            }
             self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
             return Err(true);
         }
@@ -862,7 +868,9 @@ impl Conn {
         if self.link_refused {
             // `[tls] client_ca`: mutual TLS backs up the secret; without a client certificate
             // the secret is not even looked at.
-            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: no client certificate");
+            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
+                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: no client certificate");
+            }
             self.err(
                 &h,
                 ErrorCode::AUTH_FAILED,
@@ -872,7 +880,9 @@ impl Conn {
             return;
         }
         if !crate::auth::secret::ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
-            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: bad link secret");
+            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
+                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: bad link secret");
+            }
             self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
             self.closing = true;
             return;
