@@ -534,6 +534,61 @@ impl Config {
         Ok(())
     }
 
+    /// What `--check-config` prints: the settings an operator checks first, one per line,
+    /// with no secret (the link secret by its length and source only).
+    pub fn summary(&self) -> String {
+        let on_off = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        let tls = match &self.tls {
+            Some(t) if t.client_ca.is_some() => "TLS, links need a client certificate",
+            Some(_) => "TLS",
+            None => "plain TCP",
+        };
+        let secret = match (&self.link_secret_file, self.link_secret.len()) {
+            (_, 0) => "none (every link is refused)".to_string(),
+            (Some(p), n) => format!("{n} bytes, from {}", p.display()),
+            (None, n) => format!("{n} bytes, inline"),
+        };
+        let tenants: Vec<String> = self
+            .tenants
+            .iter()
+            .map(|t| format!("{} {}", t.id, t.name))
+            .collect();
+        [
+            "config ok".to_string(),
+            format!("  listen        {} ({tls})", self.listen),
+            format!("  role          {:?}, instance {}", self.role, self.instance),
+            format!(
+                "  db            {} (synchronous {}{})",
+                self.db.display(),
+                self.sqlite_synchronous,
+                if self.standby { ", standby" } else { "" }
+            ),
+            format!("  link secret   {secret}"),
+            format!("  tenants       {}", tenants.join(", ")),
+            format!(
+                "  limits        max_frame {}, max_in_flight {}, max_connections {}, request_timeout_ms {}",
+                self.max_frame, self.max_in_flight, self.max_connections, self.request_timeout_ms
+            ),
+            format!(
+                "  queues        engine {} / {} bytes, db {} / {} bytes, group_commit_max {}",
+                self.engine_queue,
+                self.engine_queue_bytes,
+                self.db_queue,
+                self.db_queue_bytes,
+                self.group_commit_max
+            ),
+            format!(
+                "  admin         http {}, line protocol {}, token {}",
+                on_off(self.http_listen),
+                on_off(self.admin_listen),
+                self.admin_token_file
+                    .as_ref()
+                    .map_or("none (controls refused)".to_string(), |p| format!("from {}", p.display()))
+            ),
+        ]
+        .join("\n")
+    }
+
     /// Read `link_secret_file` into `link_secret`.
     ///
     /// # Errors
@@ -634,6 +689,15 @@ mod tests {
         let mut missing =
             Config::from_toml("link_secret_file = \"/nonexistent/link.secret\"").unwrap();
         assert!(missing.read_secret_files().is_err());
+    }
+
+    #[test]
+    fn the_check_summary_names_the_secret_by_length_only() {
+        let secret = "s".repeat(20) + "-very-secret-value";
+        let c = Config::from_toml(&format!("link_secret = \"{secret}\"")).unwrap();
+        let s = c.summary();
+        assert!(!s.contains(&secret), "{s}");
+        assert!(s.contains("38 bytes, inline"), "{s}");
     }
 
     #[test]

@@ -164,12 +164,7 @@ fn main() -> anyhow::Result<()> {
                 deskmux_core_server::config::MIN_SECRET_LEN
             );
         }
-        println!(
-            "config ok: {} tenants, role {:?}, db {}",
-            cfg.tenants.len(),
-            cfg.role,
-            cfg.db.display()
-        );
+        println!("{}", cfg.summary());
         return Ok(());
     }
     init_logs(cli.log_format);

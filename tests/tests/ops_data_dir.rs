@@ -41,10 +41,14 @@ fn checked_db(cfg: &Path, cwd: &Path, env: &[(&str, &Path)]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split(" db ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no db in {text}"))
-        .trim()
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("db "))
+        .unwrap_or_else(|| panic!("no db in {text}"));
+    line.trim()
+        .split(" (")
+        .next()
+        .unwrap_or_default()
         .to_string()
 }
 
