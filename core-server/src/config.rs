@@ -281,6 +281,8 @@ pub struct Config {
     /// TLS on the listen port (`[tls]`): desktops and proxy links alike. Default: none
     /// (plain TCP).
     pub tls: Option<Tls>,
+    /// `[gms]`: the access-number service (see `crate::gms::config`). Default: none.
+    pub gms: Option<crate::gms::config::GmsConfig>,
     /// SQLite `busy_timeout` in ms: how long a group commit waits for another process's lock
     /// on the data file (an operator's `sqlite3` shell, a backup tool) before its batch fails.
     /// A batch that cannot open its transaction fails whole, with nothing applied. Default 5000.
@@ -384,6 +386,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenants: Vec::new(),
             tls: None,
+            gms: None,
             sqlite_busy_timeout_ms: 5000,
             sqlite_max_page_count: None,
         }
@@ -475,6 +478,19 @@ impl Config {
         }
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
+        }
+        if let Some(g) = &self.gms {
+            g.validate().map_err(ConfigError::Invalid)?;
+            if let Some(x) = g
+                .groups
+                .iter()
+                .find(|x| !self.tenants.iter().any(|t| t.id == x.tenant))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "gms group {:?}: tenant {} is not in [[tenants]]",
+                    x.name, x.tenant
+                )));
+            }
         }
         if !(1..=3_600_000).contains(&self.request_timeout_ms) {
             return bad("request_timeout_ms must be 1 to 3600000 (one hour)");

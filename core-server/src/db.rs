@@ -50,7 +50,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::queue::Gauge;
-use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreResult};
+use crate::storage::{BookingRow, ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreResult};
 
 /// Called after the batch's commit with its outcome; sends the response.
 pub type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
@@ -549,6 +549,46 @@ macro_rules! wrapper_store {
             fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
                 let $s = self;
                 let $call = |st: &mut dyn Store| st.content_get(tenant, id);
+                $data
+            }
+            fn gms_in_use(
+                &mut self,
+                tenant: u32,
+                group: &str,
+                now_us: i64,
+            ) -> StoreResult<Vec<(String, Option<String>)>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_in_use(tenant, group, now_us);
+                $data
+            }
+            fn gms_book(&mut self, row: &BookingRow) -> StoreResult<i64> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_book(row);
+                $data
+            }
+            fn gms_for_number(
+                &mut self,
+                tenant: u32,
+                number: &str,
+                now_us: i64,
+            ) -> StoreResult<Vec<BookingRow>> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_for_number(tenant, number, now_us);
+                $data
+            }
+            fn gms_release(&mut self, id: i64) -> StoreResult<bool> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_release(id);
+                $data
+            }
+            fn gms_expire(&mut self, now_us: i64) -> StoreResult<u64> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_expire(now_us);
+                $data
+            }
+            fn gms_count(&mut self, tenant: Option<u32>) -> StoreResult<u64> {
+                let $s = self;
+                let $call = |st: &mut dyn Store| st.gms_count(tenant);
                 $data
             }
             fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>> {

@@ -207,6 +207,32 @@ async fn metrics(State(app): State<App>) -> Response {
         "Wall time spent in argon2id verifications",
         av(|a| load(&a.argon2_ns)) as f64 / 1e9,
     );
+    let gv = |f: fn(&crate::gms::GmsStats) -> u64| s.gms.get().map_or(0, |g| f(&g.stats));
+    t.counter(
+        "gms_booked",
+        "GMS access numbers booked",
+        gv(|g| load(&g.booked)),
+    );
+    t.counter(
+        "gms_exhausted",
+        "GMS requests refused: no free number in the pool",
+        gv(|g| load(&g.exhausted)),
+    );
+    t.counter(
+        "gms_matched",
+        "GMS calls matched (bookings released)",
+        gv(|g| load(&g.matched)),
+    );
+    t.counter(
+        "gms_unmatched",
+        "GMS matches that found no live booking",
+        gv(|g| load(&g.unmatched)),
+    );
+    t.counter(
+        "gms_expired",
+        "GMS bookings removed at expiry",
+        gv(|g| load(&g.expired)),
+    );
     process_metrics(&mut t.0);
     (
         [(

@@ -11,6 +11,7 @@
 //! - [`conn`]: one connection (direct or link): handshakes, session routing, echo, writer;
 //! - [`ixn`]: the Interaction Server engine (agents, queues, invites, subscriptions);
 //! - [`ucs`]: the UCS requests (contacts, history), paged to `max_frame`;
+//! - [`gms`]: access numbers and call matching (GMS), over HTTP/JSON and the protocol;
 //! - [`limits`]: caps on lists and sizes from the wire, and the property-list merge;
 //! - [`subs`]: the engine's subscriptions and their indexes;
 //! - [`queue`]: bounded admission to the engine and the DB worker (`OVERLOADED` when full);
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod db;
+pub mod gms;
 pub mod http;
 pub mod ixn;
 pub mod limits;

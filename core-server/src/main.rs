@@ -185,6 +185,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(a) = server.http_addr() {
             writeln!(out, "HTTP {a}")?;
         }
+        if let Some(a) = server.gms_http_addr() {
+            writeln!(out, "GMS_HTTP {a}")?;
+        }
         out.flush()?;
         drop(out);
         server.run().await?;

@@ -124,6 +124,8 @@ pub struct Shared {
     pub db: OnceLock<Db>,
     /// The login checker (set once primary).
     pub auth: OnceLock<Auth>,
+    /// The GMS access-number service (set once primary, if `[gms]` is configured).
+    pub gms: OnceLock<crate::gms::Gms>,
     /// Tenants served: from the configuration, replaced by a reload (SIGHUP).
     tenants: RwLock<HashSet<u32>>,
     /// With `[tls]`: what accepted connections speak. A reload (SIGHUP) reads the certificate,
@@ -318,6 +320,8 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     http: Option<TcpListener>,
+    /// The GMS HTTP API (`[gms] http_listen`).
+    gms_http: Option<TcpListener>,
     admin_token: Option<Vec<u8>>,
 }
 
@@ -392,6 +396,11 @@ fn activate(
         });
         let _ = shared.engine.set(tx);
     }
+    if let Some(g) = &shared.cfg.gms {
+        let gms = crate::gms::Gms::new(g, db.clone());
+        tokio::spawn(gms.clone().sweep());
+        let _ = shared.gms.set(gms);
+    }
     let _ = shared.db.set(db);
     shared.primary.store(true, Ordering::Release);
     Ok(())
@@ -424,6 +433,14 @@ impl Server {
         let http = crate::http::bind(cfg.http_listen)
             .await
             .map_err(|e| bind_error("http_listen", cfg.http_listen.unwrap_or(cfg.listen), e))?;
+        let gms_http = match cfg.gms.as_ref().and_then(|g| g.http_listen) {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| bind_error("gms.http_listen", a, e))?,
+            ),
+            None => None,
+        };
         let lock = InstanceLock::try_acquire(&cfg.db)?;
         if lock.is_none() && !cfg.standby {
             return Err(ServerError::Locked(cfg.db.display().to_string()));
@@ -442,6 +459,7 @@ impl Server {
             engine: OnceLock::new(),
             db: OnceLock::new(),
             auth: OnceLock::new(),
+            gms: OnceLock::new(),
             tenants: RwLock::new(cfg.tenants.iter().map(|t| t.id).collect()),
             tls: RwLock::new(tls),
             config_path: Mutex::new(None),
@@ -477,6 +495,7 @@ impl Server {
             listener,
             admin,
             http,
+            gms_http,
             admin_token,
         })
     }
@@ -492,6 +511,11 @@ impl Server {
     /// The admin port's bound address, if configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The GMS HTTP API's bound address, if configured.
+    pub fn gms_http_addr(&self) -> Option<SocketAddr> {
+        self.gms_http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The HTTP admin's bound address, if configured.
@@ -532,6 +556,9 @@ impl Server {
         }
         if let Some(http) = self.http {
             tokio::spawn(crate::http::serve(shared.clone(), http, token));
+        }
+        if let Some(l) = self.gms_http {
+            tokio::spawn(crate::gms::http::serve(l, shared.clone()));
         }
         tracing::info!("serving at most {} connections", shared.max_conns);
         loop {

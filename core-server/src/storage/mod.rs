@@ -47,6 +47,29 @@ impl StoreError {
     }
 }
 
+/// A GMS booking of an access number (see `crate::gms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingRow {
+    /// Booking id (0 before it is stored).
+    pub id: i64,
+    /// Tenant.
+    pub tenant: u32,
+    /// Resource group.
+    pub group: String,
+    /// The access number handed out.
+    pub number: String,
+    /// The access code, if one was asked for.
+    pub code: Option<String>,
+    /// The requesting client's phone number.
+    pub caller: String,
+    /// The request's user data, in wire form (a body item list of `str` values).
+    pub user_data: Vec<u8>,
+    /// When it was booked, µs since the UNIX epoch.
+    pub booked_us: i64,
+    /// When it expires, µs since the UNIX epoch.
+    pub expires_us: i64,
+}
+
 /// A contact: id and its attributes in wire form (an item list of `str` values).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRow {
@@ -208,6 +231,29 @@ pub trait Store: Send {
     ) -> StoreResult<Option<Vec<HistoryRow>>>;
     /// A history record's text.
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>>;
+
+    /// The access numbers (and codes) of `group`'s bookings that have not expired at `now_us`.
+    fn gms_in_use(
+        &mut self,
+        tenant: u32,
+        group: &str,
+        now_us: i64,
+    ) -> StoreResult<Vec<(String, Option<String>)>>;
+    /// Store a booking; its id.
+    fn gms_book(&mut self, row: &BookingRow) -> StoreResult<i64>;
+    /// The bookings of `number` in `tenant` that have not expired at `now_us`, newest first.
+    fn gms_for_number(
+        &mut self,
+        tenant: u32,
+        number: &str,
+        now_us: i64,
+    ) -> StoreResult<Vec<BookingRow>>;
+    /// Remove a booking (matched); whether it was there.
+    fn gms_release(&mut self, id: i64) -> StoreResult<bool>;
+    /// Remove every booking expired at `now_us`; how many.
+    fn gms_expire(&mut self, now_us: i64) -> StoreResult<u64>;
+    /// Bookings held (expired or not), in `tenant` or in all.
+    fn gms_count(&mut self, tenant: Option<u32>) -> StoreResult<u64>;
 
     /// All queued and owned interactions (restart recovery).
     fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>>;

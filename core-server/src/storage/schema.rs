@@ -78,6 +78,24 @@ CREATE TABLE IF NOT EXISTS auth_meta(
     value BLOB NOT NULL);
 ",
     },
+    Migration {
+        why: "GMS access-number bookings",
+        sql: "
+CREATE TABLE IF NOT EXISTS gms_bookings(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant INTEGER NOT NULL,
+    grp TEXT NOT NULL,
+    number TEXT NOT NULL,
+    code TEXT,
+    caller TEXT NOT NULL,
+    user_data BLOB NOT NULL,
+    booked_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS gms_bookings_number ON gms_bookings(tenant, number);
+CREATE INDEX IF NOT EXISTS gms_bookings_group ON gms_bookings(tenant, grp);
+CREATE INDEX IF NOT EXISTS gms_bookings_expiry ON gms_bookings(expires_us);
+",
+    },
 ];
 
 /// The schema version this build writes.

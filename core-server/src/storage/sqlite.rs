@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
+use super::{BookingRow, ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
 
 /// How to open the data file (see the `sqlite_*` fields of the configuration).
 #[derive(Debug, Clone)]
@@ -443,6 +443,98 @@ impl Store for SqliteStore {
             .conn
             .query_row("SELECT MAX(id) FROM interactions", [], |r| r.get(0))?;
         Ok(m.unwrap_or(0).max(0) as u64)
+    }
+
+    fn gms_in_use(
+        &mut self,
+        tenant: u32,
+        group: &str,
+        now_us: i64,
+    ) -> StoreResult<Vec<(String, Option<String>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT number, code FROM gms_bookings
+             WHERE tenant = ?1 AND grp = ?2 AND expires_us > ?3",
+        )?;
+        let rows = st.query_map(params![tenant, group, now_us], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn gms_book(&mut self, row: &BookingRow) -> StoreResult<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO gms_bookings(tenant, grp, number, code, caller, user_data,
+                                          booked_us, expires_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                row.tenant,
+                row.group,
+                row.number,
+                row.code,
+                row.caller,
+                row.user_data,
+                row.booked_us,
+                row.expires_us
+            ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn gms_for_number(
+        &mut self,
+        tenant: u32,
+        number: &str,
+        now_us: i64,
+    ) -> StoreResult<Vec<BookingRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, grp, code, caller, user_data, booked_us, expires_us FROM gms_bookings
+             WHERE tenant = ?1 AND number = ?2 AND expires_us > ?3 ORDER BY id DESC",
+        )?;
+        let rows = st.query_map(params![tenant, number, now_us], |r| {
+            Ok(BookingRow {
+                id: r.get(0)?,
+                tenant,
+                group: r.get(1)?,
+                number: number.to_string(),
+                code: r.get(2)?,
+                caller: r.get(3)?,
+                user_data: r.get(4)?,
+                booked_us: r.get(5)?,
+                expires_us: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn gms_release(&mut self, id: i64) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM gms_bookings WHERE id = ?1")?
+            .execute(params![id])?;
+        Ok(n > 0)
+    }
+
+    fn gms_expire(&mut self, now_us: i64) -> StoreResult<u64> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM gms_bookings WHERE expires_us <= ?1")?
+            .execute(params![now_us])?;
+        Ok(n as u64)
+    }
+
+    fn gms_count(&mut self, tenant: Option<u32>) -> StoreResult<u64> {
+        let n: i64 = match tenant {
+            Some(t) => self.conn.query_row(
+                "SELECT count(*) FROM gms_bookings WHERE tenant = ?1",
+                params![t],
+                |r| r.get(0),
+            )?,
+            None => self
+                .conn
+                .query_row("SELECT count(*) FROM gms_bookings", [], |r| r.get(0))?,
+        };
+        Ok(n as u64)
     }
 
     fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()> {
