@@ -55,6 +55,11 @@ struct Cli {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// With `--check-config`: another site's configuration; GMS pools that share a number
+    /// with its groups are refused (a dialled number must lead to one site's booking).
+    /// May be given several times.
+    #[arg(long, requires = "check_config")]
+    other_site: Vec<PathBuf>,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     default_config: bool,
@@ -163,6 +168,24 @@ fn main() -> anyhow::Result<()> {
                 p.display(),
                 deskmux_core_server::config::MIN_SECRET_LEN
             );
+        }
+        for other in &cli.other_site {
+            let text = std::fs::read_to_string(other)
+                .with_context(|| format!("reading {}", other.display()))?;
+            let theirs = Config::from_toml(&text).with_context(|| other.display().to_string())?;
+            if let (Some(a), Some(b)) = (&cfg.gms, &theirs.gms) {
+                let shared = a.shared_with(b);
+                anyhow::ensure!(
+                    shared.is_empty(),
+                    "GMS pools share numbers with {}: {}",
+                    other.display(),
+                    shared
+                        .iter()
+                        .map(|(t, n)| format!("{n} (tenant {t})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
         println!("{}", cfg.summary());
         return Ok(());

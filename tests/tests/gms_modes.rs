@@ -203,3 +203,43 @@ fn the_account_is_checked_and_requests_are_validated() {
     );
     assert_eq!(st, 400, "unknown fields are refused: {b}");
 }
+
+/// Sites keep pools that do not intersect (the seed's advice): `--check-config` with the
+/// other sites' configurations refuses a pool that shares a number with one of them.
+#[test]
+fn check_config_refuses_pools_shared_with_another_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = |name: &str, numbers: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\n[gms]\n[[gms.groups]]\ntenant = 1\nname = \"cb\"\nnumbers = [{numbers}]\n[[tenants]]\nid = 1\nname = \"acme\"\n",
+                dir.path().join(format!("{name}.db")).display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let a = site("a", "\"+1001\", \"+1002\"");
+    let b = site("b", "\"+2001\", \"+1002\"");
+    let c = site("c", "\"+2001\", \"+2002\"");
+    let check = |other: &std::path::Path| {
+        std::process::Command::new(deskmux_tests::bin_path("core-server"))
+            .args([
+                "--config",
+                a.to_str().unwrap(),
+                "--check-config",
+                "--other-site",
+            ])
+            .arg(other)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let out = check(&b);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("+1002 (tenant 1)"), "{err}");
+    assert!(check(&c).status.success());
+}
