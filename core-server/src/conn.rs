@@ -46,6 +46,8 @@ struct Sess {
     peer: Peer,
     /// Session id as it appears in heads (server-assigned on direct connections).
     wire: u64,
+    /// The hello's `services` mask (direct sessions; on a link the proxy checks it).
+    services: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,8 @@ struct AuthDone {
     /// The `HELLO` or `SESSION_OPEN` request it answers.
     req: Head,
     agent: String,
+    /// The hello's `services` mask.
+    services: u64,
     verdict: Verdict,
 }
 
@@ -477,86 +481,93 @@ impl Conn {
         }
     }
 
-    fn control_err(&self, session: u64, code: ErrorCode, m: &str) {
-        self.out.frame(control_error(session, code, m).freeze());
+    /// Refuse a frame that is not a request with a control error naming it (PROTOCOL.md §5.1).
+    fn refuse_frame(&self, h: &Head, code: ErrorCode, m: &str) {
+        self.out.frame(deskmux_codec::refusal(h, code, m).freeze());
+    }
+
+    /// The head an answer to `req` starts from (PROTOCOL.md §2.3): once the session is open,
+    /// the session's tenant (a refused claim is never echoed back) and, on a direct
+    /// connection, the session's own id (a request may name it 0); before, and for a link's
+    /// own requests, the request's.
+    fn answer_head(&self, req: &Head) -> Head {
+        let mut h = *req;
+        match &self.mode {
+            Mode::Direct(s) => {
+                h.tenant = s.tenant;
+                h.session = s.wire;
+            }
+            Mode::Link(_, sessions) => {
+                if let Some(s) = sessions.get(&req.session) {
+                    h.tenant = s.tenant;
+                }
+            }
+            Mode::Fresh => {}
+        }
+        h
     }
 
     fn err(&self, req: &Head, code: ErrorCode, m: &str) {
-        self.out.frame(wire::error(req, code, m));
+        self.out.frame(wire::error(&self.answer_head(req), code, m));
     }
 
     fn on_frame(&mut self, f: Frame) {
         let h = *f.head();
         match h.kind {
             Kind::Request => self.on_request(f),
+            // PROTOCOL.md §5.1: an error is never answered with an error (no ping-pong), and
+            // a peer's failure report changes nothing here.
+            _ if h.flags.has(Flags::ERROR) => {}
             Kind::Control => self.on_control(&h),
             // Answers to our own heartbeats.
             Kind::Response if h.service == Service::Control && h.msg_type == control::HEARTBEAT => {
             }
-            // Never answer an error with an error (no ping-pong).
-            _ if h.flags.has(Flags::ERROR) => {}
-            Kind::Response | Kind::Event => {
-                self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected frame kind")
-            }
-            Kind::Unknown(_) => {
-                self.control_err(h.session, ErrorCode::PROTOCOL, "unknown frame kind")
-            }
+            Kind::Response => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unexpected response"),
+            Kind::Event => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unexpected event"),
+            Kind::Unknown(_) => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unknown frame kind"),
         }
     }
 
+    /// Control frames (kind 4) from the peer (PROTOCOL.md §6.1).
     fn on_control(&mut self, h: &Head) {
-        match (h.service, h.msg_type) {
-            (Service::Control, control::SESSION_CLOSE) => {
-                if let Mode::Link(_, sessions) = &mut self.mode {
-                    self.opening.remove(&h.session);
-                    if let Some(s) = sessions.remove(&h.session) {
-                        if let Some(e) = self.shared.engine.get() {
-                            e.control(Input::Close(s.key));
-                        }
+        match (h.service, h.msg_type, &mut self.mode) {
+            (Service::Control, control::SESSION_CLOSE, Mode::Link(_, sessions)) => {
+                self.opening.remove(&h.session);
+                if let Some(s) = sessions.remove(&h.session) {
+                    if let Some(e) = self.shared.engine.get() {
+                        e.control(Input::Close(s.key));
                     }
-                } else {
-                    self.control_err(
-                        h.session,
-                        ErrorCode::PROTOCOL,
-                        "SESSION_CLOSE outside a link",
-                    );
                 }
             }
-            (Service::Control, control::ERROR | control::GO_AWAY | control::SERVICE_STATE) => {}
-            _ if h.flags.has(Flags::ERROR) => {}
-            _ => self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected control frame"),
+            // A proxy draining its link: it sends no new requests; nothing to do.
+            (Service::Control, control::GO_AWAY, Mode::Link(..)) => {}
+            // A desktop leaving: like closing its connection (answers still owed are dropped;
+            // a half-close is the way to leave with them).
+            (Service::Control, control::SESSION_CLOSE | control::GO_AWAY, _) => {
+                self.closing = true;
+            }
+            (Service::Control, control::ERROR, _) => {}
+            _ => self.refuse_frame(h, ErrorCode::PROTOCOL, "unexpected control frame"),
         }
     }
 
+    /// A request: the checks of PROTOCOL.md §5.2, in its order, then the handler.
     fn on_request(&mut self, f: Frame) {
         let h = *f.head();
-        // PROTOCOL.md §3: a body nested deeper than 16 lists (or truncated, or not UTF-8) is
-        // malformed. Checked here, once, for every request but ECHO — the hello, link hello and
-        // SESSION_OPEN included — before any handler reads it; the walk stops at depth 17, so
-        // a 100,000-deep list costs no more than a flat one.
-        if h.msg_type != ixn::ECHO || h.service == Service::Control {
-            if let Err(e) = f.body().validate() {
-                return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
-            }
+        if let Mode::Fresh = self.mode {
+            return self.fresh_request(&f);
         }
-        if h.service == Service::Control {
-            match h.msg_type {
-                control::HEARTBEAT => self.out.frame(wire::ok(&h)),
-                control::HELLO => self.hello(&f),
-                control::LINK_HELLO => self.link_hello(&f),
-                control::SESSION_OPEN => self.session_open(&f),
-                _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
-            }
-            return;
-        }
-        // PROTOCOL.md §9: "On a link, a subscription belongs to the link"; a proxy drops one
-        // that no desktop behind it holds any more with an UNSUBSCRIBE naming no session.
+        // PROTOCOL.md §4.3: on a link, UNSUBSCRIBE with session 0 drops the link's own
+        // subscription; the proxy sends it when no desktop behind it holds the topic.
         if let Mode::Link(link, _) = &self.mode
             && h.session == 0
             && h.service == Service::Interaction
             && h.msg_type == ixn::UNSUBSCRIBE
             && self.shared.cfg.role.ixn()
         {
+            if let Err(e) = f.body().validate() {
+                return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
+            }
             let Ok(topic) = f.body().str(deskmux_codec::msg::key::TOPIC) else {
                 return self.err(&h, ErrorCode::MALFORMED, "missing topic (str)");
             };
@@ -571,31 +582,54 @@ impl Conn {
             self.out.frame(wire::ok(&h));
             return;
         }
-        // Resolve the session named by the head.
-        let sess = match &self.mode {
-            Mode::Fresh => return self.err(&h, ErrorCode::INVALID_STATE, "hello first"),
-            Mode::Direct(s) => {
-                if h.session != 0 && h.session != s.wire {
-                    return self.err(
-                        &h,
-                        ErrorCode::INVALID_STATE,
-                        "session id is not this session's",
-                    );
-                }
-                s
-            }
+        if let Mode::Link(..) = self.mode
+            && h.service == Service::Control
+        {
+            return self.link_control_request(&f);
+        }
+        // 1. The session the head names.
+        let (sess, direct) = match &self.mode {
+            Mode::Direct(s) => (s, true),
             Mode::Link(_, sessions) => match sessions.get(&h.session) {
-                Some(s) => s,
+                Some(s) => (s, false),
                 None => return self.err(&h, ErrorCode::INVALID_STATE, "unknown session"),
             },
+            Mode::Fresh => return,
         };
-        if h.tenant != sess.tenant {
+        // 2. Tenant: the session's (a heartbeat may carry 0).
+        let hb = h.service == Service::Control && h.msg_type == control::HEARTBEAT;
+        if h.tenant != sess.tenant && !(hb && h.tenant == 0) {
             return self.err(
                 &h,
                 ErrorCode::TENANT_MISMATCH,
                 "tenant is not the session's",
             );
         }
+        // 3. Session id: 0 or the session's own (direct).
+        if direct && h.session != 0 && h.session != sess.wire {
+            return self.err(
+                &h,
+                ErrorCode::INVALID_STATE,
+                "session id is not this session's",
+            );
+        }
+        // 4. One correlation id in flight once (direct; on a link the proxy chooses them).
+        if direct && self.out.state().in_flight(h.correlation) {
+            return self.err(&h, ErrorCode::INVALID_STATE, "correlation id in flight");
+        }
+        if h.service == Service::Control {
+            return match h.msg_type {
+                control::HEARTBEAT => self.out.frame(wire::ok(&self.answer_head(&h))),
+                control::HELLO | control::LINK_HELLO => {
+                    self.err(&h, ErrorCode::INVALID_STATE, "hello already done")
+                }
+                control::SESSION_OPEN => {
+                    self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link")
+                }
+                _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+            };
+        }
+        // 5. The service: run here, and asked for by the hello.
         let role = self.shared.cfg.role;
         let served = match h.service {
             Service::Interaction => role.ixn(),
@@ -605,16 +639,30 @@ impl Conn {
         if !served {
             return self.err(&h, ErrorCode::NO_ROUTE, "service not run by this server");
         }
+        if direct && sess.services & h.service.mask_bit() == 0 {
+            return self.err(
+                &h,
+                ErrorCode::INVALID_STATE,
+                "service not opened by this session's hello",
+            );
+        }
+        // 6. Going away.
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return self.err(&h, ErrorCode::SHUTTING_DOWN, "shutting down");
+        }
         if h.msg_type == ixn::ECHO {
             // Answered at minimum cost: the same body bytes behind a re-stamped head (without
-            // the request's flags). The body is not walked: ECHO takes "anything" (§7).
-            let (head, body) = f.into_parts();
-            let head = wire::response_head(&head);
+            // the request's flags). The body is opaque bytes, never read (§7): no MALFORMED.
+            let (_, body) = f.into_parts();
+            let head = wire::response_head(&self.answer_head(&h));
             self.out.send(Out::Split(head.to_bytes(), body));
             return;
         }
-        if self.shared.shutting_down.load(Ordering::Acquire) {
-            return self.err(&h, ErrorCode::SHUTTING_DOWN, "shutting down");
+        // 7. The body (§3): a body nested deeper than 16 lists, truncated, or not UTF-8 is
+        // malformed. Walked once here, before any handler reads it; the walk stops at depth
+        // 17, so a 100,000-deep list costs no more than a flat one.
+        if let Err(e) = f.body().validate() {
+            return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
         }
         let max = self.shared.cfg.max_in_flight;
         if sess.peer.inflight.load(Ordering::Acquire) >= max {
@@ -624,19 +672,28 @@ impl Conn {
                 "too many requests in flight",
             );
         }
+        // Answers and events name the session by its id, whether the request said 0 or it.
+        let mut f = f;
+        if direct {
+            f.set_session(sess.wire);
+        }
+        let answer = self.answer_head(&h);
         match h.service {
             Service::Interaction => match self.shared.engine.get() {
                 Some(e) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if direct {
+                        self.out.state().track(h.correlation);
+                    }
                     match e.request(Input::Request(sess.key, f)) {
                         Ok(()) => {}
                         Err(Refused::Full) => sess.peer.reply(wire::error(
-                            &h,
+                            &answer,
                             ErrorCode::OVERLOADED,
                             "engine queue full (engine_queue)",
                         )),
                         Err(Refused::Stopped) => sess.peer.reply(wire::error(
-                            &h,
+                            &answer,
                             ErrorCode::UNAVAILABLE,
                             "engine stopped",
                         )),
@@ -647,6 +704,9 @@ impl Conn {
             _ => match self.shared.db.get() {
                 Some(db) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if direct {
+                        self.out.state().track(h.correlation);
+                    }
                     crate::ucs::handle(db, sess.tenant, self.answer_max, &f, sess.peer.clone());
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
@@ -654,9 +714,51 @@ impl Conn {
         }
     }
 
+    /// A request before any hello: only a handshake or a heartbeat (PROTOCOL.md §4.1, §4.2).
+    fn fresh_request(&mut self, f: &Frame) {
+        let h = *f.head();
+        if h.service != Service::Control {
+            return self.err(&h, ErrorCode::INVALID_STATE, "hello first");
+        }
+        match h.msg_type {
+            control::HEARTBEAT => self.out.frame(wire::ok(&h)),
+            control::HELLO | control::LINK_HELLO => {
+                // §3: checked before any key is read; a refused hello closes (§4.1).
+                if let Err(e) = f.body().validate() {
+                    self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
+                    self.closing = true;
+                } else if h.msg_type == control::HELLO {
+                    self.hello(f);
+                } else {
+                    self.link_hello(f);
+                }
+            }
+            control::SESSION_OPEN => {
+                self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link")
+            }
+            _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+        }
+    }
+
+    /// A control request on a link (the proxy's own: heartbeats, session opens).
+    fn link_control_request(&mut self, f: &Frame) {
+        let h = *f.head();
+        match h.msg_type {
+            control::HEARTBEAT => self.out.frame(wire::ok(&h)),
+            control::SESSION_OPEN => match f.body().validate() {
+                Ok(()) => self.session_open(f),
+                Err(e) => self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}")),
+            },
+            control::HELLO | control::LINK_HELLO => {
+                self.err(&h, ErrorCode::INVALID_STATE, "hello already done")
+            }
+            _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+        }
+    }
+
     /// Checks shared by `HELLO` and `SESSION_OPEN`; `Err` is already answered and says whether
     /// it was `AUTH_FAILED`.
-    fn admit<'a>(&self, f: &'a Frame) -> Result<DesktopHello<'a>, bool> {
+    fn admit<'a>(&self, f: &'a Frame, direct: bool) -> Result<DesktopHello<'a>, bool> {
         let h = f.head();
         let hello = match DesktopHello::read(f.body()) {
             Ok(x) => x,
@@ -667,6 +769,22 @@ impl Conn {
         };
         if hello.version != u32::from(deskmux_codec::VERSION) {
             self.err(h, ErrorCode::PROTOCOL, "unsupported protocol version");
+            return Err(false);
+        }
+        // §4.1: bits of services not run here are ignored; none at all is NO_ROUTE. (On a
+        // link the proxy opens a session only for the services it routes here.)
+        let role = self.shared.cfg.role;
+        let here = (if role.ixn() {
+            Service::Interaction.mask_bit()
+        } else {
+            0
+        }) | (if role.ucs() {
+            Service::Ucs.mask_bit()
+        } else {
+            0
+        });
+        if direct && hello.services & here == 0 {
+            self.err(h, ErrorCode::NO_ROUTE, "no route for the services asked");
             return Err(false);
         }
         if self.shared.shutting_down.load(Ordering::Acquire) {
@@ -711,6 +829,7 @@ impl Conn {
         let agent = hello.agent.to_string();
         let tx = self.auth_tx.clone();
         let a = agent.clone();
+        let services = hello.services;
         auth.check(
             Attempt {
                 tenant: req.tenant,
@@ -722,6 +841,7 @@ impl Conn {
                 let _ = tx.send(AuthDone {
                     req,
                     agent: a,
+                    services,
                     verdict,
                 });
             },
@@ -750,7 +870,8 @@ impl Conn {
         match done.verdict {
             Verdict::Ok { reconnect } => {
                 let wire_id = link.map(|_| h.session);
-                let s = self.new_session(h.tenant, &done.agent, wire_id, link);
+                let mut s = self.new_session(h.tenant, &done.agent, wire_id, link);
+                s.services = done.services;
                 self.server_hello(&h, s.wire, &reconnect);
                 match &mut self.mode {
                     Mode::Link(_, sessions) => {
@@ -772,9 +893,14 @@ impl Conn {
                 refuse(self, ErrorCode::AUTH_FAILED, &m);
                 self.closing = link.is_none();
             }
-            Verdict::Busy => refuse(self, ErrorCode::OVERLOADED, "too many logins being checked"),
+            // §4.1: any refused hello ends a direct connection; a link carries others.
+            Verdict::Busy => {
+                refuse(self, ErrorCode::OVERLOADED, "too many logins being checked");
+                self.closing = link.is_none();
+            }
             Verdict::Unavailable => {
-                refuse(self, ErrorCode::UNAVAILABLE, "credentials cannot be read")
+                refuse(self, ErrorCode::UNAVAILABLE, "credentials cannot be read");
+                self.closing = link.is_none();
             }
         }
     }
@@ -824,6 +950,7 @@ impl Conn {
             tenant,
             peer,
             wire,
+            services: 0,
         }
     }
 
@@ -835,15 +962,14 @@ impl Conn {
         if self.hello_pending {
             return self.err(&h, ErrorCode::INVALID_STATE, "hello already sent");
         }
-        let hello = match self.admit(f) {
-            Ok(x) => x,
-            Err(auth_failed) => {
-                // AUTH_FAILED closes a direct connection; other refusals keep it for a retry.
-                self.closing = auth_failed;
-                return;
-            }
+        // PROTOCOL.md §4.1: a refused hello is answered, then the connection closes, whatever
+        // the refusal (one hello per connection; the retry class says whether to reconnect).
+        let Ok(hello) = self.admit(f, true) else {
+            self.closing = true;
+            return;
         };
         self.hello_pending = self.check(h, &hello, self.source);
+        self.closing = !self.hello_pending;
     }
 
     fn link_hello(&mut self, f: &Frame) {
@@ -853,7 +979,11 @@ impl Conn {
         }
         let lh = match LinkHello::read(f.body()) {
             Ok(x) => x,
-            Err(e) => return self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}")),
+            Err(e) => {
+                self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}"));
+                self.closing = true;
+                return;
+            }
         };
         if self.link_refused {
             // `[tls] client_ca`: mutual TLS backs up the secret; without a client certificate
@@ -898,7 +1028,9 @@ impl Conn {
         {
             return self.err(&h, ErrorCode::INVALID_STATE, "session id zero or in use");
         }
-        let Ok(hello) = self.admit(f) else { return };
+        let Ok(hello) = self.admit(f, false) else {
+            return;
+        };
         // No source address: the peer is the proxy, and locking it would lock every desktop
         // behind it out. Per-agent lockout still applies.
         if self.check(h, &hello, None) {
