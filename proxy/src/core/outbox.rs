@@ -149,7 +149,9 @@ impl Core {
             return;
         }
         self.metrics.error(e.code.name());
-        let f = control_error(d.sid, e.code, e.message).freeze();
+        // §5.1: a control error names the session once it is open; before, there is none.
+        let sid = if d.phase == Phase::Open { d.sid } else { 0 };
+        let f = control_error(sid, e.code, e.message).freeze();
         self.budget.add(f.len());
         d.out.push_unbounded(f);
         self.mark_desktop_dirty(slot);
