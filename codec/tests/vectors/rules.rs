@@ -293,7 +293,7 @@ pub(super) fn add(g: &mut Gen) {
         empty,
         7,
         ErrorCode::MALFORMED,
-        "bad hello: missing key version",
+        "bad hello: missing key \"token\"",
     );
     let v2 = [
         (key::VERSION, V::Int(2)),

@@ -334,16 +334,8 @@ impl Desktop {
             }
             return match h.msg_type {
                 control::HEARTBEAT => Action::Heartbeat,
-                control::HELLO if self.phase == Phase::AwaitHello => {
-                    if draining {
-                        Action::Reject(ProxyError::proxy(
-                            ErrorCode::SHUTTING_DOWN,
-                            "proxy is shutting down",
-                        ))
-                    } else {
-                        Action::Hello
-                    }
-                }
+                // Draining is checked by the hello itself, after its body (§4.1's order).
+                control::HELLO if self.phase == Phase::AwaitHello => Action::Hello,
                 control::HELLO => reject(ErrorCode::INVALID_STATE, "hello already sent"),
                 control::LINK_HELLO => {
                     reject(ErrorCode::INVALID_STATE, "links do not connect to a proxy")

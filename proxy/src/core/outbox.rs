@@ -149,9 +149,9 @@ impl Core {
             return;
         }
         self.metrics.error(e.code.name());
-        // §5.1: a control error names the session once it is open; before, there is none.
-        let sid = if d.phase == Phase::Open { d.sid } else { 0 };
-        let f = control_error(sid, e.code, e.message).freeze();
+        // §5.1: an error that ends the connection is about the connection, not a session: it
+        // carries session 0, as core-server's do.
+        let f = control_error(0, e.code, e.message).freeze();
         self.budget.add(f.len());
         d.out.push_unbounded(f);
         self.mark_desktop_dirty(slot);

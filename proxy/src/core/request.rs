@@ -312,6 +312,19 @@ impl Core {
                 ProxyError::desktop(ErrorCode::PROTOCOL, "unsupported protocol version"),
             );
         }
+        // Bits of services routed nowhere are ignored; none at all is NO_ROUTE.
+        if !(1..64u8).any(|s| hello.services & (1u64 << s) != 0 && self.router.routable(s)) {
+            return refuse(
+                self,
+                ProxyError::desktop(ErrorCode::NO_ROUTE, "no route for the services asked"),
+            );
+        }
+        if self.draining.is_some() {
+            return refuse(
+                self,
+                ProxyError::proxy(ErrorCode::SHUTTING_DOWN, "proxy is shutting down"),
+            );
+        }
         if !self.make_room(now, f.len(), false) {
             return refuse(self, overloaded());
         }
