@@ -279,10 +279,8 @@ impl Conn {
     }
 }
 
-/// A frame's bytes.
-///
-/// # Panics
-/// Never for the small bodies the rules write (a body over 4 GiB cannot be built here).
+/// A frame's bytes (empty if the body could not be written, which only a body over 4 GiB
+/// would cause; the rules write small ones).
 pub fn frame(h: Head, body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>) -> Vec<u8> {
     Frame::build(h, body)
         .map(|f| f.as_bytes().to_vec())

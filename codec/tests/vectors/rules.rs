@@ -242,6 +242,18 @@ pub(super) fn add(g: &mut Gen) {
         "correlation id in flight",
     );
 
+    // §3, §7: an ECHO body is opaque bytes, answered verbatim, never MALFORMED.
+    let echo = head(Kind::Request, Service::Ucs, msg::ucs::ECHO, 7, 85, 0);
+    g.frame_raw(
+        "request-echo-opaque-body",
+        "an ECHO whose body is not §3's grammar (key length 5, 2 bytes): answered with the same \
+         body bytes, never MALFORMED",
+        echo,
+        &[5, b'a', b'b'],
+        super::BodyExpect::Error("Truncated".into()),
+        None,
+    );
+
     // §5.3: flags of a request are not copied.
     let mut flagged = head(
         Kind::Request,
