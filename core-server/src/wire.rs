@@ -464,6 +464,33 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_sessions_correlation_ids_leave_with_their_answers() {
+        let cancel = CancellationToken::new();
+        let (out, _rx, st) = Outbox::new(limits(), cancel);
+        let peer = Peer {
+            out: out.clone(),
+            inflight: Arc::new(AtomicU32::new(0)),
+        };
+        let mut req = Head::new(Kind::Request, deskmux_codec::Service::Interaction, 0x20);
+        req.correlation = 71;
+        st.track(71);
+        assert!(st.in_flight(71) && !st.in_flight(72));
+        peer.inflight.fetch_add(1, Ordering::AcqRel);
+        peer.reply(ok(&req));
+        assert!(!st.in_flight(71), "answered: the id is free again");
+        // On a link the proxy chooses the ids: nothing is kept.
+        out.set_link();
+        st.track(9);
+        peer.inflight.fetch_add(1, Ordering::AcqRel);
+        req.correlation = 9;
+        peer.reply(ok(&req));
+        assert!(
+            st.in_flight(9),
+            "links are not tracked, so not untracked either"
+        );
+    }
+
+    #[test]
     fn pairs_round_trip() {
         let p: Pairs = vec![("a".into(), "9".into()), ("c".into(), "3".into())];
         let enc = encode_pairs(&p);
