@@ -5,13 +5,15 @@
 mod proxy_support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 
 use deskmux_tests::bin_path;
 use proxy_support::*;
 
-/// Run the suite against `site`; its report and whether it exited with success.
-fn conform(site: SocketAddr, link_secret: Option<&str>) -> (String, bool) {
+/// Run the suite against `site` (over TLS trusting `ca`, if given); its report and whether it
+/// exited with success.
+fn conform(site: SocketAddr, link_secret: Option<&str>, ca: Option<&Path>) -> (String, bool) {
     let mut cmd = Command::new(bin_path("deskmux-conform"));
     cmd.args([
         "--site",
@@ -22,6 +24,11 @@ fn conform(site: SocketAddr, link_secret: Option<&str>) -> (String, bool) {
         "agent-7",
     ])
     .env("DESKMUX_CONFORM_PASSWORD", TOKEN1);
+    if let Some(ca) = ca {
+        cmd.arg("--tls")
+            .arg(ca)
+            .args(["--server-name", "localhost"]);
+    }
     if let Some(s) = link_secret {
         cmd.env("DESKMUX_CONFORM_LINK_SECRET", s);
     }
@@ -65,7 +72,7 @@ async fn the_suite_passes_against_core_server_and_the_proxy() {
     let _ready = desktop(st.proxy.addr, T1).await;
 
     let core = st.core_addr;
-    let (report, ok) = tokio::task::spawn_blocking(move || conform(core, Some(SECRET)))
+    let (report, ok) = tokio::task::spawn_blocking(move || conform(core, Some(SECRET), None))
         .await
         .expect("suite");
     let (pass, fail, skip) = counts(&report);
@@ -85,7 +92,7 @@ async fn the_suite_passes_against_core_server_and_the_proxy() {
     }
 
     let proxy = st.proxy.addr;
-    let (report, ok) = tokio::task::spawn_blocking(move || conform(proxy, None))
+    let (report, ok) = tokio::task::spawn_blocking(move || conform(proxy, None, None))
         .await
         .expect("suite");
     let (pass_p, fail, skip) = counts(&report);
@@ -98,4 +105,20 @@ async fn the_suite_passes_against_core_server_and_the_proxy() {
             .filter(|l| l.starts_with("SKIP"))
             .all(|l| l.contains(" link."))
     );
+}
+
+/// The same rules over TLS: `--tls` against a proxy with a `[tls]` port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_passes_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = deskmux_tests::secure_client::self_signed(dir.path(), "proxy").expect("cert");
+    let st = stack_in(dir, 1, 1, "", &cert.toml("tls"));
+    let (addr, ca) = (st.proxy.addr, cert.cert.clone());
+    let (report, ok) = tokio::task::spawn_blocking(move || conform(addr, None, Some(&ca)))
+        .await
+        .expect("suite");
+    let (pass, fail, skip) = counts(&report);
+    assert!(ok && fail == 0, "the proxy over TLS fails {fail} rule(s)");
+    assert_eq!(pass + skip, rule_count(), "every rule ran");
+    assert!(pass > skip, "the rules ran over TLS ({pass} passed)");
 }
