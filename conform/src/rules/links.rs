@@ -2,8 +2,8 @@
 //! 13): the limits each side announces, liveness, and releasing a link's subscriptions.
 //! Without `--link-secret` (or against a proxy, which takes no links) these are skipped.
 
-use deskmux_codec::msg::{self, control, ixn, key};
-use deskmux_codec::{ErrorCode, Kind, Service};
+use deskmux_codec::msg::{self, control, ixn, key, ucs};
+use deskmux_codec::{BodyError, BodyWriter, ErrorCode, Kind, Service};
 
 use super::{Want, expect_error, expect_ok};
 use crate::report::{Check, Rule};
@@ -30,6 +30,12 @@ pub(super) fn rules() -> Vec<Rule> {
             run: unknown_session,
         },
         Rule {
+            section: "§4.2",
+            name: "link.max-frame-honoured",
+            text: "a server sends a link no frame over the max_frame its LINK_HELLO announced",
+            run: max_frame,
+        },
+        Rule {
             section: "§9",
             name: "link.subscription-released",
             text: "UNSUBSCRIBE with session 0 releases the link's subscription: a new SUBSCRIBE gets a new id",
@@ -40,6 +46,11 @@ pub(super) fn rules() -> Vec<Rule> {
 
 /// A link, or `None` (and the rule skipped) without a secret.
 fn link(s: &Site, c: &mut Check) -> anyhow::Result<Option<(Conn, Got)>> {
+    link_with(s, c, 1 << 20)
+}
+
+/// A link announcing `max` as its `max_frame` in its `LINK_HELLO`.
+fn link_with(s: &Site, c: &mut Check, max: u32) -> anyhow::Result<Option<(Conn, Got)>> {
     let Some(secret) = &s.link_secret else {
         c.skip("no --link-secret: link rules need one (and a server, not a proxy)");
         return Ok(None);
@@ -52,13 +63,14 @@ fn link(s: &Site, c: &mut Check) -> anyhow::Result<Option<(Conn, Got)>> {
                 version: 1,
                 link: "conform",
                 secret: secret.as_bytes(),
-                max_frame: Some(1 << 20),
+                max_frame: Some(max),
             }
             .write(w)
         },
     );
     k.send(&b)?;
-    c.sent("LINK_HELLO announcing max_frame 1 MiB", &b[..32]);
+    // The head only: the body holds the secret.
+    c.sent(&format!("LINK_HELLO announcing max_frame {max}"), &b[..32]);
     let g = c.got(k.reply());
     Ok(Some((k, g)))
 }
@@ -147,11 +159,8 @@ fn subscribe(
     })
 }
 
-fn released(s: &Site, c: &mut Check) -> anyhow::Result<()> {
-    let Some((mut k, _)) = link(s, c)? else {
-        return Ok(());
-    };
-    let sid = 7;
+/// Open session `sid` on link `k` with the site's agent.
+fn open(k: &mut Conn, c: &mut Check, s: &Site, sid: u64) -> anyhow::Result<()> {
     let mut h = head(
         Kind::Request,
         Service::Control,
@@ -171,9 +180,99 @@ fn released(s: &Site, c: &mut Check) -> anyhow::Result<()> {
         .write(w)
     });
     k.send(&b)?;
-    c.sent("SESSION_OPEN session 7", &b[..32]);
+    // The head only: the body holds the password.
+    c.sent(&format!("SESSION_OPEN session {sid}"), &b[..32]);
     let g = c.got(k.reply());
     expect_ok(c, &g, control::SESSION_OPEN, 2, s.tenant, sid);
+    Ok(())
+}
+
+/// A request for session `sid` on a link; its answer.
+fn call(
+    k: &mut Conn,
+    c: &mut Check,
+    req: (&Site, u64, Service, u16, u64),
+    what: &str,
+    body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
+) -> anyhow::Result<Got> {
+    let (s, sid, svc, t, corr) = req;
+    let mut h = head(Kind::Request, svc, t, s.tenant, corr);
+    h.session = sid;
+    let b = frame(h, body);
+    k.send(&b)?;
+    c.sent(what, &b);
+    Ok(c.got(k.reply()))
+}
+
+fn max_frame(s: &Site, c: &mut Check) -> anyhow::Result<()> {
+    // 131,072: the least a server goes to (§8.1), so the server must page below it.
+    let max: u32 = 131_072;
+    let Some((mut k, _)) = link_with(s, c, max)? else {
+        return Ok(());
+    };
+    let sid = 8;
+    open(&mut k, c, s, sid)?;
+    let g = call(
+        &mut k,
+        c,
+        (s, sid, Service::Ucs, ucs::CONTACT_CREATE, 3),
+        "CONTACT_CREATE",
+        |w| {
+            w.list(key::ATTRS, |l| {
+                l.str("name", "conform max-frame").map(|_| ())
+            })
+            .map(|_| ())
+        },
+    )?;
+    expect_ok(c, &g, ucs::CONTACT_CREATE, 3, s.tenant, sid);
+    let Got::Frame(f) = &g else { return Ok(()) };
+    let contact = f.body().int(key::CONTACT)?;
+    // A text of 300,000 bytes: more than twice the link's max_frame.
+    let text = "x".repeat(300_000);
+    let g = call(
+        &mut k,
+        c,
+        (s, sid, Service::Ucs, ucs::HISTORY_INSERT, 4),
+        "HISTORY_INSERT of 300,000 bytes",
+        |w| {
+            w.int(key::CONTACT, contact);
+            w.str(key::TEXT, &text).map(|_| ())
+        },
+    )?;
+    expect_ok(c, &g, ucs::HISTORY_INSERT, 4, s.tenant, sid);
+    let Got::Frame(f) = &g else { return Ok(()) };
+    let history = f.body().int(key::HISTORY)?;
+    let g = call(
+        &mut k,
+        c,
+        (s, sid, Service::Ucs, ucs::CONTENT_GET, 5),
+        "CONTENT_GET",
+        |w| {
+            w.int(key::HISTORY, history);
+            Ok(())
+        },
+    )?;
+    expect_ok(c, &g, ucs::CONTENT_GET, 5, s.tenant, sid);
+    if let Got::Frame(f) = &g {
+        c.note(format!("answer of {} bytes", f.len()));
+        c.expect(
+            f.len() <= max as usize,
+            format!("an answer of at most {max} bytes (got {})", f.len()),
+        );
+        c.expect(
+            f.body().opt_int(key::NEXT).ok().flatten().is_some(),
+            "a `next` cursor: more text remains",
+        );
+    }
+    Ok(())
+}
+
+fn released(s: &Site, c: &mut Check) -> anyhow::Result<()> {
+    let Some((mut k, _)) = link(s, c)? else {
+        return Ok(());
+    };
+    let sid = 7;
+    open(&mut k, c, s, sid)?;
     let topic = "queue:conform-link";
     let a = subscribe(&mut k, c, s, sid, 3, topic)?;
     let again = subscribe(&mut k, c, s, sid, 4, topic)?;
