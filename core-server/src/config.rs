@@ -7,8 +7,10 @@
 //! ```toml
 //! listen = "127.0.0.1:7100"      # address to listen on (port 0: any free port)
 //! role = "both"                  # "ixn", "ucs" or "both"
+//! data_dir = "/var/lib/deskmux"  # where a relative `db` lives (default: see `Config::data_dir`)
 //! db = "deskmux-core.db"         # SQLite data file; the standby lock is taken on it
 //! instance = "core-1"            # name announced in link hello acks and SERVICE_STATE
+//! link_secret_file = "/etc/deskmux/link.secret" # or link_secret = "..." inline (not both)
 //! link_secret = "..."            # secret a proxy must present in LINK_HELLO: at least 32 bytes;
 //!                                # empty (the default) refuses every link
 //! heartbeat_ms = 5000            # heartbeat interval; 3 silent intervals close a connection
@@ -16,13 +18,16 @@
 //! max_frame = 2097152            # largest frame (head + body) accepted and sent, bytes (>= 131072)
 //! max_in_flight = 256            # requests a session may have outstanding
 //! invite_timeout_ms = 30000      # an unanswered invite returns to its queue after this
+//! request_timeout_ms = 10000     # a request still queued after this is answered OVERLOADED, not run
 //! outbound_queue = 8192          # frames queued per desktop connection before it is a slow consumer
 //! outbound_queue_bytes = 8388608 # bytes queued per desktop connection before it is a slow consumer
 //! link_outbound_queue = 262144   # frames queued per proxy link; past half, the link's reads pause
 //! link_outbound_queue_bytes = 268435456 # bytes queued per proxy link; likewise
 //! max_connections = 19900        # connections (desktops, links) served at once; more get OVERLOADED
 //! engine_queue = 131072          # requests waiting for the interaction engine; more get OVERLOADED
+//! engine_queue_bytes = 134217728 # ... or once they hold this many bytes
 //! db_queue = 131072              # operations waiting for the DB worker; more get OVERLOADED
+//! db_queue_bytes = 134217728     # ... or once they (and the batch being run) hold this many bytes
 //! group_commit_max = 512         # most storage operations committed in one transaction
 //! shutdown_grace_ms = 2000       # after GO_AWAY, how long in-flight work may take
 //! go_away_reconnect_ms = 1000    # reconnect_ms announced in GO_AWAY
@@ -177,15 +182,24 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Services run: `ixn`, `ucs` or `both`. Default `both`.
     pub role: Role,
-    /// SQLite data file. Default `deskmux-core.db`. The standby lock is taken on this file
-    /// itself, with a fencing epoch stored in it.
+    /// SQLite data file. Default `deskmux-core.db`. A relative path is under `data_dir`, never
+    /// under the working directory (which differs between a shell, a unit and a container).
+    /// The standby lock is taken on this file itself, with a fencing epoch stored in it.
     pub db: PathBuf,
+    /// The directory a relative `db` is in, created (mode 0700) if missing. Default: systemd's
+    /// `$STATE_DIRECTORY` (a unit with `StateDirectory=deskmux`), else
+    /// `$XDG_STATE_HOME/deskmux`, else `$HOME/.local/state/deskmux`.
+    pub data_dir: Option<PathBuf>,
     /// Instance name announced to proxies. Default `core-1`.
     pub instance: String,
     /// Secret a proxy presents in `LINK_HELLO`, at least [`MIN_SECRET_LEN`] bytes (a shorter
     /// one refuses to start without `--allow-weak-link-secret`). Default empty: every link is
     /// refused.
     pub link_secret: LinkSecret,
+    /// A file holding the link secret (surrounding whitespace ignored), instead of
+    /// `link_secret`, so that the configuration itself holds no secret and can be world
+    /// readable, shipped, or printed. Read at start and on SIGHUP. Not both.
+    pub link_secret_file: Option<PathBuf>,
     /// Heartbeat interval in ms; a connection silent for 3 intervals is closed. Default 5000.
     pub heartbeat_ms: u32,
     /// Handshake deadline in ms (not reset by each byte). Default 10000.
@@ -197,6 +211,13 @@ pub struct Config {
     pub max_in_flight: u32,
     /// Invite timeout in ms. Default 30000.
     pub invite_timeout_ms: u32,
+    /// A request's deadline in ms from its arrival: one still waiting in the engine's or the DB
+    /// worker's queue then is answered `OVERLOADED` (nothing applied; a retry is safe) instead
+    /// of being run for a client that has likely given up. A request that has started is
+    /// always finished and answered. Below the proxy's `request_timeout_ms` (default 30000), so
+    /// that its desktops get this definite answer rather than `TIMEOUT` (outcome unknown).
+    /// 1 to 3600000. Default 10000.
+    pub request_timeout_ms: u32,
     /// Frames queued towards one connection before it counts as a slow consumer. Default 8192.
     pub outbound_queue: usize,
     /// Bytes queued towards one direct connection before it counts as a slow consumer (it is
@@ -222,10 +243,17 @@ pub struct Config {
     /// closing are never refused (they take a separate, uncounted place in the queue, bounded
     /// by the number of sessions). Default 131072.
     pub engine_queue: usize,
+    /// Bytes the requests waiting for the engine may hold (their frames) before a request is
+    /// answered `OVERLOADED`. At least `max_frame`. Default 128 MiB.
+    pub engine_queue_bytes: usize,
     /// Storage operations waiting for the DB worker, across all connections. A UCS request, or
     /// an interaction request that would write, that finds it full is answered `OVERLOADED`
     /// (not sent) at once, before anything changed. Default 131072.
     pub db_queue: usize,
+    /// Bytes the storage operations waiting for the DB worker, and those of the batch it is
+    /// running, may hold before a request that would add one is answered `OVERLOADED`. At
+    /// least `max_frame`. Default 128 MiB.
+    pub db_queue_bytes: usize,
     /// Most storage operations run in one group-commit transaction. Default 512.
     pub group_commit_max: usize,
     /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
@@ -296,8 +324,8 @@ impl std::fmt::Debug for LinkSecret {
 
 /// TLS on the listen port. When present the port speaks TLS only (TLS 1.2 and 1.3, ALPN
 /// `deskmux/1` offered; a client offering only other protocols is refused, one offering none
-/// is accepted), for direct desktops and proxy links alike. The files are read at start: a
-/// new certificate needs a restart.
+/// is accepted), for direct desktops and proxy links alike. The files are read at start and
+/// again on SIGHUP (certificate rotation: new connections get the new one).
 ///
 /// Mutual TLS (`client_ca`) *backs up* the link secret, it does not replace it: a
 /// `LINK_HELLO` is accepted only on a connection that presented a client certificate chaining
@@ -326,20 +354,25 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             role: Role::Both,
             db: PathBuf::from("deskmux-core.db"),
+            data_dir: None,
             instance: "core-1".into(),
             link_secret: LinkSecret::default(),
+            link_secret_file: None,
             heartbeat_ms: 5000,
             handshake_timeout_ms: 10_000,
             max_frame: 2 * 1024 * 1024,
             max_in_flight: 256,
             invite_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
             outbound_queue: 8192,
             outbound_queue_bytes: 8 * 1024 * 1024,
             link_outbound_queue: 262_144,
             link_outbound_queue_bytes: 256 * 1024 * 1024,
             max_connections: 19_900,
             engine_queue: 131_072,
+            engine_queue_bytes: 128 << 20,
             db_queue: 131_072,
+            db_queue_bytes: 128 << 20,
             group_commit_max: 512,
             shutdown_grace_ms: 2000,
             go_away_reconnect_ms: 1000,
@@ -379,6 +412,56 @@ impl Config {
         Ok(c)
     }
 
+    /// The directory a relative `db` is in: `data_dir`, or the default it documents.
+    ///
+    /// # Errors
+    /// No `data_dir` and none of the environment variables of its default set.
+    pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        self.data_dir
+            .clone()
+            .or_else(|| {
+                // systemd may list several directories, separated by ':'.
+                let s = env("STATE_DIRECTORY")?;
+                s.to_str()?.split(':').next().map(PathBuf::from)
+            })
+            .or_else(|| env("XDG_STATE_HOME").map(|x| x.join("deskmux")))
+            .or_else(|| env("HOME").map(|h| h.join(".local/state/deskmux")))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "db is a relative path and there is no data_dir (nor STATE_DIRECTORY, \
+                     XDG_STATE_HOME or HOME): set data_dir, or an absolute db"
+                        .into(),
+                )
+            })
+    }
+
+    /// Make `db` absolute: a relative one goes under [`Config::data_dir`], which is created
+    /// (mode 0700: it holds the credentials) if missing.
+    ///
+    /// # Errors
+    /// No data directory, or it cannot be created.
+    pub fn resolve_db(&mut self) -> Result<(), ConfigError> {
+        if self.db.is_absolute() {
+            return Ok(());
+        }
+        let dir = self.data_dir()?;
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| ConfigError::Invalid(format!("data_dir {}: {e}", dir.display())))?;
+        }
+        self.db = dir.join(&self.db);
+        Ok(())
+    }
+
     /// Check ranges and uniqueness.
     ///
     /// # Errors
@@ -392,6 +475,9 @@ impl Config {
         }
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
+        }
+        if !(1..=3_600_000).contains(&self.request_timeout_ms) {
+            return bad("request_timeout_ms must be 1 to 3600000 (one hour)");
         }
         if self.max_in_flight == 0
             || self.outbound_queue == 0
@@ -407,6 +493,9 @@ impl Config {
         }
         // A queue must hold the largest answer, or that answer alone would close its desktop.
         let max_frame = self.max_frame as usize;
+        if self.engine_queue_bytes < max_frame || self.db_queue_bytes < max_frame {
+            return bad("engine_queue_bytes and db_queue_bytes must be at least max_frame");
+        }
         if self.outbound_queue_bytes < max_frame || self.link_outbound_queue_bytes < max_frame {
             return bad(
                 "outbound_queue_bytes and link_outbound_queue_bytes must be at least max_frame",
@@ -442,6 +531,26 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Read `link_secret_file` into `link_secret`.
+    ///
+    /// # Errors
+    /// Both set, or the file cannot be read.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let Some(p) = &self.link_secret_file else {
+            return Ok(());
+        };
+        if !self.link_secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "link_secret and link_secret_file are both set; keep one".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::Invalid(format!("link_secret_file {}: {e}", p.display()))
+        })?;
+        self.link_secret = LinkSecret(text.trim().to_string());
         Ok(())
     }
 
@@ -505,6 +614,28 @@ mod tests {
         let d = format!("{c:?}");
         assert!(!d.contains("s3cr3t"), "{d}");
         assert!(d.contains("13 bytes"), "{d}");
+    }
+
+    #[test]
+    fn link_secret_file_is_read_trimmed_and_not_with_link_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("link.secret");
+        std::fs::write(&f, format!("{}\n", "k".repeat(40))).unwrap();
+        let mut c =
+            Config::from_toml(&format!("link_secret_file = \"{}\"", f.display())).unwrap();
+        c.read_secret_files().unwrap();
+        assert_eq!(c.link_secret.as_bytes(), "k".repeat(40).as_bytes());
+        assert_eq!(c.weak_link_secret(), None);
+        let mut both = Config::from_toml(&format!(
+            "link_secret = \"{}\"\nlink_secret_file = \"{}\"",
+            "x".repeat(32),
+            f.display()
+        ))
+        .unwrap();
+        assert!(both.read_secret_files().is_err());
+        let mut missing =
+            Config::from_toml("link_secret_file = \"/nonexistent/link.secret\"").unwrap();
+        assert!(missing.read_secret_files().is_err());
     }
 
     #[test]

@@ -681,6 +681,9 @@ impl Conn {
             f.set_session(sess.wire);
         }
         let answer = self.answer_head(&h);
+        // Its deadline (`request_timeout_ms`): not started by then, it is not run at all.
+        let timeout = std::time::Duration::from_millis(self.shared.cfg.request_timeout_ms.into());
+        let deadline = std::time::Instant::now() + timeout;
         match h.service {
             Service::Interaction => match self.shared.engine.get() {
                 Some(e) => {
@@ -688,7 +691,7 @@ impl Conn {
                     if direct {
                         self.out.state().track(h.correlation);
                     }
-                    match e.request(Input::Request(sess.key, f)) {
+                    match e.request(Input::Request(sess.key, f, deadline)) {
                         Ok(()) => {}
                         Err(Refused::Full) => sess.peer.reply(wire::error(
                             &answer,
@@ -710,7 +713,8 @@ impl Conn {
                     if direct {
                         self.out.state().track(h.correlation);
                     }
-                    crate::ucs::handle(db, sess.tenant, self.answer_max, &f, sess.peer.clone());
+                    let (max, peer) = (self.answer_max, sess.peer.clone());
+                    crate::ucs::handle(db, sess.tenant, max, &f, peer, deadline);
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },

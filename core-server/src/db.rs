@@ -35,13 +35,19 @@
 //!
 //! The queue is bounded in operations (`db_queue`, a [`Gauge`]): [`Db::try_submit`] refuses
 //! an operation when that many wait, and its caller answers `OVERLOADED` (not sent). The
-//! engine, which changes its memory before it writes, asks first ([`Db::has_room`]) and then
-//! submits unconditionally, so that a write it has started is never refused halfway.
+//! engine asks first ([`Db::has_room`]) and then submits unconditionally, so that a request it
+//! has begun to handle is never refused halfway.
+//!
+//! An operation may carry a deadline (its request's `request_timeout_ms`): one still queued
+//! when its batch is taken past that deadline is not run, and is told [`StoreError::Expired`]
+//! (answered `OVERLOADED`, nothing applied). A queue that long is one its clients have likely
+//! given up on; running their work late would only delay the requests behind it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use crate::queue::Gauge;
 use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreResult};
@@ -50,6 +56,13 @@ use crate::storage::{ContactRow, HistoryRow, IxnRow, Store, StoreError, StoreRes
 pub type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// Runs inside the batch transaction; returns what to do once it is committed.
 pub type Work = Box<dyn FnOnce(&mut dyn Store) -> Finish + Send>;
+/// Work with its deadline and the bytes it was counted for, as queued.
+struct Job {
+    work: Work,
+    deadline: Option<Instant>,
+    bytes: usize,
+}
+
 /// Called once, on the worker thread, when the worker stops, with why.
 pub type OnStop = Box<dyn FnOnce(&Stopped) + Send>;
 
@@ -76,12 +89,14 @@ pub struct DbStats {
     pub ops: AtomicU64,
     /// Largest batch seen.
     pub max_batch: AtomicU64,
+    /// Operations not run: they waited past their deadline.
+    pub expired: AtomicU64,
 }
 
 /// Handle to the DB worker. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Db {
-    tx: mpsc::Sender<Work>,
+    tx: mpsc::Sender<Job>,
     /// Operations waiting, against `db_queue`.
     gauge: Arc<Gauge>,
     /// Group-commit counters.
@@ -97,27 +112,27 @@ impl Db {
         Db::start_with(
             store,
             max_batch,
-            usize::MAX,
+            (usize::MAX, usize::MAX),
             Box::new(|why| tracing::info!("db worker stopped: {why}")),
         )
     }
 
-    /// Start the worker thread on `store`, admitting `queue` operations at a time through
-    /// [`Db::try_submit`]; `on_stop` runs on it when it stops, however it stops (a panic
-    /// included, where panics unwind).
+    /// Start the worker thread on `store`, admitting `queue.0` operations holding under
+    /// `queue.1` bytes at a time through [`Db::try_submit`]; `on_stop` runs on it when it
+    /// stops, however it stops (a panic included, where panics unwind).
     ///
     /// # Errors
     /// The thread cannot be spawned.
     pub fn start_with(
         mut store: Box<dyn Store>,
         max_batch: usize,
-        queue: usize,
+        queue: (usize, usize),
         on_stop: OnStop,
     ) -> std::io::Result<Db> {
-        let (tx, rx) = mpsc::channel::<Work>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(DbStats::default());
         let st = stats.clone();
-        let gauge = Arc::new(Gauge::new(queue));
+        let gauge = Arc::new(Gauge::new(queue.0, queue.1));
         let g = gauge.clone();
         std::thread::Builder::new()
             .name("db-worker".into())
@@ -137,28 +152,43 @@ impl Db {
         Ok(Db { tx, gauge, stats })
     }
 
-    /// Queue work whatever the queue holds (admitted already: see [`Db::has_room`]). False if
-    /// the worker is gone.
-    pub fn submit(&self, w: Work) -> bool {
-        self.gauge.force();
-        let ok = self.tx.send(w).is_ok();
+    /// Queue work holding about `bytes` whatever the queue holds (admitted already: see
+    /// [`Db::has_room`]), not to be run after `deadline`. False if the worker is gone.
+    pub fn submit(&self, work: Work, deadline: Option<Instant>, bytes: usize) -> bool {
+        self.gauge.force(bytes);
+        let job = Job {
+            work,
+            deadline,
+            bytes,
+        };
+        let ok = self.tx.send(job).is_ok();
         if !ok {
-            self.gauge.done();
+            self.gauge.done(bytes);
         }
         ok
     }
 
-    /// Queue work if fewer than `db_queue` operations wait.
+    /// Queue work if fewer than `db_queue` operations wait, not to be run after `deadline`.
     ///
     /// # Errors
-    /// [`Full`] with the work (not run) if the queue is full or the worker is gone
+    /// [`Full`] (the work is dropped, not run) if the queue is full or the worker is gone
     /// (`stopped` tells which).
-    pub fn try_submit(&self, w: Work) -> Result<(), Full> {
-        if !self.gauge.try_take() {
+    pub fn try_submit(
+        &self,
+        work: Work,
+        deadline: Option<Instant>,
+        bytes: usize,
+    ) -> Result<(), Full> {
+        if !self.gauge.try_take(bytes) {
             return Err(Full { stopped: false });
         }
-        if self.tx.send(w).is_err() {
-            self.gauge.done();
+        let job = Job {
+            work,
+            deadline,
+            bytes,
+        };
+        if self.tx.send(job).is_err() {
+            self.gauge.done(bytes);
             return Err(Full { stopped: true });
         }
         Ok(())
@@ -198,35 +228,55 @@ type Done = (Finish, Option<StoreError>);
 /// Runs batches until every handle is dropped (`Ok`) or the store is fenced (`Err`).
 fn run(
     store: &mut dyn Store,
-    rx: &mpsc::Receiver<Work>,
+    rx: &mpsc::Receiver<Job>,
     max_batch: usize,
     stats: &DbStats,
     gauge: &Gauge,
 ) -> Result<(), StoreError> {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut batch: Vec<Work> = Vec::with_capacity(max_batch);
     let mut done: Vec<Done> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
+        jobs.push(first);
+        while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => jobs.push(w),
                 Err(_) => break,
             }
         }
-        // Taken off the queue: room for as many more.
-        for _ in 0..batch.len() {
-            gauge.done();
+        // Taken off the queue: room for as many more. Their bytes stay counted until the
+        // batch is finished, since the batch holds them until then: what the queue admits
+        // bounds what waits and what runs together.
+        let mut held = 0;
+        for j in &jobs {
+            gauge.done(0);
+            held += j.bytes;
+        }
+        // Work past its deadline is answered without a transaction (which might itself wait
+        // for a lock): it is not run at all.
+        let now = Instant::now();
+        for job in jobs.drain(..) {
+            if job.deadline.is_some_and(|d| d < now) {
+                stats.expired.fetch_add(1, Ordering::Relaxed);
+                let f = (job.work)(&mut Refuse(None));
+                done.push((f, Some(StoreError::Expired)));
+            } else {
+                batch.push(job.work);
+            }
         }
         let n = batch.len() as u64;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.ops.fetch_add(n, Ordering::Relaxed);
-        stats.max_batch.fetch_max(n, Ordering::Relaxed);
-        let mut work = batch.drain(..);
-        let fenced = run_batch(store, &mut work, &mut done);
-        drop(work);
+        let mut fenced = Ok(());
+        if n > 0 {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.ops.fetch_add(n, Ordering::Relaxed);
+            stats.max_batch.fetch_max(n, Ordering::Relaxed);
+            let mut work = batch.drain(..);
+            fenced = run_batch(store, &mut work, &mut done);
+        }
         for (f, res) in done.drain(..) {
             f(res.as_ref().map_or(Ok(()), Err));
         }
+        gauge.release(held);
         fenced?;
     }
     Ok(())
@@ -340,16 +390,20 @@ fn refuse_all(work: impl Iterator<Item = Work>, done: &mut Vec<Done>, why: &str)
 }
 
 fn refuse(w: Work, done: &mut Vec<Done>, why: &str) {
-    let f = w(&mut Refuse(why));
+    let f = w(&mut Refuse(Some(why)));
     done.push((f, Some(StoreError::NotApplied(why.to_string()))));
 }
 
-/// The store an operation sees when it must not run: every call fails.
-struct Refuse<'a>(&'a str);
+/// The store an operation sees when it must not run: every call fails, with why (`None`: it
+/// waited past its deadline).
+struct Refuse<'a>(Option<&'a str>);
 
 impl Refuse<'_> {
     fn no<T>(&self) -> StoreResult<T> {
-        Err(StoreError::NotApplied(self.0.to_string()))
+        Err(match self.0 {
+            Some(why) => StoreError::NotApplied(why.to_string()),
+            None => StoreError::Expired,
+        })
     }
 }
 
@@ -616,7 +670,7 @@ mod tests {
         let db = Db::start_with(
             Box::new(s),
             8,
-            usize::MAX,
+            (usize::MAX, usize::MAX),
             Box::new(move |why| {
                 let _ = tx.send(match why {
                     Stopped::Closed => "closed".to_string(),
@@ -637,12 +691,16 @@ mod tests {
         let mut newer = SqliteStore::open(&path).unwrap();
         newer.fence_acquire().unwrap();
         let (tx, answered) = mpsc::channel();
-        assert!(db.submit(Box::new(move |s: &mut dyn Store| -> Finish {
-            let _ = s.contact_create(1, b"x", &pairs("x"));
-            Box::new(move |r| {
-                let _ = tx.send(r.map_err(StoreError::nothing_applied));
-            })
-        })));
+        assert!(db.submit(
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let _ = s.contact_create(1, b"x", &pairs("x"));
+                Box::new(move |r| {
+                    let _ = tx.send(r.map_err(StoreError::nothing_applied));
+                })
+            }),
+            None,
+            0
+        ));
         let wait = Duration::from_secs(10);
         assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
         assert_eq!(stopped.recv_timeout(wait).unwrap(), "fenced");
@@ -654,16 +712,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         s.fence_acquire().unwrap();
-        let db = Db::start_with(Box::new(s), 8, 1, Box::new(|_| {})).unwrap();
+        let db = Db::start_with(Box::new(s), 8, (1, usize::MAX), Box::new(|_| {})).unwrap();
         // Hold the worker inside a batch, so that what comes next waits in the queue.
         let (started_tx, started) = mpsc::channel();
         let (release, held) = mpsc::channel::<()>();
         assert!(
-            db.try_submit(Box::new(move |_s: &mut dyn Store| -> Finish {
-                let _ = started_tx.send(());
-                let _ = held.recv();
-                Box::new(|_| {})
-            }))
+            db.try_submit(
+                Box::new(move |_s: &mut dyn Store| -> Finish {
+                    let _ = started_tx.send(());
+                    let _ = held.recv();
+                    Box::new(|_| {})
+                }),
+                None,
+                0
+            )
             .is_ok()
         );
         let wait = Duration::from_secs(10);
@@ -678,23 +740,78 @@ mod tests {
                 })
             })
         };
-        assert!(db.try_submit(op("queued")).is_ok());
-        assert_eq!(db.try_submit(op("refused")), Err(Full { stopped: false }));
+        assert!(db.try_submit(op("queued"), None, 0).is_ok());
+        assert_eq!(
+            db.try_submit(op("refused"), None, 0),
+            Err(Full { stopped: false })
+        );
         assert_eq!(db.gauge().refused.load(Ordering::Relaxed), 1);
         release.send(()).unwrap();
         assert_eq!(answered.recv_timeout(wait).unwrap(), ("queued", true));
-        assert!(db.try_submit(op("later")).is_ok());
+        assert!(db.try_submit(op("later"), None, 0).is_ok());
         // In order: the refused operation, had it run, would have answered before this one.
         assert_eq!(answered.recv_timeout(wait).unwrap(), ("later", true));
+    }
+
+    /// Work still queued past its deadline is not run: it is told `Expired` (nothing
+    /// applied), and the work around it runs as usual.
+    #[test]
+    fn work_past_its_deadline_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.fence_acquire().unwrap();
+        let db = Db::start_with(Box::new(s), 8, (16, usize::MAX), Box::new(|_| {})).unwrap();
+        let (started_tx, started) = mpsc::channel();
+        let (release, held) = mpsc::channel::<()>();
+        let hold = Box::new(move |_s: &mut dyn Store| -> Finish {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+            Box::new(|_| {})
+        });
+        assert!(db.try_submit(hold, None, 0).is_ok());
+        let wait = Duration::from_secs(10);
+        started.recv_timeout(wait).unwrap();
+        let (tx, answered) = mpsc::channel();
+        let op = |v: &'static str| -> Work {
+            let tx = tx.clone();
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let r = s.contact_create(1, v.as_bytes(), &pairs(v)).map(drop);
+                Box::new(move |c| {
+                    let expired = matches!(c, Err(StoreError::Expired))
+                        && matches!(r, Err(StoreError::Expired));
+                    let _ = tx.send((v, c.is_ok() && r.is_ok(), expired));
+                })
+            })
+        };
+        // Its deadline has passed by the time the worker takes it (the worker is held).
+        let past = Instant::now();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(db.try_submit(op("late"), Some(past), 0).is_ok());
+        assert!(db.try_submit(op("in time"), Some(later), 0).is_ok());
+        release.send(()).unwrap();
+        assert_eq!(answered.recv_timeout(wait).unwrap(), ("late", false, true));
+        assert_eq!(
+            answered.recv_timeout(wait).unwrap(),
+            ("in time", true, false)
+        );
+        assert_eq!(db.stats.expired.load(Ordering::Relaxed), 1);
+        drop(db);
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(found(&mut s, "late"), 0);
+        assert_eq!(found(&mut s, "in time"), 1);
     }
 
     #[test]
     fn a_panic_on_the_worker_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (db, stopped) = stops(&dir.path().join("t.db"));
-        assert!(db.submit(Box::new(|_s: &mut dyn Store| -> Finish {
-            panic!("boom");
-        })));
+        assert!(db.submit(
+            Box::new(|_s: &mut dyn Store| -> Finish {
+                panic!("boom");
+            }),
+            None,
+            0
+        ));
         let why = stopped.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(why, "panicked: boom");
         drop(db);

@@ -114,10 +114,20 @@ async fn metrics(State(app): State<App>) -> Response {
             "Operations waiting for the DB worker",
             db.gauge().depth() as u64,
         );
+        t.gauge(
+            "db_queued_bytes",
+            "Bytes held by operations waiting for the DB worker and by the batch it runs",
+            db.gauge().bytes() as u64,
+        );
         t.counter(
             "db_overloaded",
             "Requests answered OVERLOADED because db_queue was full",
             load(&db.gauge().refused),
+        );
+        t.counter(
+            "db_expired",
+            "Storage operations not run: they waited past request_timeout_ms",
+            load(&db.stats.expired),
         );
     }
     if let Some(e) = s.engine.get() {
@@ -125,6 +135,11 @@ async fn metrics(State(app): State<App>) -> Response {
             "engine_queued",
             "Requests waiting for the Interaction Server engine",
             e.gauge().depth() as u64,
+        );
+        t.gauge(
+            "engine_queued_bytes",
+            "Bytes held by requests waiting for the Interaction Server engine",
+            e.gauge().bytes() as u64,
         );
         t.counter(
             "engine_overloaded",
@@ -147,6 +162,16 @@ async fn metrics(State(app): State<App>) -> Response {
         "connections_refused",
         "Connections refused at max_connections",
         load(&s.refused_conns),
+    );
+    t.counter(
+        "config_reloads",
+        "Configuration reloads (SIGHUP) that took effect",
+        load(&s.reloads),
+    );
+    t.counter(
+        "config_reload_failures",
+        "Configuration reloads that failed; nothing changed (the log says why)",
+        load(&s.reload_failures),
     );
     if let Some(a) = s.auth.get() {
         let st = a.stats();
@@ -230,6 +255,7 @@ async fn status(State(app): State<App>) -> Response {
             "batches": load(&db.stats.batches),
             "operations": load(&db.stats.ops),
             "max_batch": load(&db.stats.max_batch),
+            "expired": load(&db.stats.expired),
         });
     }
     if let Some(a) = s.auth.get() {

@@ -79,6 +79,8 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         None => DEFAULT_CONFIG.to_string(),
     };
     let mut cfg = Config::from_toml(&text)?;
+    cfg.resolve_db()?;
+    cfg.read_secret_files()?;
     if let Some(v) = cli.listen {
         cfg.listen = v;
     }
@@ -86,7 +88,8 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         cfg.role = v;
     }
     if let Some(v) = &cli.db {
-        cfg.db = v.clone();
+        // A path on the command line is the shell's: relative to the working directory.
+        cfg.db = std::path::absolute(v).with_context(|| format!("--db {}", v.display()))?;
     }
     if let Some(v) = &cli.instance {
         cfg.instance = v.clone();
@@ -121,6 +124,20 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("refusing to start: {why}");
     }
     if cli.check_config {
+        // The files the configuration names are read too, so that a path that is wrong or a
+        // certificate that does not fit its key is found now rather than at the next start.
+        if let Some(t) = &cfg.tls {
+            deskmux_core_server::tls::acceptor(t).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(p) = &cfg.admin_token_file {
+            let t = std::fs::read(p).with_context(|| format!("admin_token_file {}", p.display()))?;
+            anyhow::ensure!(
+                t.trim_ascii().len() >= deskmux_core_server::config::MIN_SECRET_LEN,
+                "admin_token_file {}: shorter than {} bytes",
+                p.display(),
+                deskmux_core_server::config::MIN_SECRET_LEN
+            );
+        }
         println!(
             "config ok: {} tenants, role {:?}, db {}",
             cfg.tenants.len(),

@@ -10,7 +10,8 @@
 //! one `Submitted` per write in flight.
 //!
 //! The count is a [`Gauge`]: senders add one per queued request, the receiver takes one off
-//! per request it takes out of the channel.
+//! per request it takes out of the channel. It counts bytes too (`engine_queue_bytes`,
+//! `db_queue_bytes`): a count alone would let 131,072 requests of 2 MiB each hold 256 GiB.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,55 +20,82 @@ use tokio::sync::mpsc;
 
 use crate::ixn::Input;
 
-/// How many counted items wait in a queue, against a cap.
+/// How many counted items wait in a queue, and how many bytes they hold, against caps.
 #[derive(Debug)]
 pub struct Gauge {
     queued: AtomicUsize,
     cap: usize,
+    bytes: AtomicUsize,
+    byte_cap: usize,
     /// Items refused because the queue was full.
     pub refused: AtomicU64,
 }
 
 impl Gauge {
-    /// A gauge admitting `cap` items at a time.
-    pub fn new(cap: usize) -> Gauge {
+    /// A gauge admitting `cap` items at a time, while they hold under `byte_cap` bytes.
+    pub fn new(cap: usize, byte_cap: usize) -> Gauge {
         Gauge {
             queued: AtomicUsize::new(0),
             cap: cap.max(1),
+            bytes: AtomicUsize::new(0),
+            byte_cap: byte_cap.max(1),
             refused: AtomicU64::new(0),
         }
     }
 
-    /// Count one more item if the queue is under its cap; false (and counted as refused)
-    /// if it is full.
-    pub fn try_take(&self) -> bool {
+    /// Count one more item of `bytes` if the queue is under both caps; false (and counted as
+    /// refused) if it is full. An item is admitted while the bytes queued are under the cap,
+    /// so the bytes may pass it by one item's size per sender.
+    pub fn try_take(&self, bytes: usize) -> bool {
         let ok = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.cap).then_some(n + 1)
             })
             .is_ok();
+        let ok = ok && {
+            let fits = self
+                .bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    (b < self.byte_cap).then_some(b.saturating_add(bytes))
+                })
+                .is_ok();
+            if !fits {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            fits
+        };
         if !ok {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
         ok
     }
 
-    /// Count one more item whatever the cap (it was admitted already, see [`Gauge::has_room`]).
-    pub fn force(&self) {
+    /// Count one more item of `bytes` whatever the caps (it was admitted already, see
+    /// [`Gauge::has_room`]).
+    pub fn force(&self, bytes: usize) {
         self.queued.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// One item left the queue.
-    pub fn done(&self) {
+    /// One item of `bytes` left the queue.
+    pub fn done(&self, bytes: usize) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes of items that left the queue (counted out with [`Gauge::done`]`(0)`) are given
+    /// back: for work whose memory is held after it left, until it is finished.
+    pub fn release(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Whether an item would be admitted now (false is counted as a refusal). For a single
     /// consumer that then sends with [`Gauge::force`]: others may fill the queue in between,
-    /// so it may pass the cap by what that one sender adds.
+    /// so it may pass the caps by what that one sender adds.
     pub fn has_room(&self) -> bool {
-        let ok = self.queued.load(Ordering::Acquire) < self.cap;
+        let ok = self.queued.load(Ordering::Acquire) < self.cap
+            && self.bytes.load(Ordering::Acquire) < self.byte_cap;
         if !ok {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -77,6 +105,11 @@ impl Gauge {
     /// Items queued now.
     pub fn depth(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// Bytes the queued items hold now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 }
 
@@ -98,7 +131,8 @@ pub struct EngineStats {
 #[derive(Debug)]
 pub struct Queued {
     input: Input,
-    counted: bool,
+    /// Bytes it was counted for; `None`: not counted (a control input).
+    counted: Option<usize>,
 }
 
 /// Why a request was not queued for the engine.
@@ -125,10 +159,10 @@ pub struct EngineRx {
     gauge: Arc<Gauge>,
 }
 
-/// An engine inbox admitting `cap` requests at a time.
-pub fn engine_channel(cap: usize) -> (EngineTx, EngineRx) {
+/// An engine inbox admitting `cap` requests at a time, while they hold under `byte_cap` bytes.
+pub fn engine_channel(cap: usize, byte_cap: usize) -> (EngineTx, EngineRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let gauge = Arc::new(Gauge::new(cap));
+    let gauge = Arc::new(Gauge::new(cap, byte_cap));
     (
         EngineTx {
             tx,
@@ -146,7 +180,7 @@ impl EngineTx {
         self.tx
             .send(Queued {
                 input,
-                counted: false,
+                counted: None,
             })
             .is_ok()
     }
@@ -156,15 +190,19 @@ impl EngineTx {
     /// # Errors
     /// [`Refused::Full`] at the cap, [`Refused::Stopped`] if the engine is gone.
     pub fn request(&self, input: Input) -> Result<(), Refused> {
-        if !self.gauge.try_take() {
+        let bytes = match &input {
+            Input::Request(_, f, _) => f.as_bytes().len(),
+            _ => 0,
+        };
+        if !self.gauge.try_take(bytes) {
             return Err(Refused::Full);
         }
         let sent = self.tx.send(Queued {
             input,
-            counted: true,
+            counted: Some(bytes),
         });
         if sent.is_err() {
-            self.gauge.done();
+            self.gauge.done(bytes);
             return Err(Refused::Stopped);
         }
         Ok(())
@@ -198,8 +236,8 @@ impl EngineRx {
     }
 
     fn take(&self, q: Queued) -> Input {
-        if q.counted {
-            self.gauge.done();
+        if let Some(bytes) = q.counted {
+            self.gauge.done(bytes);
         }
         q.input
     }
@@ -211,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_requests_but_never_controls() {
-        let (tx, mut rx) = engine_channel(2);
+        let (tx, mut rx) = engine_channel(2, usize::MAX);
         assert_eq!(tx.request(Input::LinkClosed(1)), Ok(()));
         assert_eq!(tx.request(Input::LinkClosed(2)), Ok(()));
         assert_eq!(tx.request(Input::LinkClosed(3)), Err(Refused::Full));
@@ -235,14 +273,31 @@ mod tests {
 
     #[test]
     fn has_room_then_force_passes_the_cap_by_one_at_most() {
-        let g = Gauge::new(1);
+        let g = Gauge::new(1, usize::MAX);
         assert!(g.has_room());
-        assert!(g.try_take());
+        assert!(g.try_take(0));
         assert!(!g.has_room());
-        g.force();
+        g.force(0);
         assert_eq!(g.depth(), 2);
-        g.done();
-        g.done();
-        assert!(g.try_take());
+        g.done(0);
+        g.done(0);
+        assert!(g.try_take(0));
+    }
+
+    /// Bytes are a cap of their own: few large items fill the queue as many small ones do,
+    /// and a refusal by bytes leaves the count as it was.
+    #[test]
+    fn large_items_fill_the_queue_by_bytes() {
+        let g = Gauge::new(100, 1000);
+        assert!(g.try_take(600));
+        // Under the byte cap when it arrives: admitted, passing the cap by its size at most.
+        assert!(g.try_take(600));
+        assert_eq!(g.bytes(), 1200);
+        assert!(!g.try_take(1));
+        assert!(!g.has_room());
+        assert_eq!((g.depth(), g.refused.load(Ordering::Relaxed)), (2, 2));
+        g.done(600);
+        assert!(g.try_take(10));
+        assert_eq!((g.depth(), g.bytes()), (2, 610));
     }
 }

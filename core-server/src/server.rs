@@ -6,9 +6,11 @@
 //!   connection; existing sessions continue, new `HELLO`/`SESSION_OPEN` get
 //!   `SERVICE_UNAVAILABLE`.
 //! - `SIGUSR2`: back to running (`SERVICE_STATE state=0`).
-//! - `SIGHUP`: re-read the configuration file: the tenant list changes; other changes are
-//!   named in a warning as needing a restart; a bad file changes nothing and is logged with its
-//!   path, line and column. Credentials need no reload: each login reads them afresh.
+//! - `SIGHUP`: re-read the configuration file: the tenant list changes, and with `[tls]` the
+//!   certificate, key and CA files are read again (new connections get them); other changes
+//!   are named in a warning as needing a restart; a bad file or an unusable certificate changes
+//!   nothing and is logged with its path (and line and column). Credentials need no reload:
+//!   each login reads them afresh.
 //! - `SIGTERM`/`SIGINT`: graceful shutdown — `GO_AWAY` on every connection, new requests get
 //!   `SHUTTING_DOWN`, in-flight work has `shutdown_grace_ms` to finish, then the process exits.
 //!
@@ -58,8 +60,8 @@ pub enum ServerError {
     /// I/O (bind, lock file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The data file could not be opened.
-    #[error("{0}")]
+    /// The data file could not be opened (the source says why).
+    #[error("the data file could not be opened")]
     Store(#[from] StoreError),
     /// The credential store or the token key could not be set up.
     #[error("auth: {0}")]
@@ -73,6 +75,25 @@ pub enum ServerError {
     /// `[tls]` cannot be used (files unreadable, key not matching, no CA).
     #[error("{0}")]
     Tls(String),
+    /// A port could not be bound: most often another process (another core-server?)
+    /// already serves it.
+    #[error("{what} {addr}: {source} (is another process already serving it?)")]
+    Bind {
+        /// The configuration key.
+        what: &'static str,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn bind_error(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
+) -> ServerError {
+    ServerError::Bind { what, addr, source }
 }
 
 /// State shared by every connection task.
@@ -93,6 +114,10 @@ pub struct Shared {
     pub max_conns: usize,
     /// Connections refused at the cap.
     pub refused_conns: AtomicU64,
+    /// Configuration reloads (SIGHUP) that took effect.
+    pub reloads: AtomicU64,
+    /// Configuration reloads that failed (nothing changed).
+    pub reload_failures: AtomicU64,
     /// The Interaction Server engine's inbox (set once primary, if the role runs).
     pub engine: OnceLock<EngineTx>,
     /// The DB worker (set once primary).
@@ -101,6 +126,10 @@ pub struct Shared {
     pub auth: OnceLock<Auth>,
     /// Tenants served: from the configuration, replaced by a reload (SIGHUP).
     tenants: RwLock<HashSet<u32>>,
+    /// With `[tls]`: what accepted connections speak. A reload (SIGHUP) reads the certificate,
+    /// key and CA files again and replaces it, so that a rotated certificate is served to new
+    /// connections without a restart; connections already open keep theirs.
+    tls: RwLock<Option<crate::tls::Acceptor>>,
     /// The configuration file, for reloads (`None`: the embedded one).
     config_path: Mutex<Option<PathBuf>>,
     lock: Mutex<Option<InstanceLock>>,
@@ -132,19 +161,45 @@ impl Shared {
     /// # Errors
     /// The file cannot be read or is not a valid configuration; nothing changes then.
     pub fn reload(&self) -> Result<usize, String> {
+        let r = self.reload_inner();
+        let counter = match r {
+            Ok(_) => &self.reloads,
+            Err(_) => &self.reload_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn reload_inner(&self) -> Result<usize, String> {
         let path = self.config_path.lock().ok().and_then(|p| p.clone());
         let Some(path) = path else {
             return Err("no --config file to reload".into());
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut new = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        new.resolve_db()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        new.read_secret_files()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let old = &self.cfg;
+        // The TLS files first: a certificate that cannot be used fails the whole reload,
+        // with nothing changed. Switching TLS on or off changes what the port speaks, and
+        // needs a restart.
+        let tls = match (&new.tls, &old.tls) {
+            (Some(t), Some(_)) => Some(crate::tls::acceptor(t)?),
+            _ => None,
+        };
+        if let Some(a) = tls
+            && let Ok(mut g) = self.tls.write()
+        {
+            *g = Some(a);
+        }
         let ids: HashSet<u32> = new.tenants.iter().map(|t| t.id).collect();
         let n = ids.len();
         if let Ok(mut t) = self.tenants.write() {
             *t = ids;
         }
-        let old = &self.cfg;
         let mut restart = Vec::new();
         if new.link_secret != old.link_secret {
             restart.push("link_secret");
@@ -158,9 +213,8 @@ impl Shared {
         if new.max_frame != old.max_frame || new.heartbeat_ms != old.heartbeat_ms {
             restart.push("max_frame/heartbeat_ms");
         }
-        // The TLS files are read when the listener starts (a certificate rotation restarts).
-        if new.tls != old.tls {
-            restart.push("tls");
+        if new.tls.is_some() != old.tls.is_some() {
+            restart.push("tls (on or off)");
         }
         if !restart.is_empty() {
             tracing::warn!("reload: {} changed and need a restart", restart.join(", "));
@@ -265,8 +319,6 @@ pub struct Server {
     admin: Option<TcpListener>,
     http: Option<TcpListener>,
     admin_token: Option<Vec<u8>>,
-    /// With `[tls]`: every accepted connection is TLS.
-    tls: Option<crate::tls::Acceptor>,
 }
 
 /// An opened store, the open interactions to recover and the highest interaction id.
@@ -308,7 +360,7 @@ fn activate(
     let db = Db::start_with(
         store,
         shared.cfg.group_commit_max,
-        shared.cfg.db_queue,
+        (shared.cfg.db_queue, shared.cfg.db_queue_bytes),
         Box::new(|why| {
             tracing::error!("the DB worker stopped ({why}); exiting so that a standby can serve");
             std::process::exit(1);
@@ -318,7 +370,8 @@ fn activate(
         Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     let _ = shared.auth.set(a);
     if shared.cfg.role.ixn() {
-        let (tx, rx) = queue::engine_channel(shared.cfg.engine_queue);
+        let (tx, rx) =
+            queue::engine_channel(shared.cfg.engine_queue, shared.cfg.engine_queue_bytes);
         let set = Settings {
             invite_timeout: Duration::from_millis(u64::from(shared.cfg.invite_timeout_ms)),
             with_ucs: shared.cfg.role.ucs(),
@@ -355,6 +408,22 @@ impl Server {
             Some(t) => Some(crate::tls::acceptor(t).map_err(ServerError::Tls)?),
             None => None,
         };
+        // The ports next, before the data file: a port another process serves is refused now,
+        // with its error, rather than after storage started (whose stop would exit first).
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| bind_error("listen", cfg.listen, e))?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| bind_error("admin_listen", a, e))?,
+            ),
+            None => None,
+        };
+        let http = crate::http::bind(cfg.http_listen)
+            .await
+            .map_err(|e| bind_error("http_listen", cfg.http_listen.unwrap_or(cfg.listen), e))?;
         let lock = InstanceLock::try_acquire(&cfg.db)?;
         if lock.is_none() && !cfg.standby {
             return Err(ServerError::Locked(cfg.db.display().to_string()));
@@ -368,10 +437,13 @@ impl Server {
             open_conns: AtomicUsize::new(0),
             max_conns: connection_cap(cfg.max_connections),
             refused_conns: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
             engine: OnceLock::new(),
             db: OnceLock::new(),
             auth: OnceLock::new(),
             tenants: RwLock::new(cfg.tenants.iter().map(|t| t.id).collect()),
+            tls: RwLock::new(tls),
             config_path: Mutex::new(None),
             lock: Mutex::new(None),
             cfg,
@@ -383,11 +455,6 @@ impl Server {
                 *g = Some(l);
             }
         }
-        let listener = TcpListener::bind(shared.cfg.listen).await?;
-        let admin = match shared.cfg.admin_listen {
-            Some(a) => Some(TcpListener::bind(a).await?),
-            None => None,
-        };
         let admin_token = match &shared.cfg.admin_token_file {
             Some(p) => {
                 let t = std::fs::read(p).map_err(|e| {
@@ -405,14 +472,12 @@ impl Server {
             }
             None => None,
         };
-        let http = crate::http::bind(shared.cfg.http_listen).await?;
         Ok(Server {
             shared,
             listener,
             admin,
             http,
             admin_token,
-            tls,
         })
     }
 
@@ -480,12 +545,13 @@ impl Server {
                         shared.refused_conns.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(refuse(s));
                     } else {
-                        match &self.tls {
+                        let tls = shared.tls.read().ok().and_then(|t| t.clone());
+                        match tls {
                             None => {
                                 tokio::spawn(crate::conn::serve(shared.clone(), s));
                             }
                             Some(a) => {
-                                tokio::spawn(crate::conn::serve_tls(shared.clone(), a.clone(), s));
+                                tokio::spawn(crate::conn::serve_tls(shared.clone(), a, s));
                             }
                         }
                     }

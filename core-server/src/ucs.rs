@@ -87,14 +87,23 @@ fn id_of(b: &deskmux_codec::BodyRef<'_>, k: &'static str) -> Result<i64, Fail> {
     Ok(b.int(k)?)
 }
 
-/// Handle one UCS request (not ECHO: the connection answers that itself). Replies exactly once;
-/// no answer is longer than `max_frame`.
-pub fn handle(db: &Db, tenant: u32, max_frame: u32, frame: &Frame, peer: Peer) {
+/// Handle one UCS request (not ECHO: the connection answers that itself), not to be run after
+/// `deadline`. Replies exactly once; no answer is longer than `max_frame`.
+pub fn handle(
+    db: &Db,
+    tenant: u32,
+    max_frame: u32,
+    frame: &Frame,
+    peer: Peer,
+    deadline: std::time::Instant,
+) {
     let req = *frame.head();
     match parse(tenant, max_frame as usize, frame) {
         Ok(op) => {
             let p = peer.clone();
-            match db.try_submit(work(req, peer, op)) {
+            // The operation holds about what the frame held (its values, parsed and copied).
+            let bytes = frame.as_bytes().len();
+            match db.try_submit(work(req, peer, op), Some(deadline), bytes) {
                 Ok(()) => {}
                 Err(crate::db::Full { stopped: false }) => p.reply(wire::error(
                     &req,

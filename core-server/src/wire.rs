@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// The answer to a request whose storage failed: `UNAVAILABLE` (not sent: retry is safe) when
 /// it is known that nothing of it was applied, `INTERNAL` (outcome unknown) otherwise.
 pub fn storage_error(req: &Head, e: &crate::storage::StoreError) -> Bytes {
-    if e.nothing_applied() {
+    if let crate::storage::StoreError::Expired = e {
+        expired(req)
+    } else if e.nothing_applied() {
         error(
             req,
             ErrorCode::UNAVAILABLE,
@@ -37,6 +39,15 @@ pub fn storage_error(req: &Head, e: &crate::storage::StoreError) -> Bytes {
     } else {
         error(req, ErrorCode::INTERNAL, "storage failed")
     }
+}
+
+/// The answer to a request that waited past its deadline (`request_timeout_ms`) before it ran.
+pub fn expired(req: &Head) -> Bytes {
+    error(
+        req,
+        ErrorCode::OVERLOADED,
+        "waited past request_timeout_ms before it ran; nothing was applied",
+    )
 }
 
 /// Microseconds since the UNIX epoch.

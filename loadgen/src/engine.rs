@@ -1,9 +1,12 @@
 //! The event loops: one OS thread per core, each a current-thread tokio runtime driving
 //! thousands of desktops as small local tasks; per-thread statistics (histograms, tallies)
 //! merged into one [`ShardResult`] per process.
+//!
+//! Each thread also runs its precise timers ([`crate::timer`]), which open-loop desktops sleep
+//! on, and a ticker that measures the thread's own CPU time and run-queue wait over the window.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -13,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::counts::TypeCounts;
 use crate::recorder::{self, Recorder, RecorderWire, Window};
 use crate::verify::Tally;
 
@@ -389,6 +393,8 @@ pub struct ThreadStats {
     pub wait_ns: u64,
     /// Requests recorded per operation name (agent scenario).
     pub ops: HashMap<&'static str, Histogram<u64>>,
+    /// Requests written, by message type (logins and heartbeats too).
+    pub by_type: TypeCounts,
 }
 
 impl ThreadStats {
@@ -423,6 +429,58 @@ pub struct Ctx {
     pub quic: Option<crate::quic::EndpointSet>,
     /// TLS runs: the connector (trust store, server name); `None` otherwise.
     pub tls: Option<crate::tls::TlsClient>,
+    /// This thread's precise timers (open-loop sends sleep on them).
+    pub timers: Rc<crate::timer::Timers>,
+    /// This thread's CPU and run-queue wait over the window, sampled by the ticker.
+    pub cpu: Cell<CpuWindow>,
+}
+
+/// A thread's (CPU, run-queue wait) at the window's start, and whether its end was recorded.
+///
+/// The ticker samples at its first tick inside the window and its first tick after it. A ping
+/// run's desktops end as soon as their last answers are in, which can be before that second
+/// tick (10 ms period); the ticker is then aborted and the figures used to stay at zero
+/// ("busiest thread 0 %" in 3 of 15 runs). [`CpuWindow::finish`] records the end when the
+/// thread's desktops are done, if no tick has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuWindow {
+    /// Sample at the first tick inside the window.
+    start: Option<(u64, u64)>,
+    /// The end has been recorded.
+    done: bool,
+}
+
+impl CpuWindow {
+    /// A tick at run time `now`, with the thread's current (CPU, wait) in `sample`. Returns
+    /// (CPU, wait) over the window when this tick records its end.
+    pub fn tick(
+        &mut self,
+        now: u64,
+        window: &Window,
+        sample: impl FnOnce() -> (u64, u64),
+    ) -> Option<(u64, u64)> {
+        if window.contains(now) {
+            if self.start.is_none() {
+                self.start = Some(sample());
+            }
+            None
+        } else if now >= window.end_ns {
+            self.finish(sample)
+        } else {
+            None
+        }
+    }
+
+    /// The thread's desktops are done: record the end if no tick has.
+    pub fn finish(&mut self, sample: impl FnOnce() -> (u64, u64)) -> Option<(u64, u64)> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let (cpu, wait) = self.start?;
+        let (c, w) = sample();
+        Some((c.saturating_sub(cpu), w.saturating_sub(wait)))
+    }
 }
 
 impl Ctx {
@@ -483,6 +541,9 @@ pub struct ShardResult {
     pub process_cpu_ns: u64,
     /// Per-operation latency histograms (hex), agent scenario.
     pub ops: Vec<(String, String)>,
+    /// Requests written, by message type.
+    #[serde(default)]
+    pub by_type: BTreeMap<String, u64>,
     /// Stopped early (Ctrl-C).
     #[serde(default)]
     pub stopped_early: bool,
@@ -587,10 +648,12 @@ fn merge_threads(
     let mut ops: HashMap<&'static str, Histogram<u64>> = HashMap::new();
     let mut thread_cpu = Vec::new();
     let mut thread_wait = Vec::new();
+    let mut by_type = TypeCounts::default();
     let mut peak = 0;
     for s in &stats {
         rec.merge(&s.rec);
         tally.merge(&s.tally);
+        by_type.merge(&s.by_type);
         events.merge(&s.events);
         let p = s.clients.peak_connected;
         clients.merge(&s.clients);
@@ -644,6 +707,7 @@ fn merge_threads(
             .iter()
             .map(|(k, h)| ((*k).to_string(), recorder::hist_to_hex(h)))
             .collect(),
+        by_type: by_type.to_map(),
         stopped_early: false,
     }
 }
@@ -695,6 +759,11 @@ fn run_thread(
             )
         }
     };
+    let timers = {
+        // The timerfd registers with this runtime's reactor.
+        let _enter = rt.enter();
+        crate::timer::Timers::new(clock).map_err(|e| format!("timerfd: {e}"))?
+    };
     let ctx = Rc::new(Ctx {
         cfg: cfg.clone(),
         clock,
@@ -710,6 +779,7 @@ fn run_thread(
             cpu_ns: 0,
             wait_ns: 0,
             ops: HashMap::new(),
+            by_type: TypeCounts::default(),
         }),
         reconnect: RefCell::new(HashMap::new()),
         live,
@@ -717,10 +787,13 @@ fn run_thread(
         shard,
         quic,
         tls,
+        timers: timers.clone(),
+        cpu: Cell::new(CpuWindow::default()),
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let ticker = tokio::task::spawn_local(ticker(ctx.clone()));
+        let driver = tokio::task::spawn_local(timers.drive());
         let mut tasks = Vec::with_capacity(ids.len());
         for gid in ids {
             tasks.push(tokio::task::spawn_local(crate::scenario::run_desktop(
@@ -733,6 +806,9 @@ fn run_thread(
         }
         ticker.abort();
         let _ = ticker.await;
+        driver.abort();
+        let _ = driver.await;
+        record_cpu(&ctx, |c| c.finish(thread_sched));
         if let Some(eps) = &ctx.quic {
             eps.close(Duration::from_secs(2)).await;
         }
@@ -760,8 +836,6 @@ fn publish(ctx: &Ctx) {
 async fn ticker(ctx: Rc<Ctx>) {
     const TICK: u64 = 10_000_000;
     let mut next = ctx.clock.now_ns() + TICK;
-    let mut cpu_start: Option<(u64, u64)> = None;
-    let mut cpu_done = false;
     let mut n = 0u64;
     loop {
         tokio::time::sleep_until(ctx.clock.tokio_instant(next)).await;
@@ -770,23 +844,26 @@ async fn ticker(ctx: Rc<Ctx>) {
             // Tokio timers have 1 ms granularity; lag beyond that is the loop being busy.
             let lag = now.saturating_sub(next).max(1);
             ctx.stats.borrow_mut().sched_lag.saturating_record(lag);
-            if cpu_start.is_none() {
-                cpu_start = Some(thread_sched());
-            }
-        } else if now >= ctx.window.end_ns && !cpu_done {
-            if let Some((cpu, wait)) = cpu_start {
-                let (c, w) = thread_sched();
-                let mut s = ctx.stats.borrow_mut();
-                s.cpu_ns = c.saturating_sub(cpu);
-                s.wait_ns = w.saturating_sub(wait);
-            }
-            cpu_done = true;
         }
+        let window = ctx.window;
+        record_cpu(&ctx, |c| c.tick(now, &window, thread_sched));
         n += 1;
         if n % 20 == 0 {
             publish(&ctx);
         }
         next = next.max(now) + TICK;
+    }
+}
+
+/// Update the thread's CPU window with `step`; store its figures when it has recorded the end.
+fn record_cpu(ctx: &Ctx, step: impl FnOnce(&mut CpuWindow) -> Option<(u64, u64)>) {
+    let mut c = ctx.cpu.get();
+    let r = step(&mut c);
+    ctx.cpu.set(c);
+    if let Some((cpu, wait)) = r {
+        let mut s = ctx.stats.borrow_mut();
+        s.cpu_ns = cpu;
+        s.wait_ns = wait;
     }
 }
 
@@ -808,6 +885,33 @@ pub fn missed_tails(tails: &[(u32, u64, u64)]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU window's end is recorded once: by the first tick after the window, or — when
+    /// the desktops finished before any such tick — when the thread finishes.
+    #[test]
+    fn cpu_window_records_its_end_even_without_a_tick_after_it() {
+        let w = Window {
+            start_ns: 100,
+            end_ns: 200,
+            interval_ns: 10,
+        };
+        // Ticks inside the window only, then the desktops are done.
+        let mut c = CpuWindow::default();
+        assert_eq!(c.tick(50, &w, || (1, 1)), None, "before the window");
+        assert_eq!(c.tick(110, &w, || (1000, 10)), None);
+        assert_eq!(c.tick(190, &w, || (5000, 50)), None);
+        assert_eq!(c.finish(|| (9000, 90)), Some((8000, 80)));
+        assert_eq!(c.finish(|| (9999, 99)), None, "recorded once");
+        // A tick after the window records it; finishing then changes nothing.
+        let mut c = CpuWindow::default();
+        c.tick(150, &w, || (100, 0));
+        assert_eq!(c.tick(205, &w, || (600, 7)), Some((500, 7)));
+        assert_eq!(c.tick(215, &w, || (900, 9)), None);
+        assert_eq!(c.finish(|| (1000, 10)), None);
+        // No tick inside the window: nothing to measure from.
+        let mut c = CpuWindow::default();
+        assert_eq!(c.finish(|| (1, 1)), None);
+    }
 
     #[test]
     fn tails_count_what_a_subscriber_missed_at_the_end() {

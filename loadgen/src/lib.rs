@@ -5,22 +5,31 @@
 //!   ([`quic`]: quinn endpoints, several UDP sockets per thread);
 //! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`);
 //! - [`recorder`]: coordinated-omission-corrected HdrHistograms per worker, merged;
+//! - [`counts`]: requests written by message type, to reconcile with the proxy's counters;
+//! - [`timer`]: precise per-thread timers (timerfd), so loadgen's own clock stays out of the
+//!   figures;
 //! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
 //! - [`shard`]: worker processes by open-file limit, source addresses over 127.0.0.x;
 //! - [`engine`]: per-core event loops; [`runner`]: sharding over processes and progress;
-//! - [`report`]: table, JSON, HDR interval log, HTML; [`demo`]: core-server + proxy on loopback.
+//! - [`shortfall`]: whether a run sent the load it was asked for (unsent requests, rate);
+//! - [`report`]: table, JSON, HDR interval log; [`html`]: the HTML report;
+//! - [`demo`]: core-server + proxy on loopback.
 #![forbid(unsafe_code)]
 
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod counts;
 pub mod demo;
 pub mod engine;
+pub mod html;
 pub mod quic;
 pub mod recorder;
 pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shard;
+pub mod shortfall;
+pub mod timer;
 pub mod tls;
 pub mod verify;

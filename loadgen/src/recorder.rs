@@ -6,6 +6,12 @@
 //! intended time falls in the measurement window (after ramp-up and warm-up, before the end)
 //! are recorded. The corrected latencies are also kept per interval for the HDR interval log and
 //! the latency-over-time plot.
+//!
+//! A request that fell due inside the window but was never sent (the run ended while it waited
+//! behind the in-flight cap or behind loadgen itself) is recorded too, by
+//! [`Recorder::record_unsent`]: it enters the corrected histogram with the lower bound of its
+//! latency, window end minus intended time, so a stall at the end of a run cannot hide by
+//! keeping requests unsent.
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
@@ -66,6 +72,8 @@ pub struct Recorder {
     pub send_lag: Histogram<u64>,
     /// Corrected latency per interval of the window.
     pub intervals: Vec<Histogram<u64>>,
+    /// Requests due inside the window that were never sent: window end minus intended time.
+    pub unsent: Histogram<u64>,
 }
 
 impl Recorder {
@@ -77,6 +85,7 @@ impl Recorder {
             uncorrected: new_hist(),
             send_lag: new_hist(),
             intervals: Vec::new(),
+            unsent: new_hist(),
         }
     }
 
@@ -101,9 +110,28 @@ impl Recorder {
         true
     }
 
-    /// Requests recorded.
+    /// Record one request that fell due at `intended` and was never sent before the window
+    /// ended. Its latency is unknown but at least `window end - intended`: that lower bound goes
+    /// into the corrected histograms (not the uncorrected one or the send lag: nothing was
+    /// sent) and into [`Recorder::unsent`]. Returns whether `intended` was in the window.
+    pub fn record_unsent(&mut self, intended: u64) -> bool {
+        if !self.window.contains(intended) {
+            return false;
+        }
+        let late = self.window.end_ns.saturating_sub(intended).max(1);
+        self.corrected.saturating_record(late);
+        self.unsent.saturating_record(late);
+        let i = self.window.interval(intended);
+        if self.intervals.len() <= i {
+            self.intervals.resize_with(i + 1, new_hist);
+        }
+        self.intervals[i].saturating_record(late);
+        true
+    }
+
+    /// Requests answered and recorded (unsent ones are not counted here).
     pub fn count(&self) -> u64 {
-        self.corrected.len()
+        self.uncorrected.len()
     }
 
     /// Add another worker's histograms (counts are summed, never percentiles averaged).
@@ -112,6 +140,7 @@ impl Recorder {
         let _ = self.corrected.add(&other.corrected);
         let _ = self.uncorrected.add(&other.uncorrected);
         let _ = self.send_lag.add(&other.send_lag);
+        let _ = self.unsent.add(&other.unsent);
         if self.intervals.len() < other.intervals.len() {
             self.intervals.resize_with(other.intervals.len(), new_hist);
         }
@@ -127,6 +156,7 @@ impl Recorder {
             uncorrected: hist_to_hex(&self.uncorrected),
             send_lag: hist_to_hex(&self.send_lag),
             intervals: self.intervals.iter().map(hist_to_hex).collect(),
+            unsent: hist_to_hex(&self.unsent),
         }
     }
 
@@ -145,6 +175,7 @@ impl Recorder {
                 .iter()
                 .map(|h| hist_from_hex(h))
                 .collect::<Result<_, _>>()?,
+            unsent: hist_from_hex(&w.unsent)?,
         })
     }
 }
@@ -160,6 +191,9 @@ pub struct RecorderWire {
     pub send_lag: String,
     /// Corrected latency per interval.
     pub intervals: Vec<String>,
+    /// Unsent requests' lateness.
+    #[serde(default)]
+    pub unsent: String,
 }
 
 /// V2-serialize a histogram and hex-encode it.
@@ -356,6 +390,39 @@ mod tests {
             twice.corrected.value_at_quantile(0.5),
             m.corrected.value_at_quantile(0.5)
         );
+    }
+
+    /// A stall across the end of the window: the requests due in its last second were never
+    /// sent. They must weigh in the corrected figures with at least (end - intended), not
+    /// vanish, while the answered count and the uncorrected figures ignore them.
+    #[test]
+    fn unsent_requests_count_in_the_corrected_histogram() {
+        let w = window();
+        let mut r = Recorder::new(w);
+        // 9 s of answered requests (1 per ms, 100 µs each), then 1 s due and never sent.
+        for k in 0..9000u64 {
+            let t = w.start_ns + k * MS;
+            r.record(t, t, t + 100_000);
+        }
+        for k in 9000..10_000u64 {
+            assert!(r.record_unsent(w.start_ns + k * MS));
+        }
+        assert!(
+            !r.record_unsent(w.end_ns),
+            "after the window: not due in it"
+        );
+        assert_eq!(r.count(), 9000);
+        assert_eq!(r.corrected.len(), 10_000);
+        assert_eq!(r.unsent.len(), 1000);
+        assert!(Percentiles::of(&r.uncorrected).p99 < 101.0);
+        // 10 % of the requests waited 0-1 s: the p99 is the lateness of the 100th from the
+        // end, ~900 ms; the p95 ~500 ms.
+        let c = Percentiles::of(&r.corrected);
+        assert!(c.p99 > 850_000.0, "corrected p99 {}", c.p99);
+        assert!(c.max >= 999_000.0, "corrected max {}", c.max);
+        assert_eq!(r.intervals[9].len(), 1000);
+        let back = Recorder::from_wire(w, &r.to_wire()).unwrap();
+        assert_eq!(back.unsent, r.unsent);
     }
 
     #[test]

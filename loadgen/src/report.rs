@@ -8,8 +8,15 @@
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
 //!   peak_connected}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
-//!   wrong, unknown_correlation, duplicates, measured}`
-//! - `throughput_rps` (answered ok per second inside the window)
+//!   wrong, unknown_correlation, duplicates, measured, due, unsent, unsent_lateness_us.*,
+//!   by_type.<name>, by_service.<service>}` — `sent` counts the scenario's measured requests;
+//!   `by_type` every request written (logins and heartbeats too), `by_service` the same summed
+//!   per service, comparable with the proxy's `deskmux_proxy_requests_total{service}`
+//! - `throughput_rps` (answered ok per second inside the window); `achieved_rate_rps` and
+//!   `achieved_over_target` (open loop: requests due in the window that were sent, per second,
+//!   and over the target rate)
+//! - `target_missed`, `target_missed_reasons[]`: the run fell more than 1 % short of its
+//!   target rate or left requests unsent
 //! - `latency_us.{count, mean, p50, p90, p99, p999, p9999, max}` — corrected for coordinated
 //!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`
 //! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
@@ -24,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -35,6 +42,8 @@ use crate::config::{RunConfig, Scenario};
 use crate::engine::{EventStats, ShardResult, merge_delivery};
 use crate::recorder::{self, Percentiles, Recorder};
 use crate::verify::Tally;
+
+pub use crate::html::html;
 
 /// A thread busier than this share of a core marks loadgen as the bottleneck.
 pub const BUSY_LIMIT: f64 = 0.90;
@@ -94,6 +103,16 @@ pub struct Requests {
     pub duplicates: u64,
     /// Answered ok with an intended time inside the window.
     pub measured: u64,
+    /// Intended send time inside the window: sent or not.
+    pub due: u64,
+    /// Due inside the window and never sent (the window ended while they waited).
+    pub unsent: u64,
+    /// Of the unsent requests: window end minus intended time. Also in the corrected latency.
+    pub unsent_lateness_us: Percentiles,
+    /// Every request written, by message type (logins and heartbeats included).
+    pub by_type: BTreeMap<String, u64>,
+    /// `by_type` summed per service.
+    pub by_service: BTreeMap<String, u64>,
 }
 
 /// `events.*`.
@@ -185,6 +204,14 @@ pub struct Summary {
     pub requests: Requests,
     /// Ok answers per second in the window.
     pub throughput_rps: f64,
+    /// Open loop: requests due in the window and sent, per second of the window.
+    pub achieved_rate_rps: Option<f64>,
+    /// Open loop: `achieved_rate_rps` over `target_rate_rps`.
+    pub achieved_over_target: Option<f64>,
+    /// The run fell short of its target rate by more than 1 %, or left requests unsent.
+    pub target_missed: bool,
+    /// Why.
+    pub target_missed_reasons: Vec<String>,
     /// Corrected latency.
     pub latency_us: Percentiles,
     /// Uncorrected latency.
@@ -242,6 +269,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
     let mut wait_max: f64 = 0.0;
     let mut threads = 0;
     let mut ops: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut storms: Vec<(bool, Histogram<u64>, u64, u64)> = Vec::new();
     let wns = (window.end_ns - window.start_ns).max(1) as f64;
     for s in shards {
@@ -266,6 +294,9 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         }
         for t in &s.thread_wait_ns {
             wait_max = wait_max.max(*t as f64 / wns);
+        }
+        for (k, n) in &s.by_type {
+            *by_type.entry(k.clone()).or_default() += n;
         }
         for (k, h) in &s.ops {
             let _ = ops
@@ -327,6 +358,16 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             }
         ));
     }
+    let achieved = cfg
+        .rate
+        .map(|_| tally.due.saturating_sub(tally.unsent) as f64 / secs);
+    let achieved_over_target = cfg.rate.zip(achieved).map(|(r, a)| a / r.max(1e-9));
+    let missed = crate::shortfall::reasons(
+        tally.due,
+        tally.unsent,
+        &Percentiles::of(&rec.unsent),
+        achieved_over_target,
+    );
     let latency_over_time = rec
         .intervals
         .iter()
@@ -383,8 +424,17 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             unknown_correlation: tally.unknown,
             duplicates: tally.duplicates,
             measured,
+            due: tally.due,
+            unsent: tally.unsent,
+            unsent_lateness_us: Percentiles::of(&rec.unsent),
+            by_service: crate::counts::by_service(&by_type),
+            by_type,
         },
         throughput_rps: measured as f64 / secs,
+        achieved_rate_rps: achieved,
+        achieved_over_target,
+        target_missed: !missed.is_empty(),
+        target_missed_reasons: missed,
         latency_us: Percentiles::of(&rec.corrected),
         latency_uncorrected_us: Percentiles::of(&rec.uncorrected),
         send_lag_us: Percentiles::of(&rec.send_lag),
@@ -493,8 +543,34 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "throughput {:.0} req/s (ok, inside the window)",
-        s.throughput_rps
+        "          due in the window {}  unsent {}  — all written by type: {}",
+        r.due,
+        r.unsent,
+        r.by_type
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "throughput {:.0} req/s (ok, inside the window){}{}",
+        s.throughput_rps,
+        match (s.achieved_rate_rps, s.achieved_over_target) {
+            (Some(a), Some(r)) => format!(
+                "; sent {a:.0} req/s of the due ones = {:.1} % of the target",
+                r * 100.0
+            ),
+            _ => String::new(),
+        },
+        if s.target_missed {
+            format!(
+                "  ** TARGET MISSED: {} **",
+                s.target_missed_reasons.join("; ")
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         o,
@@ -504,6 +580,9 @@ pub fn table(s: &Summary) -> String {
     pct_row(&mut o, "corrected", &s.latency_us);
     pct_row(&mut o, "uncorrected", &s.latency_uncorrected_us);
     pct_row(&mut o, "send lag", &s.send_lag_us);
+    if r.unsent > 0 {
+        pct_row(&mut o, "unsent: lateness", &r.unsent_lateness_us);
+    }
     for (k, p) in &s.ops {
         pct_row(&mut o, &format!("op {k}"), p);
     }
@@ -611,159 +690,6 @@ pub fn write_hdr_log(
     std::fs::write(path, out)
 }
 
-fn svg_polyline(points: &[(f64, f64)], color: &str) -> String {
-    let mut s = format!("<polyline fill='none' stroke='{color}' stroke-width='1.5' points='");
-    for (x, y) in points {
-        let _ = write!(s, "{x:.1},{y:.1} ");
-    }
-    s.push_str("'/>");
-    s
-}
-
-/// A log-scale y axis mapping µs to pixels.
-fn log_y(v: f64, lo: f64, hi: f64, h: f64) -> f64 {
-    let v = v.max(lo);
-    let f = (v.ln() - lo.ln()) / (hi.ln() - lo.ln()).max(1e-9);
-    h - f * h
-}
-
-fn y_ticks(lo: f64, hi: f64, w: f64, h: f64, left: f64, top: f64) -> String {
-    let mut s = String::new();
-    let mut decade = 10f64.powf(lo.log10().floor());
-    // Gridlines at 1, 2 and 5 of each decade, so a chart that spans less than one decade
-    // still has a scale.
-    let ticks = std::iter::from_fn(|| {
-        let d = decade;
-        decade *= 10.0;
-        (d <= hi * 1.0001).then_some([d, 2.0 * d, 5.0 * d])
-    });
-    for t in ticks.flatten() {
-        if t >= lo * 0.9999 && t <= hi * 1.0001 {
-            let y = top + log_y(t, lo, hi, h);
-            let label = if t >= 1e6 {
-                format!("{} s", t / 1e6)
-            } else if t >= 1e3 {
-                format!("{} ms", t / 1e3)
-            } else {
-                format!("{t} µs")
-            };
-            let _ = write!(
-                s,
-                "<line x1='{left}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/>\
-                 <text x='{}' y='{:.1}' font-size='10' text-anchor='end'>{label}</text>",
-                left + w,
-                left - 4.0,
-                y + 3.0
-            );
-        }
-    }
-    s
-}
-
-/// The self-contained HTML report: latency over time and the percentile distribution.
-pub fn html(s: &Summary, rec: &Recorder) -> String {
-    let (w, h, left, top) = (760.0, 260.0, 60.0, 20.0);
-    // Latency over time.
-    let iv = &s.latency_over_time;
-    let lo = iv
-        .iter()
-        .map(|i| i.p50)
-        .filter(|v| *v > 0.0)
-        .fold(f64::MAX, f64::min)
-        .min(s.latency_us.p50.max(1.0))
-        .max(1.0);
-    let hi = iv
-        .iter()
-        .map(|i| i.max)
-        .fold(s.latency_us.max, f64::max)
-        .max(lo * 10.0);
-    // Whole decades at both ends, so the lowest and highest gridlines are labelled.
-    let lo = 10f64.powf(lo.log10().floor());
-    let hi = 10f64.powf(hi.log10().ceil());
-    let n = iv.len().max(2) as f64 - 1.0;
-    let series = |f: &dyn Fn(&Interval) -> f64| -> Vec<(f64, f64)> {
-        iv.iter()
-            .enumerate()
-            .filter(|(_, i)| i.count > 0)
-            .map(|(k, i)| (left + k as f64 / n * w, top + log_y(f(i), lo, hi, h)))
-            .collect()
-    };
-    let mut over_time = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
-        w + left + 20.0,
-        h + top + 40.0
-    );
-    over_time.push_str(&y_ticks(lo, hi, w, h, left, top));
-    over_time.push_str(&svg_polyline(&series(&|i| i.p50), "#2a7"));
-    over_time.push_str(&svg_polyline(&series(&|i| i.p99), "#e80"));
-    over_time.push_str(&svg_polyline(&series(&|i| i.max), "#c22"));
-    let _ = write!(
-        over_time,
-        "<text x='{left}' y='{}' font-size='11'>seconds into the window (0 – {:.0} s); \
-         <tspan fill='#2a7'>p50</tspan> <tspan fill='#e80'>p99</tspan> \
-         <tspan fill='#c22'>max</tspan> per {} ms interval</text></svg>",
-        top + h + 25.0,
-        s.duration_s,
-        rec.window.interval_ns / 1_000_000
-    );
-    // Percentile distribution: x = log10(1/(1-q)), as HdrHistogram plots do.
-    let mut dist = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}'>",
-        w + left + 20.0,
-        h + top + 40.0
-    );
-    let xmax = 5.0; // up to 99.999 %
-    let curve = |hist: &Histogram<u64>| -> Vec<(f64, f64)> {
-        let mut pts = Vec::new();
-        if hist.is_empty() {
-            return pts;
-        }
-        for k in 0..=200 {
-            let x = k as f64 / 200.0 * xmax;
-            let q = 1.0 - 10f64.powf(-x);
-            let v = hist.value_at_quantile(q) as f64 / 1000.0;
-            pts.push((left + x / xmax * w, top + log_y(v, lo, hi, h)));
-        }
-        pts
-    };
-    dist.push_str(&y_ticks(lo, hi, w, h, left, top));
-    for (k, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
-        .iter()
-        .enumerate()
-    {
-        let x = left + k as f64 / xmax * w;
-        let _ = write!(
-            dist,
-            "<line x1='{x:.1}' x2='{x:.1}' y1='{top}' y2='{}' stroke='#eee'/>\
-             <text x='{x:.1}' y='{}' font-size='10' text-anchor='middle'>{label}</text>",
-            top + h,
-            top + h + 12.0
-        );
-    }
-    dist.push_str(&svg_polyline(&curve(&rec.corrected), "#c22"));
-    dist.push_str(&svg_polyline(&curve(&rec.uncorrected), "#27c"));
-    let _ = write!(
-        dist,
-        "<text x='{left}' y='{}' font-size='11'>percentile; \
-         <tspan fill='#c22'>corrected (from intended send time)</tspan>, \
-         <tspan fill='#27c'>uncorrected</tspan></text></svg>",
-        top + h + 30.0
-    );
-    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;");
-    let json = serde_json::to_string_pretty(s).unwrap_or_default();
-    format!(
-        "<!doctype html><html><head><meta charset='utf-8'><title>deskmux loadgen report</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}</style>\
-         </head><body><h1>deskmux loadgen — {}</h1><pre>{}</pre>\
-         <h2>Latency over time</h2>{over_time}<h2>Latency by percentile</h2>{dist}\
-         <h2>JSON</h2><pre>{}</pre><p>Generated {:?}</p></body></html>",
-        esc(&s.scenario),
-        esc(&table(s)),
-        esc(&json),
-        SystemTime::now()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,12 +784,65 @@ mod tests {
             "/events/gaps",
             "/loadgen_saturated",
             "/loadgen_cpu_percent",
+            "/requests/due",
+            "/requests/unsent",
+            "/requests/unsent_lateness_us/p99",
+            "/requests/by_type",
+            "/requests/by_service",
+            "/achieved_rate_rps",
+            "/achieved_over_target",
+            "/target_missed",
+            "/target_missed_reasons",
         ] {
             assert!(v.pointer(key).is_some(), "missing {key}");
         }
-        let html = html(&s, &rec);
-        assert!(html.contains("<svg") && html.contains("polyline"));
+        let page = html(&s, &rec);
+        assert!(page.contains("<svg") && page.contains("polyline"));
         assert!(table(&s).contains("verification passed"));
+        assert!(!s.target_missed && !table(&s).contains("TARGET MISSED"));
+
+        // Open loop at 100 req/s over the 2 s window, one shard short by 10 unsent requests:
+        // the run is flagged, in the table and the HTML too.
+        let mut open = c.clone();
+        open.rate = Some(100.0);
+        let mut r = Recorder::new(w);
+        for i in 0..190u64 {
+            let t = w.start_ns + i * 10_000_000;
+            r.record(t, t, t + 100_000);
+        }
+        for i in 190..200u64 {
+            r.record_unsent(w.start_ns + i * 10_000_000);
+        }
+        let short = ShardResult {
+            desktops: 5,
+            threads: 1,
+            tally: Tally {
+                sent: 190,
+                ok: 190,
+                due: 200,
+                unsent: 10,
+                ..Tally::default()
+            },
+            rec: r.to_wire(),
+            ..ShardResult::default()
+        };
+        let (s, rec) = aggregate(&open, &[short]).unwrap();
+        assert_eq!((s.requests.due, s.requests.unsent), (200, 10));
+        assert_eq!(s.requests.measured, 190);
+        assert_eq!(
+            s.latency_us.count, 200,
+            "unsent requests are in the corrected latency"
+        );
+        assert!((s.achieved_over_target.unwrap() - 0.95).abs() < 1e-9);
+        assert!(s.target_missed);
+        assert_eq!(
+            s.target_missed_reasons.len(),
+            2,
+            "{:?}",
+            s.target_missed_reasons
+        );
+        assert!(table(&s).contains("TARGET MISSED: 10 of 200"));
+        assert!(html(&s, &rec).contains("TARGET MISSED"));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.hlog");
         write_hdr_log(&p, &c, &rec).unwrap();

@@ -219,6 +219,13 @@ pub struct Tally {
     pub duplicates: u64,
     /// Requests never answered (pending at the end, or on a connection that died).
     pub lost: u64,
+    /// Requests whose intended send time fell inside the measurement window: sent or not.
+    #[serde(default)]
+    pub due: u64,
+    /// Of those, requests never sent: the window ended while they waited (behind the
+    /// in-flight cap, a dead connection or loadgen's own lag).
+    #[serde(default)]
+    pub unsent: u64,
 }
 
 impl Tally {
@@ -261,6 +268,8 @@ impl Tally {
         self.unknown += o.unknown;
         self.duplicates += o.duplicates;
         self.lost += o.lost;
+        self.due += o.due;
+        self.unsent += o.unsent;
     }
 }
 

@@ -1,11 +1,14 @@
 //! End-to-end: the loadgen binary against an in-process fake server speaking just enough of
 //! PROTOCOL.md (hello, login, heartbeat, echo), honest or deliberately faulty. Checks the
-//! JSON keys, the sharding over worker processes, and that a lost or wrong answer makes the
-//! run exit non-zero.
+//! JSON keys, the sharding over worker processes, that a lost or wrong answer makes the run
+//! exit non-zero, and that requests a stall at the end of the window kept from being sent are
+//! counted, not dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use deskmux_codec::msg::{self, ServerHello};
@@ -26,17 +29,26 @@ enum Fault {
     /// `ERROR LINK_LOST`, as the proxy does when a primary dies) and answer every later echo on
     /// it with `LINK_LOST_UNSENT`.
     LinkLostAfter(u64),
+    /// Stop answering (and reading) on every connection for `for_ms`, starting `after_ms` after
+    /// the first echo arrived.
+    Freeze {
+        after_ms: u64,
+        for_ms: u64,
+    },
 }
 
 async fn serve(listener: TcpListener, fault: Fault) {
     let counter = Arc::new(AtomicU64::new(0));
     let sessions = Arc::new(AtomicU64::new(1));
+    // When the first echo arrived (the freeze is timed from it).
+    let first_echo: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             return;
         };
         let counter = counter.clone();
         let sessions = sessions.clone();
+        let first_echo = first_echo.clone();
         tokio::spawn(async move {
             let _ = sock.set_nodelay(true);
             let mut dec = FrameDecoder::default();
@@ -67,6 +79,7 @@ async fn serve(listener: TcpListener, fault: Fault) {
                             encode_with(rh, &mut out, |w| sh.write(w)).unwrap();
                         }
                         (Service::Interaction, msg::ixn::ECHO) => {
+                            first_echo.get_or_init(Instant::now);
                             if let Fault::LinkLostAfter(k) = fault {
                                 echoes += 1;
                                 if echoes > k {
@@ -102,6 +115,14 @@ async fn serve(listener: TcpListener, fault: Fault) {
                             e.body_len = 0;
                             out.extend_from_slice(&e.to_bytes());
                         }
+                    }
+                }
+                if let (Fault::Freeze { after_ms, for_ms }, Some(t0)) = (fault, first_echo.get()) {
+                    let from = *t0 + Duration::from_millis(after_ms);
+                    let until = from + Duration::from_millis(for_ms);
+                    let now = Instant::now();
+                    if now >= from && now < until {
+                        tokio::time::sleep_until(until.into()).await;
                     }
                 }
                 if !out.is_empty() {
@@ -143,6 +164,16 @@ fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn run_loadgen(addr: SocketAddr, extra: &[&str]) -> (i32, serde_json::Value) {
+    run_loadgen_for(addr, "1", "1", extra)
+}
+
+/// [`run_loadgen`] with `duration` and `drain` seconds.
+fn run_loadgen_for(
+    addr: SocketAddr,
+    duration: &str,
+    drain: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let html = dir.path().join("out.html");
@@ -160,7 +191,7 @@ fn run_loadgen(addr: SocketAddr, extra: &[&str]) -> (i32, serde_json::Value) {
             "--warmup",
             "0.3",
         ])
-        .args(["--duration", "1", "--drain", "1", "--threads", "1"])
+        .args(["--duration", duration, "--drain", drain, "--threads", "1"])
         .arg("--json")
         .arg(&json)
         .arg("--html")
@@ -228,6 +259,71 @@ fn open_loop_honest() {
     let tput = v["throughput_rps"].as_f64().unwrap();
     assert!(tput > 1500.0 && tput < 2500.0, "throughput {tput}");
     assert!(v["send_lag_us"]["count"].as_u64().unwrap() > 0);
+    // Every request due in the 1 s window (2,000 at 2,000 req/s, give or take one per desktop
+    // for where its schedule falls) was sent; the target was met.
+    let r = &v["requests"];
+    let due = r["due"].as_u64().unwrap();
+    assert!((1980..=2020).contains(&due), "due {due}: {v:#}");
+    assert_eq!(r["unsent"], 0, "{v:#}");
+    assert_eq!(v["target_missed"], false, "{v:#}");
+    let ratio = v["achieved_over_target"].as_f64().unwrap();
+    assert!(
+        (0.99..=1.01).contains(&ratio),
+        "achieved/target {ratio}: {v:#}"
+    );
+    // Everything written, by type: the echoes the run measures and one login per desktop.
+    assert_eq!(r["by_type"]["echo"], r["sent"], "{v:#}");
+    assert_eq!(r["by_type"]["agent_login"], 20, "{v:#}");
+    assert_eq!(
+        r["by_service"]["interaction"].as_u64().unwrap(),
+        r["sent"].as_u64().unwrap() + 20,
+        "{v:#}"
+    );
+    // The event-loop thread's CPU over the window was measured (it once read 0 when the
+    // desktops finished before the ticker's first tick after the window).
+    assert!(
+        v["loadgen_thread_busy_max"].as_f64().unwrap() > 0.0,
+        "{v:#}"
+    );
+}
+
+#[test]
+fn a_stall_across_the_end_of_the_window_is_counted_not_dropped() {
+    // 5 desktops at 2,000 req/s; the server stops answering 1.8 s after the first echo, for
+    // 2 s. The window runs from 0.6 s to 3.6 s after the start, so the stall covers its last
+    // ~1.8 s and ends after it: each desktop's 64 requests in flight wait ~2 s, and the
+    // requests that fall due behind them are never sent before the window ends.
+    let (addr, _h) = start(Fault::Freeze {
+        after_ms: 1800,
+        for_ms: 2000,
+    });
+    let (code, v) = run_loadgen_for(addr, "3", "4", &["-n", "5", "--rate", "2000"]);
+    let r = &v["requests"];
+    let (due, unsent) = (r["due"].as_u64().unwrap(), r["unsent"].as_u64().unwrap());
+    assert!((5990..=6010).contains(&due), "due {due}: {v:#}");
+    assert!(unsent > 0, "{v:#}");
+    // Nothing was lost: the requests in flight were answered after the stall, in the drain.
+    assert_eq!(r["lost"], 0, "{v:#}");
+    // The unsent requests are in the corrected histogram, with at least (end - intended).
+    let measured = r["measured"].as_u64().unwrap();
+    assert_eq!(
+        v["latency_us"]["count"].as_u64().unwrap(),
+        measured + unsent,
+        "{v:#}"
+    );
+    assert!(
+        v["latency_us"]["p99"].as_f64().unwrap() >= 1_000_000.0,
+        "corrected p99 under 1 s: {v:#}"
+    );
+    // And the run says so.
+    assert_eq!(v["target_missed"], true, "{v:#}");
+    let reasons = v["target_missed_reasons"].to_string();
+    assert!(reasons.contains("never sent"), "{reasons}");
+    assert!(v["achieved_over_target"].as_f64().unwrap() < 0.99, "{v:#}");
+    assert_eq!(
+        code, 0,
+        "a missed target is flagged, not a verification failure: {v:#}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
 use deskmux_proxy::metrics::{Metrics, Shared};
 use deskmux_proxy::status::{Signals, Status};
 use deskmux_proxy::supervisor::{self, Plan};
-use deskmux_proxy::transport::{DesktopTransport, TcpTransport, reserve_port};
+use deskmux_proxy::transport::{DesktopTransport, TcpTransport, ensure_port_free, reserve_port};
 use deskmux_proxy::worker::{Worker, WorkerOpts};
 use prometheus_client::registry::Registry;
 
@@ -240,6 +240,10 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
             "plaintext link to a non-loopback address: the link secret, desktops' credentials and tenant data cross the network readable (configure [link_tls])"
         );
     }
+    // One proxy per port: before taking it, check nobody else serves it (see
+    // `ensure_port_free`); the reserved socket and the workers then hold it.
+    ensure_port_free(cfg.listen, cfg.quic_cert().is_some())
+        .with_context(|| format!("address in use: {}", cfg.listen))?;
     let (_reserved, listen) =
         reserve_port(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let signals = install_signals()?;

@@ -243,6 +243,35 @@ fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Fail if another process already serves `addr` (TCP, and UDP too with `udp`): every worker
+/// binds with `SO_REUSEPORT`, which would otherwise let a second proxy (a double start, a
+/// stale unit) share the port silently and take a share of the desktops. The probe binds
+/// without `SO_REUSEPORT`, so it conflicts with any socket listening there, ours or not; with
+/// `SO_REUSEADDR`, so that connections of an earlier run in `TIME_WAIT` do not count. Port 0
+/// is always free.
+///
+/// # Errors
+/// `AddrInUse` (or another bind failure), naming the address and the protocol.
+pub fn ensure_port_free(addr: SocketAddr, udp: bool) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let named = |what: &str, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("{what} {addr}: {e} (is another proxy already running on it?)"),
+        )
+    };
+    let tcp = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    tcp.set_reuse_address(true)?;
+    tcp.bind(&addr.into()).map_err(|e| named("tcp", e))?;
+    if udp {
+        let u = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        u.bind(&addr.into()).map_err(|e| named("udp", e))?;
+    }
+    Ok(())
+}
+
 /// Bind (but do not listen on) `addr` with `SO_REUSEPORT`: the supervisor holds this socket so
 /// that port 0 resolves to one port that every worker then binds, and so that the port stays
 /// reserved while a worker restarts. A socket that never listens gets no connections.

@@ -132,6 +132,36 @@ fn an_agent_cannot_log_in_as_another() {
     ok(r);
 }
 
+/// Probing which agents exist: a password for an unknown agent, or for a disabled one, is
+/// checked with argon2 against a decoy hash, as a wrong password for a real agent is, so the
+/// refusal costs the same time and tells nothing. The server's counter of argon2 runs shows the
+/// work was done (before, an unknown agent was refused without any, in microseconds instead of
+/// tens of milliseconds).
+#[test]
+fn an_unknown_or_disabled_agent_costs_a_password_check() {
+    let (_d, cfg, mut s) = start_with("");
+    let mut cmd = admin(&mut s);
+    let runs = |cmd: &mut dyn FnMut(&str) -> String| field(&cmd("auth"), "argon2_runs");
+    let before = runs(&mut cmd);
+    err(
+        &Client::connect(s.addr).hello(T1, "nobody-of-that-name", "guess"),
+        ErrorCode::AUTH_FAILED,
+    );
+    assert_eq!(runs(&mut cmd), before + 1, "unknown agent");
+    let (ok_, _, e) = creds(&cfg, &["disable", "--tenant", "1", "--agent", "bob"], "");
+    assert!(ok_, "{e}");
+    err(
+        &Client::connect(s.addr).hello(T1, "bob", BOB_PW),
+        ErrorCode::AUTH_FAILED,
+    );
+    assert_eq!(runs(&mut cmd), before + 2, "disabled agent");
+    err(
+        &Client::connect(s.addr).hello(T1, "alice", "wrong"),
+        ErrorCode::AUTH_FAILED,
+    );
+    assert_eq!(runs(&mut cmd), before + 3, "wrong password");
+}
+
 /// Attack: guessing passwords. After `lockout_after` failures the account is locked: even the
 /// right password is refused until the lock runs out, and the refusals are counted. A source
 /// address that guesses across agents is locked too, while another source logs in.

@@ -5,44 +5,13 @@
 
 mod core_server_support;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::time::Duration;
 
 use core_server_support::*;
 use deskmux_codec::ErrorCode;
 
 const ADMIN_TOKEN: &str = "http-admin-token-of-32-bytes-or-more";
-
-/// One HTTP/1.0 request; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
-    s.set_read_timeout(Some(WAIT)).ok();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
-}
-
-/// The value of a sample line `name value` in a metrics body.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn metrics_health_status_and_token_guarded_controls() {
@@ -58,12 +27,7 @@ fn metrics_health_status_and_token_guarded_controls() {
         ),
     );
     let mut s = Server::start(&cfg, &[]);
-    let addr: SocketAddr = s
-        .wait_line("HTTP ")
-        .trim_start_matches("HTTP ")
-        .trim()
-        .parse()
-        .unwrap();
+    let addr = http_addr(&mut s);
 
     // One good login and one refused one show in /metrics.
     let _a = Client::desktop(s.addr, T1, "a1", TOKEN1);
@@ -152,12 +116,7 @@ fn no_token_no_controls() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), 5000, "http_listen = \"127.0.0.1:0\"\n");
     let mut s = Server::start(&cfg, &[]);
-    let addr: SocketAddr = s
-        .wait_line("HTTP ")
-        .trim_start_matches("HTTP ")
-        .trim()
-        .parse()
-        .unwrap();
+    let addr = http_addr(&mut s);
     assert_eq!(http(addr, "POST", "/shutdown", Some("anything")).0, 403);
     assert_eq!(http(addr, "POST", "/service/unavailable", None).0, 403);
     // Still serving, and still available.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use core_server_support::*;
-use deskmux_codec::msg::{key, ucs};
+use deskmux_codec::msg::{ixn, key, ucs};
 use deskmux_codec::{BodyError, BodyWriter, ErrorCode, Frame, Head, Kind, RetryClass, Service};
 use deskmux_tests::Proc;
 
@@ -192,6 +192,218 @@ fn failed_begin_applies_nothing() {
     );
     // The lock is free again: writes succeed.
     ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("after", "lock"))));
+    s.kill9();
+}
+
+/// While another process holds the database's write lock, a write of the engine fails; the
+/// answer comes after the server's busy timeout, so the test holds the lock until then.
+fn failed_ixn_write(
+    dir: &Path,
+    c: &mut Client,
+    ty: u16,
+    body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
+) {
+    let other = rusqlite::Connection::open(db_path(dir)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = c.ixn(ty, body);
+    other.execute_batch("ROLLBACK").unwrap();
+    storage_failure(&r);
+}
+
+/// An interaction write that fails changes nothing in memory either: the server goes on as the
+/// database has it. (Before, memory changed first: a failed `ACCEPT` left an interaction owned
+/// in memory and queued on disk, a failed `STOP_PROCESSING` dropped it from memory and freed
+/// the agent, and a failed `CHANGE_PROPERTIES` kept the new properties and announced them.)
+#[test]
+fn a_failed_interaction_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 60_000, "sqlite_busy_timeout_ms = 200\n");
+    let mut s = Server::start(&cfg, &[]);
+    let mut a = Client::desktop(s.addr, T1, "a", TOKEN1);
+    ok(a.ixn(ixn::AGENT_LOGIN, |_| Ok(())));
+    ok(a.ixn(ixn::AGENT_READY, |_| Ok(())));
+    let mut media = Client::desktop(s.addr, T1, "media", TOKEN1);
+    let submit = |m: &mut Client| {
+        let r = ok(m.ixn(ixn::SUBMIT, |w| {
+            w.str(key::QUEUE, "q")?;
+            props(w, key::PROPS, &[("k", "v1")])
+        }));
+        int(&r, key::INTERACTION)
+    };
+    let x = submit(&mut media);
+    let on = |id: i64| {
+        move |w: &mut BodyWriter<'_>| {
+            w.int(key::INTERACTION, id);
+            Ok(())
+        }
+    };
+    let invited = |c: &mut Client, id: i64| {
+        c.wait_for(WAIT, |f| {
+            f.head().msg_type == ixn::INVITE && f.body().int(key::INTERACTION) == Ok(id)
+        })
+        .is_some()
+    };
+    assert!(invited(&mut a, x), "a is invited to {x}");
+
+    // ACCEPT fails: still an invite, so accepting again works.
+    failed_ixn_write(dir.path(), &mut a, ixn::ACCEPT, on(x));
+    ok(a.ixn(ixn::ACCEPT, on(x)));
+
+    // CHANGE_PROPERTIES fails: the properties are as before, and no event announced the
+    // change that did not happen. The next change's event shows the whole list.
+    failed_ixn_write(dir.path(), &mut a, ixn::CHANGE_PROPERTIES, |w| {
+        w.int(key::INTERACTION, x);
+        props(w, key::PROPS, &[("k", "v2")])
+    });
+    ok(a.ixn(ixn::CHANGE_PROPERTIES, |w| {
+        w.int(key::INTERACTION, x);
+        props(w, key::PROPS, &[("k2", "w")])
+    }));
+    let ev = a
+        .event(ixn::PROPERTIES_CHANGED, WAIT)
+        .expect("PROPERTIES_CHANGED");
+    let l = ev.body().list(key::PROPS).unwrap();
+    assert_eq!(
+        (l.str("k").unwrap(), l.str("k2").unwrap()),
+        ("v1", "w"),
+        "the first PROPERTIES_CHANGED is the committed change, over the old properties"
+    );
+
+    // STOP_PROCESSING fails: a still owns x, so a new interaction is not offered to it, and
+    // stopping x again works.
+    failed_ixn_write(dir.path(), &mut a, ixn::STOP_PROCESSING, on(x));
+    let y = submit(&mut media);
+    ok(a.ixn(ixn::STOP_PROCESSING, on(x)));
+    // Only now is a free: its next invite is y, and nothing was offered in between.
+    let first = a
+        .event(ixn::INVITE, WAIT)
+        .expect("an invite once x is done");
+    assert_eq!(int(&first, key::INTERACTION), y);
+
+    // What the server holds is what a restarted server finds: y, offered to a again.
+    s.kill9();
+    let mut s = Server::start(&cfg, &[]);
+    let mut a = Client::desktop(s.addr, T1, "a", TOKEN1);
+    ok(a.ixn(ixn::AGENT_LOGIN, |_| Ok(())));
+    ok(a.ixn(ixn::AGENT_READY, |_| Ok(())));
+    assert!(invited(&mut a, y), "y survives the restart");
+    err(&a.ixn(ixn::ACCEPT, on(x)), ErrorCode::NOT_FOUND);
+    s.kill9();
+}
+
+/// A request still queued when its deadline (`request_timeout_ms`) passes is answered
+/// `OVERLOADED` and not run. The DB worker is held inside a `BEGIN` that waits for another
+/// process's write lock (`busy_timeout`, much longer than the deadline); a request sent then
+/// waits in the queue behind it. Before deadlines it would have been run after the wait (here:
+/// failed its own `BEGIN` in turn, after a second full `busy_timeout`).
+#[test]
+fn a_request_queued_past_its_deadline_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        "sqlite_busy_timeout_ms = 3000\nrequest_timeout_ms = 100\nhttp_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut s = Server::start(&cfg, &[]);
+    let http = http_addr(&mut s);
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("warm", "up"))));
+    let batches = |what: &str| {
+        let (code, body) = core_server_support::http(http, "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        sample(&body, what).unwrap_or_else(|| panic!("no {what} in {body}"))
+    };
+    let before = batches("deskmux_core_db_batches_total");
+    let other = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    send_create(&mut c, 900_001, &one("deadline", "held"));
+    // The worker has taken the first create's batch: it is inside BEGIN, waiting for the lock.
+    let end = Instant::now() + WAIT;
+    while batches("deskmux_core_db_batches_total") <= before {
+        assert!(Instant::now() < end, "the worker never took the batch");
+        std::thread::yield_now();
+    }
+    send_create(&mut c, 900_002, &one("deadline", "queued"));
+    let got = collect(&mut c, &[900_001, 900_002], Instant::now() + WAIT, false);
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    assert_eq!(got.len(), 2, "both are answered");
+    storage_failure(&got[&900_001]);
+    let (code, msg) = got[&900_002].error().expect("an error");
+    assert_eq!(code, ErrorCode::OVERLOADED, "{msg}");
+    assert!(msg.contains("request_timeout_ms"), "{msg}");
+    assert_eq!(batches("deskmux_core_db_expired_total"), 1.0);
+    assert_eq!(count(&mut c, "deadline", "queued"), 0, "not run");
+    assert_eq!(count(&mut c, "deadline", "held"), 0, "its BEGIN failed");
+    s.kill9();
+}
+
+/// The DB worker's queue is bounded in bytes too: while the worker is held inside a `BEGIN`
+/// (another process has the write lock), large writes queue until they hold `db_queue_bytes`,
+/// and the next is answered `OVERLOADED` at once, not run. (Counted in operations only,
+/// 131,072 writes of 2 MiB could have queued.)
+#[test]
+fn the_db_queue_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        "sqlite_busy_timeout_ms = 3000\nmax_frame = 131072\ndb_queue_bytes = 131072\nhttp_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut s = Server::start(&cfg, &[]);
+    let http = http_addr(&mut s);
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    ok(c.ucs(ucs::CONTACT_CREATE, attrs_body(&one("warm", "up"))));
+    let metric = |what: &str| {
+        let (code, body) = core_server_support::http(http, "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        sample(&body, what).unwrap_or_else(|| panic!("no {what} in {body}"))
+    };
+    let before = metric("deskmux_core_db_batches_total");
+    let other = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // 100 values of 500 bytes: about 51 KiB a frame, under the 64 KiB attribute cap.
+    let big = |tag: &str| -> Vec<(String, String)> {
+        (0..100)
+            .map(|i| (format!("{tag}{i:03}"), "v".repeat(500)))
+            .collect()
+    };
+    send_create(&mut c, 800_001, &big("a"));
+    let end = Instant::now() + WAIT;
+    while metric("deskmux_core_db_batches_total") <= before {
+        assert!(Instant::now() < end, "the worker never took the batch");
+        std::thread::yield_now();
+    }
+    // The held batch counts ~51 KiB; two more queue (under 128 KiB when each arrives); the
+    // fourth finds ~153 KiB and is refused.
+    for (i, tag) in ["b", "c", "d"].into_iter().enumerate() {
+        send_create(&mut c, 800_002 + i as u64, &big(tag));
+    }
+    let refused = c.wait_response(800_004);
+    let (code, msg) = refused.error().expect("refused");
+    assert_eq!(code, ErrorCode::OVERLOADED, "{msg}");
+    assert!(msg.contains("db_queue"), "{msg}");
+    assert!(metric("deskmux_core_db_queued_bytes") >= 150_000.0);
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    let got = collect(
+        &mut c,
+        &[800_001, 800_002, 800_003],
+        Instant::now() + WAIT,
+        false,
+    );
+    assert_eq!(got.len(), 3, "the others are answered");
+    assert_eq!(
+        count(&mut c, "d000", &"v".repeat(500)),
+        0,
+        "the refused write is not run"
+    );
+    // Given back once their batch is finished (just after its answers are sent).
+    let end = Instant::now() + WAIT;
+    while metric("deskmux_core_db_queued_bytes") != 0.0 {
+        assert!(Instant::now() < end, "queued bytes never went back to 0");
+        std::thread::yield_now();
+    }
     s.kill9();
 }
 

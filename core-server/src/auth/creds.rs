@@ -12,27 +12,15 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS credentials(
-    tenant INTEGER NOT NULL,
-    agent TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0,
-    updated_us INTEGER NOT NULL,
-    PRIMARY KEY(tenant, agent));
-CREATE TABLE IF NOT EXISTS auth_meta(
-    name TEXT PRIMARY KEY,
-    value BLOB NOT NULL);
-";
-
 /// A credential store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum CredError {
     /// SQLite failed.
     #[error("credentials: sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The data file's schema could not be brought up to date (or is newer than this build).
+    #[error("credentials: {0}")]
+    Schema(String),
     /// Hashing or randomness failed.
     #[error("credentials: {0}")]
     Hash(#[from] super::secret::HashError),
@@ -144,7 +132,7 @@ impl CredStore {
         conn.busy_timeout(Duration::from_secs(5))?;
         // Same journal mode as the main store, so readers never block the writer.
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.execute_batch(SCHEMA)?;
+        crate::storage::schema::migrate(&conn).map_err(|e| CredError::Schema(e.to_string()))?;
         Ok(CredStore { conn })
     }
 

@@ -105,7 +105,8 @@ pub struct AuthStats {
     pub lockouts: AtomicU64,
     /// Attempts refused because the queue was full.
     pub busy: AtomicU64,
-    /// argon2 verifications run.
+    /// argon2 verifications run (those against the decoy hash for unknown or disabled agents
+    /// included).
     pub argon2_runs: AtomicU64,
     /// Wall time spent in argon2 verifications, ns.
     pub argon2_ns: AtomicU64,
@@ -123,6 +124,11 @@ struct Inner {
     key: TokenKey,
     ttl: Duration,
     stats: Arc<AuthStats>,
+    /// A password hash at the default cost, of no one's password (made at the first need):
+    /// a password for an unknown or disabled agent is verified against it, so that the answer
+    /// takes as long as a wrong password for a real agent and does not tell which agents
+    /// exist.
+    decoy: std::sync::OnceLock<Option<String>>,
 }
 
 /// Handle to the pool. Cheap to clone.
@@ -172,6 +178,7 @@ impl Auth {
             key: TokenKey::new(&key),
             ttl: s.reconnect_ttl,
             stats: Arc::new(AuthStats::default()),
+            decoy: std::sync::OnceLock::new(),
         });
         let (tx, rx) = channel::bounded::<Job>(s.queue.max(1));
         let mut store = Some(first);
@@ -227,6 +234,27 @@ impl Auth {
 }
 
 impl Inner {
+    /// argon2id: `pw` against `hash`, counted.
+    fn verify(&self, pw: &secret::Secret, hash: &str) -> bool {
+        let t0 = Instant::now();
+        let ok = secret::verify_password(pw, hash);
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        self.stats.argon2_ns.fetch_add(ns, Ordering::Relaxed);
+        ok
+    }
+
+    /// The work of a wrong password, for a login that has no hash to check (see `decoy`).
+    fn decoy_verify(&self, pw: &secret::Secret) {
+        let decoy = self.decoy.get_or_init(|| {
+            let nobody = secret::random_bytes(32).ok()?;
+            secret::hash_password(&secret::Secret::new(nobody), secret::Argon2Cost::default()).ok()
+        });
+        if let Some(h) = decoy {
+            self.verify(pw, h);
+        }
+    }
+
     /// Runs on a pool thread.
     fn check(&self, store: &CredStore, a: &Attempt) -> Verdict {
         let now = Instant::now();
@@ -249,17 +277,18 @@ impl Inner {
         };
         let mut reconnect = false;
         let (good, why) = match (&cred, &a.proof) {
+            (None, Proof::Secret(s)) => {
+                self.decoy_verify(s);
+                (false, "unknown agent")
+            }
             (None, _) => (false, "unknown agent"),
+            (Some(c), Proof::Secret(s)) if c.disabled => {
+                self.decoy_verify(s);
+                (false, "credential disabled")
+            }
             (Some(c), _) if c.disabled => (false, "credential disabled"),
             (Some(c), Proof::Secret(s)) => match c.kind {
-                Kind::Password => {
-                    let t0 = Instant::now();
-                    let ok = secret::verify_password(s, &c.hash);
-                    let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    self.stats.argon2_runs.fetch_add(1, Ordering::Relaxed);
-                    self.stats.argon2_ns.fetch_add(ns, Ordering::Relaxed);
-                    (ok, "wrong password")
-                }
+                Kind::Password => (self.verify(s, &c.hash), "wrong password"),
                 Kind::ApiKey => (secret::verify_api_key(s, &c.hash), "wrong api key"),
             },
             (Some(c), Proof::Reconnect(t)) => {

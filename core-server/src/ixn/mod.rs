@@ -6,8 +6,17 @@
 //! without sockets. Answers go straight to the session's outbox (non-blocking).
 //!
 //! Persistence: each change that must survive a restart is written through the DB worker (group
-//! commit) and the request is answered only after the commit. `SUBMIT` is applied only once
-//! durable: the interaction enters its queue (and may be offered) after the commit. Outstanding
+//! commit) and the request is answered only after the commit. Memory changes only after the
+//! commit too: `SUBMIT` enters its queue then, and `ACCEPT`, `CHANGE_PROPERTIES`,
+//! `PLACE_IN_QUEUE` and `STOP_PROCESSING` are applied by [`Input::Written`]; a write that fails
+//! leaves memory as the database has it, with nothing to roll back. (Rebuilding an interaction
+//! from the database after a failure was the other way; it needs a read round trip and a
+//! version per interaction to fence writes that raced it, where applying after the commit
+//! needs neither: the engine is the only writer of interaction rows, and one worker commits
+//! them in order.) While a change is being written its interaction is marked, and further
+//! requests on it wait (bounded) until the write resolves, so none decides on a state that may
+//! not last. Events about a change (`PROPERTIES_CHANGED`, queue events) go out after its
+//! commit. Invites, logins and readiness are not written, and change at once. Outstanding
 //! invites are not persisted: after a restart an invited interaction is simply queued again.
 //! Ownership is by (tenant, agent id), so an agent that logs in again after a restart can still
 //! complete the interactions it owned.
@@ -74,11 +83,48 @@ pub enum Input {
         /// Its topic.
         topic: String,
     },
-    /// A request of service 1 (not ECHO), already checked for session and tenant.
-    Request(SessKey, Frame),
+    /// A request of service 1 (not ECHO), already checked for session and tenant, with its
+    /// deadline (`request_timeout_ms` from its arrival): not started by then, it is answered
+    /// `OVERLOADED` and not run.
+    Request(SessKey, Frame, Instant),
     /// A submitted interaction is durable.
     Submitted(Box<Pending>),
+    /// A change to an interaction was committed, or failed (see [`Engine`]'s persistence).
+    Written(Box<Write>),
 }
+
+/// A change to one interaction whose row is being written.
+#[derive(Debug)]
+pub struct Write {
+    id: u64,
+    change: Change,
+    req: Head,
+    peer: Peer,
+    /// The answer if it commits.
+    ok: Bytes,
+    /// The answer if it failed (then nothing changes).
+    failed: Option<Bytes>,
+}
+
+/// What a committed [`Write`] does to the interaction in memory.
+#[derive(Debug)]
+enum Change {
+    /// Its invited agent accepted it.
+    Accept { agent: String },
+    /// Its properties, merged.
+    Props(Pairs),
+    /// Placed at the back of `queue`.
+    Place { queue: String, qpos: i64 },
+    /// Completed (and, with UCS here, recorded in `contact`'s history).
+    Stop { contact: Option<i64> },
+}
+
+/// Requests that may wait for one interaction's write, for all, and the bytes of all their
+/// frames (see [`Engine::defer`]). Beyond these a request is answered `OVERLOADED`: waiting
+/// requests hold their frames, outside the engine queue's own bounds.
+const MAX_WAITING_PER_IXN: usize = 16;
+const MAX_WAITING: usize = 4096;
+const MAX_WAITING_BYTES: usize = 16 << 20;
 
 /// A submitted interaction waiting for its commit.
 #[derive(Debug)]
@@ -144,6 +190,10 @@ struct Ixn {
     st: St,
     qpos: i64,
     submitter: Option<SessKey>,
+    /// A change is being written (see [`Engine::write`]).
+    writing: bool,
+    /// Its invite timed out while its `ACCEPT` was being written.
+    expired: bool,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +271,13 @@ pub struct Engine {
     invite_gen: u64,
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     subs: Subs,
+    /// Requests waiting for an interaction's write, by interaction, with their deadlines.
+    deferred: HashMap<u64, VecDeque<(SessKey, Frame, Instant)>>,
+    deferred_total: usize,
+    deferred_bytes: usize,
+    /// The deadline of the request being handled: the writes it makes carry it to the DB
+    /// worker, which does not run them past it.
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -263,6 +320,10 @@ impl Engine {
             invite_gen: 0,
             timers: BinaryHeap::new(),
             subs: Subs::default(),
+            deferred: HashMap::new(),
+            deferred_total: 0,
+            deferred_bytes: 0,
+            deadline: None,
         };
         // Rows come ordered by queue position.
         for r in rows {
@@ -286,6 +347,8 @@ impl Engine {
                     st,
                     qpos: r.qpos,
                     submitter: None,
+                    writing: false,
+                    expired: false,
                 },
             );
         }
@@ -331,8 +394,9 @@ impl Engine {
                 tenant,
                 topic,
             } => self.subs.unsubscribe(Owner::Link(link), tenant, &topic),
-            Input::Request(key, frame) => self.request(now, key, &frame),
+            Input::Request(key, frame, deadline) => self.request(now, key, frame, deadline),
             Input::Submitted(p) => self.submitted(now, *p),
+            Input::Written(w) => self.written(now, *w),
         }
     }
 
@@ -356,44 +420,72 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            let Some(ix) = self.ixns.get(&id) else {
+            let Some(ix) = self.ixns.get_mut(&id) else {
                 continue;
             };
-            let St::Invited {
-                generation: g,
-                session,
-                ..
-            } = &ix.st
-            else {
-                continue;
-            };
-            if *g != generation {
+            if !matches!(&ix.st, St::Invited { generation: g, .. } if *g == generation) {
                 continue;
             }
-            let (tenant, session) = (ix.tenant, *session);
-            if let Some(s) = self.sessions.get(&session) {
-                let ev = event(ixn::INVITE_REVOKED, tenant, s.wire, |w| {
-                    w.int(key::INTERACTION, id as i64);
-                    Ok(())
-                });
-                s.peer.push(ev);
+            if ix.writing {
+                // Its `ACCEPT` (or another change) came in time and is being written: the
+                // invite ends when that write resolves (`Engine::written`).
+                ix.expired = true;
+                continue;
             }
-            self.requeue(id, "revoked");
-            self.dispatch(now, tenant);
+            self.expire(now, id);
         }
     }
 
-    fn request(&mut self, now: Instant, key: SessKey, frame: &Frame) {
+    /// Revoke the invite of `id`: it goes back to the head of its queue.
+    fn expire(&mut self, now: Instant, id: u64) {
+        let Some(ix) = self.ixns.get(&id) else {
+            return;
+        };
+        let St::Invited { session, .. } = &ix.st else {
+            return;
+        };
+        let (tenant, session) = (ix.tenant, *session);
+        if let Some(s) = self.sessions.get(&session) {
+            let ev = event(ixn::INVITE_REVOKED, tenant, s.wire, |w| {
+                w.int(key::INTERACTION, id as i64);
+                Ok(())
+            });
+            s.peer.push(ev);
+        }
+        self.requeue(id, "revoked");
+        self.dispatch(now, tenant);
+    }
+
+    fn request(&mut self, now: Instant, key: SessKey, frame: Frame, deadline: Instant) {
         let req = *frame.head();
         let Some(sess) = self.sessions.get(&key) else {
             // The session ended while the request was queued; nobody to answer.
             return;
         };
         let peer = sess.peer.clone();
+        if now > deadline {
+            return peer.reply(wire::expired(&req));
+        }
         let b = frame.body();
         let r = match b.validate() {
             Err(_) => bad(ErrorCode::MALFORMED, "malformed body"),
-            Ok(()) => self.dispatch_request(now, key, &req, b, &peer),
+            Ok(()) => match self.waits(key, &req, &b) {
+                Some(id) => {
+                    if self.defer(id, key, frame.clone(), deadline) {
+                        return;
+                    }
+                    bad(
+                        ErrorCode::OVERLOADED,
+                        "too many requests wait for this interaction",
+                    )
+                }
+                None => {
+                    self.deadline = Some(deadline);
+                    let r = self.dispatch_request(now, key, &req, b, &peer);
+                    self.deadline = None;
+                    r
+                }
+            },
         };
         match r {
             Ok(Some(bytes)) => peer.reply(bytes),
@@ -436,8 +528,8 @@ impl Engine {
             ixn::ACCEPT => self.accept(key, req, b, peer),
             ixn::REJECT => self.reject(now, key, req, b),
             ixn::CHANGE_PROPERTIES => self.change_props(key, req, b, peer),
-            ixn::PLACE_IN_QUEUE => self.place(now, key, req, b, peer),
-            ixn::STOP_PROCESSING => self.stop(now, key, req, b, peer),
+            ixn::PLACE_IN_QUEUE => self.place(key, req, b, peer),
+            ixn::STOP_PROCESSING => self.stop(key, req, b, peer),
             ixn::SUBSCRIBE => self.subscribe(key, req, b),
             ixn::UNSUBSCRIBE => self.unsubscribe(key, req, b),
             _ => bad(
@@ -548,7 +640,25 @@ impl Engine {
                 assert!(invited <= 1);
             }
         }
+        let waiting: usize = self.deferred.values().map(VecDeque::len).sum();
+        assert_eq!(waiting, self.deferred_total);
+        let bytes: usize = self
+            .deferred
+            .values()
+            .flatten()
+            .map(|(_, f, _)| f.as_bytes().len())
+            .sum();
+        assert_eq!(bytes, self.deferred_bytes);
+        for (id, q) in &self.deferred {
+            // Requests wait only while a write is out; it runs them when it resolves.
+            let writing = self.ixns.get(id).is_some_and(|i| i.writing);
+            assert!(
+                writing || q.is_empty(),
+                "requests wait on {id}, not writing"
+            );
+        }
         for (id, i) in &self.ixns {
+            assert!(!i.expired || i.writing, "{id} expired while not writing");
             let queued = self
                 .tenants
                 .get(&i.tenant)

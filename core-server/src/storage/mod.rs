@@ -9,6 +9,7 @@
 //! Attributes and properties are stored as their encoded wire form (a body item list of `str`
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
+pub mod schema;
 pub mod sqlite;
 
 /// A storage failure (the answer is `INTERNAL`).
@@ -29,13 +30,20 @@ pub enum StoreError {
     /// file's path now names another file: this instance must not write any more.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The operation waited in the DB worker's queue past its deadline (`request_timeout_ms`)
+    /// and was not run.
+    #[error("not run: waited past request_timeout_ms")]
+    Expired,
 }
 
 impl StoreError {
     /// Whether it is known that nothing of the operation was applied (so that it may be
     /// answered in the "not sent" retry class). Any other failure may have applied it.
     pub fn nothing_applied(&self) -> bool {
-        matches!(self, StoreError::NotApplied(_) | StoreError::Fenced(_))
+        matches!(
+            self,
+            StoreError::NotApplied(_) | StoreError::Fenced(_) | StoreError::Expired
+        )
     }
 }
 

@@ -28,43 +28,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS contacts(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant INTEGER NOT NULL,
-    attrs BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS contact_attrs(
-    contact INTEGER NOT NULL,
-    tenant INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS contact_attrs_kv ON contact_attrs(tenant, key, value, contact);
-CREATE INDEX IF NOT EXISTS contact_attrs_c ON contact_attrs(contact);
-CREATE TABLE IF NOT EXISTS history(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant INTEGER NOT NULL,
-    contact INTEGER NOT NULL,
-    interaction INTEGER NOT NULL,
-    subject TEXT NOT NULL,
-    text TEXT NOT NULL,
-    len INTEGER NOT NULL,
-    created_us INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS history_c ON history(contact, id);
-CREATE TABLE IF NOT EXISTS interactions(
-    id INTEGER PRIMARY KEY,
-    tenant INTEGER NOT NULL,
-    queue TEXT NOT NULL,
-    props BLOB NOT NULL,
-    state INTEGER NOT NULL,
-    owner TEXT,
-    qpos INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS interactions_open ON interactions(state) WHERE state < 2;
-CREATE TABLE IF NOT EXISTS fence(
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    epoch INTEGER NOT NULL);
-INSERT OR IGNORE INTO fence(id, epoch) VALUES (1, 0);
-";
-
 /// How to open the data file (see the `sqlite_*` fields of the configuration).
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -165,7 +128,7 @@ impl SqliteStore {
                 tracing::warn!("max_page_count {max} is below the data file's size; using {got}");
             }
         }
-        conn.execute_batch(SCHEMA)?;
+        super::schema::migrate(&conn).map_err(|e| StoreError::Other(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(64);
         let file =
             file_id(path).map_err(|e| StoreError::Other(format!("{}: {e}", path.display())))?;

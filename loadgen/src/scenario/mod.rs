@@ -123,6 +123,12 @@ pub async fn connect(
         let place = format!("place-{gid}");
         let mut tries = 0;
         loop {
+            // Counted when written, as the proxy counts it: each retry is another request.
+            ctx.stats.borrow_mut().by_type.add(
+                deskmux_codec::Service::Interaction,
+                deskmux_codec::msg::ixn::AGENT_LOGIN,
+                1,
+            );
             match client::login(&mut d, &place, timeout).await {
                 Ok(()) => break,
                 // The previous session of this agent may not be closed yet (reconnect storm).

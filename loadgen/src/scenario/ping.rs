@@ -4,6 +4,11 @@
 //! Per request: the desktop's pre-encoded echo frame gets its correlation id and unique
 //! payload patched in place and is appended to a reused write buffer; answers are parsed in
 //! place from the reader's buffer. Nothing is allocated per request.
+//!
+//! In open loop every request that falls due inside the window is accounted for: it is sent
+//! (then answered, lost or errored), or — when the window ends while it waits behind the
+//! in-flight cap, a dead connection or loadgen itself — counted `unsent`, with its lateness in
+//! the corrected histogram. Sends sleep on the thread's precise timers ([`crate::timer`]).
 
 use std::rc::Rc;
 
@@ -141,6 +146,39 @@ pub async fn run(ctx: Rc<Ctx>, gid: u64) {
         }
         drop(d);
     }
+    if let Some(p) = period {
+        count_unsent(&ctx, next_intended, p);
+    }
+}
+
+/// Count the open-loop requests from `next` on (every `period`) that fell due inside the window
+/// but were never sent: the desktop's loop is over. After a Ctrl-C only those due before the
+/// stop count; the rest never fell due.
+fn count_unsent(ctx: &Ctx, mut next: u64, period: u64) {
+    let w = ctx.window;
+    let until = if ctx.stopping() {
+        ctx.clock.now_ns().min(w.end_ns)
+    } else {
+        w.end_ns
+    };
+    next = first_at_or_after(next, period, w.start_ns);
+    let mut s = ctx.stats.borrow_mut();
+    while next < until {
+        if s.rec.record_unsent(next) {
+            s.tally.due += 1;
+            s.tally.unsent += 1;
+        }
+        next += period;
+    }
+}
+
+/// The first time of the schedule `first + k * period` at or after `t`.
+fn first_at_or_after(first: u64, period: u64, t: u64) -> u64 {
+    if first >= t {
+        first
+    } else {
+        first + (t - first).div_ceil(period) * period
+    }
 }
 
 /// The pre-encoded echo request of desktop `gid`; [`patch`] fills in each request.
@@ -184,13 +222,22 @@ async fn session(
         .unwrap_or(u64::MAX)
         .min(end);
     let mut go_away = false;
-    let sleep = tokio::time::sleep_until(ctx.clock.tokio_instant(0));
-    tokio::pin!(sleep);
+    // Whether the first iteration at or past `stop_at` has run (see `sending` below).
+    let mut past_stop = false;
+    let mut sleep = ctx.timers.sleep_until(0);
+    let echo_service = Service::from_u8(cfg.echo_service);
     loop {
         let now = ctx.clock.now_ns();
-        let sending = now < stop_at && !go_away && !ctx.stopping();
+        // Open loop: the first iteration at or past `stop_at` still sends what fell due before
+        // it, so a late wake-up of loadgen's own does not turn due requests into unsent ones;
+        // what the in-flight cap holds back then stays unsent. Closed loop: nothing after it.
+        let sending =
+            (now < stop_at || (period.is_some() && !past_stop)) && !go_away && !ctx.stopping();
+        past_stop |= now >= stop_at;
         if sending {
             let mut n = 0;
+            // Of which intended inside the window.
+            let mut due = 0;
             match period {
                 None => {
                     while pending.in_flight() < window {
@@ -202,22 +249,32 @@ async fn session(
                         wbuf.extend_from_slice(&frame);
                         n += 1;
                     }
+                    if ctx.window.contains(now) {
+                        due = n;
+                    }
                 }
                 Some(p) => {
-                    while *next_intended <= now && pending.in_flight() < cap {
+                    while *next_intended <= now
+                        && *next_intended < stop_at
+                        && pending.in_flight() < cap
+                    {
                         let corr = pending.issue(Sent {
                             intended: *next_intended,
                             sent: now,
                         });
                         patch(&mut frame, corr, gid);
                         wbuf.extend_from_slice(&frame);
+                        due += u64::from(ctx.window.contains(*next_intended));
                         *next_intended += p;
                         n += 1;
                     }
                 }
             }
             if n > 0 {
-                ctx.stats.borrow_mut().tally.sent += n;
+                let mut s = ctx.stats.borrow_mut();
+                s.tally.sent += n;
+                s.tally.due += due;
+                s.by_type.add(echo_service, msg::ixn::ECHO, n);
             }
         }
         if wbuf.is_empty() && now.saturating_sub(last_write) >= hb_ns {
@@ -226,6 +283,10 @@ async fn session(
             h.correlation = hb_corr;
             hb_corr += 1;
             wbuf.extend_from_slice(&h.to_bytes());
+            ctx.stats
+                .borrow_mut()
+                .by_type
+                .add(Service::Control, msg::control::HEARTBEAT, 1);
         }
         if !wbuf.is_empty() {
             if d.conn.write_all(&wbuf).await.is_err() {
@@ -276,7 +337,7 @@ async fn session(
         // cancel-safe), judged below like any other read.
         let mut waited = None;
         if wake > now {
-            sleep.as_mut().reset(ctx.clock.tokio_instant(wake));
+            sleep.reset(wake);
             tokio::select! {
                 biased;
                 r = d.reader.read_conn(&mut d.conn) => waited = Some(r),
@@ -393,5 +454,14 @@ mod tests {
         assert!(verify::echo_body_matches(&f[HEAD_LEN..], 99, 5));
         patch(&mut f, 100, 5);
         assert!(verify::echo_body_matches(&f[HEAD_LEN..], 100, 5));
+    }
+
+    #[test]
+    fn schedule_catches_up_to_a_time() {
+        assert_eq!(first_at_or_after(10, 5, 3), 10);
+        assert_eq!(first_at_or_after(10, 5, 10), 10);
+        assert_eq!(first_at_or_after(10, 5, 11), 15);
+        assert_eq!(first_at_or_after(10, 5, 15), 15);
+        assert_eq!(first_at_or_after(10, 5, 16), 20);
     }
 }

@@ -132,7 +132,12 @@ impl<'a> Session<'a> {
             return Err(End::Dropped);
         }
         self.last_write = now;
-        self.ctx.stats.borrow_mut().tally.sent += 1;
+        {
+            let mut s = self.ctx.stats.borrow_mut();
+            s.tally.sent += 1;
+            s.tally.due += u64::from(self.ctx.window.contains(intended));
+            s.by_type.add(service, msg_type, 1);
+        }
         let deadline = self.ctx.cfg.drain_end_ns();
         loop {
             if let Some(v) = self.pump(Some(corr), deadline).await? {
@@ -185,6 +190,11 @@ impl<'a> Session<'a> {
                 if self.d.conn.write_all(&h.to_bytes()).await.is_err() {
                     return Err(End::Dropped);
                 }
+                self.ctx.stats.borrow_mut().by_type.add(
+                    Service::Control,
+                    msg::control::HEARTBEAT,
+                    1,
+                );
                 self.last_write = now;
             }
             // Frames already buffered first.

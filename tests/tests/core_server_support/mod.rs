@@ -492,3 +492,42 @@ pub fn server_backed_up(
     }
     false
 }
+
+/// One HTTP/1.0 request; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
+    s.set_read_timeout(Some(WAIT)).ok();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The value of a sample line `name value` in a metrics body.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The HTTP admin address a server started with `http_listen` announces.
+pub fn http_addr(s: &mut Server) -> SocketAddr {
+    s.wait_line("HTTP ")
+        .trim_start_matches("HTTP ")
+        .trim()
+        .parse()
+        .expect("HTTP address")
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# What logins cost core-server (issue 12): argon2id per password login at the default cost,
-# and a reconnect storm of N desktops presenting reconnect tokens, through the proxy.
+# What security costs, in one run (issue 12): argon2id per password login at the default cost,
+# a reconnect storm of N desktops presenting reconnect tokens through the proxy, and the CPU per
+# request of TLS links against plaintext links.
 #
-#   benches/auth_costs.sh                 # PW=200 password logins, N=20000 storm desktops
-#   PW=100 N=5000 benches/auth_costs.sh
+#   benches/security_costs.sh             # PW=200 password logins, N=20000 storm desktops,
+#                                         # REPS=3 link TLS pairs of 5,000 desktops
+#   PW=100 N=5000 REPS=1 benches/security_costs.sh
 #
 # Part 1, direct to core-server: PW agents provisioned with `creds import` at argon2id's default
 # cost (19 MiB, 2 passes, 1 lane), each logs in once with its password (loadgen run, no AGENT_LOGIN).
@@ -14,6 +16,10 @@
 # twice; on reconnect it presents the token of its last server hello (the default), then the
 # same with --no-reconnect-tokens (passwords, imported at argon2id's cheapest cost by the demo).
 #
+# Part 3: `loadgen demo -n 5000` closed loop and paced at 10,000 req/s, with TLS links (the
+# default) and with --plaintext-links, interleaved REPS times; CPU per request of the proxy and
+# of the server over the measured window, from the demo's JSON.
+#
 # Needs: target/release/{core-server,proxy,loadgen}, jq.
 set -euo pipefail
 
@@ -21,6 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${DESKMUX_BIN_DIR:-$ROOT/target/release}
 PW=${PW:-200}
 N=${N:-20000}
+REPS=${REPS:-3}
 OUT=${OUT:-$(mktemp -d /tmp/deskmux-auth.XXXXXX)}
 mkdir -p "$OUT"
 cd "$OUT"
@@ -86,4 +93,29 @@ for mode in tokens passwords; do
     echo "storm with $mode: connected $(jq .clients.connected "storm-$mode.json") of $N, lost $(jq .requests.lost "storm-$mode.json")"
     jq -c '.storm[] | {jitter, reconnected, failed_attempts, reconnect_ms: {p50: (.reconnect_us.p50 / 1000), p99: (.reconnect_us.p99 / 1000), max: (.reconnect_us.max / 1000)}}' \
         "storm-$mode.json"
+done
+
+# ---- part 3: link TLS against plaintext, interleaved
+row() { # file mode label
+    printf '%-7s %-6s %9.0f req/s  proxy %6.2f µs/req  server %6.2f µs/req  p99 %8.0f µs  lost %s\n' \
+        "$3" "$2" "$(jq '.throughput_rps // .requests.rate // 0' "$1")" \
+        "$(jq .server.proxy_cpu_us_per_request "$1")" "$(jq .server.server_cpu_us_per_request "$1")" \
+        "$(jq .latency_us.p99 "$1")" "$(jq .requests.lost "$1")"
+}
+for i in $(seq 1 "$REPS"); do
+    for m in plain tls; do
+        f=()
+        [ "$m" = plain ] && f=(--plaintext-links)
+        "$BIN/loadgen" demo -n 5000 -w 1 -d 10 -q "${f[@]}" --json "c-$m-$i.json" > "c-$m-$i.out" 2>&1 || true
+        row "c-$m-$i.json" "$m" "closed"
+        "$BIN/loadgen" demo -n 5000 -w 1 -d 10 --rate 10000 -q "${f[@]}" --json "r-$m-$i.json" > "r-$m-$i.out" 2>&1 || true
+        row "r-$m-$i.json" "$m" "paced"
+    done
+done
+for shape in c r; do
+    for k in proxy server; do
+        mean() { cat "$shape"-"$1"-*.json | jq -s "map(.server.${k}_cpu_us_per_request) | add / length"; }
+        p=$(mean plain); t=$(mean tls)
+        echo "$([ $shape = c ] && echo closed || echo paced) $k µs/req: plain $p, tls $t, tls ÷ plain $(echo "scale=3; $t / $p" | bc)"
+    done
 done
