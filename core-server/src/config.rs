@@ -547,9 +547,8 @@ impl Config {
                 "link_secret and link_secret_file are both set; keep one".into(),
             ));
         }
-        let text = std::fs::read_to_string(p).map_err(|e| {
-            ConfigError::Invalid(format!("link_secret_file {}: {e}", p.display()))
-        })?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| ConfigError::Invalid(format!("link_secret_file {}: {e}", p.display())))?;
         self.link_secret = LinkSecret(text.trim().to_string());
         Ok(())
     }
@@ -621,8 +620,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("link.secret");
         std::fs::write(&f, format!("{}\n", "k".repeat(40))).unwrap();
-        let mut c =
-            Config::from_toml(&format!("link_secret_file = \"{}\"", f.display())).unwrap();
+        let mut c = Config::from_toml(&format!("link_secret_file = \"{}\"", f.display())).unwrap();
         c.read_secret_files().unwrap();
         assert_eq!(c.link_secret.as_bytes(), "k".repeat(40).as_bytes());
         assert_eq!(c.weak_link_secret(), None);

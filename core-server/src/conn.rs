@@ -125,7 +125,9 @@ pub async fn serve_tls(shared: Arc<Shared>, tls: crate::tls::Acceptor, stream: T
     let stream = match tokio::time::timeout(limit, tls.inner.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::warn!(source = ?source, error = %e, "tls handshake failed");
+            if let Some(suppressed) = crate::lograte::PROTOCOL.allow() {
+                tracing::info!(source = ?source, error = %e, suppressed, "tls handshake failed");
+            }
             shared.open_conns.fetch_sub(1, Ordering::AcqRel);
             return;
         }
@@ -367,7 +369,9 @@ impl Conn {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!("framing lost: {e}");
+                        if let Some(suppressed) = crate::lograte::PROTOCOL.allow() {
+                            tracing::info!(source = ?self.source, suppressed, "framing lost, closing: {e}");
+                        }
                         self.out
                             .frame(control_error(0, e.code(), &e.to_string()).freeze());
                         return;

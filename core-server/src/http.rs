@@ -72,9 +72,14 @@ impl Text {
     }
 }
 
-/// `/metrics`, built from the live counters at each scrape.
+/// `/metrics`, built from the live counters at each scrape. Every family is there from the
+/// start, with 0 while its part does not run yet (a standby has no DB worker, engine or login
+/// checker until it takes over), so that dashboards and alerts see a series, not a gap.
 async fn metrics(State(app): State<App>) -> Response {
     let s = &app.shared;
+    let db = s.db.get();
+    let engine = s.engine.get();
+    let auth = s.auth.get().map(|a| a.stats());
     let mut t = Text::default();
     t.gauge(
         "primary",
@@ -91,73 +96,68 @@ async fn metrics(State(app): State<App>) -> Response {
         "Open connections (direct desktops and proxy links)",
         s.connections() as u64,
     );
-    if let Some(db) = s.db.get() {
-        t.counter(
-            "db_batches",
-            "Group-commit transactions run",
-            load(&db.stats.batches),
-        );
-        t.counter(
-            "db_operations",
-            "Storage operations run in them",
-            load(&db.stats.ops),
-        );
-        t.gauge(
-            "db_max_batch",
-            "Largest group-commit batch so far",
-            load(&db.stats.max_batch),
-        );
-    }
-    if let Some(db) = s.db.get() {
-        t.gauge(
-            "db_queued",
-            "Operations waiting for the DB worker",
-            db.gauge().depth() as u64,
-        );
-        t.gauge(
-            "db_queued_bytes",
-            "Bytes held by operations waiting for the DB worker and by the batch it runs",
-            db.gauge().bytes() as u64,
-        );
-        t.counter(
-            "db_overloaded",
-            "Requests answered OVERLOADED because db_queue was full",
-            load(&db.gauge().refused),
-        );
-        t.counter(
-            "db_expired",
-            "Storage operations not run: they waited past request_timeout_ms",
-            load(&db.stats.expired),
-        );
-    }
-    if let Some(e) = s.engine.get() {
-        t.gauge(
-            "engine_queued",
-            "Requests waiting for the Interaction Server engine",
-            e.gauge().depth() as u64,
-        );
-        t.gauge(
-            "engine_queued_bytes",
-            "Bytes held by requests waiting for the Interaction Server engine",
-            e.gauge().bytes() as u64,
-        );
-        t.counter(
-            "engine_overloaded",
-            "Requests answered OVERLOADED because engine_queue was full",
-            load(&e.gauge().refused),
-        );
-        let st = e.stats();
-        t.gauge(
-            "subscriptions",
-            "Subscriptions the engine holds",
-            load(&st.subs),
-        );
-        t.gauge(
-            "link_subscriptions",
-            "Of them, held by proxy links",
-            load(&st.link_subs),
-        );
-    }
+    let dbv = |f: fn(&crate::db::Db) -> u64| db.map_or(0, f);
+    t.counter(
+        "db_batches",
+        "Group-commit transactions run",
+        dbv(|d| load(&d.stats.batches)),
+    );
+    t.counter(
+        "db_operations",
+        "Storage operations run in them",
+        dbv(|d| load(&d.stats.ops)),
+    );
+    t.gauge(
+        "db_max_batch",
+        "Largest group-commit batch so far",
+        dbv(|d| load(&d.stats.max_batch)),
+    );
+    t.gauge(
+        "db_queued",
+        "Operations waiting for the DB worker",
+        dbv(|d| d.gauge().depth() as u64),
+    );
+    t.gauge(
+        "db_queued_bytes",
+        "Bytes held by operations waiting for the DB worker and by the batch it runs",
+        dbv(|d| d.gauge().bytes() as u64),
+    );
+    t.counter(
+        "db_overloaded",
+        "Requests answered OVERLOADED because db_queue was full",
+        dbv(|d| load(&d.gauge().refused)),
+    );
+    t.counter(
+        "db_expired",
+        "Storage operations not run: they waited past request_timeout_ms",
+        dbv(|d| load(&d.stats.expired)),
+    );
+    let ev = |f: fn(&crate::queue::EngineTx) -> u64| engine.map_or(0, f);
+    t.gauge(
+        "engine_queued",
+        "Requests waiting for the Interaction Server engine",
+        ev(|e| e.gauge().depth() as u64),
+    );
+    t.gauge(
+        "engine_queued_bytes",
+        "Bytes held by requests waiting for the Interaction Server engine",
+        ev(|e| e.gauge().bytes() as u64),
+    );
+    t.counter(
+        "engine_overloaded",
+        "Requests answered OVERLOADED because engine_queue was full",
+        ev(|e| load(&e.gauge().refused)),
+    );
+    t.gauge(
+        "subscriptions",
+        "Subscriptions the engine holds",
+        ev(|e| load(&e.stats().subs)),
+    );
+    t.gauge(
+        "link_subscriptions",
+        "Of them, held by proxy links",
+        ev(|e| load(&e.stats().link_subs)),
+    );
     t.counter(
         "connections_refused",
         "Connections refused at max_connections",
@@ -173,42 +173,41 @@ async fn metrics(State(app): State<App>) -> Response {
         "Configuration reloads that failed; nothing changed (the log says why)",
         load(&s.reload_failures),
     );
-    if let Some(a) = s.auth.get() {
-        let st = a.stats();
-        t.counter("logins_ok", "Logins accepted", load(&st.ok));
-        t.counter(
-            "logins_ok_reconnect",
-            "Logins accepted with a reconnect token",
-            load(&st.ok_reconnect),
-        );
-        t.counter(
-            "logins_refused",
-            "Logins refused: unknown, wrong, disabled or expired",
-            load(&st.refused),
-        );
-        t.counter(
-            "logins_locked_out",
-            "Logins refused because the agent or source was locked out",
-            load(&st.locked_out),
-        );
-        t.counter("lockouts", "Lockouts started", load(&st.lockouts));
-        t.counter(
-            "logins_busy",
-            "Logins answered OVERLOADED because the check queue was full",
-            load(&st.busy),
-        );
-        t.counter(
-            "argon2_verifications",
-            "argon2id password verifications run",
-            load(&st.argon2_runs),
-        );
-        t.family(
-            "argon2_seconds_total",
-            "counter",
-            "Wall time spent in argon2id verifications",
-            load(&st.argon2_ns) as f64 / 1e9,
-        );
-    }
+    let av = |f: fn(&crate::auth::AuthStats) -> u64| auth.map_or(0, f);
+    t.counter("logins_ok", "Logins accepted", av(|a| load(&a.ok)));
+    t.counter(
+        "logins_ok_reconnect",
+        "Logins accepted with a reconnect token",
+        av(|a| load(&a.ok_reconnect)),
+    );
+    t.counter(
+        "logins_refused",
+        "Logins refused: unknown, wrong, disabled or expired",
+        av(|a| load(&a.refused)),
+    );
+    t.counter(
+        "logins_locked_out",
+        "Logins refused because the agent or source was locked out",
+        av(|a| load(&a.locked_out)),
+    );
+    t.counter("lockouts", "Lockouts started", av(|a| load(&a.lockouts)));
+    t.counter(
+        "logins_busy",
+        "Logins answered OVERLOADED because the check queue was full",
+        av(|a| load(&a.busy)),
+    );
+    t.counter(
+        "argon2_verifications",
+        "argon2id password verifications run",
+        av(|a| load(&a.argon2_runs)),
+    );
+    t.family(
+        "argon2_seconds_total",
+        "counter",
+        "Wall time spent in argon2id verifications",
+        av(|a| load(&a.argon2_ns)) as f64 / 1e9,
+    );
+    process_metrics(&mut t.0);
     (
         [(
             header::CONTENT_TYPE,
@@ -217,6 +216,81 @@ async fn metrics(State(app): State<App>) -> Response {
         t.0,
     )
         .into_response()
+}
+
+/// The standard `process_*` series (as Prometheus' own clients export them), from
+/// `/proc/self`: what an operator alerts on first (open files against the limit, memory).
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let mut family = |name: &str, kind: &str, help: &str, v: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {v}");
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 (`state`) on.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let tick = 100.0; // USER_HZ: 100 on Linux for every architecture deskmux builds for
+    if let (Some(u), Some(s)) = (field(14), field(15)) {
+        family(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds",
+            (u + s) / tick,
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+    });
+    if let (Some(start), Some(boot)) = (field(22), boot) {
+        family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the UNIX epoch in seconds",
+            boot + start / tick,
+        );
+    }
+    let page = 4096.0;
+    if let (Some(vsize), Some(rss)) = (field(23), field(24)) {
+        family(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes",
+            vsize,
+        );
+        family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes",
+            rss * page,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors",
+            fds.count() as f64,
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
+    {
+        family(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors",
+            max,
+        );
+    }
 }
 
 /// 200 while this instance serves and is not marked unavailable; 503 otherwise (a standby, a

@@ -17,7 +17,8 @@
 //! - [`db`]: the DB worker thread and its group commit;
 //! - [`storage`]: the storage trait and its SQLite backend;
 //! - [`lock`]: the standby lock (the only `unsafe`, one `flock` call);
-//! - [`wire`]: outbound queues and frame-building helpers.
+//! - [`wire`]: outbound queues and frame-building helpers;
+//! - [`lograte`]: rate limits on the log lines peers can provoke.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -33,6 +34,7 @@ pub mod http;
 pub mod ixn;
 pub mod limits;
 pub mod lock;
+pub mod lograte;
 pub mod queue;
 pub mod server;
 pub mod storage;

@@ -58,8 +58,33 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     default_config: bool,
+    /// Log lines on stderr: `plain` text (colours only on a terminal) or `json`, one object
+    /// per line, for a log collector. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Log to stderr in `format`; ANSI colours only when stderr is a terminal, so that files and
+/// journald get plain text.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Plain => b.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +155,8 @@ fn main() -> anyhow::Result<()> {
             deskmux_core_server::tls::acceptor(t).map_err(anyhow::Error::msg)?;
         }
         if let Some(p) = &cfg.admin_token_file {
-            let t = std::fs::read(p).with_context(|| format!("admin_token_file {}", p.display()))?;
+            let t =
+                std::fs::read(p).with_context(|| format!("admin_token_file {}", p.display()))?;
             anyhow::ensure!(
                 t.trim_ascii().len() >= deskmux_core_server::config::MIN_SECRET_LEN,
                 "admin_token_file {}: shorter than {} bytes",
@@ -146,13 +172,7 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -60,6 +60,20 @@ fn metrics_health_status_and_token_guarded_controls() {
         sample(&body, "deskmux_core_connections").unwrap() >= 1.0,
         "{body}"
     );
+    // The process series an operator alerts on first.
+    assert!(sample(&body, "process_open_fds").unwrap() >= 3.0, "{body}");
+    assert!(
+        sample(&body, "process_max_fds").unwrap() >= 1024.0,
+        "{body}"
+    );
+    assert!(
+        sample(&body, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{body}"
+    );
+    assert!(
+        sample(&body, "process_start_time_seconds").unwrap() > 1.7e9,
+        "{body}"
+    );
     if let Ok(out) = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -122,4 +136,28 @@ fn no_token_no_controls() {
     // Still serving, and still available.
     assert_eq!(http(addr, "GET", "/health", None).0, 200);
     let _c = Client::desktop(s.addr, T1, "a1", TOKEN1);
+}
+
+/// Every family is exposed from the start: a warm standby (no DB worker, engine or login
+/// checker until it takes over) shows them at 0 rather than not at all.
+#[test]
+fn a_standby_exposes_every_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 5000, "");
+    let _primary = Server::start(&cfg, &[]);
+    let standby_cfg = write_config(dir.path(), 5000, "http_listen = \"127.0.0.1:0\"\n");
+    let mut standby = Server::start(&standby_cfg, &["--standby"]);
+    let addr = http_addr(&mut standby);
+    let (code, body) = http(addr, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert_eq!(sample(&body, "deskmux_core_primary"), Some(0.0), "{body}");
+    for family in [
+        "deskmux_core_db_batches_total",
+        "deskmux_core_db_expired_total",
+        "deskmux_core_engine_queued",
+        "deskmux_core_logins_ok_total",
+        "deskmux_core_argon2_seconds_total",
+    ] {
+        assert_eq!(sample(&body, family), Some(0.0), "{family} in {body}");
+    }
 }

@@ -21,7 +21,11 @@ fn repo() -> PathBuf {
 fn etc() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for f in ["link.secret", "admin.token", "token.key"] {
-        std::fs::write(d.path().join(f), "0123456789abcdef0123456789abcdef-random\n").unwrap();
+        std::fs::write(
+            d.path().join(f),
+            "0123456789abcdef0123456789abcdef-random\n",
+        )
+        .unwrap();
     }
     let core = deskmux_tests::secure_client::self_signed(d.path(), "core").unwrap();
     for f in ["proxy", "core-ca", "proxies-ca"] {
@@ -85,7 +89,12 @@ fn core_server_examples_and_readme_block_pass_check_config() {
         let p = entry.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         if name.starts_with("core-server") && name.ends_with(".toml") {
-            check("core-server", &name, &std::fs::read_to_string(&p).unwrap(), etc.path());
+            check(
+                "core-server",
+                &name,
+                &std::fs::read_to_string(&p).unwrap(),
+                etc.path(),
+            );
             n += 1;
         }
     }
@@ -93,7 +102,12 @@ fn core_server_examples_and_readme_block_pass_check_config() {
     let blocks = toml_blocks(&repo().join("core-server/README.md"));
     assert!(!blocks.is_empty());
     for (i, b) in blocks.iter().enumerate() {
-        check("core-server", &format!("core-server/README.md block {i}"), b, etc.path());
+        check(
+            "core-server",
+            &format!("core-server/README.md block {i}"),
+            b,
+            etc.path(),
+        );
     }
 }
 

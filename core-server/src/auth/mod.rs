@@ -217,7 +217,9 @@ impl Auth {
             .and_then(|l| l.locked(a.tenant, &a.agent, a.source, Instant::now()));
         if let Some(d) = locked {
             self.inner.stats.locked_out.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tenant = a.tenant, agent = ?a.agent, source = ?a.source, "login refused: locked out");
+            if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
+                tracing::warn!(tenant = a.tenant, agent = ?a.agent, source = ?a.source, suppressed, "login refused: locked out");
+            }
             return reply(Verdict::LockedOut(d));
         }
         match self.tx.try_send(Job {
@@ -319,7 +321,9 @@ impl Inner {
             if locked {
                 self.stats.lockouts.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::warn!(tenant = a.tenant, agent = ?a.agent, source = ?a.source, locked, "login refused: {why}");
+            if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
+                tracing::warn!(tenant = a.tenant, agent = ?a.agent, source = ?a.source, locked, suppressed, "login refused: {why}");
+            }
             return Verdict::Refused;
         }
         lock.succeeded(a.tenant, &a.agent);

@@ -104,7 +104,9 @@ impl Conn {
             return Err(false);
         }
         if h.tenant == 0 || !self.shared.tenant_known(h.tenant) {
-            tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, "login refused: unknown tenant");
+            if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
+                tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, suppressed, "login refused: unknown tenant");
+            }
             self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
             return Err(true);
         }
@@ -292,7 +294,9 @@ impl Conn {
         if self.link_refused {
             // `[tls] client_ca`: mutual TLS backs up the secret; without a client certificate
             // the secret is not even looked at.
-            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: no client certificate");
+            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
+                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: no client certificate");
+            }
             self.err(
                 &h,
                 ErrorCode::AUTH_FAILED,
@@ -302,7 +306,9 @@ impl Conn {
             return;
         }
         if !crate::auth::secret::ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
-            tracing::warn!(link = ?lh.link, source = ?self.source, "link refused: bad link secret");
+            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
+                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: bad link secret");
+            }
             self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
             self.closing = true;
             return;
