@@ -9,9 +9,9 @@
 /// The byte stream is corrupt: framing is lost and the connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// The first two bytes were not the magic "DM".
-    #[error("bad magic {0:02x?}: not a deskmux frame")]
-    BadMagic([u8; 2]),
+    /// A byte where the magic "DM" belongs was something else (the first such byte).
+    #[error("bad magic byte {0:#04x}: not a deskmux frame")]
+    BadMagic(u8),
     /// A protocol version this decoder does not speak.
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u8),

@@ -179,6 +179,18 @@ pub fn control_error(session: u64, code: ErrorCode, message: &str) -> Frame {
     error_frame(head, code, message)
 }
 
+/// A control error refusing one frame that is not a request (an unknown kind, a response or
+/// event a desktop may not send, an unexpected control frame): it carries that frame's
+/// correlation id and session id, so the sender can tell which frame was refused, and tenant 0
+/// like every control error (PROTOCOL.md §5.1).
+pub fn refusal(refused: &Head, code: ErrorCode, message: &str) -> Frame {
+    let mut head = Head::new(Kind::Control, Service::Control, msg::control::ERROR);
+    head.flags = Flags(Flags::ERROR);
+    head.correlation = refused.correlation;
+    head.session = refused.session;
+    error_frame(head, code, message)
+}
+
 fn error_frame(head: Head, code: ErrorCode, message: &str) -> Frame {
     // Messages are cut to 1 KiB so that an error frame is always small.
     let mut cut = message.len().min(1024);

@@ -190,13 +190,16 @@ impl Head {
     /// # Errors
     /// [`FrameError::BadMagic`] or [`FrameError::UnsupportedVersion`]: framing is lost.
     pub fn parse(src: &[u8]) -> Result<Option<Head>, FrameError> {
-        // PROTOCOL.md §2: "A frame whose first two bytes are not 0x44 0x4D is not a deskmux
-        // frame: framing is lost and the connection is closed." Checked as soon as two bytes
-        // are in, so garbage is refused at once rather than at the handshake deadline.
-        if let [a, b, ..] = *src
-            && [a, b] != MAGIC
-        {
-            return Err(FrameError::BadMagic([a, b]));
+        // PROTOCOL.md §2.2: each byte of the magic, then the version byte, is checked as soon
+        // as it arrives, so garbage is refused at its first wrong byte rather than at the
+        // handshake deadline, and a bad version always wins over a length check (which needs
+        // the whole head).
+        for (i, &m) in MAGIC.iter().enumerate() {
+            if let Some(&b) = src.get(i)
+                && b != m
+            {
+                return Err(FrameError::BadMagic(b));
+            }
         }
         // PROTOCOL.md §2: "A receiver closes on any version byte it does not speak, since a
         // later version may lay out the head differently."

@@ -29,5 +29,5 @@ pub const ALPN: &[u8] = b"deskmux/1";
 pub use body::{BodyRef, BodyWriter, Value};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, DecodeState, Decoded, FrameDecoder, Peek};
 pub use error::{BodyError, ErrorCode, FrameError, RetryClass};
-pub use frame::{Frame, control_error, empty_frame, encode_with, error_response};
+pub use frame::{Frame, control_error, empty_frame, encode_with, error_response, refusal};
 pub use head::{Flags, HEAD_LEN, Head, Kind, Service, VERSION};

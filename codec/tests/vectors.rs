@@ -9,6 +9,9 @@
 //! Regenerate after changing a vector:
 //! `cargo test -p deskmux-codec --test vectors -- --ignored regenerate`
 
+#[path = "vectors/rules.rs"]
+mod rules;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
@@ -1155,6 +1158,7 @@ fn all_vectors() -> Vec<(Vector, &'static str)> {
             None,
         );
     }
+    rules::add(&mut g);
     g.out
 }
 

@@ -5,8 +5,9 @@
 //! own lock-free halves (exactly the code it had before TLS), a TLS one the halves of
 //! `tokio::io::split` (a lock per poll, which the encryption's cost dwarfs).
 //!
-//! The reader decodes frames with `FrameDecoder` and handles each at once: handshakes,
-//! heartbeats and ECHO right here (echo re-stamps the head's kind and sends the request's own
+//! The reader decodes frames with `FrameDecoder` and handles each at once: handshakes (in
+//! `handshake`), the request checks of PROTOCOL.md §5.2 in its order, heartbeats and ECHO
+//! right here (echo re-stamps the head's kind and sends the request's own
 //! body bytes back), Interaction Server requests to the engine, UCS requests to the DB worker.
 //! The writer drains the connection's [`Outbox`] in batches with vectored writes, so all the
 //! frames that became ready during one wake-up leave in one syscall.
@@ -14,28 +15,30 @@
 //! Bad input never takes the server down: a malformed body, an unknown kind or message type,
 //! or a frame out of order is answered with an error (a response to a request, a control error
 //! otherwise) and the connection stays; only lost framing (bad magic or version, a frame over
-//! the maximum) or a deadline closes it, after a control error.
+//! the maximum) or a deadline closes it, after a control error, and a refused hello, after
+//! its answer.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use deskmux_codec::msg::{DesktopHello, LinkHello, LinkHelloAck, ServerHello, control, ixn};
+use deskmux_codec::msg::{control, ixn};
 use deskmux_codec::{ErrorCode, Flags, Frame, FrameDecoder, Head, Kind, Service, control_error};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::secret::Secret;
-use crate::auth::{Attempt, Proof, Verdict};
+use crate::auth::Verdict;
 use crate::ixn::{Input, LinkId, SessKey};
 use crate::queue::Refused;
 use crate::server::Shared;
+
+mod handshake;
 use crate::wire::{self, Out, OutState, Outbox, Peer, QueueLimits};
 
 /// One authenticated session on this connection.
@@ -46,6 +49,8 @@ struct Sess {
     peer: Peer,
     /// Session id as it appears in heads (server-assigned on direct connections).
     wire: u64,
+    /// The hello's `services` mask (direct sessions; on a link the proxy checks it).
+    services: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +69,8 @@ struct AuthDone {
     /// The `HELLO` or `SESSION_OPEN` request it answers.
     req: Head,
     agent: String,
+    /// The hello's `services` mask.
+    services: u64,
     verdict: Verdict,
 }
 
@@ -481,86 +488,93 @@ impl Conn {
         }
     }
 
-    fn control_err(&self, session: u64, code: ErrorCode, m: &str) {
-        self.out.frame(control_error(session, code, m).freeze());
+    /// Refuse a frame that is not a request with a control error naming it (PROTOCOL.md §5.1).
+    fn refuse_frame(&self, h: &Head, code: ErrorCode, m: &str) {
+        self.out.frame(deskmux_codec::refusal(h, code, m).freeze());
+    }
+
+    /// The head an answer to `req` starts from (PROTOCOL.md §2.3): once the session is open,
+    /// the session's tenant (a refused claim is never echoed back) and, on a direct
+    /// connection, the session's own id (a request may name it 0); before, and for a link's
+    /// own requests, the request's.
+    fn answer_head(&self, req: &Head) -> Head {
+        let mut h = *req;
+        match &self.mode {
+            Mode::Direct(s) => {
+                h.tenant = s.tenant;
+                h.session = s.wire;
+            }
+            Mode::Link(_, sessions) => {
+                if let Some(s) = sessions.get(&req.session) {
+                    h.tenant = s.tenant;
+                }
+            }
+            Mode::Fresh => {}
+        }
+        h
     }
 
     fn err(&self, req: &Head, code: ErrorCode, m: &str) {
-        self.out.frame(wire::error(req, code, m));
+        self.out.frame(wire::error(&self.answer_head(req), code, m));
     }
 
     fn on_frame(&mut self, f: Frame) {
         let h = *f.head();
         match h.kind {
             Kind::Request => self.on_request(f),
+            // PROTOCOL.md §5.1: an error is never answered with an error (no ping-pong), and
+            // a peer's failure report changes nothing here.
+            _ if h.flags.has(Flags::ERROR) => {}
             Kind::Control => self.on_control(&h),
             // Answers to our own heartbeats.
             Kind::Response if h.service == Service::Control && h.msg_type == control::HEARTBEAT => {
             }
-            // Never answer an error with an error (no ping-pong).
-            _ if h.flags.has(Flags::ERROR) => {}
-            Kind::Response | Kind::Event => {
-                self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected frame kind")
-            }
-            Kind::Unknown(_) => {
-                self.control_err(h.session, ErrorCode::PROTOCOL, "unknown frame kind")
-            }
+            Kind::Response => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unexpected response"),
+            Kind::Event => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unexpected event"),
+            Kind::Unknown(_) => self.refuse_frame(&h, ErrorCode::PROTOCOL, "unknown frame kind"),
         }
     }
 
+    /// Control frames (kind 4) from the peer (PROTOCOL.md §6.1).
     fn on_control(&mut self, h: &Head) {
-        match (h.service, h.msg_type) {
-            (Service::Control, control::SESSION_CLOSE) => {
-                if let Mode::Link(_, sessions) = &mut self.mode {
-                    self.opening.remove(&h.session);
-                    if let Some(s) = sessions.remove(&h.session) {
-                        if let Some(e) = self.shared.engine.get() {
-                            e.control(Input::Close(s.key));
-                        }
+        match (h.service, h.msg_type, &mut self.mode) {
+            (Service::Control, control::SESSION_CLOSE, Mode::Link(_, sessions)) => {
+                self.opening.remove(&h.session);
+                if let Some(s) = sessions.remove(&h.session) {
+                    if let Some(e) = self.shared.engine.get() {
+                        e.control(Input::Close(s.key));
                     }
-                } else {
-                    self.control_err(
-                        h.session,
-                        ErrorCode::PROTOCOL,
-                        "SESSION_CLOSE outside a link",
-                    );
                 }
             }
-            (Service::Control, control::ERROR | control::GO_AWAY | control::SERVICE_STATE) => {}
-            _ if h.flags.has(Flags::ERROR) => {}
-            _ => self.control_err(h.session, ErrorCode::PROTOCOL, "unexpected control frame"),
+            // A proxy draining its link: it sends no new requests; nothing to do.
+            (Service::Control, control::GO_AWAY, Mode::Link(..)) => {}
+            // A desktop leaving: like closing its connection (answers still owed are dropped;
+            // a half-close is the way to leave with them).
+            (Service::Control, control::SESSION_CLOSE | control::GO_AWAY, _) => {
+                self.closing = true;
+            }
+            (Service::Control, control::ERROR, _) => {}
+            _ => self.refuse_frame(h, ErrorCode::PROTOCOL, "unexpected control frame"),
         }
     }
 
+    /// A request: the checks of PROTOCOL.md §5.2, in its order, then the handler.
     fn on_request(&mut self, f: Frame) {
         let h = *f.head();
-        // PROTOCOL.md §3: a body nested deeper than 16 lists (or truncated, or not UTF-8) is
-        // malformed. Checked here, once, for every request but ECHO — the hello, link hello and
-        // SESSION_OPEN included — before any handler reads it; the walk stops at depth 17, so
-        // a 100,000-deep list costs no more than a flat one.
-        if h.msg_type != ixn::ECHO || h.service == Service::Control {
-            if let Err(e) = f.body().validate() {
-                return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
-            }
+        if let Mode::Fresh = self.mode {
+            return self.fresh_request(&f);
         }
-        if h.service == Service::Control {
-            match h.msg_type {
-                control::HEARTBEAT => self.out.frame(wire::ok(&h)),
-                control::HELLO => self.hello(&f),
-                control::LINK_HELLO => self.link_hello(&f),
-                control::SESSION_OPEN => self.session_open(&f),
-                _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
-            }
-            return;
-        }
-        // PROTOCOL.md §9: "On a link, a subscription belongs to the link"; a proxy drops one
-        // that no desktop behind it holds any more with an UNSUBSCRIBE naming no session.
+        // PROTOCOL.md §4.3: on a link, UNSUBSCRIBE with session 0 drops the link's own
+        // subscription; the proxy sends it when no desktop behind it holds the topic.
         if let Mode::Link(link, _) = &self.mode
             && h.session == 0
             && h.service == Service::Interaction
             && h.msg_type == ixn::UNSUBSCRIBE
             && self.shared.cfg.role.ixn()
         {
+            if let Err(e) = f.body().validate() {
+                return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
+            }
             let Ok(topic) = f.body().str(deskmux_codec::msg::key::TOPIC) else {
                 return self.err(&h, ErrorCode::MALFORMED, "missing topic (str)");
             };
@@ -575,31 +589,54 @@ impl Conn {
             self.out.frame(wire::ok(&h));
             return;
         }
-        // Resolve the session named by the head.
-        let sess = match &self.mode {
-            Mode::Fresh => return self.err(&h, ErrorCode::INVALID_STATE, "hello first"),
-            Mode::Direct(s) => {
-                if h.session != 0 && h.session != s.wire {
-                    return self.err(
-                        &h,
-                        ErrorCode::INVALID_STATE,
-                        "session id is not this session's",
-                    );
-                }
-                s
-            }
+        if let Mode::Link(..) = self.mode
+            && h.service == Service::Control
+        {
+            return self.link_control_request(&f);
+        }
+        // 1. The session the head names.
+        let (sess, direct) = match &self.mode {
+            Mode::Direct(s) => (s, true),
             Mode::Link(_, sessions) => match sessions.get(&h.session) {
-                Some(s) => s,
+                Some(s) => (s, false),
                 None => return self.err(&h, ErrorCode::INVALID_STATE, "unknown session"),
             },
+            Mode::Fresh => return,
         };
-        if h.tenant != sess.tenant {
+        // 2. Tenant: the session's (a heartbeat may carry 0).
+        let hb = h.service == Service::Control && h.msg_type == control::HEARTBEAT;
+        if h.tenant != sess.tenant && !(hb && h.tenant == 0) {
             return self.err(
                 &h,
                 ErrorCode::TENANT_MISMATCH,
                 "tenant is not the session's",
             );
         }
+        // 3. Session id: 0 or the session's own (direct).
+        if direct && h.session != 0 && h.session != sess.wire {
+            return self.err(
+                &h,
+                ErrorCode::INVALID_STATE,
+                "session id is not this session's",
+            );
+        }
+        // 4. One correlation id in flight once (direct; on a link the proxy chooses them).
+        if direct && self.out.state().in_flight(h.correlation) {
+            return self.err(&h, ErrorCode::INVALID_STATE, "correlation id in flight");
+        }
+        if h.service == Service::Control {
+            return match h.msg_type {
+                control::HEARTBEAT => self.out.frame(wire::ok(&self.answer_head(&h))),
+                control::HELLO | control::LINK_HELLO => {
+                    self.err(&h, ErrorCode::INVALID_STATE, "hello already done")
+                }
+                control::SESSION_OPEN => {
+                    self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link")
+                }
+                _ => self.err(&h, ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+            };
+        }
+        // 5. The service: run here, and asked for by the hello.
         let role = self.shared.cfg.role;
         let served = match h.service {
             Service::Interaction => role.ixn(),
@@ -609,16 +646,30 @@ impl Conn {
         if !served {
             return self.err(&h, ErrorCode::NO_ROUTE, "service not run by this server");
         }
+        if direct && sess.services & h.service.mask_bit() == 0 {
+            return self.err(
+                &h,
+                ErrorCode::INVALID_STATE,
+                "service not opened by this session's hello",
+            );
+        }
+        // 6. Going away.
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return self.err(&h, ErrorCode::SHUTTING_DOWN, "shutting down");
+        }
         if h.msg_type == ixn::ECHO {
             // Answered at minimum cost: the same body bytes behind a re-stamped head (without
-            // the request's flags). The body is not walked: ECHO takes "anything" (§7).
-            let (head, body) = f.into_parts();
-            let head = wire::response_head(&head);
+            // the request's flags). The body is opaque bytes, never read (§7): no MALFORMED.
+            let (_, body) = f.into_parts();
+            let head = wire::response_head(&self.answer_head(&h));
             self.out.send(Out::Split(head.to_bytes(), body));
             return;
         }
-        if self.shared.shutting_down.load(Ordering::Acquire) {
-            return self.err(&h, ErrorCode::SHUTTING_DOWN, "shutting down");
+        // 7. The body (§3): a body nested deeper than 16 lists, truncated, or not UTF-8 is
+        // malformed. Walked once here, before any handler reads it; the walk stops at depth
+        // 17, so a 100,000-deep list costs no more than a flat one.
+        if let Err(e) = f.body().validate() {
+            return self.err(&h, ErrorCode::MALFORMED, &format!("malformed body: {e}"));
         }
         let max = self.shared.cfg.max_in_flight;
         if sess.peer.inflight.load(Ordering::Acquire) >= max {
@@ -628,6 +679,12 @@ impl Conn {
                 "too many requests in flight",
             );
         }
+        // Answers and events name the session by its id, whether the request said 0 or it.
+        let mut f = f;
+        if direct {
+            f.set_session(sess.wire);
+        }
+        let answer = self.answer_head(&h);
         // Its deadline (`request_timeout_ms`): not started by then, it is not run at all.
         let timeout = std::time::Duration::from_millis(self.shared.cfg.request_timeout_ms.into());
         let deadline = std::time::Instant::now() + timeout;
@@ -635,15 +692,18 @@ impl Conn {
             Service::Interaction => match self.shared.engine.get() {
                 Some(e) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if direct {
+                        self.out.state().track(h.correlation);
+                    }
                     match e.request(Input::Request(sess.key, f, deadline)) {
                         Ok(()) => {}
                         Err(Refused::Full) => sess.peer.reply(wire::error(
-                            &h,
+                            &answer,
                             ErrorCode::OVERLOADED,
                             "engine queue full (engine_queue)",
                         )),
                         Err(Refused::Stopped) => sess.peer.reply(wire::error(
-                            &h,
+                            &answer,
                             ErrorCode::UNAVAILABLE,
                             "engine stopped",
                         )),
@@ -654,269 +714,14 @@ impl Conn {
             _ => match self.shared.db.get() {
                 Some(db) => {
                     sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if direct {
+                        self.out.state().track(h.correlation);
+                    }
                     let (max, peer) = (self.answer_max, sess.peer.clone());
                     crate::ucs::handle(db, sess.tenant, max, &f, peer, deadline);
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },
-        }
-    }
-
-    /// Checks shared by `HELLO` and `SESSION_OPEN`; `Err` is already answered and says whether
-    /// it was `AUTH_FAILED`.
-    fn admit<'a>(&self, f: &'a Frame) -> Result<DesktopHello<'a>, bool> {
-        let h = f.head();
-        let hello = match DesktopHello::read(f.body()) {
-            Ok(x) => x,
-            Err(e) => {
-                self.err(h, ErrorCode::MALFORMED, &format!("bad hello: {e}"));
-                return Err(false);
-            }
-        };
-        if hello.version != u32::from(deskmux_codec::VERSION) {
-            self.err(h, ErrorCode::PROTOCOL, "unsupported protocol version");
-            return Err(false);
-        }
-        if self.shared.shutting_down.load(Ordering::Acquire) {
-            self.err(h, ErrorCode::SHUTTING_DOWN, "shutting down");
-            return Err(false);
-        }
-        if !self.shared.primary.load(Ordering::Acquire) {
-            self.err(h, ErrorCode::UNAVAILABLE, "standby instance");
-            return Err(false);
-        }
-        if self.shared.unavailable.load(Ordering::Acquire) {
-            self.err(h, ErrorCode::SERVICE_UNAVAILABLE, "service unavailable");
-            return Err(false);
-        }
-        if h.tenant == 0 || !self.shared.tenant_known(h.tenant) {
-            if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
-                tracing::warn!(tenant = h.tenant, agent = ?hello.agent, source = ?self.source, suppressed, "login refused: unknown tenant");
-            }
-            self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
-            return Err(true);
-        }
-        if hello.agent.len() > crate::limits::MAX_KEY {
-            self.err(h, ErrorCode::MALFORMED, "agent: more than 128 bytes");
-            return Err(false);
-        }
-        if hello.agent.is_empty() || (hello.token.is_empty() && hello.reconnect.is_none()) {
-            self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
-            return Err(true);
-        }
-        Ok(hello)
-    }
-
-    /// Hand a hello that passed [`Conn::admit`] to the auth pool; its verdict comes back
-    /// through `auth_tx` to [`Conn::on_auth`].
-    fn check(&self, req: Head, hello: &DesktopHello<'_>, source: Option<IpAddr>) -> bool {
-        let Some(auth) = self.shared.auth.get() else {
-            self.err(&req, ErrorCode::UNAVAILABLE, "not primary");
-            return false;
-        };
-        let proof = match hello.reconnect {
-            Some(t) => Proof::Reconnect(Secret::new(t)),
-            None => Proof::Secret(Secret::new(hello.token)),
-        };
-        let agent = hello.agent.to_string();
-        let tx = self.auth_tx.clone();
-        let a = agent.clone();
-        auth.check(
-            Attempt {
-                tenant: req.tenant,
-                agent,
-                proof,
-                source,
-            },
-            move |verdict| {
-                let _ = tx.send(AuthDone {
-                    req,
-                    agent: a,
-                    verdict,
-                });
-            },
-        );
-        true
-    }
-
-    /// A verdict: open the session, or refuse the hello.
-    fn on_auth(&mut self, done: AuthDone) {
-        let h = done.req;
-        let link = match &self.mode {
-            Mode::Fresh => None,
-            Mode::Link(id, _) => {
-                // Closed (SESSION_CLOSE) while it was checked: the proxy forgot it already.
-                if !self.opening.remove(&h.session) {
-                    return;
-                }
-                Some(*id)
-            }
-            Mode::Direct(_) => return,
-        };
-        if link.is_none() {
-            self.hello_pending = false;
-        }
-        let refuse = |c: &Self, code: ErrorCode, m: &str| c.err(&h, code, m);
-        match done.verdict {
-            Verdict::Ok { reconnect } => {
-                let wire_id = link.map(|_| h.session);
-                let s = self.new_session(h.tenant, &done.agent, wire_id, link);
-                self.server_hello(&h, s.wire, &reconnect);
-                match &mut self.mode {
-                    Mode::Link(_, sessions) => {
-                        sessions.insert(h.session, s);
-                    }
-                    _ => self.mode = Mode::Direct(s),
-                }
-            }
-            Verdict::Refused => {
-                refuse(self, ErrorCode::AUTH_FAILED, "bad credentials");
-                // AUTH_FAILED closes a direct connection; a link carries others' sessions.
-                self.closing = link.is_none();
-            }
-            Verdict::LockedOut(d) => {
-                let m = format!(
-                    "locked out after failed logins; retry in {} ms",
-                    d.as_millis()
-                );
-                refuse(self, ErrorCode::AUTH_FAILED, &m);
-                self.closing = link.is_none();
-            }
-            Verdict::Busy => refuse(self, ErrorCode::OVERLOADED, "too many logins being checked"),
-            Verdict::Unavailable => {
-                refuse(self, ErrorCode::UNAVAILABLE, "credentials cannot be read")
-            }
-        }
-    }
-
-    fn server_hello(&self, req: &Head, session: u64, reconnect: &str) {
-        let cfg = &self.shared.cfg;
-        let sh = ServerHello {
-            session,
-            max_frame: cfg.max_frame,
-            heartbeat_ms: cfg.heartbeat_ms,
-            max_in_flight: cfg.max_in_flight,
-        };
-        let mut h = *req;
-        h.session = session;
-        self.out.frame(wire::response(&h, |w| {
-            sh.write(w)?;
-            w.str(deskmux_codec::msg::key::RECONNECT, reconnect)
-                .map(|_| ())
-        }));
-    }
-
-    fn new_session(
-        &self,
-        tenant: u32,
-        agent: &str,
-        wire_id: Option<u64>,
-        link: Option<LinkId>,
-    ) -> Sess {
-        let key = self.shared.next_id();
-        let wire = wire_id.unwrap_or(key);
-        let peer = Peer {
-            out: self.out.clone(),
-            inflight: Arc::new(AtomicU32::new(0)),
-        };
-        if let Some(e) = self.shared.engine.get() {
-            e.control(Input::Open {
-                key,
-                tenant,
-                agent: agent.to_string(),
-                wire,
-                peer: peer.clone(),
-                link,
-            });
-        }
-        Sess {
-            key,
-            tenant,
-            peer,
-            wire,
-        }
-    }
-
-    fn hello(&mut self, f: &Frame) {
-        let h = *f.head();
-        if !matches!(self.mode, Mode::Fresh) {
-            return self.err(&h, ErrorCode::INVALID_STATE, "hello already done");
-        }
-        if self.hello_pending {
-            return self.err(&h, ErrorCode::INVALID_STATE, "hello already sent");
-        }
-        let hello = match self.admit(f) {
-            Ok(x) => x,
-            Err(auth_failed) => {
-                // AUTH_FAILED closes a direct connection; other refusals keep it for a retry.
-                self.closing = auth_failed;
-                return;
-            }
-        };
-        self.hello_pending = self.check(h, &hello, self.source);
-    }
-
-    fn link_hello(&mut self, f: &Frame) {
-        let h = *f.head();
-        if !matches!(self.mode, Mode::Fresh) {
-            return self.err(&h, ErrorCode::INVALID_STATE, "hello already done");
-        }
-        let lh = match LinkHello::read(f.body()) {
-            Ok(x) => x,
-            Err(e) => return self.err(&h, ErrorCode::MALFORMED, &format!("bad link hello: {e}")),
-        };
-        if self.link_refused {
-            // `[tls] client_ca`: mutual TLS backs up the secret; without a client certificate
-            // the secret is not even looked at.
-            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
-                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: no client certificate");
-            }
-            self.err(
-                &h,
-                ErrorCode::AUTH_FAILED,
-                "link needs a client certificate",
-            );
-            self.closing = true;
-            return;
-        }
-        if !crate::auth::secret::ct_eq(lh.secret, self.shared.cfg.link_secret.as_bytes()) {
-            if let Some(suppressed) = crate::lograte::LINK_REFUSED.allow() {
-                tracing::warn!(link = ?lh.link, source = ?self.source, suppressed, "link refused: bad link secret");
-            }
-            self.err(&h, ErrorCode::AUTH_FAILED, "bad link secret");
-            self.closing = true;
-            return;
-        }
-        tracing::info!("link {:?} up", lh.link);
-        let cfg = &self.shared.cfg;
-        let ack = LinkHelloAck {
-            max_frame: cfg.max_frame,
-            heartbeat_ms: cfg.heartbeat_ms,
-            state: self.shared.service_state(),
-        };
-        self.out.frame(wire::response(&h, |w| ack.write(w)));
-        self.mode = Mode::Link(self.shared.next_id(), HashMap::new());
-        self.out.set_link();
-        // §4.2: a server should not send a link frames over the max_frame it announced.
-        if let Some(m) = lh.max_frame {
-            self.answer_max = m.max(crate::limits::MIN_MAX_FRAME).min(cfg.max_frame);
-        }
-    }
-
-    fn session_open(&mut self, f: &Frame) {
-        let h = *f.head();
-        let Mode::Link(_, sessions) = &self.mode else {
-            return self.err(&h, ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link");
-        };
-        if h.session == 0 || sessions.contains_key(&h.session) || self.opening.contains(&h.session)
-        {
-            return self.err(&h, ErrorCode::INVALID_STATE, "session id zero or in use");
-        }
-        let Ok(hello) = self.admit(f) else { return };
-        // No source address: the peer is the proxy, and locking it would lock every desktop
-        // behind it out. Per-agent lockout still applies.
-        if self.check(h, &hello, None) {
-            self.opening.insert(h.session);
         }
     }
 }

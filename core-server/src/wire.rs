@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use deskmux_codec::head::CORRELATION_OFFSET;
 use deskmux_codec::{
     BodyError, BodyRef, BodyWriter, ErrorCode, Flags, HEAD_LEN, Head, Kind, Value, encode_with,
     error_response,
@@ -110,6 +111,10 @@ pub struct OutState {
     /// Signalled each time a request is answered ([`Peer::reply`]): a half-closed connection
     /// waits on it for its last answers.
     pub answered: Notify,
+    /// Correlation ids of a direct session's requests in flight (PROTOCOL.md §5.2: a request
+    /// reusing one is refused). Not kept on a link: there the proxy chooses the ids, and the
+    /// reader never stops for a lock on the answer path. At most `max_in_flight` entries.
+    corrs: std::sync::Mutex<Vec<u64>>,
 }
 
 impl OutState {
@@ -131,6 +136,42 @@ impl OutState {
     /// Whether the connection was cancelled because its queue overflowed.
     pub fn slow(&self) -> bool {
         self.slow.load(Ordering::Acquire)
+    }
+
+    fn corrs(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        // A panic while holding it leaves a plain Vec behind: still usable.
+        self.corrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a request with correlation id `c` is in flight on this (direct) connection.
+    pub fn in_flight(&self, c: u64) -> bool {
+        self.corrs().contains(&c)
+    }
+
+    /// Note a direct session's request with correlation id `c` as in flight.
+    pub fn track(&self, c: u64) {
+        self.corrs().push(c);
+    }
+
+    /// The answer `answer` (a whole frame) left for the wire: its request is no longer in
+    /// flight.
+    fn untrack(&self, answer: &[u8]) {
+        if self.link.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(c) = answer
+            .get(CORRELATION_OFFSET..CORRELATION_OFFSET + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return;
+        };
+        let mut v = self.corrs();
+        if let Some(i) = v.iter().position(|x| *x == c) {
+            v.swap_remove(i);
+        }
     }
 }
 
@@ -269,6 +310,7 @@ impl Peer {
     /// flight knows every answer is queued (its writer flushes them before closing); the
     /// `answered` signal wakes such a connection.
     pub fn reply(&self, b: Bytes) {
+        self.out.st.untrack(&b);
         self.out.frame(b);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.out.st.answered.notify_one();
@@ -430,6 +472,33 @@ mod tests {
         assert!(!cancel.is_cancelled());
         out.frame(Bytes::from(vec![0u8; 200]));
         assert!(cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_direct_sessions_correlation_ids_leave_with_their_answers() {
+        let cancel = CancellationToken::new();
+        let (out, _rx, st) = Outbox::new(limits(), cancel);
+        let peer = Peer {
+            out: out.clone(),
+            inflight: Arc::new(AtomicU32::new(0)),
+        };
+        let mut req = Head::new(Kind::Request, deskmux_codec::Service::Interaction, 0x20);
+        req.correlation = 71;
+        st.track(71);
+        assert!(st.in_flight(71) && !st.in_flight(72));
+        peer.inflight.fetch_add(1, Ordering::AcqRel);
+        peer.reply(ok(&req));
+        assert!(!st.in_flight(71), "answered: the id is free again");
+        // On a link the proxy chooses the ids: nothing is kept.
+        out.set_link();
+        st.track(9);
+        peer.inflight.fetch_add(1, Ordering::AcqRel);
+        req.correlation = 9;
+        peer.reply(ok(&req));
+        assert!(
+            st.in_flight(9),
+            "links are not tracked, so not untracked either"
+        );
     }
 
     #[test]

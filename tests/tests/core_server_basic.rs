@@ -45,7 +45,10 @@ fn hello_echo_heartbeat_direct() {
         let resp = c.wait_response(777);
         assert_eq!(resp.head().kind, Kind::Response);
         assert_eq!(resp.body_bytes(), req.body_bytes());
-        assert_eq!(&resp.as_bytes()[4..], &req.as_bytes()[4..]);
+        // The head as sent but for the kind and the session: a request may name its session
+        // 0, its answer names it by its id (PROTOCOL.md §2.3).
+        assert_eq!(resp.head().session, sh.session);
+        assert_eq!(&resp.as_bytes()[4..24], &req.as_bytes()[4..24]);
     }
     // Session id other than 0 or our own: INVALID_STATE.
     let mut h = Head::new(Kind::Request, Service::Interaction, msg::ixn::ECHO);

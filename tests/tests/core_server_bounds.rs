@@ -309,7 +309,10 @@ fn deep_bodies_are_malformed_on_every_request_the_hello_included() {
     let m = refused(&r, ErrorCode::MALFORMED);
     assert!(m.contains("16"), "names the depth cap: {m:?}");
     assert_eq!(r.head().session, 0, "no session was opened");
-    // The connection is still fresh: a request is refused, a proper hello works.
+    // PROTOCOL.md §4.1: a refused hello ends the connection; a new one with a proper hello
+    // works.
+    assert!(c.closed_within(WAIT), "a refused hello closes");
+    let mut c = Client::connect(s.addr);
     err(
         &c.ixn(ixn::AGENT_LOGIN, |_| Ok(())),
         ErrorCode::INVALID_STATE,
@@ -344,6 +347,8 @@ fn deep_bodies_are_malformed_on_every_request_the_hello_included() {
     let h = Head::new(Kind::Request, Service::Control, control::LINK_HELLO);
     let r = raw_call(&mut l, 1, h, &deep_body(2_000, lh));
     err(&r, ErrorCode::MALFORMED);
+    assert!(l.closed_within(WAIT), "a refused link hello closes");
+    let mut l = Client::connect(s.addr);
     ok(l.link_hello(SECRET.as_bytes()));
     let mut h = Head::new(Kind::Request, Service::Control, control::SESSION_OPEN);
     h.tenant = T1;

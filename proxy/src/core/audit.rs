@@ -91,6 +91,13 @@ impl Core {
                     d.sid, d.in_flight
                 ));
             }
+            let ids = self.corrs.get(&d.sid).map_or(0, Vec::len);
+            if ids != usize::from(d.in_flight) {
+                return Err(format!(
+                    "desktop {:x} counts {} in flight, {ids} correlation ids",
+                    d.sid, d.in_flight
+                ));
+            }
             if u32::from(d.in_flight) > self.max_in_flight_ever {
                 return Err(format!("desktop {:x} has {} in flight", d.sid, d.in_flight));
             }

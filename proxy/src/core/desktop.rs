@@ -17,7 +17,7 @@
 
 use bytes::BytesMut;
 use deskmux_codec::msg::{control, ixn};
-use deskmux_codec::{ErrorCode, FrameDecoder, Head, Kind, Service};
+use deskmux_codec::{ErrorCode, Flags, FrameDecoder, Head, Kind, Service};
 
 use crate::config::Limits;
 use crate::core::fanout::SubKey;
@@ -292,106 +292,105 @@ impl Desktop {
         }
     }
 
-    /// Decide what to do with a frame from the desktop (PROTOCOL.md §4.1, §10).
+    /// Decide what to do with a frame from the desktop (PROTOCOL.md §5.1, §5.2, §10): the
+    /// request checks in the spec's order.
     ///
     /// `routable(service)` says whether the proxy has any route for a service byte; `draining`
-    /// is true after SIGTERM.
-    pub fn classify(&self, h: &Head, draining: bool, routable: impl Fn(u8) -> bool) -> Action {
+    /// is true after SIGTERM; `corr_busy` whether a request of this desktop with the frame's
+    /// correlation id is still unanswered.
+    pub fn classify(
+        &self,
+        h: &Head,
+        draining: bool,
+        corr_busy: bool,
+        routable: impl Fn(u8) -> bool,
+    ) -> Action {
+        let refuse = |m| Action::ControlError(ProxyError::desktop(ErrorCode::PROTOCOL, m));
         match h.kind {
             Kind::Request => {}
-            Kind::Response => {
-                // Answers to the proxy's own heartbeats.
-                return if h.service == Service::Control && h.msg_type == control::HEARTBEAT {
-                    Action::Ignore
-                } else {
-                    Action::ControlError(ProxyError::desktop(
-                        ErrorCode::PROTOCOL,
-                        "unexpected response",
-                    ))
-                };
+            // §5.1: an error is never answered with an error (no ping-pong).
+            _ if h.flags.has(Flags::ERROR) => return Action::Ignore,
+            // Answers to the proxy's own heartbeats.
+            Kind::Response if h.service == Service::Control && h.msg_type == control::HEARTBEAT => {
+                return Action::Ignore;
             }
+            Kind::Response => return refuse("unexpected response"),
             Kind::Control => {
                 return match (h.service, h.msg_type) {
                     (Service::Control, control::SESSION_CLOSE | control::GO_AWAY) => Action::Leave,
                     (Service::Control, control::ERROR) => Action::Ignore,
-                    _ => Action::ControlError(ProxyError::desktop(
-                        ErrorCode::PROTOCOL,
-                        "unexpected control frame",
-                    )),
+                    _ => refuse("unexpected control frame"),
                 };
             }
-            Kind::Event => {
-                return Action::ControlError(ProxyError::desktop(
-                    ErrorCode::PROTOCOL,
-                    "desktops do not send events",
-                ));
-            }
-            Kind::Unknown(_) => {
-                return Action::ControlError(ProxyError::desktop(
-                    ErrorCode::PROTOCOL,
-                    "unknown frame kind",
-                ));
-            }
+            Kind::Event => return refuse("unexpected event"),
+            Kind::Unknown(_) => return refuse("unknown frame kind"),
         }
-        // A request.
+        let reject = |code, m| Action::Reject(ProxyError::desktop(code, m));
+        if self.phase != Phase::Open {
+            // Before the session: a hello, or a heartbeat; frames behind a hello wait
+            // (`can_take_frame`), so `Opening` is never seen here for them.
+            if h.service != Service::Control {
+                return reject(ErrorCode::INVALID_STATE, "hello first");
+            }
+            return match h.msg_type {
+                control::HEARTBEAT => Action::Heartbeat,
+                // Draining is checked by the hello itself, after its body (§4.1's order).
+                control::HELLO if self.phase == Phase::AwaitHello => Action::Hello,
+                control::HELLO => reject(ErrorCode::INVALID_STATE, "hello already sent"),
+                control::LINK_HELLO => {
+                    reject(ErrorCode::INVALID_STATE, "links do not connect to a proxy")
+                }
+                control::SESSION_OPEN => {
+                    reject(ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link")
+                }
+                _ => reject(ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
+            };
+        }
+        // PROTOCOL.md §5.2, 2: the session's tenant on every request (a heartbeat may say 0);
+        // any other touches nothing, and a proxy never forwards it.
+        let hb = h.service == Service::Control && h.msg_type == control::HEARTBEAT;
+        if h.tenant != self.tenant && !(hb && h.tenant == 0) {
+            return reject(ErrorCode::TENANT_MISMATCH, "tenant is not the session's");
+        }
+        // 3. Session id on a desktop connection: 0 or the session's own id.
+        if h.session != 0 && h.session != self.sid {
+            return reject(ErrorCode::INVALID_STATE, "session id is not this session's");
+        }
+        // 4. One correlation id in flight once.
+        if corr_busy {
+            return reject(ErrorCode::INVALID_STATE, "correlation id in flight");
+        }
         if h.service == Service::Control {
             return match h.msg_type {
                 control::HEARTBEAT => Action::Heartbeat,
-                control::HELLO if self.phase == Phase::AwaitHello => {
-                    if draining {
-                        Action::Reject(ProxyError::proxy(
-                            ErrorCode::SHUTTING_DOWN,
-                            "proxy is shutting down",
-                        ))
-                    } else {
-                        Action::Hello
-                    }
+                control::HELLO | control::LINK_HELLO => {
+                    reject(ErrorCode::INVALID_STATE, "hello already done")
                 }
-                control::HELLO => {
-                    Action::Reject(ProxyError::desktop(ErrorCode::INVALID_STATE, "hello twice"))
+                control::SESSION_OPEN => {
+                    reject(ErrorCode::INVALID_STATE, "SESSION_OPEN outside a link")
                 }
-                _ => Action::Reject(ProxyError::desktop(
-                    ErrorCode::PROTOCOL,
-                    "control request not allowed here",
-                )),
+                _ => reject(ErrorCode::UNKNOWN_MESSAGE, "unknown control message"),
             };
         }
-        if self.phase != Phase::Open {
-            return Action::Reject(ProxyError::desktop(ErrorCode::INVALID_STATE, "hello first"));
-        }
-        // PROTOCOL.md §4.1: "After the hello, every frame's tenant must equal the session's
-        // authenticated tenant. Any other frame gets TENANT_MISMATCH and touches nothing; a
-        // proxy never forwards it."
-        if h.tenant != self.tenant {
-            return Action::Reject(ProxyError::desktop(
-                ErrorCode::TENANT_MISMATCH,
-                "tenant is not the session's",
-            ));
-        }
-        // PROTOCOL.md §2: session id on a desktop connection is 0 or the session's own id.
-        if h.session != 0 && h.session != self.sid {
-            return Action::Reject(ProxyError::desktop(
-                ErrorCode::INVALID_STATE,
-                "session id is not this session's",
-            ));
-        }
+        // 5. The service: routed here, and opened by the hello.
+        let svc = h.service.to_u8();
+        let Some(b) = self.binding(svc) else {
+            return if routable(svc) {
+                reject(
+                    ErrorCode::INVALID_STATE,
+                    "service not opened by this session's hello",
+                )
+            } else {
+                reject(ErrorCode::NO_ROUTE, "no route for this service")
+            };
+        };
+        // 6. Going away.
         if draining {
             return Action::Reject(ProxyError::proxy(
                 ErrorCode::SHUTTING_DOWN,
                 "proxy is shutting down",
             ));
         }
-        let svc = h.service.to_u8();
-        let Some(b) = self.binding(svc) else {
-            return Action::Reject(if routable(svc) {
-                ProxyError::desktop(
-                    ErrorCode::INVALID_STATE,
-                    "service not opened by this session's hello",
-                )
-            } else {
-                ProxyError::desktop(ErrorCode::NO_ROUTE, "no route for this service")
-            });
-        };
         if h.service == Service::Interaction {
             match h.msg_type {
                 ixn::SUBSCRIBE => return Action::Subscribe(b),
@@ -437,20 +436,25 @@ mod tests {
         let d = Desktop::new(1, 0, 0);
         let any = |_| true;
         assert_eq!(
-            d.classify(&req(Service::Control, control::HELLO, 5), false, any),
+            d.classify(&req(Service::Control, control::HELLO, 5), false, false, any),
             Action::Hello
         );
         assert_eq!(
-            code(d.classify(&req(Service::Interaction, 1, 5), false, any)),
+            code(d.classify(&req(Service::Interaction, 1, 5), false, false, any)),
             Some(ErrorCode::INVALID_STATE)
         );
         assert_eq!(
-            d.classify(&req(Service::Control, control::HEARTBEAT, 0), false, any),
+            d.classify(
+                &req(Service::Control, control::HEARTBEAT, 0),
+                false,
+                false,
+                any
+            ),
             Action::Heartbeat
         );
         let o = open_desktop();
         assert_eq!(
-            code(o.classify(&req(Service::Control, control::HELLO, 5), false, any)),
+            code(o.classify(&req(Service::Control, control::HELLO, 5), false, false, any)),
             Some(ErrorCode::INVALID_STATE)
         );
     }
@@ -459,17 +463,17 @@ mod tests {
     fn tenant_is_checked_and_never_forwarded() {
         let d = open_desktop();
         assert!(matches!(
-            d.classify(&req(Service::Interaction, 1, 5), false, |_| true),
+            d.classify(&req(Service::Interaction, 1, 5), false, false, |_| true),
             Action::Forward(_)
         ));
         assert_eq!(
-            code(d.classify(&req(Service::Interaction, 1, 6), false, |_| true)),
+            code(d.classify(&req(Service::Interaction, 1, 6), false, false, |_| true)),
             Some(ErrorCode::TENANT_MISMATCH)
         );
         let mut spoof = req(Service::Interaction, 1, 5);
         spoof.session = 99;
         assert_eq!(
-            code(d.classify(&spoof, false, |_| true)),
+            code(d.classify(&spoof, false, false, |_| true)),
             Some(ErrorCode::INVALID_STATE)
         );
     }
@@ -478,23 +482,87 @@ mod tests {
     fn routes_drain_and_kinds() {
         let d = open_desktop();
         assert_eq!(
-            code(d.classify(&req(Service::Ucs, 1, 5), false, |_| false)),
+            code(d.classify(&req(Service::Ucs, 1, 5), false, false, |_| false)),
             Some(ErrorCode::NO_ROUTE)
         );
         assert_eq!(
-            code(d.classify(&req(Service::Interaction, 1, 5), true, |_| true)),
+            code(d.classify(&req(Service::Interaction, 1, 5), true, false, |_| true)),
             Some(ErrorCode::SHUTTING_DOWN)
         );
         assert!(matches!(
-            d.classify(&req(Service::Interaction, ixn::SUBSCRIBE, 5), false, |_| {
-                true
-            }),
+            d.classify(
+                &req(Service::Interaction, ixn::SUBSCRIBE, 5),
+                false,
+                false,
+                |_| { true }
+            ),
             Action::Subscribe(_)
         ));
         let mut unk = Head::new(Kind::Unknown(9), Service::Interaction, 1);
         unk.tenant = 5;
         assert_eq!(
-            code(d.classify(&unk, false, |_| true)),
+            code(d.classify(&unk, false, false, |_| true)),
+            Some(ErrorCode::PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn request_checks_in_the_spec_order() {
+        let d = open_desktop();
+        let any = |_| true;
+        // A heartbeat may say tenant 0 or the session's; not another.
+        assert_eq!(
+            d.classify(
+                &req(Service::Control, control::HEARTBEAT, 0),
+                false,
+                false,
+                any
+            ),
+            Action::Heartbeat
+        );
+        assert_eq!(
+            code(d.classify(
+                &req(Service::Control, control::HEARTBEAT, 6),
+                false,
+                false,
+                any
+            )),
+            Some(ErrorCode::TENANT_MISMATCH)
+        );
+        // A correlation id in flight is refused before routing and draining.
+        assert_eq!(
+            code(d.classify(&req(Service::Ucs, 1, 5), true, true, |_| false)),
+            Some(ErrorCode::INVALID_STATE)
+        );
+        // Routed but not opened by the hello; then draining.
+        assert_eq!(
+            code(d.classify(&req(Service::Ucs, 1, 5), true, false, any)),
+            Some(ErrorCode::INVALID_STATE)
+        );
+        assert_eq!(
+            code(d.classify(
+                &req(Service::Control, control::SESSION_OPEN, 5),
+                false,
+                false,
+                any
+            )),
+            Some(ErrorCode::INVALID_STATE)
+        );
+        assert_eq!(
+            code(d.classify(&req(Service::Control, 0x99, 5), false, false, any)),
+            Some(ErrorCode::UNKNOWN_MESSAGE)
+        );
+        // Frames flagged ERROR that are not requests are never answered.
+        let mut e = Head::new(Kind::Event, Service::Interaction, 1);
+        assert_eq!(
+            code(d.classify(&e, false, false, any)),
+            Some(ErrorCode::PROTOCOL)
+        );
+        e.flags = Flags(Flags::ERROR);
+        assert_eq!(d.classify(&e, false, false, any), Action::Ignore);
+        let st = Head::new(Kind::Control, Service::Control, control::SERVICE_STATE);
+        assert_eq!(
+            code(d.classify(&st, false, false, any)),
             Some(ErrorCode::PROTOCOL)
         );
     }

@@ -209,6 +209,10 @@ pub struct Core {
     /// idle desktop's state does not grow for a moment of its handshake; emptied on open and
     /// on close.
     reconnect: HashMap<u64, Box<str>>,
+    /// Correlation ids of each desktop's requests in flight, by session id (PROTOCOL.md
+    /// §5.2: a request reusing one is refused). Kept out of [`Desktop`], which idle
+    /// connections hold by the ten thousand; an entry exists only while requests are out.
+    corrs: HashMap<u64, Vec<u64>>,
     budget: Budget,
     sources: Sources,
     next_gen: u32,
@@ -268,6 +272,7 @@ impl Core {
             router: Router::with_seed(seed ^ 0x5EED),
             fanout: Fanout::new(),
             reconnect: HashMap::new(),
+            corrs: HashMap::new(),
             budget: Budget::new(cfg.limits.worker_queue_bytes),
             sources: Sources::default(),
             // The worker index sits in the generation's top byte, so session ids are unique

@@ -73,6 +73,7 @@ impl Core {
         let Some(d) = self.desktops.try_remove(slot) else {
             return;
         };
+        self.corrs.remove(&d.sid);
         self.budget
             .sub(d.out.bytes() + d.rx.as_ref().map_or(0, |rx| rx.buf.len()));
         self.sources.release(d.source);
@@ -148,7 +149,9 @@ impl Core {
             return;
         }
         self.metrics.error(e.code.name());
-        let f = control_error(d.sid, e.code, e.message).freeze();
+        // §5.1: an error that ends the connection is about the connection, not a session: it
+        // carries session 0, as core-server's do.
+        let f = control_error(0, e.code, e.message).freeze();
         self.budget.add(f.len());
         d.out.push_unbounded(f);
         self.mark_desktop_dirty(slot);
@@ -244,11 +247,14 @@ impl Core {
     /// another.
     pub(super) fn reply_error(&mut self, now: Instant, slot: usize, req: &Head, e: ProxyError) {
         self.metrics.error(e.code.name());
+        // §2.3: once open, an answer carries the session's tenant and id, whatever the
+        // request claimed.
         let mut req = *req;
         if let Some(d) = self.desktops.get(slot)
             && d.phase == Phase::Open
         {
             req.tenant = d.tenant;
+            req.session = d.sid;
         }
         let f = error_response(&req, e.code, e.message);
         self.deliver(now, slot, f.freeze());

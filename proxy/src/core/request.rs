@@ -169,21 +169,27 @@ impl Core {
         let h = *f.head();
         let d = &self.desktops[slot];
         let router = &self.router;
-        let action = d.classify(&h, self.draining.is_some(), |s| router.routable(s));
+        let busy = h.kind == Kind::Request && self.corr_busy(d.sid, h.correlation);
+        let action = d.classify(&h, self.draining.is_some(), busy, |s| router.routable(s));
         match action {
             Action::Ignore => {}
             Action::Heartbeat => {
+                // §2.3: once open, the session's tenant and id, whatever the heartbeat said.
                 let mut r = h;
                 r.kind = Kind::Response;
                 r.flags = Flags::default();
+                if d.phase == Phase::Open {
+                    r.tenant = d.tenant;
+                    r.session = d.sid;
+                }
                 self.deliver(now, slot, empty_frame(r).freeze());
             }
             Action::Hello => self.hello(now, slot, &f),
             Action::Reject(e) => self.reply_error(now, slot, &h, e),
             Action::ControlError(e) => {
+                // §5.1: a control error naming the refused frame (its correlation and session).
                 self.metrics.error(e.code.name());
-                let sid = self.desktops[slot].sid;
-                let f = deskmux_codec::control_error(sid, e.code, e.message);
+                let f = deskmux_codec::refusal(&h, e.code, e.message);
                 self.deliver(now, slot, f.freeze());
             }
             Action::Leave => self.close_desktop(now, slot, Disconnect::Left),
@@ -266,6 +272,7 @@ impl Core {
         let d = &mut self.desktops[slot];
         d.in_flight += 1;
         let (sid, tenant) = (d.sid, d.tenant);
+        self.corr_track(sid, h.correlation);
         f.set_session(sid);
         let l = b.link as usize;
         let id = self.track(now, l, Owner::Desktop { session: sid }, &h, reroute);
@@ -277,19 +284,47 @@ impl Core {
     /// asks for; the proxy answers with its own server hello once all are accepted.
     fn hello(&mut self, now: Instant, slot: usize, f: &Frame) {
         let h = *f.head();
-        let Ok(hello) = DesktopHello::read(f.body()) else {
-            self.reply_error(
-                now,
-                slot,
-                &h,
-                ProxyError::desktop(ErrorCode::MALFORMED, "bad hello body"),
-            );
-            return;
-        };
+        // §4.1: a refused hello is answered, then the connection closes, whatever the refusal.
         let refuse = |core: &mut Core, e: ProxyError| {
             core.reply_error(now, slot, &h, e);
             core.close_desktop(now, slot, Disconnect::HelloRefused);
         };
+        // §3 and §4.1, in the order a server checks them: the body (depth included), the
+        // keys, the version, then the services.
+        if f.body().validate().is_err() {
+            return refuse(
+                self,
+                ProxyError::desktop(ErrorCode::MALFORMED, "malformed body"),
+            );
+        }
+        let hello = match DesktopHello::read(f.body()) {
+            Ok(x) => x,
+            Err(_) => {
+                return refuse(
+                    self,
+                    ProxyError::desktop(ErrorCode::MALFORMED, "bad hello body"),
+                );
+            }
+        };
+        if hello.version != u32::from(deskmux_codec::VERSION) {
+            return refuse(
+                self,
+                ProxyError::desktop(ErrorCode::PROTOCOL, "unsupported protocol version"),
+            );
+        }
+        // Bits of services routed nowhere are ignored; none at all is NO_ROUTE.
+        if !(1..64u8).any(|s| hello.services & (1u64 << s) != 0 && self.router.routable(s)) {
+            return refuse(
+                self,
+                ProxyError::desktop(ErrorCode::NO_ROUTE, "no route for the services asked"),
+            );
+        }
+        if self.draining.is_some() {
+            return refuse(
+                self,
+                ProxyError::proxy(ErrorCode::SHUTTING_DOWN, "proxy is shutting down"),
+            );
+        }
         if !self.make_room(now, f.len(), false) {
             return refuse(self, overloaded());
         }
@@ -390,6 +425,15 @@ impl Core {
     /// `SUBSCRIBE`: one upstream subscription per (link, tenant, topic), shared.
     fn subscribe(&mut self, now: Instant, slot: usize, mut f: Frame, b: Binding) {
         let h = *f.head();
+        // §3: answered here when the topic is held, so checked here as the server would.
+        if f.body().validate().is_err() {
+            return self.reply_error(
+                now,
+                slot,
+                &h,
+                ProxyError::desktop(ErrorCode::MALFORMED, "malformed body"),
+            );
+        }
         let topic: Option<Box<str>> = f
             .body()
             .opt_str(msg::key::TOPIC)
@@ -448,11 +492,15 @@ impl Core {
                     d.subs.push(key);
                 }
                 d.in_flight += 1;
+                let sid = d.sid;
+                self.corr_track(sid, h.correlation);
             }
             Subscribed::Forward { key } => {
                 let d = &mut self.desktops[slot];
                 d.subs.push(key);
                 d.in_flight += 1;
+                let sid = d.sid;
+                self.corr_track(sid, h.correlation);
                 f.set_session(sid);
                 let l = b.link as usize;
                 let id = self.track(now, l, Owner::Subscribe { sub: key }, &h, false);
@@ -465,6 +513,14 @@ impl Core {
     /// `UNSUBSCRIBE`: answered here; the upstream subscription goes with its last subscriber.
     fn unsubscribe(&mut self, now: Instant, slot: usize, f: &Frame, b: Binding) {
         let h = *f.head();
+        if f.body().validate().is_err() {
+            return self.reply_error(
+                now,
+                slot,
+                &h,
+                ProxyError::desktop(ErrorCode::MALFORMED, "malformed body"),
+            );
+        }
         let Ok(Some(topic)) = f.body().opt_str(msg::key::TOPIC) else {
             return self.reply_error(
                 now,
@@ -478,7 +534,11 @@ impl Core {
             .fanout
             .unsubscribe(b.link, d.tenant, topic, d.sid, h.correlation)
         {
-            Unsubscribed::Wait => d.in_flight += 1,
+            Unsubscribed::Wait => {
+                d.in_flight += 1;
+                let sid = d.sid;
+                self.corr_track(sid, h.correlation);
+            }
             Unsubscribed::Local { key, release } => {
                 if let Some(k) = key {
                     d.subs.retain(|x| *x != k);
@@ -520,6 +580,18 @@ pub(super) fn ok_response(req: &Head, sid: u64) -> Bytes {
     r.flags = Flags::default();
     r.session = sid;
     empty_frame(r).freeze()
+}
+
+impl Core {
+    /// Whether desktop `sid` has a request with correlation id `c` unanswered (§5.2).
+    pub(super) fn corr_busy(&self, sid: u64, c: u64) -> bool {
+        self.corrs.get(&sid).is_some_and(|v| v.contains(&c))
+    }
+
+    /// Note desktop `sid`'s request `c` as in flight (with its `in_flight` count).
+    pub(super) fn corr_track(&mut self, sid: u64, c: u64) {
+        self.corrs.entry(sid).or_default().push(c);
+    }
 }
 
 /// The worker's byte budget has no room for new work.

@@ -183,6 +183,19 @@ impl Core {
     fn answered(&mut self, now: Instant, slot: usize, b: Bytes) {
         let d = &mut self.desktops[slot];
         d.in_flight = d.in_flight.saturating_sub(1);
+        let sid = d.sid;
+        if let Ok(h) = deskmux_codec::Head::parse(&b)
+            && let Some(h) = h
+            && let Some(v) = self.corrs.get_mut(&sid)
+        {
+            if let Some(i) = v.iter().position(|c| *c == h.correlation) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                self.corrs.remove(&sid);
+            }
+        }
+        let d = &mut self.desktops[slot];
         // Only a desktop held back (frames waiting, not read) or half-closed has anything to
         // resume.
         let held = d.rx.is_some() || d.flags & (STALLED | EOF) != 0;
