@@ -9,6 +9,7 @@
 //! Attributes and properties are stored as their encoded wire form (a body item list of `str`
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 

@@ -1,0 +1,209 @@
+//! The storage contract ([`Store`]) checked the same way against both backends: SQLite (a temp
+//! file) and PostgreSQL (a real server, started for the test). Each check runs against each,
+//! so a backend that differs in any of them fails here rather than in a whole-system test.
+
+mod pg;
+
+use deskmux_core_server::storage::postgres::PgStore;
+use deskmux_core_server::storage::sqlite::SqliteStore;
+use deskmux_core_server::storage::{BookingRow, IxnRow, IxnState, Store, StoreError};
+
+fn pairs(k: &str, v: &str) -> Vec<(String, String)> {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// Every check, on stores opened by `open` (a second call opens a second store on the same
+/// data, as a second instance would).
+fn contract(open: &mut dyn FnMut() -> Box<dyn Store>) {
+    let mut s = open();
+    s.fence_acquire().unwrap();
+    // Contacts, tenant-scoped, committed.
+    s.begin().unwrap();
+    s.fence_check().unwrap();
+    let a = s
+        .contact_create(1, b"attrs-a", &pairs("email", "a@x"))
+        .unwrap();
+    let b = s
+        .contact_create(2, b"attrs-b", &pairs("email", "a@x"))
+        .unwrap();
+    s.commit().unwrap();
+    assert_eq!(
+        s.contact_get(1, a).unwrap().as_deref(),
+        Some(&b"attrs-a"[..])
+    );
+    assert_eq!(
+        s.contact_get(2, a).unwrap(),
+        None,
+        "another tenant's contact is not found"
+    );
+    assert_eq!(
+        s.contact_get(2, b).unwrap().as_deref(),
+        Some(&b"attrs-b"[..])
+    );
+    let found = s.contact_find(1, "email", "a@x", 0, 10, 1 << 20).unwrap();
+    assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), [a]);
+    assert_eq!(
+        s.contact_find(2, "email", "a@x", 0, 10, 1 << 20)
+            .unwrap()
+            .len(),
+        1
+    );
+    // An operation rolled back to its savepoint leaves the others of its transaction.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    let kept = s.contact_create(1, b"kept", &pairs("k", "1")).unwrap();
+    s.release().unwrap();
+    s.savepoint().unwrap();
+    let undone = s.contact_create(1, b"undone", &pairs("k", "2")).unwrap();
+    s.rollback_to().unwrap();
+    assert!(s.in_transaction());
+    s.commit().unwrap();
+    assert!(s.contact_get(1, kept).unwrap().is_some());
+    assert!(s.contact_get(1, undone).unwrap().is_none());
+    // Update, history, paging, delete.
+    s.begin().unwrap();
+    assert!(
+        s.contact_put(1, a, b"attrs-a2", &pairs("email", "new@x"))
+            .unwrap()
+    );
+    assert!(!s.contact_put(2, a, b"no", &[]).unwrap(), "not in tenant 2");
+    let h1 = s
+        .history_insert(1, a, 7, "first", "text one", 10)
+        .unwrap()
+        .unwrap();
+    let h2 = s
+        .history_insert(1, a, 8, "second", "text two", 11)
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.history_insert(2, a, 9, "x", "y", 12).unwrap(), None);
+    s.commit().unwrap();
+    assert!(
+        s.contact_find(1, "email", "a@x", 0, 10, 1 << 20)
+            .unwrap()
+            .is_empty()
+    );
+    let page = s.history_list(1, a, None, 1, 1 << 20).unwrap().unwrap();
+    assert_eq!(page.iter().map(|h| h.id).collect::<Vec<_>>(), [h2]);
+    let next = s
+        .history_list(1, a, Some(h2), 10, 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.iter().map(|h| h.id).collect::<Vec<_>>(), [h1]);
+    assert_eq!(s.content_get(1, h1).unwrap().as_deref(), Some("text one"));
+    assert_eq!(s.content_get(2, h1).unwrap(), None);
+    s.begin().unwrap();
+    assert!(s.contact_delete(1, a).unwrap());
+    s.commit().unwrap();
+    assert_eq!(
+        s.content_get(1, h1).unwrap(),
+        None,
+        "history goes with its contact"
+    );
+    // Interactions.
+    s.begin().unwrap();
+    for (id, state) in [
+        (5u64, IxnState::Queued),
+        (6, IxnState::Owned),
+        (7, IxnState::Completed),
+    ] {
+        s.ixn_put(&IxnRow {
+            id,
+            tenant: 3,
+            queue: "q".into(),
+            props: vec![1, 2],
+            state,
+            owner: (state == IxnState::Owned).then(|| "agent".into()),
+            qpos: id as i64,
+        })
+        .unwrap();
+    }
+    s.commit().unwrap();
+    let open_rows = s.ixn_load().unwrap();
+    assert_eq!(open_rows.iter().map(|r| r.id).collect::<Vec<_>>(), [5, 6]);
+    assert_eq!(open_rows[1].owner.as_deref(), Some("agent"));
+    assert_eq!(s.ixn_max_id().unwrap(), 7);
+    // GMS bookings: live ones count, expired ones do not and are removed.
+    s.begin().unwrap();
+    let row = |number: &str, expires_us: i64| BookingRow {
+        id: 0,
+        tenant: 1,
+        group: "g".into(),
+        number: number.into(),
+        code: Some("1234".into()),
+        caller: "+44".into(),
+        user_data: vec![9],
+        booked_us: 1,
+        expires_us,
+    };
+    let live = s.gms_book(&row("+1", 1_000)).unwrap();
+    s.gms_book(&row("+2", 100)).unwrap();
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(
+        s.gms_in_use(1, "g", 500).unwrap(),
+        [("+1".to_string(), Some("1234".to_string()))]
+    );
+    let mine = s.gms_for_number(1, "+1", 500).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].id, mine[0].user_data.as_slice()),
+        (live, &[9u8][..])
+    );
+    assert!(s.gms_for_number(2, "+1", 500).unwrap().is_empty());
+    assert_eq!(s.gms_expire(500).unwrap(), 1);
+    assert!(s.gms_release(live).unwrap());
+    assert!(!s.gms_release(live).unwrap());
+    s.commit().unwrap();
+    assert_eq!(s.gms_count(None).unwrap(), 0);
+
+    // A second instance on the same data sees what the first committed, and once it takes
+    // the data over, the first may write no more.
+    let mut other = open();
+    assert!(other.contact_get(1, kept).unwrap().is_some());
+    other.fence_acquire().unwrap();
+    s.begin().unwrap();
+    let fenced = s.fence_check();
+    s.rollback();
+    assert!(matches!(fenced, Err(StoreError::Fenced(_))), "{fenced:?}");
+    other.begin().unwrap();
+    other.fence_check().unwrap();
+    other.commit().unwrap();
+}
+
+#[test]
+fn sqlite_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    contract(&mut || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_keeps_the_contract() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("contract");
+    contract(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_migrates_once_and_refuses_a_newer_schema() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("schema");
+    drop(PgStore::connect(&url).unwrap());
+    drop(PgStore::connect(&url).unwrap());
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let v: i64 = c
+        .query_one("SELECT version FROM deskmux_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 3);
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM deskmux_schema", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    c.batch_execute("UPDATE deskmux_schema SET version = 99")
+        .unwrap();
+    let e = PgStore::connect(&url).unwrap_err().to_string();
+    assert!(e.contains("newer than this core-server knows"), "{e}");
+}
