@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use deskmux_proxy::admin::{self, SupervisorState};
-use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
+use deskmux_proxy::config::{Config, DesktopCap, EXAMPLE_CONFIG, FdLimit, Upstream};
 use deskmux_proxy::metrics::{Metrics, Shared};
 use deskmux_proxy::status::{Signals, Status};
 use deskmux_proxy::supervisor::{self, Plan};
@@ -40,7 +40,7 @@ struct Cli {
     /// Links per upstream for `--upstream` entries.
     #[arg(long)]
     links: Option<u16>,
-    /// Parse and validate the configuration, print it, and exit.
+    /// Parse and validate the configuration, print a summary (secrets redacted), and exit.
     #[arg(long)]
     check_config: bool,
     /// Print an example configuration and exit.
@@ -60,14 +60,18 @@ struct Cli {
     worker_index: Option<usize>,
 }
 
-/// Read the configuration and apply the command-line overrides. With `cert_files`, the
-/// certificate files it names must load too; without (the SIGHUP reload), they are left to the
-/// worker, which keeps its previous certificate when they are bad.
-fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
-    let mut cfg = match &cli.config {
-        Some(p) if cert_files => Config::load(p)?,
-        Some(p) => Config::load_settings(p)?,
-        None => Config::default(),
+/// Read the configuration and apply the command-line overrides, then validate it (errors
+/// name the file, line and key) and settle `limits.max_desktops` against the open-file
+/// limit. With `cert_files`, the certificate files it names must load too; without (the
+/// SIGHUP reload), they are left to the worker, which keeps its previous certificate when
+/// they are bad.
+fn load(cli: &Cli, cert_files: bool) -> Result<(Config, DesktopCap)> {
+    let (mut cfg, src) = match &cli.config {
+        Some(p) => {
+            let (c, s) = Config::read(p)?;
+            (c, Some(s))
+        }
+        None => (Config::default(), None),
     };
     if let Some(w) = cli.workers {
         cfg.workers = w;
@@ -97,16 +101,21 @@ fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
         cfg.plaintext_links = true;
     }
     cfg.normalize();
-    if cert_files {
-        cfg.validate()?;
+    let checked = if cert_files {
+        cfg.validate()
     } else {
-        cfg.validate_settings()?;
-    }
+        cfg.validate_settings()
+    };
+    checked.map_err(|e| match &src {
+        Some(s) => e.at(s),
+        None => e,
+    })?;
     // At start, `--check-config` and every SIGHUP: a link in plain TCP is a choice.
     if let Some(why) = cfg.plaintext_link_refusal() {
         bail!("refusing the configuration: {why}");
     }
-    Ok(cfg)
+    let cap = cfg.apply_fd_limit(FdLimit::of_this_process());
+    Ok((cfg, cap))
 }
 
 /// Turn SIGTERM and SIGHUP into flags the process's loop polls. Installed here, once per
@@ -133,14 +142,25 @@ fn main() -> Result<()> {
         print!("{EXAMPLE_CONFIG}");
         return Ok(());
     }
-    let cfg = load(&cli, true)?;
+    let (cfg, cap) = load(&cli, true)?;
     if let Some(why) = cfg.weak_link_secret()
         && !cli.allow_weak_link_secret
     {
         bail!("refusing to start: {why} (or pass --allow-weak-link-secret)");
     }
+    // Once, not once per worker (they inherit the limit and settle the same value).
+    if cli.worker_index.is_none()
+        && let Some(w) = cap.warning()
+    {
+        tracing::warn!("{w}");
+    }
     if cli.check_config {
-        println!("config ok: {cfg:#?}");
+        let file = cli.config.as_ref().map_or_else(
+            || "(no file: defaults)".to_string(),
+            |p| p.display().to_string(),
+        );
+        println!("config ok: {file}");
+        print!("{}", cfg.summary(&cap));
         return Ok(());
     }
     match cli.worker_index {
@@ -209,7 +229,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
     let reload_cli = Cli::parse();
     let reload: Box<dyn Fn() -> Option<Config> + Send> =
         Box::new(move || match load(&reload_cli, false) {
-            Ok(c) => Some(c),
+            Ok((c, _)) => Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed");
                 None
@@ -273,10 +293,6 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     }
     if cli.plaintext_links {
         worker_args.push("--plaintext-links".to_string());
-    }
-    if let Some(n) = cli.links {
-        worker_args.push("--links".to_string());
-        worker_args.push(n.to_string());
     }
     let plan = Plan {
         workers: cfg.workers,
