@@ -1,15 +1,25 @@
 //! `proxy`: the deskmux desktop proxy binary (supervisor, or a worker with `--worker-index`).
+//!
+//! SIGHUP follows core-server's conventions: the configuration is read again (by the
+//! supervisor, once); one that does not load is refused whole, its error naming the file,
+//! line, column and key, and counted in `deskmux_proxy_config_reload_failures_total`; one
+//! that loads is counted in `deskmux_proxy_config_reloads_total`, the keys it changes that
+//! need a restart are named in a warning (and keep their running values), and the workers
+//! apply the rest.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use deskmux_proxy::admin::{self, SupervisorState};
-use deskmux_proxy::config::{Config, DesktopCap, EXAMPLE_CONFIG, FdLimit, Upstream};
+use deskmux_proxy::config::{
+    Config, DesktopCap, EXAMPLE_CONFIG, FdLimit, Upstream, restart_needed,
+};
 use deskmux_proxy::metrics::{Metrics, Shared};
 use deskmux_proxy::status::{Signals, Status};
 use deskmux_proxy::supervisor::{self, Plan};
@@ -269,12 +279,14 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     let signals = install_signals()?;
     let workers = Arc::new(Mutex::new(Vec::new()));
     let disabled = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let reloads = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let admin_addr = admin::spawn(
         cfg.admin,
         admin::supervisor_app(SupervisorState {
             workers: workers.clone(),
             listen,
             disabled: disabled.clone(),
+            reloads: reloads.clone(),
         }),
     )
     .with_context(|| format!("admin server on {}", cfg.admin))?;
@@ -304,8 +316,39 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     if plan.workers == 0 {
         bail!("no workers");
     }
-    let code = supervisor::run(&plan, &signals, &workers, || {
-        println!("LISTENING {listen}");
-    })?;
+    let mut on_hup = || match load(cli, false) {
+        Ok((new, cap)) => {
+            reloads.0.fetch_add(1, Ordering::Relaxed);
+            let restart = restart_needed(&cfg, &new);
+            if !restart.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: {} changed and need a restart; not applied (still serving {} with {} workers, admin on {})",
+                    restart.join(", "),
+                    cfg.listen,
+                    cfg.workers,
+                    cfg.admin
+                );
+            }
+            if let Some(w) = cap.warning() {
+                tracing::warn!("SIGHUP: {w}");
+            }
+            tracing::info!("SIGHUP: configuration loaded; the workers apply it");
+            Some(Duration::from_millis(u64::from(new.limits.drain_grace_ms)))
+        }
+        Err(e) => {
+            reloads.1.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("SIGHUP: configuration not reloaded, keeping the running one: {e:#}");
+            None
+        }
+    };
+    let code = supervisor::run(
+        &plan,
+        &signals,
+        &workers,
+        || {
+            println!("LISTENING {listen}");
+        },
+        &mut on_hup,
+    )?;
     std::process::exit(code);
 }

@@ -313,6 +313,7 @@ impl Worker {
                     // EMFILE and friends: back off until the next tick rather than spin.
                     warn!(error = %e, "accept failed");
                     self.metrics.refusal("accept_error");
+                    self.metrics.accept_failures.inc();
                     return;
                 }
             };
@@ -605,19 +606,16 @@ impl Worker {
         }
         if let Some(q) = &self.quic {
             let st = q.stats();
-            for (what, v) in [
-                ("retries", st.retries),
-                ("refused", st.refused),
-                ("accepted", st.accepted),
-                ("failed", st.failed),
-                ("desktops", q.desktops() as u64),
-                ("handshaking", q.handshaking() as u64),
-            ] {
-                self.metrics
-                    .quic
-                    .get_or_create(&[("what", what.to_string())])
-                    .set(v as i64);
-            }
+            self.metrics.set_quic(
+                [
+                    ("retries", st.retries),
+                    ("refused", st.refused),
+                    ("accepted", st.accepted),
+                    ("failed", st.failed),
+                ],
+                q.desktops() as u64,
+                q.handshaking() as u64,
+            );
         }
     }
 
