@@ -7,6 +7,8 @@
 //! need a restart are named in a warning (and keep their running values), and the workers
 //! apply the rest.
 
+mod logging;
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +55,9 @@ struct Cli {
     /// Parse and validate the configuration, print a summary (secrets redacted), and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log lines: `plain` (colour only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, default_value = "plain", env = "DESKMUX_LOG_FORMAT")]
+    log_format: logging::LogFormat,
     /// Print an example configuration and exit.
     #[arg(long)]
     example_config: bool,
@@ -140,14 +145,8 @@ fn install_signals() -> Result<Arc<Signals>> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format, cli.worker_index);
     if cli.example_config {
         print!("{EXAMPLE_CONFIG}");
         return Ok(());
@@ -305,6 +304,18 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     }
     if cli.plaintext_links {
         worker_args.push("--plaintext-links".to_string());
+    }
+    worker_args.push("--log-format".to_string());
+    worker_args.push(
+        match cli.log_format {
+            logging::LogFormat::Plain => "plain",
+            logging::LogFormat::Json => "json",
+        }
+        .to_string(),
+    );
+    if let Some(n) = cli.links {
+        worker_args.push("--links".to_string());
+        worker_args.push(n.to_string());
     }
     let plan = Plan {
         workers: cfg.workers,
