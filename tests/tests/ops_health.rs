@@ -1,5 +1,5 @@
 //! `/health`: 200 `ok` only while nothing is degraded; 503 with the reason in the body while
-//! every link of an upstream is down or while a worker is down or restarting.
+//! every link of an upstream is down or while a worker is down, restarting or crash-looping.
 //!
 //! Before: `/health` stayed 200 while a worker crash-looped (it was 200 as long as any
 //! worker had any link up), and a 503 said only "unhealthy".
@@ -65,4 +65,32 @@ fn a_dead_worker_is_reported_until_it_is_back() {
     );
     let restarts = status(proxy.admin)["workers"][1]["restarts"].as_u64();
     assert_eq!(restarts, Some(1));
+}
+
+#[test]
+fn a_crash_looping_worker_is_reported() {
+    let st = stack(2, 1, "");
+    let proxy = &st.proxy;
+    assert!(
+        wait_until(Duration::from_secs(10), || health(proxy).0 == 200),
+        "{:?}",
+        health(proxy)
+    );
+    // The file no longer loads: a worker started now exits at once, again and again.
+    std::fs::write(&proxy.config, "workers = \"two\"\n").unwrap();
+    let pid = status(proxy.admin)["workers"][1]["pid"]
+        .as_u64()
+        .expect("worker pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let looping = wait_until(Duration::from_secs(10), || {
+        let (code, body) = health(proxy);
+        code == 503 && body.contains("worker 1 is crash-looping")
+    });
+    assert!(looping, "{:?}", health(proxy));
+    // The other worker still serves: the reason names only the looping one.
+    assert!(!health(proxy).1.contains("worker 0"), "{:?}", health(proxy));
 }
