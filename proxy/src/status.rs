@@ -82,11 +82,6 @@ impl Status {
         })
     }
 
-    /// Healthy: at least one link up and not draining.
-    pub fn healthy(&self) -> bool {
-        self.links_up.load(Ordering::Relaxed) > 0 && !self.draining.load(Ordering::Relaxed)
-    }
-
     /// Why this worker is not fully healthy (empty: it is): draining, no link up, or an
     /// upstream (still configured) with every link down. `/health` answers 503 with these.
     pub fn degraded(&self) -> Vec<String> {
