@@ -228,5 +228,19 @@ mod tests {
         ] {
             assert!(p.contains(f), "{f} missing: {p}");
         }
+        // The start time is this test process's: in the past, and not long ago.
+        let start: f64 = p
+            .lines()
+            .find_map(|l| l.strip_prefix("process_start_time_seconds{worker=\"0\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "{start} vs {now}"
+        );
     }
 }
