@@ -3,9 +3,14 @@
 //! Each worker serves its own registry on an ephemeral loopback port (announced to the
 //! supervisor as `WORKER_ADMIN <addr>`); the supervisor serves the configured admin address
 //! and merges: `/metrics` concatenates the workers' samples under one `# HELP`/`# TYPE` per
-//! family (each worker's samples carry `worker="i"`), `/status` lists the workers, `/health`
-//! is 200 while at least one worker is healthy. Signals are not handled here: `main` installs
-//! them as flags the event loops poll.
+//! family (each worker's samples carry `worker="i"`) and adds its own (worker restarts,
+//! reloads, its `process_*`), `/status` lists the workers. `/metrics` is OpenMetrics when the
+//! `Accept` header prefers it, else the Prometheus text format 0.0.4.
+//!
+//! `/health` is 200 `ok` only when nothing is degraded; otherwise 503 with one reason a line:
+//! a worker down, restarting or crash-looping, an upstream with every link down, no link
+//! up, draining. A load balancer sees "not fine", an operator reads why. Signals are not
+//! handled here: `main` installs them as flags the event loops poll.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::metrics::Shared;
 use crate::status::AdminCommand;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::metrics::{CONTENT_OPENMETRICS, CONTENT_TEXT, to_text_format, wants_openmetrics};
 
 /// Start a thread running a current-thread tokio runtime that serves `app` on `addr`.
 /// Returns the bound address.
@@ -116,23 +121,47 @@ async fn worker_instance(
     .into_response()
 }
 
-async fn worker_metrics(State(s): State<Shared>) -> Response {
+/// An exposition in OpenMetrics (ending `# EOF`), served in the format `headers` ask for.
+fn serve_metrics(headers: &HeaderMap, om: String) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, CONTENT_OPENMETRICS)], om).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, CONTENT_TEXT)], to_text_format(&om)).into_response()
+    }
+}
+
+async fn worker_metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let mut out = String::new();
     let ok = match s.registry.lock() {
-        Ok(r) => prometheus_client::encoding::text::encode(&mut out, &r).is_ok(),
+        Ok(r) => prometheus_client::encoding::text::encode_registry(&mut out, &r).is_ok(),
         Err(_) => false,
     };
     if !ok {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    ([(header::CONTENT_TYPE, OPENMETRICS)], out).into_response()
+    let worker = s.status.worker.load(Ordering::Relaxed);
+    out.push_str(&crate::metrics::process_families(&format!(
+        "{{worker=\"{worker}\"}}"
+    )));
+    out.push_str("# EOF\n");
+    serve_metrics(&headers, out)
 }
 
 async fn worker_health(State(s): State<Shared>) -> Response {
-    if s.status.healthy() {
+    health(s.status.degraded())
+}
+
+/// 200 `ok`, or 503 with the reasons, one a line.
+fn health(why: Vec<String>) -> Response {
+    if why.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded\n{}\n", why.join("\n")),
+        )
+            .into_response()
     }
 }
 
@@ -151,6 +180,9 @@ pub struct WorkerInfo {
     pub admin: Option<SocketAddr>,
     /// Times it was restarted.
     pub restarts: u64,
+    /// Why it is down or unstable, while it is (died and waiting for its restart, or
+    /// crash-looping); `None` once it runs (or has run long enough to be stable).
+    pub down: Option<String>,
 }
 
 /// What the supervisor's admin server sees.
@@ -162,6 +194,9 @@ pub struct SupervisorState {
     pub listen: SocketAddr,
     /// Instances disabled by an operator (re-sent to restarted workers).
     pub disabled: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// SIGHUP reloads: (applied, refused), counted by the supervisor (which reads the
+    /// configuration once for every worker).
+    pub reloads: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
 }
 
 /// The supervisor's admin routes.
@@ -234,7 +269,7 @@ fn admins(s: &SupervisorState) -> Vec<WorkerInfo> {
 }
 
 /// A minimal HTTP/1.0 GET to a worker's loopback admin port (the client side only; the
-/// servers are axum).
+/// servers are axum). Metrics are asked for in OpenMetrics, which the merge reads.
 async fn fetch(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     request(addr, "GET", path).await
 }
@@ -244,7 +279,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, Str
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/openmetrics-text\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
@@ -301,27 +336,71 @@ pub fn merge_metrics(texts: &[String]) -> String {
     out
 }
 
-async fn sup_metrics(State(s): State<SupervisorState>) -> Response {
-    let mut texts = Vec::new();
-    for w in admins(&s) {
+async fn sup_metrics(State(s): State<SupervisorState>, headers: HeaderMap) -> Response {
+    let workers = admins(&s);
+    let mut own = String::new();
+    let restarts: Vec<(String, f64)> = workers
+        .iter()
+        .map(|w| (format!("{{worker=\"{}\"}}", w.index), w.restarts as f64))
+        .collect();
+    crate::metrics::counter_family(
+        &mut own,
+        "deskmux_proxy_worker_restarts",
+        "counter",
+        "Workers restarted by the supervisor after they died",
+        &restarts,
+    );
+    let (ok, failed) = (
+        s.reloads.0.load(Ordering::Relaxed),
+        s.reloads.1.load(Ordering::Relaxed),
+    );
+    crate::metrics::counter_family(
+        &mut own,
+        "deskmux_proxy_config_reloads",
+        "counter",
+        "SIGHUP reloads of a configuration that loaded (keys needing a restart are not applied)",
+        &[(String::new(), ok as f64)],
+    );
+    crate::metrics::counter_family(
+        &mut own,
+        "deskmux_proxy_config_reload_failures",
+        "counter",
+        "SIGHUP reloads refused: the configuration did not load; the running one stays",
+        &[(String::new(), failed as f64)],
+    );
+    own.push_str(&crate::metrics::process_families(""));
+    let mut texts = vec![own];
+    for w in workers {
         if let Some(a) = w.admin
             && let Some((200, body)) = fetch(a, "/metrics").await
         {
             texts.push(body);
         }
     }
-    ([(header::CONTENT_TYPE, OPENMETRICS)], merge_metrics(&texts)).into_response()
+    serve_metrics(&headers, merge_metrics(&texts))
 }
 
 async fn sup_health(State(s): State<SupervisorState>) -> Response {
+    let mut why = Vec::new();
     for w in admins(&s) {
-        if let Some(a) = w.admin
-            && let Some((200, _)) = fetch(a, "/health").await
-        {
-            return (StatusCode::OK, "ok\n").into_response();
+        if let Some(d) = &w.down {
+            why.push(d.clone());
+        }
+        match w.admin {
+            None if w.down.is_none() => why.push(format!("worker {}: starting", w.index)),
+            None => {}
+            Some(a) => match fetch(a, "/health").await {
+                Some((200, _)) => {}
+                Some((_, body)) => why.extend(
+                    body.lines()
+                        .filter(|l| *l != "degraded" && !l.is_empty())
+                        .map(|l| format!("worker {}: {l}", w.index)),
+                ),
+                None => why.push(format!("worker {}: admin port not answering", w.index)),
+            },
         }
     }
-    (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n").into_response()
+    health(why)
 }
 
 async fn sup_status(State(s): State<SupervisorState>) -> Response {

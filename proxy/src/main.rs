@@ -1,15 +1,27 @@
 //! `proxy`: the deskmux desktop proxy binary (supervisor, or a worker with `--worker-index`).
+//!
+//! SIGHUP follows core-server's conventions: the configuration is read again (by the
+//! supervisor, once); one that does not load is refused whole, its error naming the file,
+//! line, column and key, and counted in `deskmux_proxy_config_reload_failures_total`; one
+//! that loads is counted in `deskmux_proxy_config_reloads_total`, the keys it changes that
+//! need a restart are named in a warning (and keep their running values), and the workers
+//! apply the rest.
+
+mod logging;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use deskmux_proxy::admin::{self, SupervisorState};
-use deskmux_proxy::config::{Config, EXAMPLE_CONFIG, Upstream};
+use deskmux_proxy::config::{
+    Config, DesktopCap, EXAMPLE_CONFIG, FdLimit, Upstream, restart_needed,
+};
 use deskmux_proxy::metrics::{Metrics, Shared};
 use deskmux_proxy::status::{Signals, Status};
 use deskmux_proxy::supervisor::{self, Plan};
@@ -40,9 +52,12 @@ struct Cli {
     /// Links per upstream for `--upstream` entries.
     #[arg(long)]
     links: Option<u16>,
-    /// Parse and validate the configuration, print it, and exit.
+    /// Parse and validate the configuration, print a summary (secrets redacted), and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log lines: `plain` (colour only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, default_value = "plain", env = "DESKMUX_LOG_FORMAT")]
+    log_format: logging::LogFormat,
     /// Print an example configuration and exit.
     #[arg(long)]
     example_config: bool,
@@ -60,14 +75,18 @@ struct Cli {
     worker_index: Option<usize>,
 }
 
-/// Read the configuration and apply the command-line overrides. With `cert_files`, the
-/// certificate files it names must load too; without (the SIGHUP reload), they are left to the
-/// worker, which keeps its previous certificate when they are bad.
-fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
-    let mut cfg = match &cli.config {
-        Some(p) if cert_files => Config::load(p)?,
-        Some(p) => Config::load_settings(p)?,
-        None => Config::default(),
+/// Read the configuration and apply the command-line overrides, then validate it (errors
+/// name the file, line and key) and settle `limits.max_desktops` against the open-file
+/// limit. With `cert_files`, the certificate files it names must load too; without (the
+/// SIGHUP reload), they are left to the worker, which keeps its previous certificate when
+/// they are bad.
+fn load(cli: &Cli, cert_files: bool) -> Result<(Config, DesktopCap)> {
+    let (mut cfg, src) = match &cli.config {
+        Some(p) => {
+            let (c, s) = Config::read(p)?;
+            (c, Some(s))
+        }
+        None => (Config::default(), None),
     };
     if let Some(w) = cli.workers {
         cfg.workers = w;
@@ -97,16 +116,21 @@ fn load(cli: &Cli, cert_files: bool) -> Result<Config> {
         cfg.plaintext_links = true;
     }
     cfg.normalize();
-    if cert_files {
-        cfg.validate()?;
+    let checked = if cert_files {
+        cfg.validate()
     } else {
-        cfg.validate_settings()?;
-    }
+        cfg.validate_settings()
+    };
+    checked.map_err(|e| match &src {
+        Some(s) => e.at(s),
+        None => e,
+    })?;
     // At start, `--check-config` and every SIGHUP: a link in plain TCP is a choice.
     if let Some(why) = cfg.plaintext_link_refusal() {
         bail!("refusing the configuration: {why}");
     }
-    Ok(cfg)
+    let cap = cfg.apply_fd_limit(FdLimit::of_this_process());
+    Ok((cfg, cap))
 }
 
 /// Turn SIGTERM and SIGHUP into flags the process's loop polls. Installed here, once per
@@ -121,26 +145,31 @@ fn install_signals() -> Result<Arc<Signals>> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format, cli.worker_index);
     if cli.example_config {
         print!("{EXAMPLE_CONFIG}");
         return Ok(());
     }
-    let cfg = load(&cli, true)?;
+    let (cfg, cap) = load(&cli, true)?;
     if let Some(why) = cfg.weak_link_secret()
         && !cli.allow_weak_link_secret
     {
         bail!("refusing to start: {why} (or pass --allow-weak-link-secret)");
     }
+    // Once, not once per worker (they inherit the limit and settle the same value).
+    if cli.worker_index.is_none()
+        && let Some(w) = cap.warning()
+    {
+        tracing::warn!("{w}");
+    }
     if cli.check_config {
-        println!("config ok: {cfg:#?}");
+        let file = cli.config.as_ref().map_or_else(
+            || "(no file: defaults)".to_string(),
+            |p| p.display().to_string(),
+        );
+        println!("config ok: {file}");
+        print!("{}", cfg.summary(&cap));
         return Ok(());
     }
     match cli.worker_index {
@@ -209,7 +238,7 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
     let reload_cli = Cli::parse();
     let reload: Box<dyn Fn() -> Option<Config> + Send> =
         Box::new(move || match load(&reload_cli, false) {
-            Ok(c) => Some(c),
+            Ok((c, _)) => Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed");
                 None
@@ -249,12 +278,14 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     let signals = install_signals()?;
     let workers = Arc::new(Mutex::new(Vec::new()));
     let disabled = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let reloads = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let admin_addr = admin::spawn(
         cfg.admin,
         admin::supervisor_app(SupervisorState {
             workers: workers.clone(),
             listen,
             disabled: disabled.clone(),
+            reloads: reloads.clone(),
         }),
     )
     .with_context(|| format!("admin server on {}", cfg.admin))?;
@@ -274,6 +305,14 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     if cli.plaintext_links {
         worker_args.push("--plaintext-links".to_string());
     }
+    worker_args.push("--log-format".to_string());
+    worker_args.push(
+        match cli.log_format {
+            logging::LogFormat::Plain => "plain",
+            logging::LogFormat::Json => "json",
+        }
+        .to_string(),
+    );
     if let Some(n) = cli.links {
         worker_args.push("--links".to_string());
         worker_args.push(n.to_string());
@@ -288,8 +327,39 @@ fn run_supervisor(cli: &Cli, cfg: Config) -> Result<()> {
     if plan.workers == 0 {
         bail!("no workers");
     }
-    let code = supervisor::run(&plan, &signals, &workers, || {
-        println!("LISTENING {listen}");
-    })?;
+    let mut on_hup = || match load(cli, false) {
+        Ok((new, cap)) => {
+            reloads.0.fetch_add(1, Ordering::Relaxed);
+            let restart = restart_needed(&cfg, &new);
+            if !restart.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: {} changed and need a restart; not applied (still serving {} with {} workers, admin on {})",
+                    restart.join(", "),
+                    cfg.listen,
+                    cfg.workers,
+                    cfg.admin
+                );
+            }
+            if let Some(w) = cap.warning() {
+                tracing::warn!("SIGHUP: {w}");
+            }
+            tracing::info!("SIGHUP: configuration loaded; the workers apply it");
+            Some(Duration::from_millis(u64::from(new.limits.drain_grace_ms)))
+        }
+        Err(e) => {
+            reloads.1.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("SIGHUP: configuration not reloaded, keeping the running one: {e:#}");
+            None
+        }
+    };
+    let code = supervisor::run(
+        &plan,
+        &signals,
+        &workers,
+        || {
+            println!("LISTENING {listen}");
+        },
+        &mut on_hup,
+    )?;
     std::process::exit(code);
 }

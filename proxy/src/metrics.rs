@@ -3,6 +3,13 @@
 //! The registry is built here and handed to the admin server; the core and the driver update
 //! the metrics (atomics, no locks on the hot path). Each worker has its own registry labelled
 //! `worker="i"`; the supervisor's `/metrics` merges the workers' expositions.
+//!
+//! Naming follows Prometheus: counters are counters (exposed with `_total`), the per-upstream
+//! label is `upstream` (`instance` is the label Prometheus gives every scrape target), and
+//! every family is registered when the worker starts, so it is exposed (`# HELP`, `# TYPE`)
+//! before its first sample. Also here: the `process_*` families read from `/proc/self`, and
+//! the conversion of the exposition to the Prometheus text format 0.0.4 for scrapers that
+//! ask for `text/plain`.
 
 use std::sync::Arc;
 
@@ -28,7 +35,9 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Frames + bytes queued per link (label `link`).
     pub link_queue: Family<L1, Gauge>,
-    /// Links up (label `instance`).
+    /// Links up per instance as the core counts them (label `instance`). Not exposed: the
+    /// exposed family is [`Metrics::upstream_links_up`] (label `upstream`); the core keeps
+    /// writing this one until it is moved to the new label.
     pub links_up: Family<L1, Gauge>,
     /// Link (re)connect attempts.
     pub link_connects: Counter,
@@ -38,18 +47,23 @@ pub struct Metrics {
     pub errors: Family<L1, Counter>,
     /// Broadcast event deliveries to desktops (one event × subscribers).
     pub fanout_deliveries: Counter,
-    /// QUIC endpoint counters (label `what`: retries, refused, accepted, failed, desktops,
-    /// handshaking).
-    pub quic: Family<L1, Gauge>,
+    /// QUIC endpoint events since start (label `what`: retries, refused, accepted, failed).
+    pub quic: Family<L1, Counter>,
+    /// QUIC connections now (label `what`: desktops, handshaking).
+    pub quic_connections: Family<L1, Gauge>,
+    /// Upstream links up (label `upstream`), published by the driver every tick.
+    pub upstream_links_up: Family<L1, Gauge>,
+    /// Failed `accept` calls on the desktop listener (`EMFILE`: the open-file limit).
+    pub accept_failures: Counter,
     /// Desktops disconnected, by reason.
     pub disconnects: Family<L1, Counter>,
     /// Connections refused at accept, by reason (desktop cap, source cap, draining).
     pub refused: Family<L1, Counter>,
-    /// Desktops with an upstream session on each instance (label `instance`).
+    /// Desktops with an upstream session on each instance (label `upstream`).
     pub instance_sessions: Family<L1, Gauge>,
-    /// Requests in flight on each instance's links (label `instance`).
+    /// Requests in flight on each instance's links (label `upstream`).
     pub instance_in_flight: Family<L1, Gauge>,
-    /// 1 while the instance takes new sessions (state `running`), else 0 (label `instance`).
+    /// 1 while the instance takes new sessions (state `running`), else 0 (label `upstream`).
     pub instance_running: Family<L1, Gauge>,
     /// Certificates swapped in by SIGHUP (one per section, `[tls]` or `[quic]`), so an
     /// operator can see that a rotation took effect in every worker.
@@ -74,6 +88,9 @@ impl Metrics {
             errors: Family::default(),
             fanout_deliveries: Counter::default(),
             quic: Family::default(),
+            quic_connections: Family::default(),
+            upstream_links_up: Family::default(),
+            accept_failures: Counter::default(),
             disconnects: Family::default(),
             refused: Family::default(),
             instance_sessions: Family::default(),
@@ -124,8 +141,18 @@ impl Metrics {
         );
         reg.register(
             "deskmux_proxy_links_up",
-            "Upstream links up, by instance",
-            m.links_up.clone(),
+            "Upstream links up, by upstream",
+            m.upstream_links_up.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_accept_failures",
+            "Failed accepts on the desktop listener (EMFILE: the open-file limit is reached)",
+            m.accept_failures.clone(),
+        );
+        reg.register(
+            "deskmux_proxy_quic_connections",
+            "QUIC connections now: desktops, and connections handshaking",
+            m.quic_connections.clone(),
         );
         reg.register(
             "deskmux_proxy_link_connects",
@@ -149,7 +176,7 @@ impl Metrics {
         );
         reg.register(
             "deskmux_proxy_quic",
-            "QUIC endpoint: stateless retries sent, connections refused / accepted / failed in the handshake, desktops and handshaking connections now",
+            "QUIC endpoint events: stateless retries sent, connections refused, accepted, failed in the handshake",
             m.quic.clone(),
         );
         reg.register(
@@ -172,7 +199,57 @@ impl Metrics {
             "Certificates a SIGHUP could not swap in (bad files, or a section added/removed); the previous one stays in use",
             m.cert_reload_failures.clone(),
         );
+        m.zero_samples();
         m
+    }
+
+    /// A zero sample for each label value known in advance, so that every family is in the
+    /// exposition from the start (prometheus-client leaves a family without samples out, and
+    /// an alert on `rate(...)` needs the series to exist before the first event).
+    fn zero_samples(&self) {
+        use crate::error::{Disconnect, Refused};
+        for what in ["retries", "refused", "accepted", "failed"] {
+            let _ = self.quic.get_or_create(&[("what", what.to_string())]);
+        }
+        for what in ["desktops", "handshaking"] {
+            let _ = self
+                .quic_connections
+                .get_or_create(&[("what", what.to_string())]);
+        }
+        for r in [Refused::DesktopCap, Refused::SourceCap, Refused::Draining] {
+            let _ = self
+                .refused
+                .get_or_create(&[("reason", r.name().to_string())]);
+        }
+        let _ = self
+            .refused
+            .get_or_create(&[("reason", "accept_error".to_string())]);
+        for d in [
+            Disconnect::Eof,
+            Disconnect::IoError,
+            Disconnect::TlsError,
+            Disconnect::Framing,
+            Disconnect::HelloRefused,
+            Disconnect::Left,
+            Disconnect::SlowConsumer,
+            Disconnect::Deadline,
+            Disconnect::ClosedByServer,
+            Disconnect::Shutdown,
+            Disconnect::Overloaded,
+        ] {
+            let _ = self
+                .disconnects
+                .get_or_create(&[("reason", d.name().to_string())]);
+        }
+        for kind in [
+            "auth_failed",
+            "timeout",
+            "link_lost",
+            "overloaded",
+            "unavailable",
+        ] {
+            let _ = self.errors.get_or_create(&[("kind", kind.to_string())]);
+        }
     }
 
     /// Count an error by name.
@@ -189,6 +266,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Bring the QUIC counters up to the endpoint's cumulative `stats` (retries, refused,
+    /// accepted, failed) and set the connection gauges.
+    pub fn set_quic(&self, stats: [(&'static str, u64); 4], desktops: u64, handshaking: u64) {
+        for (what, v) in stats {
+            let c = self.quic.get_or_create(&[("what", what.to_string())]);
+            c.inc_by(v.saturating_sub(c.get()));
+        }
+        for (what, v) in [("desktops", desktops), ("handshaking", handshaking)] {
+            self.quic_connections
+                .get_or_create(&[("what", what.to_string())])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Count a connection refused at accept, by reason.
     pub fn refusal(&self, reason: &'static str) {
         self.refused
@@ -196,6 +287,12 @@ impl Metrics {
             .inc();
     }
 }
+
+mod exposition;
+pub use exposition::{
+    CONTENT_OPENMETRICS, CONTENT_TEXT, counter_family, process_families, to_text_format,
+    wants_openmetrics,
+};
 
 /// What the admin server of a worker serves.
 #[derive(Debug, Clone)]

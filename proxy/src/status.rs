@@ -82,9 +82,32 @@ impl Status {
         })
     }
 
-    /// Healthy: at least one link up and not draining.
-    pub fn healthy(&self) -> bool {
-        self.links_up.load(Ordering::Relaxed) > 0 && !self.draining.load(Ordering::Relaxed)
+    /// Why this worker is not fully healthy (empty: it is): draining, no link up, or an
+    /// upstream (still configured) with every link down. `/health` answers 503 with these.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            why.push("draining (SIGTERM)".to_string());
+        }
+        if self.links_up.load(Ordering::Relaxed) == 0 {
+            why.push("no upstream link is up".to_string());
+        }
+        if let Ok(v) = self.instances.lock() {
+            for i in v.as_array().into_iter().flatten() {
+                let n = |k: &str| i.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let retired = i.get("retired").and_then(serde_json::Value::as_bool) == Some(true);
+                if !retired && n("links") > 0 && n("links_up") == 0 {
+                    why.push(format!(
+                        "upstream {}: all {} links down",
+                        i.get("name")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or("?"),
+                        n("links")
+                    ));
+                }
+            }
+        }
+        why
     }
 
     /// The operator commands queued since the last call.
@@ -132,7 +155,11 @@ pub fn publish(core: &Core, status: &Status, metrics: &Metrics) {
         let st = router.state(idx, up);
         let in_flight: usize = inst.links.iter().map(|l| links[*l].ids.len()).sum();
         let links_up = inst.links.iter().filter(|l| up(**l)).count();
-        let label = [("instance", inst.conf.name.clone())];
+        let label = [("upstream", inst.conf.name.clone())];
+        metrics
+            .upstream_links_up
+            .get_or_create(&label)
+            .set(links_up as i64);
         metrics
             .instance_sessions
             .get_or_create(&label)

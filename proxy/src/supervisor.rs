@@ -9,8 +9,13 @@
 //!
 //! The supervisor binds the port first without listening (see `transport::reserve_port`),
 //! so that `--listen 127.0.0.1:0` resolves to one port for all workers, and prints
-//! `LISTENING <addr>` once every worker said `WORKER_READY`. SIGTERM and SIGHUP are forwarded
-//! to the workers; after SIGTERM it waits for them to drain and exits.
+//! `LISTENING <addr>` once every worker said `WORKER_READY`. SIGTERM is forwarded to the
+//! workers; after it the supervisor waits for them to drain and exits. SIGHUP goes to the
+//! caller's `on_hup` first (which reads and checks the configuration once, for everyone): only
+//! a configuration that loads is forwarded to the workers.
+//!
+//! What the supervisor knows of each worker ([`WorkerInfo`]: restarts, whether it is down or
+//! crash-looping) is what `/health` and the restart counter in `/metrics` report.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -45,7 +50,17 @@ struct Slot {
     started: Instant,
     restart_at: Option<Instant>,
     backoff: Duration,
+    /// Deaths in a row, each within [`STABLE`] of its start.
+    quick_deaths: u32,
 }
+
+/// A worker that lived this long is stable: its backoff and crash-loop count reset.
+const STABLE: Duration = Duration::from_secs(30);
+
+/// What the supervisor does on SIGHUP: `Some(grace)` forwards it to the workers with the
+/// drain grace of the configuration it loaded; `None` (the configuration does not load)
+/// forwards nothing, so the workers keep the configuration they run.
+pub type OnHup<'a> = &'a mut dyn FnMut() -> Option<Duration>;
 
 fn send_signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
@@ -124,7 +139,9 @@ pub fn run(
     signals: &Signals,
     workers: &Arc<Mutex<Vec<WorkerInfo>>>,
     on_listening: impl FnOnce(),
+    on_hup: OnHup<'_>,
 ) -> std::io::Result<i32> {
+    let mut grace = plan.grace;
     let (tx, rx) = mpsc::channel();
     if let Ok(mut w) = workers.lock() {
         *w = (0..plan.workers)
@@ -142,6 +159,7 @@ pub fn run(
             started: Instant::now(),
             restart_at: None,
             backoff: Duration::from_millis(250),
+            quick_deaths: 0,
         });
     }
     let mut ready = std::collections::HashSet::new();
@@ -163,10 +181,13 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(50));
         while rx.try_recv().is_ok() {}
         if signals.hup.swap(false, Ordering::Relaxed) {
-            info!("SIGHUP: forwarding to workers");
-            for s in &slots {
-                if let Some(c) = &s.child {
-                    send_signal(c.id(), "HUP");
+            if let Some(g) = on_hup() {
+                grace = g;
+                info!("SIGHUP: forwarding to workers");
+                for s in &slots {
+                    if let Some(c) = &s.child {
+                        send_signal(c.id(), "HUP");
+                    }
                 }
             }
         }
@@ -177,7 +198,7 @@ pub fn run(
                     send_signal(c.id(), "TERM");
                 }
             }
-            let until = Instant::now() + plan.grace + Duration::from_secs(3);
+            let until = Instant::now() + grace + Duration::from_secs(3);
             loop {
                 let alive = slots.iter_mut().any(|s| {
                     s.child
@@ -198,21 +219,45 @@ pub fn run(
             return Ok(0);
         }
         for (i, s) in slots.iter_mut().enumerate() {
+            if s.child.is_some() && s.quick_deaths > 0 && s.started.elapsed() > STABLE {
+                s.quick_deaths = 0;
+                if let Ok(mut w) = workers.lock()
+                    && let Some(info) = w.get_mut(i)
+                {
+                    info.down = None;
+                }
+            }
             if let Some(c) = s.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
                 warn!(worker = i, status = %st, "worker died; restarting");
                 s.child = None;
-                if s.started.elapsed() > Duration::from_secs(30) {
+                if s.started.elapsed() > STABLE {
                     s.backoff = Duration::from_millis(250);
+                    s.quick_deaths = 0;
                 }
+                s.quick_deaths += 1;
                 s.restart_at = Some(Instant::now() + s.backoff);
+                let why = if s.quick_deaths > 1 {
+                    format!(
+                        "worker {i} is crash-looping: died {} times in a row within {} s of starting (last: {st}); next start in {} ms",
+                        s.quick_deaths,
+                        STABLE.as_secs(),
+                        s.backoff.as_millis()
+                    )
+                } else {
+                    format!(
+                        "worker {i} died ({st}); restarting in {} ms",
+                        s.backoff.as_millis()
+                    )
+                };
                 s.backoff = (s.backoff * 2).min(Duration::from_secs(10));
                 if let Ok(mut w) = workers.lock()
                     && let Some(info) = w.get_mut(i)
                 {
                     info.pid = 0;
                     info.admin = None;
+                    info.down = Some(why);
                 }
             }
             if s.child.is_none()
@@ -228,6 +273,11 @@ pub fn run(
                             && let Some(info) = w.get_mut(i)
                         {
                             info.restarts += 1;
+                            // Restarted: no longer down, but still crash-looping until it
+                            // lived `STABLE` (cleared above).
+                            if s.quick_deaths < 2 {
+                                info.down = None;
+                            }
                         }
                     }
                     Err(e) => {

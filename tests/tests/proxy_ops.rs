@@ -144,7 +144,7 @@ async fn sighup_reloads_limits_without_dropping_desktops_and_admin_answers() {
     let (_, m) = http_get(admin, "/metrics");
     assert!(m.contains("deskmux_proxy_desktops{worker=\"0\"} 1"), "{m}");
     assert!(m.contains("deskmux_proxy_request_latency_seconds"));
-    assert!(m.trim_end().ends_with("# EOF"));
+    assert!(m.contains("# TYPE deskmux_proxy_desktops gauge"), "{m}");
     // Rewrite the config with a tighter in-flight cap and reload.
     let text = std::fs::read_to_string(&st.proxy.config).unwrap();
     std::fs::write(

@@ -13,7 +13,8 @@
 //! backlog = 4096                   # listen backlog
 //!
 //! [limits]
-//! max_desktops = 19000             # desktops per worker (fd cap 20000 - links/admin headroom)
+//! # max_desktops = 18910           # desktops per worker; default: the open-file limit minus
+//!                                  # links, listeners, admin and closing sockets (see fd_limit)
 //! max_in_flight = 256              # requests in flight per desktop (TOO_MANY_IN_FLIGHT past it)
 //! max_frame = 2097152              # largest frame (head + body) accepted from a desktop
 //! handshake_ms = 10000             # the whole hello must complete within this
@@ -77,7 +78,16 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod error;
+mod fd_limit;
+mod ranges;
+mod report;
 mod validate;
+
+pub use error::{ConfigError, Located, Source};
+pub use fd_limit::{DesktopCap, FdLimit, MAX_DESKTOPS_AUTO};
+pub use ranges::{RANGES, Range};
+pub use report::restart_needed;
 
 /// Shortest link secret accepted without `--allow-weak-link-secret`.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -145,7 +155,7 @@ workers = 2
 link_secret = "REPLACE-with-32-or-more-random-bytes"
 
 [limits]
-max_desktops = 19000
+# max_desktops = 19000          # default: what the open-file limit (ulimit -n) allows
 max_in_flight = 256
 heartbeat_ms = 5000
 
@@ -398,9 +408,10 @@ pub struct TenantRoute {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Desktops per worker; past it a new connection gets OVERLOADED and is closed. Default
-    /// 19000: one process may hold 20,000 files, and links, the admin port and the listener
-    /// need some.
+    /// Desktops per worker (TCP and TLS: each holds a file descriptor); past it a new
+    /// connection gets OVERLOADED and is closed. Default: from the worker's open-file limit
+    /// (`RLIMIT_NOFILE`) minus what links, listeners, the admin port and closing sockets
+    /// need; a value set above that is lowered to it, with a warning (see `fd_limit`).
     pub max_desktops: usize,
     /// Requests one desktop may have in flight; more get TOO_MANY_IN_FLIGHT. Default 256.
     pub max_in_flight: u32,
@@ -465,7 +476,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_desktops: 19_000,
+            max_desktops: fd_limit::MAX_DESKTOPS_AUTO,
             max_in_flight: 256,
             max_frame: 2 * 1024 * 1024,
             handshake_ms: 10_000,
@@ -644,43 +655,45 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config: reading {path}: {source}")]
-    Read {
-        /// The path.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML did not parse (the cause, with line and column, is the source).
-    #[error("config: not a valid configuration")]
-    Parse(#[from] toml::de::Error),
-    /// A value is out of range or inconsistent.
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     /// Parse and validate a TOML document.
     ///
     /// # Errors
     /// [`ConfigError`] on bad TOML or invalid values.
     pub fn from_toml(s: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(s)?;
+        let c: Config = toml::from_str(s).map_err(|e| ConfigError::parse(None, s, &e))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Read and parse a file, without validating it (command-line overrides come next).
+    /// A parse error names the file, line, column and key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn read(path: &std::path::Path) -> Result<(Config, Source), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let c: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::parse(Some(path), &text, &e))?;
+        Ok((
+            c,
+            Source {
+                path: path.to_path_buf(),
+                text,
+            },
+        ))
     }
 
     /// Read, parse and validate a file (certificate files included).
     ///
     /// # Errors
-    /// [`ConfigError`].
+    /// [`ConfigError`], located in the file where it names a key.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let c = Config::load_settings(path)?;
-        c.check_cert_files()?;
+        let (c, src) = Config::read(path)?;
+        c.validate().map_err(|e| e.at(&src))?;
         Ok(c)
     }
 
@@ -689,14 +702,10 @@ impl Config {
     /// and keeps its previous certificate if they are bad.
     ///
     /// # Errors
-    /// [`ConfigError`].
+    /// [`ConfigError`], located in the file where it names a key.
     pub fn load_settings(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let s = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        let c: Config = toml::from_str(&s)?;
-        c.validate_settings()?;
+        let (c, src) = Config::read(path)?;
+        c.validate_settings().map_err(|e| e.at(&src))?;
         Ok(c)
     }
 

@@ -29,6 +29,17 @@ fn rejects_bad() {
     assert!(Config::from_toml("[[upstream]]\nservice = 0\naddr = \"127.0.0.1:1\"").is_err());
 }
 
+/// One upstream: the least a valid configuration has.
+const UP: &str = "[[upstream]]\nservice = \"ixn\"\naddr = \"127.0.0.1:1\"\n";
+
+#[test]
+fn no_upstream_and_empty_clusters_are_refused() {
+    let e = err("workers = 1\n");
+    assert!(e.contains("no [[upstream]]"), "{e}");
+    let e = err(&format!("[clusters.x]\nbalance = \"round_robin\"\n{UP}"));
+    assert!(e.contains("cluster x: no instances"), "{e}");
+}
+
 fn err(toml: &str) -> String {
     match Config::from_toml(toml) {
         Ok(_) => panic!("accepted: {toml}"),
@@ -140,9 +151,10 @@ fn tls_and_quic_validate() {
     );
     // The SIGHUP path checks settings only: bad certificate files are the worker's to
     // report (it keeps its previous certificate), not a reason to refuse the reload.
-    let c: Config =
-        toml::from_str("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[quic]\n")
-            .unwrap();
+    let c: Config = toml::from_str(&format!(
+        "{UP}[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[quic]\n"
+    ))
+    .unwrap();
     c.validate_settings().unwrap();
     let e = c.check_cert_files().unwrap_err().to_string();
     assert!(e.contains("/nonexistent.crt"), "{e}");
@@ -150,7 +162,7 @@ fn tls_and_quic_validate() {
     let p = dir.path().join("p.toml");
     std::fs::write(
         &p,
-        "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n",
+        format!("{UP}[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n"),
     )
     .unwrap();
     assert!(Config::load_settings(&p).unwrap().tls.is_some());
@@ -166,12 +178,15 @@ fn override_parses() {
 
 #[test]
 fn link_secret_is_hidden_and_weak_ones_are_named() {
-    let c = Config::from_toml("link_secret = \"a-secret-of-thirty-two-bytes-xyz\"").unwrap();
+    let c = Config::from_toml(&format!(
+        "link_secret = \"a-secret-of-thirty-two-bytes-xyz\"\n{UP}"
+    ))
+    .unwrap();
     let d = format!("{c:?}");
     assert!(!d.contains("a-secret"), "{d}");
     assert!(d.contains("32 bytes"), "{d}");
     assert_eq!(c.weak_link_secret(), None);
-    let short = Config::from_toml("link_secret = \"short\"").unwrap();
+    let short = Config::from_toml(&format!("link_secret = \"short\"\n{UP}")).unwrap();
     assert!(short.weak_link_secret().unwrap().contains("5 bytes"));
     let example = Config::from_toml(EXAMPLE_CONFIG).unwrap();
     assert!(example.weak_link_secret().unwrap().contains("published"));

@@ -5,52 +5,50 @@
 use super::{Cluster, Config, ConfigError, ServiceId, Upstream};
 
 impl Config {
-    /// Check ranges and consistency, and that the certificate files load
-    /// ([`Config::validate_settings`] and [`Config::check_cert_files`]).
+    /// Check ranges and consistency, that the certificate files load, and that there is an
+    /// upstream ([`Config::validate_settings`] and [`Config::check_cert_files`]).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`].
+    /// [`ConfigError::Range`] or [`ConfigError::Invalid`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_settings()?;
-        self.check_cert_files()
+        self.check_values()?;
+        self.check_cert_files()?;
+        self.check_has_upstream()
     }
 
     /// Check ranges and consistency without reading any other file (the certificate files
-    /// are named, not loaded).
+    /// are named, not loaded), and that there is an upstream.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`].
+    /// [`ConfigError::Range`] or [`ConfigError::Invalid`].
     pub fn validate_settings(&self) -> Result<(), ConfigError> {
+        self.check_values()?;
+        self.check_has_upstream()
+    }
+
+    /// A proxy without an upstream answers every hello UNAVAILABLE: a configuration mistake
+    /// (a missing `[[upstream]]`, a file not the one meant), not a way to run. Checked last,
+    /// so that the more specific errors of a file come first.
+    fn check_has_upstream(&self) -> Result<(), ConfigError> {
+        if self.upstream.is_empty() {
+            return Err(ConfigError::Range {
+                key: "upstream".into(),
+                message: "upstream: no [[upstream]] configured (a proxy without one refuses every desktop); add one, or pass --upstream SERVICE=ADDR".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ranges ([`Config::check_ranges`]) and the constraints between values.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        self.check_ranges()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let l = &self.limits;
-        if l.max_frame < 1024 {
-            return bad("limits.max_frame must be at least 1024".into());
+        if l.link_backoff_max_ms < l.link_backoff_min_ms {
+            return bad("limits: link_backoff_min_ms <= link_backoff_max_ms".into());
         }
-        if l.request_timeout_ms > 3_600_000 {
-            return bad("limits.request_timeout_ms must be at most 3600000 (one hour)".into());
-        }
-        if l.heartbeat_ms == 0 || l.handshake_ms == 0 || l.request_timeout_ms == 0 {
-            return bad(
-                "limits: heartbeat_ms, handshake_ms, request_timeout_ms must be > 0".into(),
-            );
-        }
-        if l.max_in_flight == 0 || l.out_queue_frames == 0 || l.out_queue_bytes == 0 {
-            return bad("limits: max_in_flight and out_queue_* must be > 0".into());
-        }
-        if l.max_in_flight > 65_535 {
-            return bad("limits.max_in_flight must be at most 65535".into());
-        }
-        if l.link_backoff_min_ms == 0 || l.link_backoff_max_ms < l.link_backoff_min_ms {
-            return bad("limits: 0 < link_backoff_min_ms <= link_backoff_max_ms".into());
-        }
-        if l.hello_max_frame < 1024 || l.hello_max_frame > l.max_frame {
-            return bad("limits: 1024 <= hello_max_frame <= max_frame".into());
-        }
-        if l.frame_timeout_ms == 0 || l.link_frame_timeout_ms == 0 || l.max_subscriptions == 0 {
-            return bad(
-                "limits: frame_timeout_ms, link_frame_timeout_ms, max_subscriptions must be > 0"
-                    .into(),
-            );
+        if l.hello_max_frame > l.max_frame {
+            return bad("limits: hello_max_frame <= max_frame".into());
         }
         if l.worker_queue_bytes < 4 * l.max_frame as usize
             || l.worker_queue_bytes < 2 * l.out_queue_bytes
@@ -60,16 +58,10 @@ impl Config {
                     .into(),
             );
         }
-        if self.workers == 0 || self.workers > 64 {
-            return bad("workers must be between 1 and 64".into());
-        }
         if self.upstream.len() > 64 {
             return bad("at most 64 upstream instances".into());
         }
         for u in &self.upstream {
-            if u.links == 0 || u.links > 64 {
-                return bad(format!("upstream {}: links must be 1..=64", u.name));
-            }
             if u.services.is_empty() {
                 return bad(format!("upstream {}: no service", u.name));
             }
@@ -81,16 +73,15 @@ impl Config {
             }
             self.link_security(u).map_err(ConfigError::Invalid)?;
         }
-        if let Some(q) = &self.quic {
-            if self.quic_cert().is_none() {
-                return bad("quic: needs cert and key (in [quic] or [tls])".into());
+        for name in self.clusters.keys() {
+            if !self.upstream.iter().any(|u| &u.cluster == name) {
+                return bad(format!(
+                    "cluster {name}: no instances (no [[upstream]] has cluster = {name:?})"
+                ));
             }
-            if q.max_handshakes == 0 || q.max_desktops == 0 || q.max_handshakes_per_source == 0 {
-                return bad(
-                    "quic: max_handshakes, max_handshakes_per_source and max_desktops must be > 0"
-                        .into(),
-                );
-            }
+        }
+        if self.quic.is_some() && self.quic_cert().is_none() {
+            return bad("quic: needs cert and key (in [quic] or [tls])".into());
         }
         self.validate_topology()
     }
@@ -182,9 +173,6 @@ impl Config {
         }
         let mut seen: Vec<u32> = Vec::new();
         for t in &self.tenant {
-            if t.id == 0 {
-                return bad("tenant: id 0 is not a tenant".into());
-            }
             if seen.contains(&t.id) {
                 return bad(format!(
                     "tenant {}: mapped twice (at most one UCS instance per tenant)",

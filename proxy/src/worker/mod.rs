@@ -41,6 +41,7 @@ use crate::quic::{QuicEndpoint, QuicEvent};
 use crate::status::{AdminCommand, Signals, Status};
 use crate::transport::{DesktopStream, DesktopTransport};
 
+mod failures;
 mod links;
 mod reload;
 
@@ -127,6 +128,8 @@ pub struct Worker {
     status: Arc<Status>,
     signals: Arc<Signals>,
     start: Instant,
+    /// Auth and protocol failures of desktops, logged at info at most once a second.
+    desktop_failures: failures::FailureLog,
     /// The time of this round: read once after each wait, handed to the core with every
     /// input of the round (timers are checked at 100 ms; one clock read per round, not per
     /// socket operation).
@@ -188,6 +191,7 @@ impl Worker {
             status,
             signals,
             start: now,
+            desktop_failures: failures::FailureLog::default(),
             now,
         })
     }
@@ -313,6 +317,7 @@ impl Worker {
                     // EMFILE and friends: back off until the next tick rather than spin.
                     warn!(error = %e, "accept failed");
                     self.metrics.refusal("accept_error");
+                    self.metrics.accept_failures.inc();
                     return;
                 }
             };
@@ -605,20 +610,18 @@ impl Worker {
         }
         if let Some(q) = &self.quic {
             let st = q.stats();
-            for (what, v) in [
-                ("retries", st.retries),
-                ("refused", st.refused),
-                ("accepted", st.accepted),
-                ("failed", st.failed),
-                ("desktops", q.desktops() as u64),
-                ("handshaking", q.handshaking() as u64),
-            ] {
-                self.metrics
-                    .quic
-                    .get_or_create(&[("what", what.to_string())])
-                    .set(v as i64);
-            }
+            self.metrics.set_quic(
+                [
+                    ("retries", st.retries),
+                    ("refused", st.refused),
+                    ("accepted", st.accepted),
+                    ("failed", st.failed),
+                ],
+                q.desktops() as u64,
+                q.handshaking() as u64,
+            );
         }
+        self.desktop_failures.tick(now, &self.metrics);
     }
 
     fn start_drain(&mut self, now: Instant) {

@@ -14,10 +14,15 @@ use crate::error::CertReloadError;
 impl Worker {
     pub(super) fn reload_config(&mut self, now: Instant) {
         let Some(mut new) = self.reload.as_ref().and_then(|f| f()) else {
-            warn!("SIGHUP: configuration not reloaded (unreadable or invalid)");
+            warn!(
+                "SIGHUP: configuration not reloaded (unreadable or invalid); keeping the running one"
+            );
             return;
         };
-        info!("SIGHUP: reloading limits, upstreams and certificates");
+        // What needs a restart keeps its running value (the supervisor named it in a
+        // warning): `self.cfg` describes what is served.
+        new.keep_restart_only(&self.cfg);
+        info!("SIGHUP: applying limits, upstreams, routes and certificates");
         self.reload_certificates(&mut new);
         self.core.reload(now, &new);
         let n = self.core.links().len();

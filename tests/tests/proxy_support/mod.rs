@@ -306,10 +306,16 @@ pub async fn echo_until(c: &mut TestClient, depth: usize, stop: Instant) -> u64 
     n
 }
 
-/// The sum over workers of `deskmux_proxy_quic{what="<what>"}` in a `/metrics` text.
+/// The sum over workers of `deskmux_proxy_quic_total{what="<what>"}` (events: retries,
+/// refused, accepted, failed) or `deskmux_proxy_quic_connections{what="<what>"}` (now:
+/// desktops, handshaking) in a `/metrics` text.
 pub fn quic_metric(m: &str, what: &str) -> u64 {
     m.lines()
-        .filter(|l| l.starts_with("deskmux_proxy_quic{") && l.contains(&format!("what=\"{what}\"")))
+        .filter(|l| {
+            (l.starts_with("deskmux_proxy_quic_total{")
+                || l.starts_with("deskmux_proxy_quic_connections{"))
+                && l.contains(&format!("what=\"{what}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -343,4 +349,83 @@ pub fn run_to_exit(cfg: &Path, args: &[&str]) -> (Option<std::process::ExitStatu
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
     (status, err)
+}
+
+/// Start a proxy on `config` through `sh -c`, so that `prelude` (e.g. `ulimit -n 256`) runs
+/// first, with `args` added and its stderr appended to `log` (the ops tests read the log
+/// lines). Its stdout is read as [`start_proxy`] reads it.
+pub fn start_proxy_logged(config: PathBuf, prelude: &str, args: &[&str], log: &Path) -> Proxy {
+    let script = format!("{prelude}\nexec \"$0\" \"$@\" 2>>\"$PROXY_LOG\"");
+    let bin = deskmux_tests::bin_path("proxy");
+    let mut argv = vec![
+        "-c",
+        script.as_str(),
+        bin.to_str().unwrap_or(""),
+        "--config",
+        config.to_str().unwrap_or(""),
+    ];
+    argv.extend_from_slice(args);
+    let log_s = log.to_str().unwrap_or("");
+    let mut proc = Proc::spawn_env(
+        "/bin/sh",
+        &argv,
+        &[("PROXY_LOG", log_s), ("RUST_LOG", "info")],
+    )
+    .expect("spawn proxy");
+    let addr = proc.listening(START).expect("proxy listening");
+    let admin = proc
+        .wait_line("ADMIN ", START)
+        .expect("proxy admin")
+        .parse()
+        .expect("admin addr");
+    Proxy {
+        proc,
+        addr,
+        admin,
+        config,
+    }
+}
+
+/// A GET on the admin port with an `Accept` header: status code, `Content-Type`, body.
+pub fn http_get_accept(addr: SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAccept: {accept}\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (code, ctype, body.to_string())
+}
+
+/// The sum of the samples of `name` (exactly that name, any labels) in a metrics text.
+pub fn sample_sum(m: &str, name: &str) -> Option<f64> {
+    let v: Vec<f64> = m
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+/// The text of a log file (empty while it does not exist).
+pub fn log_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
 }

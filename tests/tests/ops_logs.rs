@@ -1,0 +1,88 @@
+//! Logs: `--log-format json` writes one JSON object a line, every line of a worker carries
+//! its index, a log on a file holds no colour escapes, and desktops failing authentication
+//! are logged at the default level (info), at most one line a second.
+//!
+//! Before: only plain text, ANSI escapes in redirected files, no worker index, and auth
+//! failures were never logged at the default level.
+
+mod proxy_support;
+
+use std::time::Duration;
+
+use deskmux_codec::ErrorCode;
+use deskmux_tests::TestClient;
+use proxy_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_with_the_worker_index_and_auth_failures_at_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_core, core_addr) = start_core(dir.path(), "core", "127.0.0.1:0");
+    let cfg = proxy_config(
+        dir.path(),
+        &[("[\"interaction\", \"ucs\"]", core_addr)],
+        2,
+        1,
+        "",
+    );
+    let log = dir.path().join("proxy.log");
+    let proxy = start_proxy_logged(cfg, "", &["--log-format", "json"], &log);
+
+    // Three bad hellos: refused, and logged (as one line or a few, not one per desktop
+    // past the rate).
+    for _ in 0..3 {
+        let mut n = TestClient::connect(proxy.addr).await.unwrap();
+        let h = n.hello(T1, "alice", "wrong-token", 0b110).await.unwrap();
+        assert_eq!(code(&h), Some(ErrorCode::AUTH_FAILED), "{h:?}");
+    }
+    let logged = wait_until_async(Duration::from_secs(10), {
+        let log = log.clone();
+        move || log_text(&log).contains("authentication failed")
+    })
+    .await;
+    let text = log_text(&log);
+    assert!(logged, "{text}");
+    assert!(!text.contains('\u{1b}'), "colour escapes in a file: {text}");
+    let mut workers = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        if v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("deskmux_proxy::worker"))
+        {
+            assert!(
+                v["worker"].is_u64(),
+                "a worker's line without its index: {line}"
+            );
+        }
+        if let Some(w) = v["worker"].as_u64() {
+            workers.insert(w);
+        }
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("authentication failed"))
+        {
+            assert_eq!(v["level"], "INFO", "{line}");
+        }
+    }
+    assert_eq!(workers.into_iter().collect::<Vec<_>>(), [0, 1], "{text}");
+}
+
+#[test]
+fn plain_lines_carry_the_worker_index_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_core, core_addr) = start_core(dir.path(), "core", "127.0.0.1:0");
+    let cfg = proxy_config(dir.path(), &[("\"ixn\"", core_addr)], 1, 1, "");
+    let log = dir.path().join("proxy.log");
+    let _proxy = start_proxy_logged(cfg, "", &[], &log);
+    // A worker logs its link coming up.
+    let ok = wait_until(Duration::from_secs(10), || {
+        log_text(&log)
+            .lines()
+            .any(|l| l.contains("worker=0") && l.contains("link up"))
+    });
+    let text = log_text(&log);
+    assert!(ok, "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
+}
