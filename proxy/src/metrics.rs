@@ -35,10 +35,6 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Frames + bytes queued per link (label `link`).
     pub link_queue: Family<L1, Gauge>,
-    /// Links up per instance as the core counts them (label `instance`). Not exposed: the
-    /// exposed family is [`Metrics::upstream_links_up`] (label `upstream`); the core keeps
-    /// writing this one until it is moved to the new label.
-    pub links_up: Family<L1, Gauge>,
     /// Link (re)connect attempts.
     pub link_connects: Counter,
     /// Request latency through the proxy (accepted from desktop → answer queued), seconds.
@@ -82,7 +78,6 @@ impl Metrics {
             requests: Family::default(),
             in_flight: Gauge::default(),
             link_queue: Family::default(),
-            links_up: Family::default(),
             link_connects: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             errors: Family::default(),

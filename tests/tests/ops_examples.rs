@@ -112,6 +112,40 @@ fn core_server_examples_and_readme_block_pass_check_config() {
 }
 
 #[test]
+fn proxy_examples_and_readme_blocks_pass_check_config() {
+    let etc = etc();
+    let dir = repo().join("deploy/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("proxy") && name.ends_with(".toml") {
+            check(
+                "proxy",
+                &name,
+                &std::fs::read_to_string(&p).unwrap(),
+                etc.path(),
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 2, "a minimal and a complete proxy example");
+    // The first block is a whole configuration; the later ones are sections to add to it.
+    let blocks = toml_blocks(&repo().join("proxy/README.md"));
+    assert!(blocks.len() >= 2, "{} blocks", blocks.len());
+    check("proxy", "proxy/README.md block 0", &blocks[0], etc.path());
+    for (i, b) in blocks.iter().enumerate().skip(1) {
+        let whole = format!("{}\n{b}", blocks[0]);
+        check(
+            "proxy",
+            &format!("proxy/README.md block {i} (added to block 0)"),
+            &whole,
+            etc.path(),
+        );
+    }
+}
+
+#[test]
 fn systemd_units_verify_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let units = repo().join("deploy/systemd");

@@ -9,6 +9,7 @@
 //! listen = "127.0.0.1:7200"        # desktop port; port 0 picks a free port (shared by workers)
 //! admin = "127.0.0.1:7290"         # admin HTTP (/metrics, /health, /status); port 0 = any
 //! workers = 2                      # worker processes sharing the port with SO_REUSEPORT
+//! link_secret_file = "/etc/deskmux/link.secret" # or link_secret = "..." inline (not both)
 //! link_secret = "..."              # presented in LINK_HELLO to every upstream: 32 bytes or more
 //! backlog = 4096                   # listen backlog
 //!
@@ -513,6 +514,10 @@ pub struct Config {
     /// Link secret presented to every upstream: at least [`MIN_SECRET_LEN`] bytes (a shorter,
     /// empty or example one refuses to start without `--allow-weak-link-secret`). No default.
     pub link_secret: LinkSecret,
+    /// A file holding the link secret (surrounding whitespace ignored), instead of
+    /// `link_secret`, so that the configuration holds no secret and may be shipped, printed
+    /// or world-readable. Read at start and on every SIGHUP. Not both.
+    pub link_secret_file: Option<PathBuf>,
     /// Listen backlog. Default 4096.
     pub backlog: i32,
     /// Limits.
@@ -642,6 +647,7 @@ impl Default for Config {
             admin: SocketAddr::from(([127, 0, 0, 1], 7290)),
             workers: 2,
             link_secret: LinkSecret::default(),
+            link_secret_file: None,
             backlog: 4096,
             limits: Limits::default(),
             upstream: Vec::new(),
@@ -676,8 +682,20 @@ impl Config {
             path: path.display().to_string(),
             source: e,
         })?;
-        let c: Config =
+        let mut c: Config =
             toml::from_str(&text).map_err(|e| ConfigError::parse(Some(path), &text, &e))?;
+        if let Some(f) = &c.link_secret_file {
+            if !c.link_secret.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "link_secret and link_secret_file are both set; keep one".into(),
+                ));
+            }
+            let secret = std::fs::read_to_string(f).map_err(|e| ConfigError::Read {
+                path: f.display().to_string(),
+                source: e,
+            })?;
+            c.link_secret = LinkSecret(secret.trim().to_string());
+        }
         Ok((
             c,
             Source {

@@ -42,7 +42,6 @@ impl Core {
                         info!(link = %self.links[i].name, instance = st.instance, "link up");
                         let inst = self.links[i].instance;
                         self.set_instance_state(inst, st);
-                        self.update_links_up();
                     }
                     Err(why) => {
                         if let Some((code, m)) = f.error() {
@@ -374,7 +373,6 @@ impl Core {
             msg::control::GO_AWAY => {
                 info!(link = %self.links[i].name, "server sent GO_AWAY: no new sessions on this link");
                 self.links[i].draining = true;
-                self.update_links_up();
             }
             msg::control::SERVICE_STATE => {
                 if let Ok(st) = ServiceState::read(f.body()) {
@@ -402,21 +400,6 @@ impl Core {
             }
             i.running = running;
             i.primary = primary;
-        }
-    }
-
-    /// Links up per instance, for `deskmux_proxy_links_up`.
-    pub(super) fn update_links_up(&mut self) {
-        for inst in &self.router.instances {
-            let n = inst
-                .links
-                .iter()
-                .filter(|l| self.links[**l].state == LinkState::Up)
-                .count();
-            self.metrics
-                .links_up
-                .get_or_create(&[("instance", inst.conf.name.clone())])
-                .set(n as i64);
         }
     }
 
@@ -473,7 +456,6 @@ impl Core {
         warn!(link = %self.links[i].name, why, retry_ms = failed.retry_in.as_millis() as u64, "link down");
         self.io.push_back(Io::CloseLink(old));
         self.budget.sub(failed.freed);
-        self.update_links_up();
         // 1. Every request in flight gets its explicit error (or goes elsewhere, if it was
         //    capability-routed and never written).
         for (id, p, code) in failed.pending {
