@@ -99,6 +99,8 @@ pub mod key {
     pub const AGENT: &str = "agent";
     pub const TOKEN: &str = "token";
     pub const RECONNECT: &str = "reconnect";
+    /// `SESSION_OPEN`'s first item: the desktop's IP address, as its proxy saw it.
+    pub const SOURCE: &str = "source";
     pub const SERVICES: &str = "services";
     pub const PLACE: &str = "place";
     pub const SESSION: &str = "session";

@@ -341,9 +341,16 @@ impl Conn {
         let Ok(hello) = self.admit(f, false) else {
             return;
         };
-        // No source address: the peer is the proxy, and locking it would lock every desktop
-        // behind it out. Per-agent lockout still applies.
-        if self.check(h, &hello, None) {
+        // The desktop's address is the one its proxy names (PROTOCOL.md §4.3: the body's first
+        // `source`; the link is authenticated, so it is believed), never the proxy's own, which
+        // would lock out every desktop behind it. Without one, per-agent lockout still applies.
+        let source = f
+            .body()
+            .opt_str(deskmux_codec::msg::key::SOURCE)
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        if self.check(h, &hello, source) {
             self.opening.insert(h.session);
         }
     }

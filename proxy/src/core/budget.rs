@@ -108,6 +108,11 @@ impl Sources {
         }
     }
 
+    /// The address counted under `key`.
+    pub fn ip(&self, key: u32) -> Option<IpAddr> {
+        self.entries.get(key as usize).map(|e| e.0)
+    }
+
     /// Desktops counted for `ip`.
     pub fn count(&self, ip: IpAddr) -> u32 {
         self.by_ip

@@ -363,11 +363,12 @@ impl Core {
         }
         d.pending_opens = opened.len() as u8;
         let sid = d.sid;
+        let body = open_body(self.sources.ip(d.source), f.body_bytes());
         for l in opened {
             let mut oh = Head::new(Kind::Request, Service::Control, msg::control::SESSION_OPEN);
             oh.tenant = h.tenant;
             oh.session = sid;
-            if let Ok(mut of) = Frame::with_body(oh, f.body_bytes()) {
+            if let Ok(mut of) = Frame::with_body(oh, &body) {
                 let id = self.track(now, l, Owner::Open { session: sid }, &h, false);
                 of.set_correlation(id);
                 self.push_link_request(now, l, h.tenant, of.freeze(), id);
@@ -600,4 +601,21 @@ fn overloaded() -> ProxyError {
         ErrorCode::OVERLOADED,
         "proxy worker queue budget is full; retry later",
     )
+}
+
+/// The body of a `SESSION_OPEN`: the desktop's address as a first item `source` (PROTOCOL.md
+/// §4.3), then the hello as the desktop sent it. First, because a lookup returns the first
+/// item of a key: a `source` the desktop put in its own hello never passes for the proxy's.
+/// The server locks out failed logins per source with it, as it does on direct connections.
+fn open_body(source: Option<std::net::IpAddr>, hello: &[u8]) -> Vec<u8> {
+    let ip = source.map(|a| a.to_string()).unwrap_or_default();
+    let key = msg::key::SOURCE.as_bytes();
+    let mut b = Vec::with_capacity(1 + key.len() + 5 + ip.len() + hello.len());
+    b.push(key.len() as u8);
+    b.extend_from_slice(key);
+    b.push(0x02); // str
+    b.extend_from_slice(&(ip.len() as u32).to_be_bytes());
+    b.extend_from_slice(ip.as_bytes());
+    b.extend_from_slice(hello);
+    b
 }
