@@ -106,6 +106,9 @@ pub struct Live {
     pub threads: Vec<ThreadLive>,
     /// Set to stop every desktop early (Ctrl-C).
     pub stop: AtomicBool,
+    /// When [`Live::stop_now`] was called, ns since the Unix epoch (0: never): the end of the
+    /// measured window of a stopped run.
+    pub stopped_at_unix_ns: AtomicU64,
 }
 
 /// A snapshot of live counters (one process, or summed).
@@ -153,6 +156,18 @@ impl Live {
             threads: (0..threads).map(|_| ThreadLive::default()).collect(),
             ..Live::default()
         }
+    }
+
+    /// Stop every desktop early (Ctrl-C), noting when: the figures are then over the window
+    /// actually measured.
+    pub fn stop_now(&self) {
+        let _ = self.stopped_at_unix_ns.compare_exchange(
+            0,
+            unix_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Sum the counters.
@@ -547,6 +562,9 @@ pub struct ShardResult {
     /// Stopped early (Ctrl-C).
     #[serde(default)]
     pub stopped_early: bool,
+    /// When it was stopped, ns since the Unix epoch (0: it was not).
+    #[serde(default)]
+    pub stopped_at_unix_ns: u64,
 }
 
 /// CPU time of the calling thread, ns (`/proc/thread-self/schedstat`).
@@ -629,6 +647,7 @@ pub fn run_shard(
     let process_cpu_ns = cpu_sampler.join().unwrap_or(0);
     let mut r = merge_threads(&cfg, range, stats, process_cpu_ns);
     r.stopped_early = live.stop.load(Ordering::Relaxed);
+    r.stopped_at_unix_ns = live.stopped_at_unix_ns.load(Ordering::Relaxed);
     Ok(r)
 }
 
@@ -709,6 +728,7 @@ fn merge_threads(
             .collect(),
         by_type: by_type.to_map(),
         stopped_early: false,
+        stopped_at_unix_ns: 0,
     }
 }
 
