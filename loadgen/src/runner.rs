@@ -145,6 +145,10 @@ pub struct Display {
     timeline: Vec<Tick>,
 }
 
+/// Least time between two timeline points, s: shards report every 500 ms, and rates between
+/// closer points would alias with those reports.
+pub const TIMELINE_STEP_S: f64 = 0.5;
+
 /// Live counters at one moment of a run (all processes summed): what the report plots over
 /// time, from the ramp to the end of the drain.
 #[derive(Debug, Clone, Copy, Default)]
@@ -195,7 +199,7 @@ impl Display {
             && self
                 .timeline
                 .last()
-                .is_none_or(|l| t_ns as f64 / 1e9 - l.t_s >= 0.2)
+                .is_none_or(|l| t_ns as f64 / 1e9 - l.t_s >= TIMELINE_STEP_S)
         {
             self.timeline.push(Tick {
                 t_s: t_ns as f64 / 1e9,
