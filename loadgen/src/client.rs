@@ -403,8 +403,8 @@ pub fn heartbeat_answer(req: &Head) -> [u8; HEAD_LEN] {
     h.to_bytes()
 }
 
-/// One connected desktop with a session.
-#[derive(Debug)]
+/// One connected desktop with a session. Its `Debug` leaves out the reconnect token, which
+/// logs in as the agent.
 pub struct Desktop {
     /// The connection.
     pub conn: Conn,
@@ -423,6 +423,18 @@ pub struct Desktop {
     pub connect_time: Duration,
     /// How long its hello took, sent to answered.
     pub hello_time: Duration,
+}
+
+impl std::fmt::Debug for Desktop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desktop")
+            .field("conn", &self.conn)
+            .field("tenant", &self.tenant)
+            .field("site", &self.site)
+            .field("connect_time", &self.connect_time)
+            .field("hello_time", &self.hello_time)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Correlation ids at or above this are used by the client library itself (hello, login,

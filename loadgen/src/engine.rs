@@ -421,8 +421,8 @@ impl ThreadStats {
     }
 }
 
-/// Per-thread context shared by its desktops.
-#[derive(Debug)]
+/// Per-thread context shared by its desktops. Its `Debug` leaves out the desktops' reconnect
+/// tokens, which log in as their agents.
 pub struct Ctx {
     /// The run.
     pub cfg: Arc<RunConfig>,
@@ -495,6 +495,16 @@ impl CpuWindow {
         let (cpu, wait) = self.start?;
         let (c, w) = sample();
         Some((c.saturating_sub(cpu), w.saturating_sub(wait)))
+    }
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("thread", &self.thread)
+            .field("shard", &self.shard)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
     }
 }
 
