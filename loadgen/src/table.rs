@@ -14,13 +14,23 @@ fn pct_row(out: &mut String, name: &str, p: &Percentiles) {
     );
 }
 
+/// Seconds as given (`0.5 s`, `10 s`): sub-second durations are common now that they can be
+/// typed as `500ms`.
+fn secs(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{x:.0} s")
+    } else {
+        format!("{} s", (x * 1000.0).round() / 1000.0)
+    }
+}
+
 /// The end-of-run table.
 pub fn table(s: &Summary) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "loadgen {} — {}{}, {} {} desktops over {} shard(s) × {} thread(s), {:.0} s measured \
-         (ramp {:.0} s, warm-up {:.0} s excluded)",
+        "loadgen {} — {}{}, {} {} desktops over {} shard(s) × {} thread(s), {} measured \
+         (ramp {}, warm-up {} excluded)",
         s.scenario,
         s.load_model,
         match (s.load_model.as_str(), s.target_rate_rps) {
@@ -34,9 +44,9 @@ pub fn table(s: &Summary) -> String {
         s.transport,
         s.shards,
         s.threads_per_shard,
-        s.duration_s,
-        s.ramp_s,
-        s.warmup_s
+        secs(s.duration_s),
+        secs(s.ramp_s),
+        secs(s.warmup_s)
     );
     let c = &s.clients;
     let _ = writeln!(
