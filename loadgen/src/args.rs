@@ -1,10 +1,102 @@
 //! Command-line options shared by `run`, `demo` and `compare`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use crate::config::{RunConfig, Scenario, Transport};
+use crate::outputs::Output;
 use crate::shard;
+use crate::verify::{ECHO_PAYLOAD_LEN, MAX_ECHO_PAYLOAD};
+
+/// Parse a duration in seconds: bare seconds (`30`, `2.5`) or with units `ms`, `s`, `m`, `h`,
+/// possibly combined (`1m30s`).
+///
+/// # Errors
+/// Malformed text, a negative or non-finite value.
+pub fn parse_secs(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let bad = || format!("`{text}` is not a duration (examples: 30s, 2m, 500ms, 1m30s, 2.5)");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(v) = t.parse::<f64>() {
+        return if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(bad())
+        };
+    }
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    if total.is_finite() {
+        Ok(total)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Parse `--payload`: at least [`ECHO_PAYLOAD_LEN`], at most [`MAX_ECHO_PAYLOAD`] bytes.
+///
+/// # Errors
+/// Not a number or out of that range.
+pub fn parse_payload(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte count"))?;
+    if !(ECHO_PAYLOAD_LEN..=MAX_ECHO_PAYLOAD).contains(&n) {
+        return Err(format!(
+            "the payload must be {ECHO_PAYLOAD_LEN} to {MAX_ECHO_PAYLOAD} bytes"
+        ));
+    }
+    Ok(n)
+}
+
+/// Resolve `--site` values: `HOST:PORT` with an IP address or a host name (the first address
+/// it resolves to).
+///
+/// # Errors
+/// A value without a port, or a name that does not resolve.
+pub fn resolve_sites(sites: &[String]) -> Result<Vec<SocketAddr>, String> {
+    sites
+        .iter()
+        .map(|s| {
+            if let Ok(a) = s.parse::<SocketAddr>() {
+                return Ok(a);
+            }
+            let addrs: Vec<SocketAddr> = s
+                .to_socket_addrs()
+                .map_err(|e| format!("--site {s}: {e} (expected HOST:PORT)"))?
+                .collect();
+            // IPv4 first: desktops spread over 127.0.0.x source addresses (see shard.rs).
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.first())
+                .copied()
+                .ok_or_else(|| format!("--site {s}: the name resolves to no address"))
+        })
+        .collect()
+}
 
 /// Load options.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,17 +115,19 @@ pub struct LoadArgs {
     /// from the intended send time (coordinated omission corrected).
     #[arg(short, long)]
     pub rate: Option<f64>,
-    /// Ramp-up seconds: desktops connect evenly over this time.
-    #[arg(long, default_value_t = 5.0)]
+    /// Ramp-up: desktops connect evenly over this time (a duration: `30s`, `2m`, `500ms`, or
+    /// bare seconds).
+    #[arg(long, default_value = "5s", value_parser = parse_secs)]
     pub ramp: f64,
-    /// Warm-up seconds after the ramp, excluded from the statistics.
-    #[arg(long, default_value_t = 2.0)]
+    /// Warm-up after the ramp, excluded from the statistics (a duration).
+    #[arg(long, default_value = "2s", value_parser = parse_secs)]
     pub warmup: f64,
-    /// Measured seconds.
-    #[arg(short, long, default_value_t = 10.0)]
+    /// Measured time (a duration).
+    #[arg(short, long, default_value = "10s", value_parser = parse_secs)]
     pub duration: f64,
-    /// Seconds to wait for outstanding answers at the end before counting them lost.
-    #[arg(long, default_value_t = 5.0)]
+    /// How long to wait for outstanding answers at the end before counting them lost (a
+    /// duration).
+    #[arg(long, default_value = "5s", value_parser = parse_secs)]
     pub drain: f64,
     /// Event-loop threads per process (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -82,8 +176,8 @@ pub struct LoadArgs {
     /// Storm: spread of the jittered round's first reconnect, ms.
     #[arg(long, default_value_t = 2000)]
     pub storm_spread_ms: u64,
-    /// Connect + hello timeout per attempt, seconds.
-    #[arg(long, default_value_t = 10.0)]
+    /// Connect + hello timeout per attempt (a duration).
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
     pub connect_timeout: f64,
     /// Desktop transport: `tcp`, `tls` or `quic` (`tls`/`quic` need `--ca` for `run`; `demo`
     /// makes its own certificate).
@@ -100,15 +194,28 @@ pub struct LoadArgs {
     /// thread; more spread the load over the site's `SO_REUSEPORT` workers).
     #[arg(long, default_value_t = 8)]
     pub quic_sockets: usize,
-    /// Write the summary as JSON here (stable keys; see report.rs).
+    /// Write the summary as JSON here (stable keys; see report.rs); `-` for stdout (the table
+    /// then goes to stderr). Checked before the run.
     #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write the corrected-latency HDR interval log here.
+    pub json: Option<Output>,
+    /// Write the corrected-latency HDR interval log here (`-`: stdout). Checked before the run.
     #[arg(long)]
-    pub hdr_log: Option<PathBuf>,
-    /// Write a self-contained HTML report here.
+    pub hdr_log: Option<Output>,
+    /// Write a self-contained HTML report here (`-`: stdout). Checked before the run.
     #[arg(long)]
-    pub html: Option<PathBuf>,
+    pub html: Option<Output>,
+    /// Ping: bytes of the `ECHO` payload each request carries (and each answer returns), at
+    /// least 16 (the correlation id and desktop id that make each one unique).
+    #[arg(long, default_value_t = ECHO_PAYLOAD_LEN, value_parser = parse_payload)]
+    pub payload: usize,
+    /// Also fail (exit 5) when loadgen was SATURATED or missed its target rate: the figures
+    /// then describe loadgen rather than the system under test.
+    #[arg(long)]
+    pub strict: bool,
+    /// Run the same load this many times; each run is reported, then the spread (min, median,
+    /// max) of the key figures. Outputs get a `-runK` suffix per run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
@@ -183,6 +290,7 @@ impl LoadArgs {
             ca: self.ca.clone(),
             server_name: self.server_name.clone(),
             quic_sockets,
+            payload: self.payload,
             start_unix_ns: 0,
         })
         .and_then(|mut c: RunConfig| {

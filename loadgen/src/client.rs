@@ -403,8 +403,8 @@ pub fn heartbeat_answer(req: &Head) -> [u8; HEAD_LEN] {
     h.to_bytes()
 }
 
-/// One connected desktop with a session.
-#[derive(Debug)]
+/// One connected desktop with a session. Its `Debug` leaves out the reconnect token, which
+/// logs in as the agent.
 pub struct Desktop {
     /// The connection.
     pub conn: Conn,
@@ -418,6 +418,23 @@ pub struct Desktop {
     pub site: usize,
     /// The reconnect token the server hello carried, for the next hello.
     pub reconnect: Option<String>,
+    /// How long the successful attempt took to connect (TCP connect, plus the TLS or QUIC
+    /// handshake).
+    pub connect_time: Duration,
+    /// How long its hello took, sent to answered.
+    pub hello_time: Duration,
+}
+
+impl std::fmt::Debug for Desktop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desktop")
+            .field("conn", &self.conn)
+            .field("tenant", &self.tenant)
+            .field("site", &self.site)
+            .field("connect_time", &self.connect_time)
+            .field("hello_time", &self.hello_time)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Correlation ids at or above this are used by the client library itself (hello, login,
@@ -644,6 +661,7 @@ pub async fn connect_sites(
         let gen_now = *generation;
         *generation += 1;
         let res = async {
+            let began = std::time::Instant::now();
             let mut stream = match via {
                 Via::Tcp(src) => Conn::Tcp(
                     connect_tcp(sites[site], src.map(|p| p.addr(gen_now)), opts.timeout).await?,
@@ -656,9 +674,12 @@ pub async fn connect_sites(
                     Conn::Quic(Box::new(eps.connect(gid, sites[site], opts.timeout).await?))
                 }
             };
+            let connected = std::time::Instant::now();
             let mut reader = FrameReader::new(opts.read_buf, deskmux_codec::DEFAULT_MAX_FRAME_LEN);
             let (hello, reconnect) = hello(&mut stream, &mut reader, &id, opts.timeout).await?;
             Ok::<_, ClientError>(Desktop {
+                connect_time: connected - began,
+                hello_time: connected.elapsed(),
                 conn: stream,
                 reader,
                 hello,

@@ -79,13 +79,21 @@ impl std::fmt::Debug for Cred {
 
 /// Read a credentials file: one `TENANT<TAB>AGENT<TAB>PASSWORD` per line; desktop `i` uses
 /// line `i` (wrapping). The file, not the command line, carries the passwords, so `ps` never
-/// shows them; shard processes read it themselves.
+/// shows them.
 ///
 /// # Errors
 /// Unreadable file, a malformed line, or no line at all.
 pub fn read_credentials(path: &std::path::Path) -> Result<Vec<Cred>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("credentials {}: {e}", path.display()))?;
+    parse_credentials(&text, &path.display().to_string())
+}
+
+/// Parse credential lines (see [`read_credentials`]); `origin` names them in errors.
+///
+/// # Errors
+/// A malformed line, or no line at all.
+pub fn parse_credentials(text: &str, origin: &str) -> Result<Vec<Cred>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.is_empty() {
@@ -94,26 +102,34 @@ pub fn read_credentials(path: &std::path::Path) -> Result<Vec<Cred>, String> {
         let mut it = line.splitn(3, '\t');
         let (Some(t), Some(a), Some(p)) = (it.next(), it.next(), it.next()) else {
             return Err(format!(
-                "credentials {} line {}: expected TENANT<TAB>AGENT<TAB>PASSWORD",
-                path.display(),
+                "credentials {origin} line {}: expected TENANT<TAB>AGENT<TAB>PASSWORD",
                 i + 1
             ));
         };
         out.push(Cred {
-            tenant: t.trim().parse().map_err(|_| {
-                format!("credentials {} line {}: bad tenant", path.display(), i + 1)
-            })?,
+            tenant: t
+                .trim()
+                .parse()
+                .map_err(|_| format!("credentials {origin} line {}: bad tenant", i + 1))?,
             agent: a.to_string(),
             password: p.to_string(),
         });
     }
     if out.is_empty() {
-        return Err(format!(
-            "credentials {}: no credential in it",
-            path.display()
-        ));
+        return Err(format!("credentials {origin}: no credential in it"));
     }
     Ok(out)
+}
+
+/// The credentials as lines [`parse_credentials`] reads: what a parent process hands a shard
+/// over its stdin pipe (never its command line or environment, which `ps` and
+/// `/proc/PID/environ` show).
+pub fn credential_lines(creds: &[Cred]) -> String {
+    let mut s = String::new();
+    for c in creds {
+        s.push_str(&format!("{}\t{}\t{}\n", c.tenant, c.agent, c.password));
+    }
+    s
 }
 
 /// A whole run.
@@ -188,9 +204,16 @@ pub struct RunConfig {
     /// QUIC: UDP sockets (client endpoints) per event-loop thread; desktops are spread over
     /// them, so the site sees that many source ports per thread.
     pub quic_sockets: usize,
+    /// Ping: bytes of each `ECHO` payload (see [`crate::verify::write_echo_body`]).
+    #[serde(default = "default_payload")]
+    pub payload: usize,
     /// Run start (t = 0 of the run clock), ns since the Unix epoch; set by the parent so that
     /// all shards share one schedule.
     pub start_unix_ns: u64,
+}
+
+fn default_payload() -> usize {
+    crate::verify::ECHO_PAYLOAD_LEN
 }
 
 impl RunConfig {
@@ -200,6 +223,12 @@ impl RunConfig {
     /// See [`read_credentials`].
     pub fn load_credentials(&mut self) -> Result<(), String> {
         let creds = read_credentials(&self.credentials)?;
+        self.set_credentials(creds);
+        Ok(())
+    }
+
+    /// Use `creds` (and set `tenants` from them).
+    pub fn set_credentials(&mut self, creds: Vec<Cred>) {
         let mut tenants = Vec::new();
         for c in &creds {
             if !tenants.contains(&c.tenant) {
@@ -208,7 +237,6 @@ impl RunConfig {
         }
         self.tenants = tenants;
         self.creds = std::sync::Arc::new(creds);
-        Ok(())
     }
 
     /// Nanoseconds of the ramp.

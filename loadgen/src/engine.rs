@@ -106,6 +106,9 @@ pub struct Live {
     pub threads: Vec<ThreadLive>,
     /// Set to stop every desktop early (Ctrl-C).
     pub stop: AtomicBool,
+    /// When [`Live::stop_now`] was called, ns since the Unix epoch (0: never): the end of the
+    /// measured window of a stopped run.
+    pub stopped_at_unix_ns: AtomicU64,
 }
 
 /// A snapshot of live counters (one process, or summed).
@@ -153,6 +156,18 @@ impl Live {
             threads: (0..threads).map(|_| ThreadLive::default()).collect(),
             ..Live::default()
         }
+    }
+
+    /// Stop every desktop early (Ctrl-C), noting when: the figures are then over the window
+    /// actually measured.
+    pub fn stop_now(&self) {
+        let _ = self.stopped_at_unix_ns.compare_exchange(
+            0,
+            unix_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Sum the counters.
@@ -406,8 +421,8 @@ impl ThreadStats {
     }
 }
 
-/// Per-thread context shared by its desktops.
-#[derive(Debug)]
+/// Per-thread context shared by its desktops. Its `Debug` leaves out the desktops' reconnect
+/// tokens, which log in as their agents.
 pub struct Ctx {
     /// The run.
     pub cfg: Arc<RunConfig>,
@@ -483,6 +498,16 @@ impl CpuWindow {
     }
 }
 
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("thread", &self.thread)
+            .field("shard", &self.shard)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ctx {
     /// Whether desktops should stop (end of run or Ctrl-C).
     pub fn stopping(&self) -> bool {
@@ -547,6 +572,9 @@ pub struct ShardResult {
     /// Stopped early (Ctrl-C).
     #[serde(default)]
     pub stopped_early: bool,
+    /// When it was stopped, ns since the Unix epoch (0: it was not).
+    #[serde(default)]
+    pub stopped_at_unix_ns: u64,
 }
 
 /// CPU time of the calling thread, ns (`/proc/thread-self/schedstat`).
@@ -629,6 +657,7 @@ pub fn run_shard(
     let process_cpu_ns = cpu_sampler.join().unwrap_or(0);
     let mut r = merge_threads(&cfg, range, stats, process_cpu_ns);
     r.stopped_early = live.stop.load(Ordering::Relaxed);
+    r.stopped_at_unix_ns = live.stopped_at_unix_ns.load(Ordering::Relaxed);
     Ok(r)
 }
 
@@ -709,6 +738,7 @@ fn merge_threads(
             .collect(),
         by_type: by_type.to_map(),
         stopped_early: false,
+        stopped_at_unix_ns: 0,
     }
 }
 
@@ -848,7 +878,9 @@ async fn ticker(ctx: Rc<Ctx>) {
         let window = ctx.window;
         record_cpu(&ctx, |c| c.tick(now, &window, thread_sched));
         n += 1;
-        if n % 20 == 0 {
+        // Every 50 ms: the report's throughput over time is the difference of two snapshots,
+        // which must not alias with a slow publication.
+        if n % 5 == 0 {
             publish(&ctx);
         }
         next = next.max(now) + TICK;

@@ -12,7 +12,9 @@
 //! - [`shard`]: worker processes by open-file limit, source addresses over 127.0.0.x;
 //! - [`engine`]: per-core event loops; [`runner`]: sharding over processes and progress;
 //! - [`shortfall`]: whether a run sent the load it was asked for (unsent requests, rate);
-//! - [`report`]: table, JSON, HDR interval log; [`html`]: the HTML report;
+//! - [`report`]: the summary, JSON, HDR interval log; [`table`]: the terminal table;
+//!   [`html`]: the HTML report; [`outputs`]: where they go, checked before the run;
+//! - [`exit`]: the exit codes; [`spread`]: `--repeat` figures; [`diff`]: two saved results;
 //! - [`demo`]: core-server + proxy on loopback.
 #![forbid(unsafe_code)]
 
@@ -21,8 +23,11 @@ pub mod client;
 pub mod config;
 pub mod counts;
 pub mod demo;
+pub mod diff;
 pub mod engine;
+pub mod exit;
 pub mod html;
+pub mod outputs;
 pub mod quic;
 pub mod recorder;
 pub mod report;
@@ -30,6 +35,8 @@ pub mod runner;
 pub mod scenario;
 pub mod shard;
 pub mod shortfall;
+pub mod spread;
+pub mod table;
 pub mod timer;
 pub mod tls;
 pub mod verify;

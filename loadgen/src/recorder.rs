@@ -12,6 +12,11 @@
 //! [`Recorder::record_unsent`]: it enters the corrected histogram with the lower bound of its
 //! latency, window end minus intended time, so a stall at the end of a run cannot hide by
 //! keeping requests unsent.
+//!
+//! Connection set-up is recorded apart, whenever it happens (most desktops connect during the
+//! ramp, before the window): the connect time (TCP connect, plus the TLS or QUIC handshake) and
+//! the hello round trip of every successful attempt, reconnects included, so that slow
+//! sessions show outside storms too.
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
@@ -74,6 +79,10 @@ pub struct Recorder {
     pub intervals: Vec<Histogram<u64>>,
     /// Requests due inside the window that were never sent: window end minus intended time.
     pub unsent: Histogram<u64>,
+    /// Connect time of each session (any time in the run).
+    pub connect: Histogram<u64>,
+    /// Hello round trip of each session (any time in the run).
+    pub hello: Histogram<u64>,
 }
 
 impl Recorder {
@@ -86,7 +95,15 @@ impl Recorder {
             send_lag: new_hist(),
             intervals: Vec::new(),
             unsent: new_hist(),
+            connect: new_hist(),
+            hello: new_hist(),
         }
+    }
+
+    /// Record one session's set-up: its connect time and its hello round trip, ns.
+    pub fn record_setup(&mut self, connect_ns: u64, hello_ns: u64) {
+        self.connect.saturating_record(connect_ns.max(1));
+        self.hello.saturating_record(hello_ns.max(1));
     }
 
     /// Record one answered request: intended send time, actual send time, answer time.
@@ -141,6 +158,8 @@ impl Recorder {
         let _ = self.uncorrected.add(&other.uncorrected);
         let _ = self.send_lag.add(&other.send_lag);
         let _ = self.unsent.add(&other.unsent);
+        let _ = self.connect.add(&other.connect);
+        let _ = self.hello.add(&other.hello);
         if self.intervals.len() < other.intervals.len() {
             self.intervals.resize_with(other.intervals.len(), new_hist);
         }
@@ -157,6 +176,8 @@ impl Recorder {
             send_lag: hist_to_hex(&self.send_lag),
             intervals: self.intervals.iter().map(hist_to_hex).collect(),
             unsent: hist_to_hex(&self.unsent),
+            connect: hist_to_hex(&self.connect),
+            hello: hist_to_hex(&self.hello),
         }
     }
 
@@ -176,6 +197,8 @@ impl Recorder {
                 .map(|h| hist_from_hex(h))
                 .collect::<Result<_, _>>()?,
             unsent: hist_from_hex(&w.unsent)?,
+            connect: hist_from_hex(&w.connect)?,
+            hello: hist_from_hex(&w.hello)?,
         })
     }
 }
@@ -194,6 +217,12 @@ pub struct RecorderWire {
     /// Unsent requests' lateness.
     #[serde(default)]
     pub unsent: String,
+    /// Connect times.
+    #[serde(default)]
+    pub connect: String,
+    /// Hello round trips.
+    #[serde(default)]
+    pub hello: String,
 }
 
 /// V2-serialize a histogram and hex-encode it.

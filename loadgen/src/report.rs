@@ -4,7 +4,8 @@
 //!
 //! JSON keys (all nested objects; latencies in microseconds):
 //! - `scenario`, `transport` (`tcp`/`quic`), `load_model` (`closed`/`open`), `target_rate_rps`, `window`, `sites`,
-//!   `ramp_s`, `warmup_s`, `duration_s`, `shards`, `threads_per_shard`
+//!   `ramp_s`, `warmup_s`, `duration_s` (planned), `measured_s` (actually measured: less when
+//!   stopped by Ctrl-C), `shards`, `threads_per_shard`
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
 //!   peak_connected}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
@@ -18,7 +19,8 @@
 //! - `target_missed`, `target_missed_reasons[]`: the run fell more than 1 % short of its
 //!   target rate or left requests unsent
 //! - `latency_us.{count, mean, p50, p90, p99, p999, p9999, max}` — corrected for coordinated
-//!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`
+//!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`;
+//!   `connect_us.*` and `hello_us.*`: set-up of every session, whenever it connected
 //! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
 //!   delivery_us.*, last_subscriber_us.*}`
 //! - `ops.<name>.*` (agent scenario, per request type), `storm[]` ({`jitter`, `reconnected`,
@@ -27,10 +29,10 @@
 //!   `loadgen_cpu_us_per_request`, `loadgen_thread_busy_max`, `loadgen_runqueue_wait_max`,
 //!   `loadgen_sched_lag_us.*`
 //! - `stopped_early`, `verification_failed`, `samples[]`, `latency_over_time[]` ({`t_s`, `count`, `p50`, `p99`,
-//!   `max`}), and in `compare`/`demo` runs `server.*` (see `demo.rs`).
+//!   `max`}), `timeline[]` ({`t_s` since the ramp's start, `connected`, `failed`, `ok_rps`,
+//!   `errors_per_s`}), and in `compare`/`demo` runs `server.*` (see `demo.rs`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -44,6 +46,7 @@ use crate::recorder::{self, Percentiles, Recorder};
 use crate::verify::Tally;
 
 pub use crate::html::html;
+pub use crate::table::table;
 
 /// A thread busier than this share of a core marks loadgen as the bottleneck.
 pub const BUSY_LIMIT: f64 = 0.90;
@@ -173,6 +176,50 @@ pub struct Interval {
     pub max: f64,
 }
 
+/// `timeline[]`: the live counters of the whole run (ramp, warm-up, window, drain), about
+/// every 250 ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimePoint {
+    /// Seconds since the run started (the ramp's start).
+    pub t_s: f64,
+    /// Desktops with a session.
+    pub connected: u64,
+    /// Desktops that gave up connecting, so far.
+    pub failed: u64,
+    /// Answers ok per second since the previous point.
+    pub ok_rps: f64,
+    /// Error answers, lost and wrong requests per second since the previous point.
+    pub errors_per_s: f64,
+}
+
+/// The timeline of a run from its live counters.
+pub fn timeline(ticks: &[crate::runner::Tick]) -> Vec<TimePoint> {
+    let bad = |p: &crate::engine::Progress| p.errors + p.lost + p.wrong;
+    let mut out = Vec::with_capacity(ticks.len());
+    let mut prev: Option<&crate::runner::Tick> = None;
+    for t in ticks {
+        let (ok_rps, errors_per_s) = match prev {
+            Some(p) if t.t_s > p.t_s => {
+                let dt = t.t_s - p.t_s;
+                (
+                    t.progress.ok.saturating_sub(p.progress.ok) as f64 / dt,
+                    bad(&t.progress).saturating_sub(bad(&p.progress)) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        };
+        out.push(TimePoint {
+            t_s: t.t_s,
+            connected: t.progress.connected,
+            failed: t.progress.failed,
+            ok_rps,
+            errors_per_s,
+        });
+        prev = Some(t);
+    }
+    out
+}
+
 /// The whole result.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -192,8 +239,11 @@ pub struct Summary {
     pub ramp_s: f64,
     /// Warm-up (excluded).
     pub warmup_s: f64,
-    /// Measured.
+    /// Measured window planned.
     pub duration_s: f64,
+    /// Measured window actually run: `duration_s`, or less when stopped early (Ctrl-C).
+    /// Throughput, rates and CPU shares are over this.
+    pub measured_s: f64,
     /// Worker processes.
     pub shards: u64,
     /// Event-loop threads per process.
@@ -218,6 +268,11 @@ pub struct Summary {
     pub latency_uncorrected_us: Percentiles,
     /// Send lag.
     pub send_lag_us: Percentiles,
+    /// Connect time of every session, whenever it connected (TCP connect, plus the TLS or
+    /// QUIC handshake).
+    pub connect_us: Percentiles,
+    /// Hello round trip of every session, whenever it connected.
+    pub hello_us: Percentiles,
     /// Events.
     pub events: Events,
     /// Per operation (agent).
@@ -239,7 +294,7 @@ pub struct Summary {
     pub loadgen_runqueue_wait_max: f64,
     /// Event-loop scheduler lag.
     pub loadgen_sched_lag_us: Percentiles,
-    /// Stopped early (Ctrl-C): rates and CPU shares are over the planned window.
+    /// Stopped early (Ctrl-C): rates and CPU shares are over `measured_s`.
     pub stopped_early: bool,
     /// Lost or wrong answers.
     pub verification_failed: bool,
@@ -247,6 +302,8 @@ pub struct Summary {
     pub samples: Vec<String>,
     /// Corrected latency per interval.
     pub latency_over_time: Vec<Interval>,
+    /// Live counters over the whole run (filled in by the caller from the runner's ticks).
+    pub timeline: Vec<TimePoint>,
     /// Server-side figures (demo / compare), filled in by the caller.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<serde_json::Value>,
@@ -271,7 +328,15 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
     let mut ops: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut storms: Vec<(bool, Histogram<u64>, u64, u64)> = Vec::new();
-    let wns = (window.end_ns - window.start_ns).max(1) as f64;
+    // A run stopped early (Ctrl-C) measured until the first shard stopped, not the planned
+    // window: rates and CPU shares are over what was measured.
+    let measured_end = shards
+        .iter()
+        .filter(|s| s.stopped_early && s.stopped_at_unix_ns > 0)
+        .map(|s| s.stopped_at_unix_ns.saturating_sub(cfg.start_unix_ns))
+        .min()
+        .map_or(window.end_ns, |t| t.clamp(window.start_ns, window.end_ns));
+    let wns = (measured_end - window.start_ns).max(1) as f64;
     for s in shards {
         rec.merge(&Recorder::from_wire(window, &s.rec)?);
         tally.merge(&s.tally);
@@ -322,7 +387,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         }
     }
     let measured = rec.count();
-    let secs = window.secs().max(1e-9);
+    let secs = wns / 1e9;
     let cpu_percent = cpu_ns as f64 / wns * 100.0;
     let per_req_base = measured + events.received;
     let cpu_per_req = if per_req_base > 0 {
@@ -398,6 +463,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         ramp_s: cfg.ramp_s,
         warmup_s: cfg.warmup_s,
         duration_s: cfg.duration_s,
+        measured_s: secs,
         shards: shards.len() as u64,
         threads_per_shard: threads,
         clients: Clients {
@@ -438,6 +504,8 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         latency_us: Percentiles::of(&rec.corrected),
         latency_uncorrected_us: Percentiles::of(&rec.uncorrected),
         send_lag_us: Percentiles::of(&rec.send_lag),
+        connect_us: Percentiles::of(&rec.connect),
+        hello_us: Percentiles::of(&rec.hello),
         events: Events {
             received: events.received,
             gaps: events.gaps + missed_at_end,
@@ -476,193 +544,13 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         verification_failed: tally.failed() || events.gaps + missed_at_end > 0,
         samples,
         latency_over_time,
+        timeline: Vec::new(),
         server: None,
     };
     Ok((summary, rec))
 }
 
-fn pct_row(out: &mut String, name: &str, p: &Percentiles) {
-    let _ = writeln!(
-        out,
-        "  {name:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
-        p.count, p.p50, p.p90, p.p99, p.p999, p.max
-    );
-}
-
-/// The end-of-run table.
-pub fn table(s: &Summary) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "loadgen {} — {}{}, {} {} desktops over {} shard(s) × {} thread(s), {:.0} s measured \
-         (ramp {:.0} s, warm-up {:.0} s excluded)",
-        s.scenario,
-        s.load_model,
-        match (s.load_model.as_str(), s.target_rate_rps) {
-            ("sequential", _) => {
-                " (one request at a time per desktop; media servers submit open loop)".to_string()
-            }
-            (_, Some(r)) => format!(" loop at {r:.0} req/s"),
-            _ => format!(" loop, {} outstanding per desktop", s.window),
-        },
-        s.clients.target,
-        s.transport,
-        s.shards,
-        s.threads_per_shard,
-        s.duration_s,
-        s.ramp_s,
-        s.warmup_s
-    );
-    let c = &s.clients;
-    let _ = writeln!(
-        o,
-        "clients   target {}  connected {}  failed {}  (peak {}, failed attempts {}, reconnects {}, dropped {}, login refused {})",
-        c.target,
-        c.connected,
-        c.failed,
-        c.peak_connected,
-        c.failed_attempts,
-        c.reconnects,
-        c.dropped,
-        c.login_failed
-    );
-    let r = &s.requests;
-    let _ = writeln!(
-        o,
-        "requests  sent {}  ok {}  errors {} (not_sent {}, outcome_unknown {}, rejected {})  lost {}  wrong {}  unknown-id {}  duplicate {}",
-        r.sent,
-        r.ok,
-        r.errors,
-        r.errors_by_class.not_sent,
-        r.errors_by_class.outcome_unknown,
-        r.errors_by_class.rejected,
-        r.lost,
-        r.wrong,
-        r.unknown_correlation,
-        r.duplicates
-    );
-    let _ = writeln!(
-        o,
-        "          due in the window {}  unsent {}  — all written by type: {}",
-        r.due,
-        r.unsent,
-        r.by_type
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        o,
-        "throughput {:.0} req/s (ok, inside the window){}{}",
-        s.throughput_rps,
-        match (s.achieved_rate_rps, s.achieved_over_target) {
-            (Some(a), Some(r)) => format!(
-                "; sent {a:.0} req/s of the due ones = {:.1} % of the target",
-                r * 100.0
-            ),
-            _ => String::new(),
-        },
-        if s.target_missed {
-            format!(
-                "  ** TARGET MISSED: {} **",
-                s.target_missed_reasons.join("; ")
-            )
-        } else {
-            String::new()
-        }
-    );
-    let _ = writeln!(
-        o,
-        "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
-    pct_row(&mut o, "corrected", &s.latency_us);
-    pct_row(&mut o, "uncorrected", &s.latency_uncorrected_us);
-    pct_row(&mut o, "send lag", &s.send_lag_us);
-    if r.unsent > 0 {
-        pct_row(&mut o, "unsent: lateness", &r.unsent_lateness_us);
-    }
-    for (k, p) in &s.ops {
-        pct_row(&mut o, &format!("op {k}"), p);
-    }
-    if s.events.received > 0 || s.scenario == "supervisor" {
-        let e = &s.events;
-        let _ = writeln!(
-            o,
-            "events    received {}  gaps {} (at end {}, {} subscribers checked)  duplicates {}  distinct published {}  invites {}  props {}  revoked {}",
-            e.received,
-            e.gaps,
-            e.missed_at_end,
-            e.subscribers_checked,
-            e.duplicates,
-            e.published,
-            e.invites,
-            e.props_changed,
-            e.revoked
-        );
-        pct_row(&mut o, "event delivery", &e.delivery_us);
-        pct_row(&mut o, "publish→last subscr.", &e.last_subscriber_us);
-    }
-    for (i, st) in s.storm.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "storm {} ({}): reconnected {}  failed {}  failed attempts {}",
-            i + 1,
-            if st.jitter {
-                "jittered backoff"
-            } else {
-                "no jitter"
-            },
-            st.reconnected,
-            st.failed,
-            st.failed_attempts
-        );
-        pct_row(&mut o, "reconnect time", &st.reconnect_us);
-    }
-    let _ = writeln!(
-        o,
-        "loadgen   cpu {:.0} % of a core, {:.2} µs cpu/request, busiest thread {:.0} % (run-queue wait up to {:.0} %), sched lag p99 {:.0} µs max {:.0} µs{}",
-        s.loadgen_cpu_percent,
-        s.loadgen_cpu_us_per_request,
-        s.loadgen_thread_busy_max * 100.0,
-        s.loadgen_runqueue_wait_max * 100.0,
-        s.loadgen_sched_lag_us.p99,
-        s.loadgen_sched_lag_us.max,
-        if s.loadgen_saturated {
-            format!(
-                "  ** SATURATED: {} **",
-                s.loadgen_saturation_reasons.join("; ")
-            )
-        } else {
-            String::new()
-        }
-    );
-    if s.stopped_early {
-        let _ = writeln!(
-            o,
-            "STOPPED EARLY (Ctrl-C): throughput and CPU shares are divided by the planned window"
-        );
-    }
-    if let Some(sv) = &s.server {
-        let _ = writeln!(o, "server    {sv}");
-    }
-    let _ = writeln!(
-        o,
-        "verification {}",
-        if s.verification_failed {
-            "FAILED (requests lost or answered wrongly, or event gaps)"
-        } else {
-            "passed: every request answered exactly once with the right content"
-        }
-    );
-    for smp in s.samples.iter().take(5) {
-        let _ = writeln!(o, "  sample: {smp}");
-    }
-    o
-}
-
-/// Write the corrected-latency HDR interval log (values in ns; `max` column in µs).
+/// Write the corrected-latency HDR interval log (see [`hdr_log`]) to `path`.
 ///
 /// # Errors
 /// I/O.
@@ -671,6 +559,14 @@ pub fn write_hdr_log(
     cfg: &RunConfig,
     rec: &Recorder,
 ) -> std::io::Result<()> {
+    std::fs::write(path, hdr_log(cfg, rec)?)
+}
+
+/// The corrected-latency HDR interval log (values in ns; `max` column in µs).
+///
+/// # Errors
+/// A histogram that does not serialize.
+pub fn hdr_log(cfg: &RunConfig, rec: &Recorder) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut ser = V2DeflateSerializer::new();
     let start = UNIX_EPOCH + Duration::from_nanos(cfg.start_unix_ns + rec.window.start_ns);
@@ -687,7 +583,7 @@ pub fn write_hdr_log(
                 .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         }
     }
-    std::fs::write(path, out)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -728,6 +624,7 @@ mod tests {
             ca: None,
             server_name: "localhost".into(),
             quic_sockets: 1,
+            payload: 16,
             start_unix_ns: 1_700_000_000_000_000_000,
         }
     }

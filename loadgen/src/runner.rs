@@ -1,10 +1,10 @@
 //! Running a whole load: in this process when the desktops fit under the open-file limit,
 //! otherwise sharded over worker processes (this executable re-executed as
-//! `loadgen shard --shard i/N --config-json ...`), each reporting progress and its final result
+//! `loadgen shard --shard i/N`, its configuration and credentials on stdin), each reporting progress and its final result
 //! as JSON lines on stdout. Live progress (targeted, connected, failed, requests) is shown
 //! continuously.
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,7 @@ pub fn stop_on_ctrl_c(live: Arc<Live>) {
         rt.block_on(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("loadgen: stopping (Ctrl-C again to abort)");
-                live.stop.store(true, Ordering::Relaxed);
+                live.stop_now();
             }
             if tokio::signal::ctrl_c().await.is_ok() {
                 crate::demo::kill_started();
@@ -53,6 +53,36 @@ pub fn stop_on_ctrl_c(live: Arc<Live>) {
             }
         });
     });
+}
+
+/// What a parent writes on a shard's stdin: the configuration as one JSON line (credentials
+/// left out, see [`RunConfig::creds`]), then the credential lines.
+///
+/// # Errors
+/// The configuration does not serialize.
+pub fn encode_shard_input(cfg: &RunConfig) -> Result<String, String> {
+    let mut s = serde_json::to_string(cfg).map_err(|e| e.to_string())?;
+    s.push('\n');
+    s.push_str(&crate::config::credential_lines(&cfg.creds));
+    Ok(s)
+}
+
+/// Read what [`encode_shard_input`] wrote, from `input` (the shard's stdin) to its end.
+///
+/// # Errors
+/// Unreadable input, a bad configuration line or bad credential lines.
+pub fn decode_shard_input(mut input: impl Read) -> Result<RunConfig, String> {
+    let mut text = String::new();
+    input
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the shard input: {e}"))?;
+    let (json, creds) = text
+        .split_once('\n')
+        .ok_or("shard input: no configuration")?;
+    let mut cfg: RunConfig =
+        serde_json::from_str(json).map_err(|e| format!("shard configuration: {e}"))?;
+    cfg.set_credentials(crate::config::parse_credentials(creds, "from the parent")?);
+    Ok(cfg)
 }
 
 /// Shards this run needs.
@@ -109,11 +139,38 @@ pub struct Display {
     quiet: bool,
     /// Previous shown (time, ok) for the rate.
     prev: (Instant, u64),
+    /// t = 0 of the run clock, ns since the Unix epoch.
+    start_unix_ns: u64,
+    /// The snapshots seen, on the run clock: the report's plots over time.
+    timeline: Vec<Tick>,
+}
+
+/// Least time between two timeline points, s: shards report every 500 ms, and rates between
+/// closer points would alias with those reports.
+pub const TIMELINE_STEP_S: f64 = 0.5;
+
+/// Live counters at one moment of a run (all processes summed): what the report plots over
+/// time, from the ramp to the end of the drain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tick {
+    /// Seconds since t = 0 of the run.
+    pub t_s: f64,
+    /// The counters then.
+    pub progress: Progress,
+}
+
+/// A whole run's result: each shard's, and the live counters over time.
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    /// Per shard.
+    pub shards: Vec<ShardResult>,
+    /// The live counters, about every 250 ms.
+    pub timeline: Vec<Tick>,
 }
 
 impl Display {
-    /// A display for `target` desktops.
-    pub fn new(target: u64, quiet: bool) -> Display {
+    /// A display for `target` desktops of a run starting at `start_unix_ns`.
+    pub fn new(target: u64, quiet: bool, start_unix_ns: u64) -> Display {
         let bar = if quiet || !std::io::stderr().is_terminal() {
             ProgressBar::hidden()
         } else {
@@ -130,11 +187,25 @@ impl Display {
             started: Instant::now(),
             quiet,
             prev: (Instant::now(), 0),
+            start_unix_ns,
+            timeline: Vec::new(),
         }
     }
 
-    /// Show a snapshot.
+    /// Show a snapshot (and keep it for the timeline).
     pub fn update(&mut self, p: &Progress) {
+        let t_ns = engine::unix_ns().saturating_sub(self.start_unix_ns);
+        if engine::unix_ns() >= self.start_unix_ns
+            && self
+                .timeline
+                .last()
+                .is_none_or(|l| t_ns as f64 / 1e9 - l.t_s >= TIMELINE_STEP_S)
+        {
+            self.timeline.push(Tick {
+                t_s: t_ns as f64 / 1e9,
+                progress: *p,
+            });
+        }
         let now = Instant::now();
         let dt = now.duration_since(self.prev.0).as_secs_f64();
         let every = if self.bar.is_hidden() { 2.0 } else { 1.0 };
@@ -170,9 +241,10 @@ impl Display {
         }
     }
 
-    /// Remove the bar.
-    pub fn finish(&self) {
+    /// Remove the bar; returns the timeline.
+    pub fn finish(self) -> Vec<Tick> {
         self.bar.finish_and_clear();
+        self.timeline
     }
 }
 
@@ -193,7 +265,7 @@ pub fn schedule(cfg: &mut RunConfig) {
 ///
 /// # Errors
 /// A shard could not start or failed.
-pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> {
+pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<RunOutput, String> {
     if cfg.sites.is_empty() {
         return Err("no target sites".into());
     }
@@ -206,7 +278,7 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
     if cfg.start_unix_ns == 0 {
         schedule(&mut cfg);
     }
-    let mut display = Display::new(cfg.desktops, quiet);
+    let mut display = Display::new(cfg.desktops, quiet, cfg.start_unix_ns);
     if n == 1 {
         let cfg = Arc::new(cfg);
         let live = Arc::new(Live::new(threads_for(&cfg)));
@@ -221,14 +293,18 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
             std::thread::sleep(Duration::from_millis(250));
             display.update(&live.snapshot(target));
         }
-        display.finish();
+        display.update(&live.snapshot(target));
+        let timeline = display.finish();
         let r = h.join().map_err(|_| "shard thread panicked")??;
-        return Ok(vec![r]);
+        return Ok(RunOutput {
+            shards: vec![r],
+            timeline,
+        });
     }
     // The shards get the terminal's Ctrl-C themselves; this process only waits for them.
     stop_on_ctrl_c(Arc::new(Live::new(0)));
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
+    let shard_input = encode_shard_input(&cfg)?;
     let progress = Arc::new(Mutex::new(vec![Progress::default(); n as usize]));
     let results: Arc<Mutex<Vec<ShardSlot>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
     let mut children = Vec::new();
@@ -238,13 +314,19 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
             .arg("shard")
             .arg("--shard")
             .arg(format!("{i}/{n}"))
-            .arg("--config-json")
-            .arg(&json)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawn shard {i}: {e}"))?;
+        // The configuration and the credentials go down the shard's stdin pipe, then it is
+        // closed: nothing of them in its argv or environment, where `ps` shows them.
+        {
+            let mut stdin = child.stdin.take().ok_or("no shard stdin")?;
+            stdin
+                .write_all(shard_input.as_bytes())
+                .map_err(|e| format!("shard {i} stdin: {e}"))?;
+        }
         let out = child.stdout.take().ok_or("no shard stdout")?;
         let progress = progress.clone();
         let results = results.clone();
@@ -288,7 +370,7 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    display.finish();
+    let timeline = display.finish();
     for r in readers {
         let _ = r.join();
     }
@@ -301,5 +383,8 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<Vec<ShardResult>, String> 
             None => return Err(format!("shard {i} exited without a result")),
         }
     }
-    Ok(out)
+    Ok(RunOutput {
+        shards: out,
+        timeline,
+    })
 }

@@ -113,29 +113,71 @@ pub fn echo_payload(corr: u64, desktop: u64) -> [u8; ECHO_PAYLOAD_LEN] {
     p
 }
 
-/// The echo request body: one `bin` item `data` holding the payload. Its fixed layout lets a
-/// pre-encoded frame be patched in place: key_len(1) "data"(4) type(1) len(4) payload(16).
-pub const ECHO_BODY_LEN: usize = 1 + 4 + 1 + 4 + ECHO_PAYLOAD_LEN;
-/// Offset of the payload inside the echo body.
-pub const ECHO_PAYLOAD_OFFSET: usize = ECHO_BODY_LEN - ECHO_PAYLOAD_LEN;
+/// Largest `--payload`: well under the codec's default frame limit (2 MiB).
+pub const MAX_ECHO_PAYLOAD: usize = 1024 * 1024;
 
-/// Write the echo body for (`corr`, `desktop`) into `dst` (exactly [`ECHO_BODY_LEN`] bytes).
+/// Bytes of the echo body before the payload: key_len(1) "data"(4) type(1) len(4). This fixed
+/// layout lets a pre-encoded frame be patched in place.
+pub const ECHO_HEADER_LEN: usize = 1 + 4 + 1 + 4;
+
+/// Length of the echo body carrying a payload of `payload` bytes.
+pub const fn echo_body_len(payload: usize) -> usize {
+    ECHO_HEADER_LEN + payload
+}
+
+/// The echo body with the default payload: one `bin` item `data` of [`ECHO_PAYLOAD_LEN`] bytes.
+pub const ECHO_BODY_LEN: usize = echo_body_len(ECHO_PAYLOAD_LEN);
+/// Offset of the payload inside the echo body.
+pub const ECHO_PAYLOAD_OFFSET: usize = ECHO_HEADER_LEN;
+
+/// Filler byte `i` of a payload past its unique first [`ECHO_PAYLOAD_LEN`] bytes: depends on
+/// the desktop, so that an answer carrying another desktop's filler is caught too, and not on
+/// the request, so that a template's filler is written once.
+fn filler(i: usize, desktop: u64) -> u8 {
+    (i as u8).wrapping_mul(31) ^ (desktop as u8)
+}
+
+/// Write the whole echo body for (`corr`, `desktop`) into `dst`, whose length sets the payload
+/// size (`dst.len() - ECHO_HEADER_LEN`, at least [`ECHO_PAYLOAD_LEN`]).
 pub fn write_echo_body(dst: &mut [u8], corr: u64, desktop: u64) {
+    let payload = dst.len() - ECHO_HEADER_LEN;
     dst[0] = 4;
     dst[1..5].copy_from_slice(msg::key::DATA.as_bytes());
     dst[5] = 0x03;
-    dst[6..10].copy_from_slice(&(ECHO_PAYLOAD_LEN as u32).to_be_bytes());
-    dst[ECHO_PAYLOAD_OFFSET..ECHO_BODY_LEN].copy_from_slice(&echo_payload(corr, desktop));
+    dst[6..10].copy_from_slice(&(payload as u32).to_be_bytes());
+    for (i, b) in dst[ECHO_HEADER_LEN + ECHO_PAYLOAD_LEN..]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = filler(i, desktop);
+    }
+    patch_echo_body(dst, corr, desktop);
 }
 
-/// Whether `body` is exactly the echo body of (`corr`, `desktop`). No allocation.
-pub fn echo_body_matches(body: &[u8], corr: u64, desktop: u64) -> bool {
-    if body.len() != ECHO_BODY_LEN {
+/// Stamp the unique part of the payload (request `corr` of `desktop`) into a body written by
+/// [`write_echo_body`] for the same desktop: 16 bytes whatever the payload size.
+pub fn patch_echo_body(dst: &mut [u8], corr: u64, desktop: u64) {
+    dst[ECHO_PAYLOAD_OFFSET..ECHO_PAYLOAD_OFFSET + ECHO_PAYLOAD_LEN]
+        .copy_from_slice(&echo_payload(corr, desktop));
+}
+
+/// Whether `body` is exactly the echo body of (`corr`, `desktop`) with a `payload`-byte
+/// payload. No allocation.
+pub fn echo_body_matches(body: &[u8], corr: u64, desktop: u64, payload: usize) -> bool {
+    if body.len() != echo_body_len(payload) || payload < ECHO_PAYLOAD_LEN {
         return false;
     }
-    let mut expect = [0u8; ECHO_BODY_LEN];
-    write_echo_body(&mut expect, corr, desktop);
-    body == expect
+    let mut head = [0u8; ECHO_HEADER_LEN + ECHO_PAYLOAD_LEN];
+    head[0] = 4;
+    head[1..5].copy_from_slice(msg::key::DATA.as_bytes());
+    head[5] = 0x03;
+    head[6..10].copy_from_slice(&(payload as u32).to_be_bytes());
+    head[ECHO_HEADER_LEN..].copy_from_slice(&echo_payload(corr, desktop));
+    body[..head.len()] == head
+        && body[head.len()..]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == filler(i, desktop))
 }
 
 /// The verdict on one response frame.
@@ -177,6 +219,7 @@ pub fn judge_echo<E>(
     body: &[u8],
     service: u8,
     desktop: u64,
+    payload: usize,
 ) -> (Verdict, Option<E>) {
     let e = match pending.take(head.correlation) {
         Match::Pending(e) => e,
@@ -192,7 +235,7 @@ pub fn judge_echo<E>(
     {
         return (Verdict::Wrong(Wrong::MessageType), Some(e));
     }
-    if !echo_body_matches(body, head.correlation, desktop) {
+    if !echo_body_matches(body, head.correlation, desktop, payload) {
         return (Verdict::Wrong(Wrong::Content), Some(e));
     }
     (Verdict::Ok, Some(e))
@@ -335,10 +378,32 @@ mod tests {
         let b = deskmux_codec::BodyRef::new(&body);
         b.validate().unwrap();
         assert_eq!(b.bin(msg::key::DATA).unwrap(), &echo_payload(7, 9));
-        assert!(echo_body_matches(&body, 7, 9));
-        assert!(!echo_body_matches(&body, 7, 8));
-        assert!(!echo_body_matches(&body, 8, 9));
-        assert!(!echo_body_matches(&body[1..], 7, 9));
+        assert!(echo_body_matches(&body, 7, 9, ECHO_PAYLOAD_LEN));
+        assert!(!echo_body_matches(&body, 7, 8, ECHO_PAYLOAD_LEN));
+        assert!(!echo_body_matches(&body, 8, 9, ECHO_PAYLOAD_LEN));
+        assert!(!echo_body_matches(&body[1..], 7, 9, ECHO_PAYLOAD_LEN));
+    }
+
+    #[test]
+    fn larger_payloads_are_valid_bodies_checked_to_the_last_byte() {
+        let mut body = vec![0u8; echo_body_len(1000)];
+        write_echo_body(&mut body, 7, 9);
+        let b = deskmux_codec::BodyRef::new(&body);
+        b.validate().unwrap();
+        assert_eq!(b.bin(msg::key::DATA).unwrap().len(), 1000);
+        assert!(echo_body_matches(&body, 7, 9, 1000));
+        assert!(!echo_body_matches(&body, 7, 9, 999), "length is checked");
+        patch_echo_body(&mut body, 8, 9);
+        assert!(
+            echo_body_matches(&body, 8, 9, 1000),
+            "a patched template is whole"
+        );
+        let last = body.len() - 1;
+        body[last] ^= 1;
+        assert!(
+            !echo_body_matches(&body, 8, 9, 1000),
+            "the filler is checked"
+        );
     }
 
     #[test]
@@ -391,29 +456,64 @@ mod tests {
 
         // Right answer.
         let f = echo_resp(c1, desktop);
-        let (v, _) = judge_echo(&mut p, f.head(), f.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            f.head(),
+            f.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Ok);
         t.count(v);
         // The same answer again: duplicate.
-        let (v, _) = judge_echo(&mut p, f.head(), f.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            f.head(),
+            f.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Wrong(Wrong::Duplicate));
         t.count(v);
         // Answer with another request's payload: wrong content.
         let mut f = echo_resp(c3, desktop);
         f.set_correlation(c2);
-        let (v, _) = judge_echo(&mut p, f.head(), f.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            f.head(),
+            f.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Wrong(Wrong::Content));
         t.count(v);
         // Unknown correlation id.
         let f = echo_resp(999, desktop);
-        let (v, _) = judge_echo(&mut p, f.head(), f.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            f.head(),
+            f.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Wrong(Wrong::UnknownCorrelation));
         t.count(v);
         // Error response: counted by class, not ok.
         let mut h = Head::new(Kind::Request, Service::Interaction, msg::ixn::ECHO);
         h.correlation = c3;
         let e = error_response(&h, ErrorCode::OVERLOADED, "busy");
-        let (v, _) = judge_echo(&mut p, e.head(), e.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            e.head(),
+            e.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Error(RetryClass::NotSent));
         t.count(v);
         // Wrong message type.
@@ -421,7 +521,14 @@ mod tests {
         let mut h = *f.head();
         h.msg_type = msg::ixn::SUBMIT;
         f = Frame::with_body(h, f.body_bytes()).unwrap();
-        let (v, _) = judge_echo(&mut p, f.head(), f.body_bytes(), svc, desktop);
+        let (v, _) = judge_echo(
+            &mut p,
+            f.head(),
+            f.body_bytes(),
+            svc,
+            desktop,
+            ECHO_PAYLOAD_LEN,
+        );
         assert_eq!(v, Verdict::Wrong(Wrong::MessageType));
         t.count(v);
         // The end: what is still pending is lost.

@@ -1,7 +1,7 @@
 //! End-to-end: the loadgen binary against an in-process fake server speaking just enough of
 //! PROTOCOL.md (hello, login, heartbeat, echo), honest or deliberately faulty. Checks the
 //! JSON keys, the sharding over worker processes, that a lost or wrong answer makes the run
-//! exit non-zero, and that requests a stall at the end of the window kept from being sent are
+//! exit with its own code (4, not the usage code 2), and that requests a stall at the end of the window kept from being sent are
 //! counted, not dropped.
 
 use std::net::SocketAddr;
@@ -332,7 +332,7 @@ fn lost_answers_fail_the_run() {
     let (code, v) = run_loadgen(addr, &["-n", "10", "--window", "4"]);
     assert!(v["requests"]["lost"].as_u64().unwrap() > 0, "{v:#}");
     assert_eq!(v["verification_failed"], true);
-    assert_eq!(code, 2);
+    assert_eq!(code, i32::from(deskmux_loadgen::exit::LOST_OR_WRONG));
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn wrong_answers_fail_the_run() {
     let (code, v) = run_loadgen(addr, &["-n", "10"]);
     assert!(v["requests"]["wrong"].as_u64().unwrap() > 0, "{v:#}");
     assert_eq!(v["requests"]["lost"], 0);
-    assert_eq!(code, 2);
+    assert_eq!(code, i32::from(deskmux_loadgen::exit::LOST_OR_WRONG));
 }
 
 #[test]

@@ -113,7 +113,14 @@ pub async fn connect(
             return Err(attempts);
         }
     };
-    ctx.stats.borrow_mut().clients.failed_attempts += u64::from(attempts);
+    {
+        let mut s = ctx.stats.borrow_mut();
+        s.clients.failed_attempts += u64::from(attempts);
+        s.rec.record_setup(
+            d.connect_time.as_nanos() as u64,
+            d.hello_time.as_nanos() as u64,
+        );
+    }
     if cfg.reconnect_tokens
         && let Some(t) = d.reconnect.take()
     {

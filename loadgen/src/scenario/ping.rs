@@ -18,7 +18,7 @@ use deskmux_codec::{ErrorCode, Flags, HEAD_LEN, Head, Kind, Service, msg};
 use crate::client::{self, CLIENT_CORR_BASE, Desktop};
 use crate::engine::Ctx;
 use crate::scenario::{self, storm};
-use crate::verify::{self, ECHO_BODY_LEN, Pending, Verdict};
+use crate::verify::{self, Pending, Verdict};
 
 /// A request in flight: intended and actual send time (run ns).
 #[derive(Debug, Clone, Copy)]
@@ -182,19 +182,23 @@ fn first_at_or_after(first: u64, period: u64, t: u64) -> u64 {
 }
 
 /// The pre-encoded echo request of desktop `gid`; [`patch`] fills in each request.
-fn echo_template(service: u8, tenant: u32) -> [u8; HEAD_LEN + ECHO_BODY_LEN] {
+/// Its payload is `payload` bytes (`--payload`); the filler past the unique part is written
+/// here once.
+fn echo_template(service: u8, tenant: u32, gid: u64, payload: usize) -> Vec<u8> {
+    let body_len = verify::echo_body_len(payload);
     let mut head = Head::new(Kind::Request, Service::from_u8(service), msg::ixn::ECHO);
     head.tenant = tenant;
-    head.body_len = ECHO_BODY_LEN as u32;
-    let mut f = [0u8; HEAD_LEN + ECHO_BODY_LEN];
+    head.body_len = body_len as u32;
+    let mut f = vec![0u8; HEAD_LEN + body_len];
     f[..HEAD_LEN].copy_from_slice(&head.to_bytes());
+    verify::write_echo_body(&mut f[HEAD_LEN..], 0, gid);
     f
 }
 
 /// Stamp correlation `corr` and its unique payload into the template.
-fn patch(frame: &mut [u8; HEAD_LEN + ECHO_BODY_LEN], corr: u64, gid: u64) {
+fn patch(frame: &mut [u8], corr: u64, gid: u64) {
     restamp_correlation(frame, corr);
-    verify::write_echo_body(&mut frame[HEAD_LEN..], corr, gid);
+    verify::patch_echo_body(&mut frame[HEAD_LEN..], corr, gid);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -210,7 +214,7 @@ async fn session(
     let cfg = &ctx.cfg;
     let end = cfg.measure_end_ns();
     let drain_end = cfg.drain_end_ns();
-    let mut frame = echo_template(cfg.echo_service, d.tenant);
+    let mut frame = echo_template(cfg.echo_service, d.tenant, gid, cfg.payload);
     let window = cfg.window.max(1).min(d.hello.max_in_flight.max(1)) as usize;
     let cap = OPEN_LOOP_CAP.min(d.hello.max_in_flight.max(1)) as usize;
     let mut wbuf: Vec<u8> = Vec::with_capacity(frame.len() * window.max(4) + 64);
@@ -366,8 +370,14 @@ async fn session(
                         match head.kind {
                             Kind::Response if head.correlation >= CLIENT_CORR_BASE => {}
                             Kind::Response => {
-                                let (v, e) =
-                                    verify::judge_echo(pending, &head, body, cfg.echo_service, gid);
+                                let (v, e) = verify::judge_echo(
+                                    pending,
+                                    &head,
+                                    body,
+                                    cfg.echo_service,
+                                    gid,
+                                    cfg.payload,
+                                );
                                 s.tally.count(v);
                                 match (v, e) {
                                     (Verdict::Ok, Some(e)) => {
@@ -442,18 +452,29 @@ fn error_of(head: &Head, body: &[u8]) -> Option<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::{ECHO_BODY_LEN, ECHO_PAYLOAD_LEN};
 
     #[test]
     fn template_patch_is_a_valid_echo_request() {
-        let mut f = echo_template(1, 7);
+        let mut f = echo_template(1, 7, 5, ECHO_PAYLOAD_LEN);
         patch(&mut f, 99, 5);
         let h = Head::parse(&f).unwrap().unwrap();
         assert_eq!(h.correlation, 99);
         assert_eq!(h.tenant, 7);
         assert_eq!(h.body_len as usize, ECHO_BODY_LEN);
-        assert!(verify::echo_body_matches(&f[HEAD_LEN..], 99, 5));
+        assert!(verify::echo_body_matches(
+            &f[HEAD_LEN..],
+            99,
+            5,
+            ECHO_PAYLOAD_LEN
+        ));
         patch(&mut f, 100, 5);
-        assert!(verify::echo_body_matches(&f[HEAD_LEN..], 100, 5));
+        assert!(verify::echo_body_matches(
+            &f[HEAD_LEN..],
+            100,
+            5,
+            ECHO_PAYLOAD_LEN
+        ));
     }
 
     #[test]
