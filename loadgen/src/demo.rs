@@ -209,7 +209,6 @@ link_secret = "{secret}"
 {plaintext}backlog = 8192
 
 [limits]
-max_desktops = 20000
 max_in_flight = 256
 heartbeat_ms = {heartbeat_ms}
 
