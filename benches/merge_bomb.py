@@ -3,13 +3,15 @@
 # to SUBMIT (the engine) and CONTACT_CREATE (the DB worker), `depth` at a time, until killed.
 # Each is refused MALFORMED; the point is what the other tenants see meanwhile.
 #
-#   merge_bomb.py HOST:PORT TENANT AGENT PASSWORD [DEPTH]
+#   merge_bomb.py HOST:PORT TENANT AGENT PASSWORD [DEPTH] [RATE]
+# RATE: bombs per second at most (0, the default: as fast as the server answers).
 # Prints one line per 20 answers: answers so far and their codes.
 import socket, struct, sys, time
 
 host, port = sys.argv[1].rsplit(':', 1)
 tenant, agent, password = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 depth = int(sys.argv[5]) if len(sys.argv) > 5 else 4
+rate = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 
 def item_int(k, v):
     kb = k.encode(); return bytes([len(kb)]) + kb + b'\x01' + struct.pack('>q', v)
@@ -62,6 +64,11 @@ corr, out, answered, codes = 100, 0, 0, {}
 t0 = time.time()
 while True:
     while out < depth:
+        if rate > 0:
+            # Paced: the next bomb no earlier than its slot.
+            due = t0 + (corr - 100) / rate
+            if time.time() < due:
+                time.sleep(due - time.time())
         svc, msg, body = bombs[corr % 2]
         s.sendall(frame(svc, msg, corr, session, body)); corr += 1; out += 1
     f, buf = read_frame(s, buf)

@@ -6,6 +6,7 @@
 # Runs alternate (quiet, bombed) REPS times in one session, so the ratio compares like with like.
 #
 #   benches/merge_bomb.sh                  # N=200 desktops, D=15 s per run, REPS=3
+#   RATE=20 benches/merge_bomb.sh          # the bomber paced at 20 bombs/s (default: flat out)
 #
 # Needs: target/release/{core-server,loadgen}, python3, jq.
 set -euo pipefail
@@ -15,6 +16,7 @@ BIN=${DESKMUX_BIN_DIR:-$ROOT/target/release}
 N=${N:-200}
 D=${D:-15}
 REPS=${REPS:-3}
+RATE=${RATE:-0}
 OUT=${OUT:-$(mktemp -d /tmp/deskmux-bomb.XXXXXX)}
 mkdir -p "$OUT"
 cd "$OUT"
@@ -67,7 +69,7 @@ run() { # name
 
 for r in $(seq 1 "$REPS"); do
     run "quiet-$r"
-    python3 "$ROOT/benches/merge_bomb.py" "$ADDR" 1 bomber "$BOMB_PW" 4 > "bomb-$r.out" 2>&1 &
+    python3 "$ROOT/benches/merge_bomb.py" "$ADDR" 1 bomber "$BOMB_PW" 4 "$RATE" > "bomb-$r.out" 2>&1 &
     BOMBER=$!
     PIDS+=("$BOMBER")
     wait_line "bomb-$r.out" answered 60

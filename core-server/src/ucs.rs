@@ -213,8 +213,8 @@ fn chunk(text: &str, from: usize, budget: usize) -> Option<(&str, Option<usize>)
 
 fn parse(tenant: u32, max_frame: usize, frame: &Frame) -> Result<Op, Fail> {
     let req = *frame.head();
+    // Walked once already by the connection (conn.rs, step 7).
     let b = frame.body();
-    b.validate()?;
     let op: Op = match req.msg_type {
         ucs::CONTACT_CREATE => {
             let attrs = limits::normalise(attrs_of(&b)?);
