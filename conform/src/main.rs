@@ -4,7 +4,9 @@
 //! each rule's section, PASS/FAIL/SKIP and what was sent and received, and exits non-zero if
 //! any rule failed.
 //!
-//! The site must serve tenant `--tenant`'s agent `--agent` (password `--password`) and route
+//! The site must serve tenant `--tenant`'s agent `--agent` (its password in the environment
+//! variable `DESKMUX_CONFORM_PASSWORD`: secrets never go on a command line, where `ps` shows
+//! them) and route
 //! both services (Interaction Server and UCS). A few rules write data: a contact, an
 //! interaction in queue `conform-dup` and one in `conform-invite` (completed again).
 #![forbid(unsafe_code)]
@@ -42,12 +44,7 @@ struct Args {
     /// An agent of that tenant.
     #[arg(long, default_value = "agent-0")]
     agent: String,
-    /// The agent's password (or set DESKMUX_CONFORM_PASSWORD).
-    #[arg(long, env = "DESKMUX_CONFORM_PASSWORD", hide_env_values = true)]
-    password: String,
-    /// The link secret of a server: enables the link rules (§4.2, §4.3, §9).
-    #[arg(long, env = "DESKMUX_CONFORM_LINK_SECRET", hide_env_values = true)]
-    link_secret: Option<String>,
+
     /// The bound on each wait for the site, in ms.
     #[arg(long, default_value_t = 5000)]
     wait_ms: u64,
@@ -99,13 +96,19 @@ fn main() -> Result<()> {
             Some((Arc::new(cfg), name))
         }
     };
+    // Secrets from the environment only (see the module docs).
+    let password = std::env::var("DESKMUX_CONFORM_PASSWORD")
+        .context("set DESKMUX_CONFORM_PASSWORD to the agent's password")?;
+    let link_secret = std::env::var("DESKMUX_CONFORM_LINK_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
     let site = wire::Site {
         addr,
         tls,
         tenant: a.tenant,
         agent: a.agent,
-        password: a.password,
-        link_secret: a.link_secret,
+        password,
+        link_secret,
         wait: Duration::from_millis(a.wait_ms),
     };
     println!("deskmux-conform: {} ({} rules)", a.site, all.len());

@@ -59,7 +59,7 @@ fn counts(report: &str) -> (usize, usize, usize) {
 /// How many rules the suite knows (`--list`).
 fn rule_count() -> usize {
     let out = Command::new(bin_path("deskmux-conform"))
-        .args(["--list", "--site", "unused:0", "--password", "unused"])
+        .args(["--list", "--site", "unused:0"])
         .output()
         .expect("deskmux-conform --list");
     String::from_utf8_lossy(&out.stdout).lines().count()
