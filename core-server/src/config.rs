@@ -24,6 +24,7 @@
 //! link_outbound_queue = 262144   # frames queued per proxy link; past half, the link's reads pause
 //! link_outbound_queue_bytes = 268435456 # bytes queued per proxy link; likewise
 //! max_connections = 19900        # connections (desktops, links) served at once; more get OVERLOADED
+//! desktop_read_bytes_per_s = 8388608 # a direct desktop's input, after a burst of 2 max_frames
 //! engine_queue = 131072          # requests waiting for the interaction engine; more get OVERLOADED
 //! engine_queue_bytes = 134217728 # ... or once they hold this many bytes
 //! db_queue = 131072              # operations waiting for the DB worker; more get OVERLOADED
@@ -238,6 +239,10 @@ pub struct Config {
     /// the process's open-file limit less 100 (room for the data file, the listeners and the
     /// refusals themselves). Default 19900.
     pub max_connections: usize,
+    /// Bytes a second a direct desktop may send, after a burst of two `max_frame`s; past it
+    /// its connection is not read until it is back under (0: no limit). Links are not held
+    /// to it. Default 8388608 (8 MiB/s: four 2 MiB contents a second).
+    pub desktop_read_bytes_per_s: u64,
     /// Requests waiting for the interaction engine, across all connections. A request that
     /// finds the queue full is answered `OVERLOADED` (not sent) at once. Sessions opening and
     /// closing are never refused (they take a separate, uncounted place in the queue, bounded
@@ -371,6 +376,7 @@ impl Default for Config {
             link_outbound_queue: 262_144,
             link_outbound_queue_bytes: 256 * 1024 * 1024,
             max_connections: 19_900,
+            desktop_read_bytes_per_s: 8 << 20,
             engine_queue: 131_072,
             engine_queue_bytes: 128 << 20,
             db_queue: 131_072,

@@ -41,6 +41,53 @@ use crate::server::Shared;
 mod handshake;
 use crate::wire::{self, Out, OutState, Outbox, Peer, QueueLimits};
 
+/// A direct desktop's input budget (`desktop_read_bytes_per_s`), a token bucket: it may send
+/// two `max_frame`s at once, then that many bytes a second. Why: what one connection sends is
+/// read, decoded and walked before anything can refuse it, so a desktop sending 2 MiB frames
+/// as fast as it can takes CPU from every tenant; at its budget it can take little. Links are
+/// not held to it: a link carries thousands of desktops, and the proxy bounds each of them.
+struct ReadRate {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ReadRate {
+    /// `rate` bytes a second (0: no limit), `burst` at once.
+    fn new(rate: f64, burst: f64, now: Instant) -> ReadRate {
+        ReadRate {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// `n` bytes were read.
+    fn take(&mut self, n: usize, now: Instant) {
+        if self.rate > 0.0 {
+            self.refill(now);
+            self.tokens -= n as f64;
+        }
+    }
+
+    /// When the debt is paid off, if there is one.
+    fn over(&mut self, now: Instant) -> Option<Instant> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        self.refill(now);
+        (self.tokens < 0.0).then(|| now + Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
 /// One authenticated session on this connection.
 #[derive(Debug)]
 struct Sess {
@@ -351,6 +398,11 @@ impl Conn {
             accepted + Duration::from_millis(u64::from(cfg.handshake_timeout_ms));
         let idle = Duration::from_millis(u64::from(cfg.heartbeat_ms) * 3);
         let mut last_rx = Instant::now();
+        let mut rate = ReadRate::new(
+            cfg.desktop_read_bytes_per_s as f64,
+            2.0 * f64::from(cfg.max_frame),
+            last_rx,
+        );
         let timer = tokio::time::sleep_until(handshake_deadline.into());
         let mut armed_for_handshake = true;
         tokio::pin!(timer);
@@ -412,6 +464,13 @@ impl Conn {
                 buf.reserve(read_size);
             }
             let offered = buf.capacity() - buf.len();
+            if let (Mode::Direct(_), Some(until)) = (&self.mode, rate.over(Instant::now())) {
+                // Over its input budget: read nothing until it is paid off.
+                tokio::select! {
+                    () = &mut cancelled => return,
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
             if matches!(self.mode, Mode::Link(..)) {
                 // Backpressure: read no more requests while the link's answers are queued up.
                 tokio::select! {
@@ -435,6 +494,7 @@ impl Conn {
                     Err(_) => return,
                     Ok(n) => {
                         last_rx = Instant::now();
+                        rate.take(n, last_rx);
                         if n >= offered && read_size < 64 * 1024 {
                             read_size *= 4;
                         }

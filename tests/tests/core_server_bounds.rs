@@ -665,3 +665,34 @@ fn content_comes_in_chunks_under_max_frame() {
     };
     assert_eq!(item.int("len").unwrap() as usize, text.len());
 }
+
+/// A direct desktop is read at its byte budget (`desktop_read_bytes_per_s`, after a burst of
+/// two `max_frame`s), so that one sending large frames flat out cannot take the CPU of every
+/// tenant (benches/RESULTS.md, merge bomb). The server reads (at most 64 KiB at a time) only
+/// while the desktop is within its budget, so by time t it has read at most the burst, plus
+/// rate × t, plus 64 KiB: 13 frames of 60 KiB (about 780 KiB) at 256 KiB/s after a 256 KiB
+/// burst take at least (780 − 256 − 64) / 256 = 1.8 s. Before the budget they took
+/// milliseconds.
+#[test]
+fn a_direct_desktop_is_read_at_its_byte_budget() {
+    let (_d, s) = start("max_frame = 131072\ndesktop_read_bytes_per_s = 262144\n");
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    let payload = vec![0x5au8; 60 * 1024];
+    let t0 = std::time::Instant::now();
+    let corrs: Vec<u64> = (0..13)
+        .map(|i| {
+            send(&mut c, 700_000 + i, Service::Ucs, ucs::ECHO, |w| {
+                w.bin("data", &payload)?;
+                Ok(())
+            })
+        })
+        .collect();
+    for corr in corrs {
+        ok(c.wait_response(corr));
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1750),
+        "13 frames of 60 KiB were read in {took:?}, over the budget"
+    );
+}
