@@ -157,6 +157,27 @@ async fn authenticate(
     }
 }
 
+/// What every call does first: its JSON body, its account, and the service (a standby has
+/// none until it takes over). `Err` is the answer to send.
+async fn admit<T>(
+    shared: &Shared,
+    tenant: u32,
+    h: &HeaderMap,
+    source: SocketAddr,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<(T, super::Gms), Response> {
+    let Json(b) = body.map_err(|e| error(StatusCode::BAD_REQUEST, "rejected", &e.body_text()))?;
+    authenticate(shared, tenant, h, source).await?;
+    let gms = shared.gms.get().cloned().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_sent",
+            "no gms here (not primary)",
+        )
+    })?;
+    Ok((b, gms))
+}
+
 fn deadline(shared: &Shared) -> Instant {
     Instant::now() + Duration::from_millis(shared.cfg.request_timeout_ms.into())
 }
@@ -168,19 +189,9 @@ async fn access(
     h: HeaderMap,
     body: Result<Json<AccessBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "rejected", &e.body_text()),
-    };
-    if let Err(r) = authenticate(&shared, tenant, &h, source).await {
-        return r;
-    }
-    let Some(gms) = shared.gms.get() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_sent",
-            "no gms here (not primary)",
-        );
+    let (b, gms) = match admit(&shared, tenant, &h, source, body).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let mut user_data = Vec::with_capacity(b.user_data.len());
     for (k, v) in b.user_data {
@@ -236,19 +247,9 @@ async fn match_call(
     h: HeaderMap,
     body: Result<Json<MatchBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "rejected", &e.body_text()),
-    };
-    if let Err(r) = authenticate(&shared, tenant, &h, source).await {
-        return r;
-    }
-    let Some(gms) = shared.gms.get() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_sent",
-            "no gms here (not primary)",
-        );
+    let (b, gms) = match admit(&shared, tenant, &h, source, body).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let (tx, rx) = oneshot::channel();
     gms.match_call(
