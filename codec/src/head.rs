@@ -91,6 +91,8 @@ pub enum Service {
     Interaction,
     /// The Universal Contact Server: contacts and interaction history.
     Ucs,
+    /// GMS: access numbers for mobile and web clients, and call matching.
+    Gms,
     /// A service this version does not know; a proxy forwards it by this byte if it has a route.
     Unknown(u8),
 }
@@ -102,6 +104,7 @@ impl Service {
             0 => Service::Control,
             1 => Service::Interaction,
             2 => Service::Ucs,
+            3 => Service::Gms,
             other => Service::Unknown(other),
         }
     }
@@ -112,6 +115,7 @@ impl Service {
             Service::Control => 0,
             Service::Interaction => 1,
             Service::Ucs => 2,
+            Service::Gms => 3,
             Service::Unknown(v) => v,
         }
     }

@@ -68,6 +68,14 @@ pub mod ixn {
     pub const STATS_EVENT: u16 = 0x0033;
 }
 
+/// Service `Gms` (3): access numbers and call matching (PROTOCOL.md §8.3).
+pub mod gms {
+    /// Request: book an access number (`group`, `caller`, `user_data`?, `code_len`?).
+    pub const ACCESS_REQUEST: u16 = 0x0010;
+    /// Request: match a call to its booking and release it (`number`, `caller`?, `code`?).
+    pub const ACCESS_MATCH: u16 = 0x0011;
+}
+
 /// Service `Ucs` (2): the Universal Contact Server.
 pub mod ucs {
     /// Request: echo the body back.
@@ -146,6 +154,14 @@ pub mod key {
     pub const AFTER: &str = "after";
     /// Paging (PROTOCOL.md §8.1): present when more remain; the next request's `after`.
     pub const NEXT: &str = "next";
+    pub const GROUP: &str = "group";
+    pub const CALLER: &str = "caller";
+    pub const USER_DATA: &str = "user_data";
+    pub const CODE_LEN: &str = "code_len";
+    pub const NUMBER: &str = "number";
+    pub const ACCESS_CODE: &str = "code";
+    pub const EXPIRES_MS: &str = "expires_ms";
+    pub const BOOKING: &str = "booking";
 }
 
 fn u32_of(v: i64, key: &'static str) -> Result<u32, BodyError> {

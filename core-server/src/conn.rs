@@ -701,6 +701,7 @@ impl Conn {
         let served = match h.service {
             Service::Interaction => role.ixn(),
             Service::Ucs => role.ucs(),
+            Service::Gms => self.shared.cfg.gms.is_some(),
             _ => false,
         };
         if !served {
@@ -768,6 +769,17 @@ impl Conn {
                             "engine stopped",
                         )),
                     }
+                }
+                None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
+            },
+            Service::Gms => match self.shared.gms.get() {
+                Some(gms) => {
+                    sess.peer.inflight.fetch_add(1, Ordering::AcqRel);
+                    if direct {
+                        self.out.state().track(h.correlation);
+                    }
+                    let peer = sess.peer.clone();
+                    crate::gms::proto::handle(gms, sess.tenant, &f, answer, peer, deadline);
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },

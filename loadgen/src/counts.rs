@@ -47,7 +47,7 @@ pub fn service_name(s: Service) -> &'static str {
         Service::Control => "control",
         Service::Interaction => "interaction",
         Service::Ucs => "ucs",
-        Service::Unknown(_) => "other",
+        Service::Gms | Service::Unknown(_) => "other",
     }
 }
 
@@ -67,7 +67,7 @@ impl TypeCounts {
                 Service::Control => TYPES.len(),
                 Service::Interaction => TYPES.len() + 1,
                 Service::Ucs => TYPES.len() + 2,
-                Service::Unknown(_) => TYPES.len() + 3,
+                Service::Gms | Service::Unknown(_) => TYPES.len() + 3,
             });
         self.n[i] += k;
     }

@@ -86,6 +86,10 @@ impl Conn {
             Service::Ucs.mask_bit()
         } else {
             0
+        }) | (if self.shared.cfg.gms.is_some() {
+            Service::Gms.mask_bit()
+        } else {
+            0
         });
         if direct && hello.services & here == 0 {
             self.err(h, ErrorCode::NO_ROUTE, "no route for the services asked");

@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod http;
+pub mod proto;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

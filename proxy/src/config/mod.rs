@@ -192,7 +192,8 @@ links = 2
 # max_desktops = 100000
 "#;
 
-/// A service byte, written in TOML as `"interaction"` (or `"ixn"`), `"ucs"`, or a number.
+/// A service byte, written in TOML as `"interaction"` (or `"ixn"`), `"ucs"`, `"gms"`, or a
+/// number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ServiceId(pub u8);
 
@@ -218,6 +219,7 @@ impl std::str::FromStr for ServiceId {
         match s {
             "interaction" | "ixn" => Ok(ServiceId(1)),
             "ucs" => Ok(ServiceId(2)),
+            "gms" => Ok(ServiceId(3)),
             other => other
                 .parse::<u8>()
                 .map(ServiceId)
