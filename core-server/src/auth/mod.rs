@@ -316,7 +316,11 @@ impl Inner {
         };
         if !good {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let locked = lock.failed(a.tenant, &a.agent, a.source, now);
+            // A refused reconnect token is not a guess (tokens are signed, not guessable):
+            // it is what every desktop presents after a failover to a server whose key
+            // differs, or after its token expired, and then falls back to its password.
+            // Counting those would lock out the source address a whole site shares.
+            let locked = !reconnect && lock.failed(a.tenant, &a.agent, a.source, now);
             drop(lock);
             if locked {
                 self.stats.lockouts.fetch_add(1, Ordering::Relaxed);
