@@ -379,7 +379,14 @@ fn random_frames_never_take_the_server_down() {
 #[test]
 fn slow_consumer_is_disconnected_others_unaffected() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 5000, "outbound_queue = 16\n");
+    // No input budget: the slow consumer's requests must all be read at once for its answers
+    // to pile up before the test reads (and so relieves) its socket. Held to the default
+    // 8 MiB/s, it is read for seconds, and whether it is cut off first depends on timing.
+    let cfg = write_config(
+        dir.path(),
+        5000,
+        "outbound_queue = 16\ndesktop_read_bytes_per_s = 0\n",
+    );
     let s = Server::start(&cfg, &[]);
     let mut slow = Client::desktop(s.addr, T1, "slow", TOKEN1);
     let mut calm = Client::desktop(s.addr, T1, "calm", TOKEN1);
