@@ -35,6 +35,7 @@
 //! link_frame_timeout_ms = 5000     # a link frame begun must be complete within this
 //! max_subscriptions = 256          # subscriptions per desktop (TOO_MANY_SUBSCRIPTIONS past it)
 //! max_desktops_per_source = 4096   # desktops per source IP address per worker (0: no cap)
+//! desktop_read_bytes_per_s = 8388608 # one desktop's input after a burst of 2 max_frames (0: none)
 //! worker_queue_bytes = 536870912   # everything a worker queues; over 3/4: backlogged desktops
 //!                                  # are closed first, then new requests get OVERLOADED
 //!
@@ -466,6 +467,12 @@ pub struct Limits {
     /// new connection gets `OVERLOADED` and is closed. 0: no cap. Default 4096 (raise it for
     /// sites whose desktops reach the proxy through one NAT address).
     pub max_desktops_per_source: u32,
+    /// Bytes a second one desktop may send, after a burst of two `max_frame`s; past it the
+    /// desktop is not read until it is back under (0: no limit). What a desktop sends is read,
+    /// forwarded and walked by the server before anything can refuse it, so one sending
+    /// large frames flat out would take the link it shares with thousands of others. Default
+    /// 8388608 (8 MiB/s: four 2 MiB frames a second).
+    pub desktop_read_bytes_per_s: u64,
     /// Bytes one worker may hold queued in all: desktop outbound queues, partial frames and
     /// link queues. Above 3/4 of it, the desktops with the largest backlogs (queues past half
     /// their bounds: they do not read) are closed as slow consumers, largest first; if that
@@ -498,6 +505,7 @@ impl Default for Limits {
             link_frame_timeout_ms: 5000,
             max_subscriptions: 256,
             max_desktops_per_source: 4096,
+            desktop_read_bytes_per_s: 8 << 20,
             worker_queue_bytes: 512 * 1024 * 1024,
         }
     }

@@ -47,6 +47,7 @@ pub const RANGES: &[Range] = &[
     r("limits.link_frame_timeout_ms", 100, HOUR_MS),
     r("limits.max_subscriptions", 1, 65_535),
     r("limits.max_desktops_per_source", 0, 1_000_000),
+    r("limits.desktop_read_bytes_per_s", 0, 1024 * MIB),
     r("limits.worker_queue_bytes", MIB, 1024 * 1024 * MIB),
     r("upstream.links", 1, 64),
     r("quic.max_handshakes", 1, 1_000_000),
@@ -140,6 +141,11 @@ impl Config {
                 "limits.max_desktops_per_source",
                 String::new(),
                 u(l.max_desktops_per_source),
+            ),
+            (
+                "limits.desktop_read_bytes_per_s",
+                String::new(),
+                u(l.desktop_read_bytes_per_s),
             ),
             (
                 "limits.worker_queue_bytes",

@@ -149,6 +149,11 @@ pub struct Desktop {
     pub rx: Option<Box<Rx>>,
     /// Fan-out entries this desktop holds or waits for.
     pub subs: Vec<SubKey>,
+    /// Input budget (`desktop_read_bytes_per_s`), as the worker µs clock time by which what it
+    /// sent is paid for (a virtual-scheduling token bucket: each byte pushes it on by
+    /// 1/rate; the desktop is read while it runs at most a burst ahead of the clock). Kept
+    /// within a tick of the clock when idle, so that the 32-bit clock's wrap cannot mislead it.
+    pub paid_us: u32,
 }
 
 impl Desktop {
@@ -170,6 +175,7 @@ impl Desktop {
             out: OutQueue::default(),
             rx: None,
             subs: Vec::new(),
+            paid_us: now_ms.wrapping_mul(1000),
         }
     }
 

@@ -437,11 +437,35 @@ impl Core {
         if d.phase == Phase::Closing || d.has(desktop::EOF) {
             return false;
         }
+        if !self.within_input_budget(d) {
+            return false;
+        }
         let held = d.rx.as_ref().map_or(0, |rx| rx.buf.len());
         match d.phase {
             Phase::Opening => held < self.limits.hello_max_frame as usize,
             _ => d.can_take_frame(&self.limits),
         }
+    }
+
+    /// The µs a desktop's `n` bytes cost against its input budget.
+    pub(super) fn input_cost_us(&self, n: usize) -> u32 {
+        let rate = self.limits.desktop_read_bytes_per_s;
+        if rate == 0 {
+            return 0;
+        }
+        // Capped well under the clock's half range, so that the comparisons stay right.
+        ((n as u64).saturating_mul(1_000_000) / rate).min(1 << 29) as u32
+    }
+
+    /// Whether desktop `d` is within its input budget at the last clock reading: what it has
+    /// sent is paid for no further ahead than a burst of two `max_frame`s.
+    fn within_input_budget(&self, d: &Desktop) -> bool {
+        if self.limits.desktop_read_bytes_per_s == 0 {
+            return true;
+        }
+        let now_us = self.clock.get().2;
+        let ahead = d.paid_us.wrapping_sub(now_us) as i32;
+        ahead <= self.input_cost_us(2 * self.limits.max_frame as usize) as i32
     }
 
     /// Bytes read from desktop `id`. Call only while [`Core::poll_read`] says yes; a read

@@ -28,6 +28,16 @@ impl Core {
             return;
         }
         d.last_rx_ms = now_ms;
+        // The input budget: paid from the later of the clock and what is already owed.
+        let cost = self.input_cost_us(data.len());
+        let now_us = self.us(now);
+        let d = &mut self.desktops[slot];
+        let from = if (d.paid_us.wrapping_sub(now_us) as i32) > 0 {
+            d.paid_us
+        } else {
+            now_us
+        };
+        d.paid_us = from.wrapping_add(cost);
         if let Some(mut rx) = d.rx.take() {
             // A held buffer grows: that needs room in the worker's budget (the frame is
             // begun: the hard limit is what counts).

@@ -57,7 +57,24 @@ impl Core {
 
     pub(super) fn tick_desktops(&mut self, now: Instant) {
         let now_ms = self.ms(now);
+        let now_us = self.us(now);
         let close_ms = CLOSE_FLUSH.as_millis() as u32;
+        // Input budgets: an idle desktop's is kept at the clock (see `Desktop::paid_us`), and
+        // one held back for its budget is read again once it is back under.
+        let mut paid_off = Vec::new();
+        for (slot, d) in &mut self.desktops {
+            if (d.paid_us.wrapping_sub(now_us) as i32) < 0 {
+                d.paid_us = now_us;
+            }
+            if d.has(STALLED) {
+                paid_off.push(slot);
+            }
+        }
+        for slot in paid_off {
+            if self.may_read(slot) {
+                self.unstall(now, slot);
+            }
+        }
         let mut due = Vec::new();
         for (slot, d) in &self.desktops {
             match d.timer(now_ms, &self.limits, close_ms, d.has(STALLED)) {
