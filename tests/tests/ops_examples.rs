@@ -58,6 +58,20 @@ fn check(bin: &str, what: &str, text: &str, etc: &Path) {
     );
 }
 
+/// Check every `deploy/config/<bin>*.toml` with `bin --check-config`; how many there are.
+fn check_examples(bin: &str, etc: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("deploy/config")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with(bin) && name.ends_with(".toml") {
+            check(bin, &name, &std::fs::read_to_string(&p).unwrap(), etc);
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The ```toml blocks of a markdown file.
 fn toml_blocks(md: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(md).unwrap();
@@ -83,22 +97,11 @@ fn toml_blocks(md: &Path) -> Vec<String> {
 #[test]
 fn core_server_examples_and_readme_block_pass_check_config() {
     let etc = etc();
-    let dir = repo().join("deploy/config");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("core-server") && name.ends_with(".toml") {
-            check(
-                "core-server",
-                &name,
-                &std::fs::read_to_string(&p).unwrap(),
-                etc.path(),
-            );
-            n += 1;
-        }
-    }
-    assert_eq!(n, 2, "a minimal and a complete core-server example");
+    assert_eq!(
+        check_examples("core-server", etc.path()),
+        2,
+        "a minimal and a complete core-server example"
+    );
     let blocks = toml_blocks(&repo().join("core-server/README.md"));
     assert!(!blocks.is_empty());
     for (i, b) in blocks.iter().enumerate() {
@@ -114,22 +117,11 @@ fn core_server_examples_and_readme_block_pass_check_config() {
 #[test]
 fn proxy_examples_and_readme_blocks_pass_check_config() {
     let etc = etc();
-    let dir = repo().join("deploy/config");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("proxy") && name.ends_with(".toml") {
-            check(
-                "proxy",
-                &name,
-                &std::fs::read_to_string(&p).unwrap(),
-                etc.path(),
-            );
-            n += 1;
-        }
-    }
-    assert_eq!(n, 2, "a minimal and a complete proxy example");
+    assert_eq!(
+        check_examples("proxy", etc.path()),
+        2,
+        "a minimal and a complete proxy example"
+    );
     // The first block is a whole configuration; the later ones are sections to add to it.
     let blocks = toml_blocks(&repo().join("proxy/README.md"));
     assert!(blocks.len() >= 2, "{} blocks", blocks.len());
