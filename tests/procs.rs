@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -188,18 +188,37 @@ impl Proc {
     /// # Errors
     /// Timeout (the process is then killed).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut()
-                && let Some(st) = c.try_wait()?
-            {
+        let Some(c) = self.child.as_mut() else {
+            bail!("{} was already reaped", self.name)
+        };
+        match wait_child(c, timeout) {
+            Some(st) => {
                 self.child = None;
-                return Ok(st.code());
+                Ok(st.code())
             }
-            std::thread::sleep(Duration::from_millis(20));
+            None => {
+                self.child = None;
+                bail!("{} did not exit within {timeout:?}", self.name)
+            }
         }
-        self.kill();
-        bail!("{} did not exit within {timeout:?}", self.name)
+    }
+}
+
+/// Wait (at most `timeout`) for `child` to exit by itself: its status, or `None` after it was
+/// killed at the timeout. The one bounded wait for a child's exit in the tests: std has no
+/// wait with a timeout, so it polls `try_wait`, every 20 ms.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -12,7 +12,7 @@ mod proxy_support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loadgen_support::*;
 use proxy_support::*;
@@ -105,17 +105,8 @@ fn render(report: &Path, work: &Path) -> serde_json::Value {
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let end = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if deskmux_tests::wait_child(&mut child, Duration::from_secs(90)).is_none() {
+        panic!("chromium did not finish in 90 s");
     }
     let dom = reader.join().unwrap();
     let found = dom

@@ -7,8 +7,6 @@
 
 mod proxy_support;
 
-use std::net::SocketAddr;
-
 use deskmux_codec::Service;
 use proxy_support::*;
 
@@ -70,31 +68,9 @@ fn a_second_core_server_on_a_served_port_refuses_to_start() {
     let (_first, addr) = start_core(dir.path(), "first", "127.0.0.1:0");
     // Its own data file, so the data file's lock is not what stops it.
     let cfg = core_config(dir.path(), "second", &addr.to_string());
-    let mut child = std::process::Command::new(deskmux_tests::bin_path("core-server"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn core-server");
-    let deadline = std::time::Instant::now() + START;
-    let st = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the second core-server kept running on {addr}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let (st, err) = run_bin_to_exit("core-server", &cfg, &[]);
+    let st = st.unwrap_or_else(|| panic!("the second core-server kept running on {addr}"));
     assert!(!st.success());
-    let addr: SocketAddr = addr;
     assert!(
         err.to_lowercase().contains("address") && err.contains(&addr.port().to_string()),
         "{err}"

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::proxy_support::{T1, TOKEN1, http_get};
 
@@ -55,19 +55,11 @@ pub fn start(args: &[&str], cwd: &Path) -> Running {
 impl Running {
     /// Wait at most `timeout` for the exit (killed after it, and the test fails).
     pub fn finish(mut self, timeout: Duration) -> Ran {
-        let end = Instant::now() + timeout;
-        let code = loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                break st.code();
-            }
-            if Instant::now() >= end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let err = self.err.join().unwrap_or_default();
-                panic!("loadgen still running after {timeout:?}; stderr:\n{err}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(st) = deskmux_tests::wait_child(&mut self.child, timeout) else {
+            let err = self.err.join().unwrap_or_default();
+            panic!("loadgen still running after {timeout:?}; stderr:\n{err}");
         };
+        let code = st.code();
         Ran {
             code,
             stdout: self.out.join().unwrap_or_default(),

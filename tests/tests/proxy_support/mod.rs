@@ -323,7 +323,16 @@ pub fn quic_metric(m: &str, what: &str) -> u64 {
 /// Run the proxy on `cfg` and wait (bounded) for it to exit; its exit status and stderr.
 /// A proxy still running after 15 s (it accepted the configuration) is killed: `None`.
 pub fn run_to_exit(cfg: &Path, args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
-    let mut child = std::process::Command::new(deskmux_tests::bin_path("proxy"))
+    run_bin_to_exit("proxy", cfg, args)
+}
+
+/// As [`run_to_exit`], for binary `bin` (`proxy`, `core-server`).
+pub fn run_bin_to_exit(
+    bin: &str,
+    cfg: &Path,
+    args: &[&str],
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = std::process::Command::new(deskmux_tests::bin_path(bin))
         .arg("--config")
         .arg(cfg)
         .args(args)
@@ -331,19 +340,8 @@ pub fn run_to_exit(cfg: &Path, args: &[&str]) -> (Option<std::process::ExitStatu
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn proxy");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+    let status = deskmux_tests::wait_child(&mut child, Duration::from_secs(15));
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
