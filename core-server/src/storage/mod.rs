@@ -145,6 +145,30 @@ pub struct IxnRow {
     pub qpos: i64,
 }
 
+/// A page of `rows` bounded in bytes, as every backend pages its list answers: rows are taken
+/// in order until their `size` passes `max_bytes` (the row that passes it is included, so a
+/// page always makes progress). `rows` may be lazy: no row after the page is read.
+///
+/// # Errors
+/// The first row that fails to read.
+pub fn page<T, E>(
+    rows: impl IntoIterator<Item = Result<T, E>>,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        bytes = bytes.saturating_add(size(&row));
+        out.push(row);
+        if bytes > max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Result alias for storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 

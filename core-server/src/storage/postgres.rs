@@ -331,20 +331,13 @@ impl Store for PgStore {
             &st,
             &[&i64::from(tenant), &key, &value, &after, &i64::from(limit)],
         )?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for r in rows {
-            let row = ContactRow {
+        let rows = rows.into_iter().map(|r| {
+            Ok::<_, StoreError>(ContactRow {
                 id: r.get(0),
                 attrs: r.get(1),
-            };
-            bytes = bytes.saturating_add(row.attrs.len());
-            out.push(row);
-            if bytes > max_bytes {
-                break;
-            }
-        }
-        Ok(out)
+            })
+        });
+        super::page(rows, max_bytes, |r| r.attrs.len())
     }
 
     fn history_insert(
@@ -401,23 +394,16 @@ impl Store for PgStore {
             &st,
             &[&contact, &i64::from(tenant), &before, &i64::from(limit)],
         )?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for r in rows {
-            let row = HistoryRow {
+        let rows = rows.into_iter().map(|r| {
+            Ok::<_, StoreError>(HistoryRow {
                 id: r.get(0),
                 interaction: r.get(1),
                 subject: r.get(2),
                 created_us: r.get(3),
                 len: r.get(4),
-            };
-            bytes = bytes.saturating_add(row.subject.len());
-            out.push(row);
-            if bytes > max_bytes {
-                break;
-            }
-        }
-        Ok(Some(out))
+            })
+        });
+        Ok(Some(super::page(rows, max_bytes, |r| r.subject.len())?))
     }
 
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {

@@ -324,18 +324,7 @@ impl Store for SqliteStore {
                 attrs: r.get(1)?,
             })
         })?;
-        // Rows are read lazily: stop once the page is full in bytes.
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for row in rows {
-            let row = row?;
-            bytes = bytes.saturating_add(row.attrs.len());
-            out.push(row);
-            if bytes > max_bytes {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(super::page(rows, max_bytes, |r| r.attrs.len())?)
     }
 
     fn history_insert(
@@ -397,18 +386,7 @@ impl Store for SqliteStore {
                 len: r.get(4)?,
             })
         })?;
-        // Rows are read lazily: stop once the page is full in bytes.
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for row in rows {
-            let row = row?;
-            bytes = bytes.saturating_add(row.subject.len());
-            out.push(row);
-            if bytes > max_bytes {
-                break;
-            }
-        }
-        Ok(Some(out))
+        Ok(Some(super::page(rows, max_bytes, |r| r.subject.len())?))
     }
 
     fn content_get(&mut self, tenant: u32, id: i64) -> StoreResult<Option<String>> {
