@@ -165,6 +165,19 @@ impl Conn {
         true
     }
 
+    /// The resume a hello asks for, if this server is to run it: one that keeps no sessions
+    /// (no Interaction Server role) checks the hello's other credential instead, if it has
+    /// one (PROTOCOL.md §4.6: a proxy sends a resuming desktop's hello to its UCS too).
+    fn resume_of<'a>(
+        &self,
+        f: &'a Frame,
+        hello: &DesktopHello<'_>,
+    ) -> Result<Option<Resume<'a>>, deskmux_codec::BodyError> {
+        let r = Resume::read(f.body())?;
+        let other = !hello.token.is_empty() || hello.reconnect.is_some();
+        Ok(r.filter(|_| self.shared.engine.get().is_some() || !other))
+    }
+
     /// A hello (direct, or in a `SESSION_OPEN`) that resumes a session (PROTOCOL.md §4.6):
     /// the token is checked here (an HMAC, no argon2: a resume storm costs little), then the
     /// engine re-binds the session, sends the server hello and replays what it missed; its
@@ -420,7 +433,7 @@ impl Conn {
             self.closing = true;
             return;
         };
-        self.hello_pending = match Resume::read(f.body()) {
+        self.hello_pending = match self.resume_of(f, &hello) {
             Ok(Some(r)) => self.resume(h, &hello, r, None),
             Ok(None) => self.check(h, &hello, self.source),
             Err(e) => {
@@ -507,7 +520,7 @@ impl Conn {
             Mode::Link(id, _) => *id,
             _ => return,
         };
-        let pending = match Resume::read(f.body()) {
+        let pending = match self.resume_of(f, &hello) {
             Ok(Some(r)) => self.resume(h, &hello, r, Some(link)),
             Ok(None) => self.check(h, &hello, source),
             Err(e) => {
