@@ -280,3 +280,27 @@ fn a_goodbye_ends_the_session_at_once() {
         "a goodbye detaches nothing"
     );
 }
+
+/// A resume takes the session from a connection the server still believes alive: that one
+/// is told (`SESSION_CLOSE`) and closed, and the session goes on on the new one.
+#[test]
+fn a_resume_takes_over_a_connection_still_open() {
+    let (_dir, s) = start("");
+    let mut a = Client::connect(s.addr);
+    let token = ok(a.hello(T1, "a", TOKEN1))
+        .body()
+        .str(key::RESUME)
+        .unwrap()
+        .to_string();
+    ok(a.ixn(ixn::AGENT_LOGIN, |_| Ok(())));
+    let mut a2 = Client::connect(s.addr);
+    ok(resume_hello(&mut a2, T1, "a", &token, 0));
+    let close = a
+        .wait_for(WAIT, |f| {
+            f.head().kind == Kind::Control && f.head().msg_type == control::SESSION_CLOSE
+        })
+        .expect("the old connection is told");
+    assert_eq!(close.head().tenant, T1);
+    assert!(a.closed_within(WAIT), "and closed");
+    ok(a2.ixn(ixn::AGENT_READY, |_| Ok(())));
+}

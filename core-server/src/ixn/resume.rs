@@ -367,23 +367,26 @@ impl Engine {
         done(Ok(()));
     }
 
-    /// Forget `sid`'s current binding: its old connection finds no session any more. A link
-    /// is told to drop its desktop (`SESSION_CLOSE`, PROTOCOL.md §4.3).
+    /// Forget `sid`'s current binding: its old connection finds no session any more, and is
+    /// told so with a control `SESSION_CLOSE` (PROTOCOL.md §4.3, §4.6): a link then drops its
+    /// desktop, and a direct connection is closed after it (its requests still unanswered
+    /// are not answered: the desktop went on elsewhere).
     fn unbind(&mut self, sid: SessKey) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if let Some(old) = s.bind.take() {
             self.bound.remove(&old);
-            if s.link.is_some() {
-                let mut h = Head::new(
-                    Kind::Control,
-                    Service::Control,
-                    deskmux_codec::msg::control::SESSION_CLOSE,
-                );
-                h.tenant = s.tenant;
-                h.session = s.wire;
-                s.peer.push(wire::build(h, |_| Ok(())));
+            let mut h = Head::new(
+                Kind::Control,
+                Service::Control,
+                deskmux_codec::msg::control::SESSION_CLOSE,
+            );
+            h.tenant = s.tenant;
+            h.session = s.wire;
+            s.peer.push(wire::build(h, |_| Ok(())));
+            if s.link.is_none() {
+                s.peer.out.cancel_token().cancel();
             }
         }
     }
