@@ -316,6 +316,10 @@ pub struct Engine {
     replay_bytes: usize,
     /// Detached sessions whose events overflowed: they end at the next tick.
     overflowed: Vec<SessKey>,
+    /// What a detached session points at instead of its gone connection: a closed outbox
+    /// that takes nothing, shared by all, so that a detached session does not keep its
+    /// connection's queue alive.
+    dead: Peer,
     stats_resume: ResumeStats,
 }
 
@@ -367,6 +371,7 @@ impl Engine {
             detach_timers: BinaryHeap::new(),
             replay_bytes: 0,
             overflowed: Vec::new(),
+            dead: resume::dead_peer(),
             stats_resume: ResumeStats::default(),
         };
         // Rows come ordered by queue position.

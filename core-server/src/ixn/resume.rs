@@ -233,6 +233,10 @@ impl Engine {
         };
         s.bind = None;
         s.bind_gen += 1;
+        s.peer = self.dead.clone();
+        if s.link.is_none() {
+            self.subs.rebind_owner(&Owner::Session(sid), &self.dead.out);
+        }
         s.replay.detached_from = Some(s.replay.useq + 1);
         self.detach_timers
             .push(Reverse((now + grace, sid, s.bind_gen)));
@@ -471,6 +475,24 @@ impl Engine {
         for (req, peer) in waiting {
             peer.reply(again(&d.answer, &req));
         }
+    }
+}
+
+/// A peer whose connection is gone for good: its outbox is closed and takes nothing.
+pub(super) fn dead_peer() -> Peer {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel.cancel();
+    let one = wire::QueueLimits {
+        desktop_frames: 1,
+        desktop_bytes: 1,
+        link_frames: 1,
+        link_bytes: 1,
+    };
+    let (out, _closed, _) = wire::Outbox::new(one, cancel);
+    Peer {
+        out,
+        inflight: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0)),
+        tap: None,
     }
 }
 

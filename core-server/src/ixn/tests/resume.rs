@@ -375,3 +375,33 @@ fn a_not_sent_answer_is_not_remembered() {
     );
     assert!(r.agent("a").is_some_and(|x| x.ready), "the retry ran");
 }
+
+/// A detached session lets go of its connection's queue (it would hold the connection's
+/// channel, and its frames, for the whole grace period).
+#[test]
+fn a_detached_session_lets_go_of_its_connection() {
+    let mut r = rig(ResumeSettings::default());
+    let mut d = Desk::new();
+    let peer = std::mem::replace(&mut d.peer, Desk::new().peer);
+    r.e.handle(
+        r.t0,
+        Input::Open {
+            key: 1,
+            tenant: 1,
+            agent: "a".into(),
+            wire: 1,
+            peer,
+            link: None,
+        },
+    );
+    r.e.handle(r.t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+    r.e.handle(r.t0, Input::Detach(1));
+    // The login's answer is still there to read; then the channel is closed: nobody holds
+    // its sending side any more.
+    assert!(matches!(d.rx.try_recv(), Ok(wire::Out::Frame(_))));
+    assert!(matches!(
+        d.rx.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+    ));
+    assert!(r.agent("a").is_some(), "the session itself is kept");
+}
