@@ -388,7 +388,8 @@ impl Engine {
             };
             self.deferred_total -= 1;
             self.deferred_bytes -= frame.as_bytes().len();
-            self.request(now, key, peer, frame, deadline);
+            // Its checks ran when it came (a keyed one's answer is tapped already).
+            self.run_request(now, key, peer, frame, deadline);
         }
     }
 

@@ -572,6 +572,27 @@ impl Engine {
                 }
             },
         };
+        self.run_request(now, key, peer, frame, deadline);
+    }
+
+    /// Run a request that passed [`Engine::request`]'s checks (its keyed answer tapped), or
+    /// that waited for an interaction's write: it runs now, or waits again.
+    fn run_request(
+        &mut self,
+        now: Instant,
+        key: SessKey,
+        peer: Peer,
+        frame: Frame,
+        deadline: Instant,
+    ) {
+        let req = *frame.head();
+        if !self.sessions.contains_key(&key) {
+            return;
+        }
+        if now > deadline {
+            return peer.reply(wire::expired(&req));
+        }
+        let b = frame.body();
         let r = match self.waits(key, &req, &b) {
             Some(id) => {
                 if self.defer(id, key, peer.clone(), frame.clone(), deadline) {

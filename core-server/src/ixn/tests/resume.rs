@@ -405,3 +405,56 @@ fn a_detached_session_lets_go_of_its_connection() {
     ));
     assert!(r.agent("a").is_some(), "the session itself is kept");
 }
+
+/// A keyed request that waits for its interaction's write runs once that write resolves (it
+/// must not wait for its own answer), and its retry is answered from memory.
+#[test]
+fn a_keyed_request_that_waits_for_a_write_still_runs() {
+    let mut r = rig(ResumeSettings::default());
+    let (mut a, media) = (Desk::new(), Desk::new());
+    r.open(1, "a", &a);
+    r.open(2, "media", &media);
+    let t0 = r.t0;
+    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
+    r.e.handle(
+        t0,
+        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
+    );
+    r.feed(t0, 1);
+    r.e.handle(t0, ask(1, on(ixn::ACCEPT, 1)));
+    resolve_one(&mut r.e, &mut r.rx, t0, false);
+    let change = |corr, k: Option<&str>| {
+        let mut h = Head::new(Kind::Request, Service::Interaction, ixn::CHANGE_PROPERTIES);
+        h.tenant = 1;
+        h.correlation = corr;
+        Frame::build(h, |w| {
+            w.int(key::INTERACTION, 1);
+            w.list(key::PROPS, |p| p.str("note", "x").map(drop))?;
+            if let Some(k) = k {
+                w.str(key::IDEM_KEY, k)?;
+            }
+            Ok(())
+        })
+        .unwrap()
+    };
+    // A change being written; the keyed one behind it waits.
+    r.e.handle(t0, ask(1, change(40, None)));
+    r.e.handle(t0, ask(1, change(50, Some("c1"))));
+    seen(&mut a);
+    resolve_one(&mut r.e, &mut r.rx, t0, false);
+    // The keyed change ran: its own write.
+    resolve_one(&mut r.e, &mut r.rx, t0, false);
+    r.feed(t0, 1);
+    let got = seen(&mut a);
+    assert!(
+        got.iter().any(|s| s.correlation == 50 && s.error.is_none()),
+        "{got:?}"
+    );
+    r.e.handle(t0, ask(1, change(51, Some("c1"))));
+    let got = seen(&mut a);
+    assert!(
+        got.iter().any(|s| s.correlation == 51 && s.error.is_none()),
+        "answered from memory: {got:?}"
+    );
+}
