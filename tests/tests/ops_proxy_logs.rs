@@ -1,9 +1,11 @@
-//! Logs: `--log-format json` writes one JSON object a line, every line of a worker carries
-//! its index, a log on a file holds no colour escapes, and desktops failing authentication
-//! are logged at the default level (info), at most one line a second.
+//! The proxy's logs: `--log-format json` writes one JSON object a line, every line of a
+//! worker carries its index, a log on a file holds no colour escapes, and desktops failing
+//! authentication or breaking the protocol are logged at the default level (info), at most
+//! one line a second per kind, naming the last such desktop's source address, tenant and
+//! agent (never its password).
 //!
-//! Before: only plain text, ANSI escapes in redirected files, no worker index, and auth
-//! failures were never logged at the default level.
+//! Before: only plain text, ANSI escapes in redirected files, no worker index, auth failures
+//! were never logged at the default level, and then only as a count.
 
 mod proxy_support;
 
@@ -42,6 +44,10 @@ async fn json_lines_with_the_worker_index_and_auth_failures_at_info() {
     let text = log_text(&log);
     assert!(logged, "{text}");
     assert!(!text.contains('\u{1b}'), "colour escapes in a file: {text}");
+    assert!(
+        !text.contains("wrong-token"),
+        "a password in the log: {text}"
+    );
     let mut workers = std::collections::BTreeSet::new();
     for line in text.lines() {
         let v: serde_json::Value =
@@ -64,6 +70,10 @@ async fn json_lines_with_the_worker_index_and_auth_failures_at_info() {
             .is_some_and(|m| m.contains("authentication failed"))
         {
             assert_eq!(v["level"], "INFO", "{line}");
+            // Who: the desktop's address, the tenant and agent its hello claimed.
+            assert_eq!(v["source"], "127.0.0.1", "{line}");
+            assert_eq!(v["tenant"], 1, "{line}");
+            assert_eq!(v["agent"], "alice", "{line}");
         }
     }
     assert_eq!(workers.into_iter().collect::<Vec<_>>(), [0, 1], "{text}");
@@ -85,4 +95,38 @@ fn plain_lines_carry_the_worker_index_without_colour() {
     let text = log_text(&log);
     assert!(ok, "{text}");
     assert!(!text.contains('\u{1b}'), "{text}");
+}
+
+/// A desktop whose session is open breaks the framing (a protocol violation): the line
+/// names its worker, source address and tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_failure_names_the_desktop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_core, core_addr) = start_core(dir.path(), "core", "127.0.0.1:0");
+    let cfg = proxy_config(dir.path(), &[("\"ixn\"", core_addr)], 1, 1, "");
+    let log = dir.path().join("proxy.log");
+    let proxy = start_proxy_logged(cfg, "", &[], &log);
+    let mut d = desktop(proxy.addr, T1).await;
+    // Not a frame: bad magic.
+    d.send_raw(b"this is not a deskmux frame at all")
+        .await
+        .unwrap();
+    assert!(d.closed_within(Duration::from_secs(10)).await.unwrap());
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("INFO") && l.contains("protocol violation"))
+            .map(str::to_string)
+    };
+    let logged = wait_until_async(Duration::from_secs(10), {
+        let log = log.clone();
+        move || line(&log_text(&log)).is_some()
+    })
+    .await;
+    let text = log_text(&log);
+    assert!(logged, "{text}");
+    let l = line(&text).unwrap_or_default();
+    assert!(
+        l.contains("worker=0") && l.contains("source=127.0.0.1") && l.contains("tenant=1"),
+        "{l}"
+    );
 }
