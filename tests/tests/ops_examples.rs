@@ -3,7 +3,8 @@
 //! files they name: secrets, certificates), the systemd units in `deploy/systemd/` pass
 //! `systemd-analyze verify` with no warning, the shell examples of the READMEs run (or, for
 //! servers and long loads, parse: see [`shell_examples_run_or_at_least_parse`]), the test
-//! names they give exist, and `LICENSE` is the licence `Cargo.toml` declares.
+//! names they give exist, `LICENSE` is the licence `Cargo.toml` declares, and the
+//! Containerfile copies files and binaries that exist.
 //!
 //! The examples name files under `/etc/deskmux/`; the test puts real ones (random secrets, a
 //! fresh certificate) in a temporary directory and points the copies there. Nothing else of
@@ -439,4 +440,47 @@ fn the_license_file_matches_cargo_toml() {
         text.contains("Apache License") && text.contains("Version 2.0, January 2004"),
         "LICENSE is not the Apache License 2.0"
     );
+}
+
+/// The Containerfile (not built by CI: its base images come from a registry) copies what
+/// exists: each source of a plain `COPY` is in the repository, and each binary taken from the
+/// build stage is one this workspace builds.
+#[test]
+fn the_containerfile_copies_what_exists() {
+    let text = std::fs::read_to_string(repo().join("deploy/Containerfile")).unwrap();
+    // Instructions, with `\` continuations joined.
+    let joined = text.replace("\\\n", " ");
+    let (mut files, mut bins) = (0, 0);
+    for line in joined.lines().map(str::trim) {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let (from_build, words) = match words.split_first() {
+            Some((f, rest)) if f.starts_with("--from=") => (true, rest),
+            _ => (false, &words[..]),
+        };
+        let Some((_dest, sources)) = words.split_last() else {
+            continue;
+        };
+        for src in sources {
+            if from_build {
+                let name = src
+                    .strip_prefix("/src/target/release/")
+                    .unwrap_or_else(|| panic!("{src}: not a release binary"));
+                assert!(
+                    deskmux_tests::bin_path(name).exists(),
+                    "the Containerfile copies {name}, which the workspace does not build"
+                );
+                bins += 1;
+            } else {
+                assert!(
+                    repo().join(src).exists(),
+                    "the Containerfile copies {src}: missing"
+                );
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 2 && bins >= 3, "{files} files, {bins} binaries");
 }
