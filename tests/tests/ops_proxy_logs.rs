@@ -2,7 +2,7 @@
 //! worker carries its index, a log on a file holds no colour escapes, and desktops failing
 //! authentication or breaking the protocol are logged at the default level (info), at most
 //! one line a second per kind, naming the last such desktop's source address, tenant and
-//! agent (never its password).
+//! agent (never its password); failed TLS handshakes too, rather than a line each.
 //!
 //! Before: only plain text, ANSI escapes in redirected files, no worker index, auth failures
 //! were never logged at the default level, and then only as a count.
@@ -129,4 +129,50 @@ async fn a_protocol_failure_names_the_desktop() {
         l.contains("worker=0") && l.contains("source=127.0.0.1") && l.contains("tenant=1"),
         "{l}"
     );
+}
+
+/// Failed TLS handshakes, which any peer can provoke by the thousand, are not a line each at
+/// the default level: one line a second with the count and the last source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_failures_are_one_line_with_the_count_and_source() {
+    use deskmux_tests::secure_client::{client_config, self_signed, tls_connect};
+    let dir = tempfile::tempdir().unwrap();
+    let (_core, core_addr) = start_core(dir.path(), "core", "127.0.0.1:0");
+    let cert = self_signed(dir.path(), "proxy").unwrap();
+    let cfg = proxy_config(
+        dir.path(),
+        &[("\"ixn\"", core_addr)],
+        1,
+        1,
+        &cert.toml("tls"),
+    );
+    let log = dir.path().join("proxy.log");
+    let proxy = start_proxy_logged(cfg, "", &[], &log);
+    // Wrong ALPN: refused in the handshake, three times in a row.
+    for _ in 0..3 {
+        let c = client_config(std::slice::from_ref(&cert.der), &[b"h2"]).unwrap();
+        assert!(tls_connect(proxy.addr, c).await.is_err());
+    }
+    let counted = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.contains("INFO") && l.contains("TLS handshake or record failed"))
+            .inspect(|l| assert!(l.contains("source=127.0.0.1"), "{l}"))
+            .filter_map(|l| {
+                l.split(" count=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let logged = wait_until_async(Duration::from_secs(10), {
+        let log = log.clone();
+        move || counted(&log_text(&log)) == 3
+    })
+    .await;
+    let text = log_text(&log);
+    assert!(logged, "{text}");
+    assert!(!text.contains("tls error"), "a line per failure: {text}");
 }

@@ -612,8 +612,8 @@ impl Worker {
             self.core.set_disabled(name, disable);
             self.status.commands_done.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(q) = &self.quic {
-            let st = q.stats();
+        let quic = self.quic.as_ref().map(QuicEndpoint::stats);
+        if let (Some(q), Some(st)) = (&self.quic, quic) {
             self.metrics.set_quic(
                 [
                     ("retries", st.retries),
@@ -626,7 +626,7 @@ impl Worker {
             );
         }
         self.desktop_failures
-            .tick(now, &self.metrics, &mut self.core);
+            .tick(now, &self.metrics, &mut self.core, quic);
     }
 
     fn start_drain(&mut self, now: Instant) {
