@@ -180,6 +180,10 @@ pub struct WorkerInfo {
     pub admin: Option<SocketAddr>,
     /// Times it was restarted.
     pub restarts: u64,
+    /// SIGHUPs this worker received and could not apply because the configuration did not
+    /// load when it read it (a SIGHUP sent to the worker itself, or the file changed after
+    /// the supervisor checked it). Kept across its restarts.
+    pub reload_failures: u64,
     /// Why it is down or unstable, while it is (died and waiting for its restart, or
     /// crash-looping); `None` once it runs (or has run long enough to be stable).
     pub down: Option<String>,
@@ -361,12 +365,20 @@ async fn sup_metrics(State(s): State<SupervisorState>, headers: HeaderMap) -> Re
         "SIGHUP reloads of a configuration that loaded (keys needing a restart are not applied)",
         &[(String::new(), ok as f64)],
     );
+    // The supervisor's own check (no label), and each worker's own reading (`worker`).
+    let mut failures = vec![(String::new(), failed as f64)];
+    failures.extend(workers.iter().map(|w| {
+        (
+            format!("{{worker=\"{}\"}}", w.index),
+            w.reload_failures as f64,
+        )
+    }));
     crate::metrics::counter_family(
         &mut own,
         "deskmux_proxy_config_reload_failures",
         "counter",
-        "SIGHUP reloads refused: the configuration did not load; the running one stays",
-        &[(String::new(), failed as f64)],
+        "SIGHUP reloads refused: the configuration did not load (no label: the supervisor's check; worker: that worker's own reading); the running one stays",
+        &failures,
     );
     own.push_str(&crate::metrics::process_families(""));
     let mut texts = vec![own];
@@ -426,6 +438,7 @@ async fn sup_status(State(s): State<SupervisorState>) -> Response {
             "index": w.index,
             "pid": w.pid,
             "restarts": w.restarts,
+            "reload_failures": w.reload_failures,
             "admin": w.admin.map(|a| a.to_string()),
             "status": st,
         }));

@@ -236,14 +236,11 @@ fn run_worker(cli: &Cli, cfg: Config, index: usize) -> Result<()> {
         None => None,
     };
     let reload_cli = Cli::parse();
-    let reload: Box<dyn Fn() -> Option<Config> + Send> =
-        Box::new(move || match load(&reload_cli, false) {
-            Ok((c, _)) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "reload failed");
-                None
-            }
-        });
+    let reload: deskmux_proxy::worker::ReloadFn = Box::new(move || {
+        load(&reload_cli, false)
+            .map(|(c, _)| c)
+            .map_err(|e| format!("{e:#}"))
+    });
     let worker = Worker::new(
         WorkerOpts {
             index,

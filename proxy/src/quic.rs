@@ -44,7 +44,7 @@ use quinn_proto::{
     ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
 };
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::CertReloadError;
 
@@ -183,6 +183,17 @@ pub struct QuicStats {
     pub accepted: u64,
     /// Handshakes that failed (TLS, ALPN, timeout before a stream).
     pub failed: u64,
+    /// The source address of the last failed handshake, for the rate-limited failure log
+    /// (each failure is logged at debug only: a peer can provoke them by the thousand).
+    pub last_failed: Option<std::net::IpAddr>,
+}
+
+impl QuicStats {
+    /// A handshake from `source` failed.
+    fn fail(&mut self, source: std::net::IpAddr) {
+        self.failed += 1;
+        self.last_failed = Some(source);
+    }
 }
 
 impl Driver {
@@ -402,7 +413,7 @@ impl QuicEndpoint {
                             d.touch(ch.0);
                         }
                         Err(e) => {
-                            d.stats.failed += 1;
+                            d.stats.fail(from);
                             if let Some(t) = e.response {
                                 send(&self.socket, &self.tbuf[..t.size], t.destination);
                             }
@@ -433,7 +444,7 @@ impl QuicEndpoint {
             }
             if c.stream.is_none() && !c.lost && c.stream_by <= now {
                 c.stream_by = now + Duration::from_secs(3600);
-                warn!(peer = %c.peer, "quic handshake deadline: no desktop stream in time");
+                debug!(peer = %c.peer, "quic handshake deadline: no desktop stream in time");
                 c.conn.close(
                     now,
                     VarInt::from_u32(3),
@@ -475,10 +486,10 @@ impl QuicEndpoint {
                         }
                         Event::ConnectionLost { reason } => {
                             if c.stream.is_none() {
-                                d.stats.failed += 1;
+                                d.stats.fail(c.peer.ip());
                                 d.handshaking = d.handshaking.saturating_sub(1);
                                 handshake_over(&mut d.handshaking_from, c.peer.ip());
-                                warn!(peer = %c.peer, error = %reason, "quic connection failed before its desktop stream");
+                                debug!(peer = %c.peer, error = %reason, "quic connection failed before its desktop stream");
                             } else {
                                 debug!(peer = %c.peer, error = %reason, "quic connection lost");
                             }
@@ -558,8 +569,8 @@ impl QuicEndpoint {
                     if c.stream.is_none() && !c.lost {
                         d.handshaking = d.handshaking.saturating_sub(1);
                         handshake_over(&mut d.handshaking_from, c.peer.ip());
-                        d.stats.failed += 1;
-                        warn!(peer = %c.peer, "quic connection ended during its handshake (tls failure, or closed before its desktop stream)");
+                        d.stats.fail(c.peer.ip());
+                        debug!(peer = %c.peer, "quic connection ended during its handshake (tls failure, or closed before its desktop stream)");
                     }
                     if let Some(ev) = c.drained {
                         d.endpoint.handle_event(ConnectionHandle(ch), ev);

@@ -15,7 +15,9 @@
 //! a configuration that loads is forwarded to the workers.
 //!
 //! What the supervisor knows of each worker ([`WorkerInfo`]: restarts, whether it is down or
-//! crash-looping) is what `/health` and the restart counter in `/metrics` report.
+//! crash-looping, reloads it refused) is what `/health` and the restart and reload-failure
+//! counters in `/metrics` report. A worker tells it on stdout (`WORKER_ADMIN`,
+//! `WORKER_READY`, `WORKER_RELOAD_FAILED`); other lines are passed through.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -120,6 +122,12 @@ fn spawn_worker(
                     }
                 } else if line.starts_with("WORKER_READY") {
                     let _ = ready.send(index);
+                } else if line.starts_with("WORKER_RELOAD_FAILED") {
+                    if let Ok(mut w) = workers.lock()
+                        && let Some(info) = w.get_mut(index)
+                    {
+                        info.reload_failures += 1;
+                    }
                 } else {
                     println!("{line}");
                 }

@@ -37,7 +37,7 @@ use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tracing::warn;
+use tracing::debug;
 
 /// The ALPN protocol id of the deskmux protocol, version 1 (TLS over TCP and QUIC).
 pub use deskmux_codec::ALPN;
@@ -214,7 +214,9 @@ where
                 // Best effort: rustls queued an alert that tells the client why.
                 let _ = self.send_pending();
                 let handshaking = self.tls.is_handshaking();
-                warn!(peer = %self.peer, error = %e, handshaking, "tls error; closing");
+                // Debug only: a peer provokes these at will; the worker logs them at info, at
+                // most once a second, with the count and the last source (`tls`).
+                debug!(peer = %self.peer, error = %e, handshaking, "tls error; closing");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             // Handshake flights and key updates go out now; what the socket does not take

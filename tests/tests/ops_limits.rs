@@ -1,7 +1,7 @@
 //! Limits and validation: every numeric key is checked against its documented range by
 //! `--check-config` (and at start), a configuration without upstreams or with an empty
-//! cluster is refused, the summary is readable and never shows the link secret, and
-//! `limits.max_desktops` fits the open-file limit.
+//! cluster is refused, the summary is readable and never shows the link secret (core-server's
+//! neither), and `limits.max_desktops` fits the open-file limit.
 //!
 //! Before: `max_desktops = 0`, `link_queue_bytes = 0`, `backlog = -5`,
 //! `max_frame = 4294967295`, an empty cluster and no upstream all passed, the summary was a
@@ -94,6 +94,40 @@ fn the_summary_is_readable_and_redacts_the_secret() {
         "{out}"
     );
     assert!(out.contains("upstream c1: 127.0.0.1:7100"), "{out}");
+}
+
+/// core-server's `--check-config` likewise: a summary, not a dump, without the link secret
+/// or the admin token (read from their files).
+#[test]
+fn core_servers_summary_redacts_its_secrets_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "admin-token-0123456789abcdef-0123456789";
+    std::fs::write(dir.path().join("admin.token"), token).unwrap();
+    let p = dir.path().join("core.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndb = \"core.db\"\nlink_secret = \"{SECRET}\"\nadmin_token_file = \"{}\"\n[[tenants]]\nid = 1\nname = \"acme\"\n",
+            dir.path().join("admin.token").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(deskmux_tests::bin_path("core-server"))
+        .arg("--config")
+        .arg(&p)
+        .arg("--check-config")
+        .env("STATE_DIRECTORY", dir.path())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{o}{e}");
+    for secret in [SECRET, token] {
+        assert!(!o.contains(secret) && !e.contains(secret), "{o}{e}");
+    }
+    assert!(o.contains("link secret") && !o.contains("Config {"), "{o}");
 }
 
 #[test]

@@ -9,7 +9,8 @@ impl Core {
     /// Check the core's bookkeeping against its state: the byte budget equals what is
     /// queued, in-flight counts match the id slabs and the fan-out waiters, every subscriber
     /// is a live desktop of the entry's tenant holding the entry, and nothing is held for a
-    /// desktop that is gone. The simulation calls it after every step.
+    /// desktop that is gone (agents only for desktops whose sessions are opening). The
+    /// simulation calls it after every step.
     ///
     /// # Errors
     /// What does not add up.
@@ -79,6 +80,15 @@ impl Core {
                 if d.phase != Phase::Closing && !d.subs.contains(&key) {
                     return Err(format!("subscriber {sid:x} does not hold {}", s.topic));
                 }
+            }
+        }
+        // Agents are kept only while a desktop's sessions open (see `failed`).
+        for sid in self.agents.keys() {
+            if !self
+                .slot_of_sid(*sid)
+                .is_some_and(|slot| self.desktops[slot].phase == Phase::Opening)
+            {
+                return Err(format!("agent kept for {sid:x}, which is not opening"));
             }
         }
         for (_, d) in &self.desktops {

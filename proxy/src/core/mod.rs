@@ -46,6 +46,7 @@
 //! - [`budget`]: the worker's byte budget and per-source counts;
 //! - `outbox`: frames towards desktops, and desktops leaving;
 //! - `timers`, `operator`, `audit`: the clock's work, operator input, bookkeeping checks;
+//! - [`failed`]: the last desktop of each kind of failure the worker logs;
 //! - `crate::router`: instance states and the routing policy.
 //!
 //! # Ids
@@ -74,6 +75,7 @@ use crate::router::{LinkView, Router};
 mod audit;
 pub mod budget;
 pub mod desktop;
+pub mod failed;
 pub mod fanout;
 pub mod ids;
 pub mod link;
@@ -226,6 +228,11 @@ pub struct Core {
     /// out. Delivered after the hello; counted in the budget; at most `out_queue_bytes` a
     /// desktop (past it the hello is refused and the session stays detached upstream).
     early: HashMap<u64, (Vec<Bytes>, usize)>,
+    /// The agent each hello named, by session id, while its sessions open (for the failure
+    /// log, see `failed`); emptied on open and on close, like `reconnect`.
+    agents: HashMap<u64, Box<str>>,
+    /// The last desktop of each logged failure kind (see `failed`).
+    last_failed: failed::LastFailed,
     /// Correlation ids of each desktop's requests in flight, by session id (PROTOCOL.md
     /// §5.2: a request reusing one is refused). Kept out of [`Desktop`], which idle
     /// connections hold by the ten thousand; an entry exists only while requests are out.
@@ -291,6 +298,8 @@ impl Core {
             reconnect: HashMap::new(),
             resume: HashMap::new(),
             early: HashMap::new(),
+            agents: HashMap::new(),
+            last_failed: failed::LastFailed::default(),
             corrs: HashMap::new(),
             budget: Budget::new(cfg.limits.worker_queue_bytes),
             sources: Sources::default(),

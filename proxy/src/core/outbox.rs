@@ -28,18 +28,32 @@ impl Core {
     /// dropped once its queue is handed over (or after [`CLOSE_FLUSH`]).
     pub(super) fn close_desktop(&mut self, now: Instant, slot: usize, why: Disconnect) {
         let now_ms = self.ms(now);
-        let Some(d) = self.desktops.get_mut(slot) else {
+        let Some(d) = self.desktops.get(slot) else {
             return;
         };
         if d.phase == Phase::Closing {
             return;
         }
-        debug!(sid = d.sid, reason = why.name(), "closing");
+        debug!(
+            sid = d.sid,
+            reason = why.name(),
+            source = ?self.sources.ip(d.source),
+            tenant = d.tenant,
+            "closing"
+        );
+        if why == Disconnect::TlsError {
+            let tenant = d.tenant;
+            self.note_failure(slot, "tls", tenant);
+        }
+        let Some(d) = self.desktops.get_mut(slot) else {
+            return;
+        };
         self.reconnect.remove(&d.sid);
         self.resume.remove(&d.sid);
         if let Some((_, n)) = self.early.remove(&d.sid) {
             self.budget.sub(n);
         }
+        self.agents.remove(&d.sid);
         let was = d.phase;
         if was == Phase::Open {
             self.metrics.sessions.dec();
@@ -96,6 +110,7 @@ impl Core {
         if let Some((_, n)) = self.early.remove(&d.sid) {
             self.budget.sub(n);
         }
+        self.agents.remove(&d.sid);
         self.budget
             .sub(d.out.bytes() + d.rx.as_ref().map_or(0, |rx| rx.buf.len()));
         self.sources.release(d.source);
@@ -171,6 +186,11 @@ impl Core {
             return;
         }
         self.metrics.error(e.code.name());
+        let tenant = d.tenant;
+        self.note_failure(slot, e.code.name(), tenant);
+        let Some(d) = self.desktops.get_mut(slot) else {
+            return;
+        };
         // §5.1: an error that ends the connection is about the connection, not a session: it
         // carries session 0, as core-server's do.
         let f = control_error(0, e.code, e.message).freeze();
@@ -269,6 +289,7 @@ impl Core {
     /// another.
     pub(super) fn reply_error(&mut self, now: Instant, slot: usize, req: &Head, e: ProxyError) {
         self.metrics.error(e.code.name());
+        self.note_failure(slot, e.code.name(), req.tenant);
         // §2.3: once open, an answer carries the session's tenant and id, whatever the
         // request claimed.
         let mut req = *req;

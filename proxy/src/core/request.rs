@@ -199,6 +199,7 @@ impl Core {
             Action::ControlError(e) => {
                 // §5.1: a control error naming the refused frame (its correlation and session).
                 self.metrics.error(e.code.name());
+                self.note_failure(slot, e.code.name(), h.tenant);
                 let f = deskmux_codec::refusal(&h, e.code, e.message);
                 self.deliver(now, slot, f.freeze());
             }
@@ -316,6 +317,10 @@ impl Core {
                 );
             }
         };
+        // Who this is, for the failure log while its sessions open (see `failed`).
+        let sid = self.desktops[slot].sid;
+        self.agents
+            .insert(sid, super::failed::short_agent(hello.agent));
         if hello.version != u32::from(deskmux_codec::VERSION) {
             return refuse(
                 self,
@@ -372,7 +377,6 @@ impl Core {
             );
         }
         d.pending_opens = opened.len() as u8;
-        let sid = d.sid;
         let body = open_body(self.sources.ip(d.source), f.body_bytes());
         for l in opened {
             let mut oh = Head::new(Kind::Request, Service::Control, msg::control::SESSION_OPEN);
@@ -406,6 +410,7 @@ impl Core {
         let sid = d.sid;
         let reconnect = self.reconnect.remove(&sid);
         let resume = self.resume.remove(&sid);
+        self.agents.remove(&sid);
         if let Some(rx) = d.rx.as_mut() {
             rx.dec.set_max_frame_len(self.limits.max_frame as usize);
         }

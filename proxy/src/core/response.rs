@@ -147,10 +147,14 @@ impl Core {
                 self.untrack();
                 let took_us = self.us(now).wrapping_sub(p.started_us);
                 self.metrics.latency.observe(f64::from(took_us) / 1e6);
-                if let Some((code, _)) = f.error() {
-                    self.metrics.error(code.name());
+                let failed = f.error().map(|(code, _)| code.name());
+                if let Some(kind) = failed {
+                    self.metrics.error(kind);
                 }
                 if let Some(slot) = self.slot_of_sid(session) {
+                    if let Some(kind) = failed {
+                        self.note_failure(slot, kind, p.req.tenant);
+                    }
                     f.set_correlation(p.req.correlation);
                     self.answered(now, slot, f.freeze());
                 }

@@ -76,9 +76,16 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // InvalidData: a TLS failure (certificate not verified, alert, bad
-                    // record), logged by the stream with rustls' reason.
+                    // record), logged here with rustls' reason: a link is the operator's own
+                    // (the stream logs desktops' failures at debug only).
                     let why = if e.kind() == io::ErrorKind::InvalidData {
                         self.metrics.error("link_tls");
+                        let name = self
+                            .core
+                            .links()
+                            .get(usize::from(id.index))
+                            .map(|l| l.name.as_str());
+                        warn!(link = name, error = %e, "link tls error; closing");
                         "tls error"
                     } else {
                         "read error"

@@ -59,6 +59,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Most sockets lingering at once (each holds a file descriptor); past it, closed at once.
 const MAX_LINGER: usize = 1024;
 
+/// Re-reads the configuration for a SIGHUP: the new one, or why it did not load.
+pub type ReloadFn = Box<dyn Fn() -> Result<Config, String> + Send>;
+
 /// What a worker needs to run.
 pub struct WorkerOpts {
     /// Worker index (for logs, metrics and link names).
@@ -66,7 +69,8 @@ pub struct WorkerOpts {
     /// The configuration (CLI overrides applied).
     pub config: Config,
     /// Where to re-read the configuration on SIGHUP (`None`: reload keeps the current one).
-    pub reload: Option<Box<dyn Fn() -> Option<Config> + Send>>,
+    /// The error says why the configuration did not load (file, line, key).
+    pub reload: Option<ReloadFn>,
     /// Instances disabled by an operator before this worker started.
     pub disabled: Vec<String>,
     /// The QUIC endpoint (UDP, same port number), when `[quic]` is configured.
@@ -123,7 +127,7 @@ pub struct Worker {
     /// The UDP socket's read budget ran out: datagrams are still pending.
     quic_more: bool,
     cfg: Config,
-    reload: Option<Box<dyn Fn() -> Option<Config> + Send>>,
+    reload: Option<ReloadFn>,
     metrics: Metrics,
     status: Arc<Status>,
     signals: Arc<Signals>,
@@ -608,8 +612,8 @@ impl Worker {
             self.core.set_disabled(name, disable);
             self.status.commands_done.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(q) = &self.quic {
-            let st = q.stats();
+        let quic = self.quic.as_ref().map(QuicEndpoint::stats);
+        if let (Some(q), Some(st)) = (&self.quic, quic) {
             self.metrics.set_quic(
                 [
                     ("retries", st.retries),
@@ -621,7 +625,8 @@ impl Worker {
                 q.handshaking() as u64,
             );
         }
-        self.desktop_failures.tick(now, &self.metrics);
+        self.desktop_failures
+            .tick(now, &self.metrics, &mut self.core, quic);
     }
 
     fn start_drain(&mut self, now: Instant) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Worker;
 use crate::config::Config;
@@ -13,11 +13,20 @@ use crate::error::CertReloadError;
 
 impl Worker {
     pub(super) fn reload_config(&mut self, now: Instant) {
-        let Some(mut new) = self.reload.as_ref().and_then(|f| f()) else {
-            warn!(
-                "SIGHUP: configuration not reloaded (unreadable or invalid); keeping the running one"
-            );
+        let Some(read) = self.reload.as_ref() else {
             return;
+        };
+        let mut new = match read() {
+            Ok(c) => c,
+            Err(e) => {
+                // The supervisor checks the file before it forwards SIGHUP; this worker read
+                // it again and it did not load (a SIGHUP sent to the worker itself, as
+                // `systemctl kill -s HUP` does, or the file changed in between). Logged with
+                // the reason, and counted by the supervisor, told on stdout.
+                error!("SIGHUP: configuration not reloaded, keeping the running one: {e}");
+                println!("WORKER_RELOAD_FAILED");
+                return;
+            }
         };
         // What needs a restart keeps its running value (the supervisor named it in a
         // warning): `self.cfg` describes what is served.
