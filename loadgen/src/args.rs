@@ -216,6 +216,15 @@ pub struct LoadArgs {
     /// max) of the key figures. Outputs get a `-runK` suffix per run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Callback: the GMS resource group the clients ask access numbers of (it must be a pool
+    /// with locking in the tenants of the credentials).
+    #[arg(long, default_value = "callback")]
+    pub group: String,
+    /// Callback: time from a booking to the call that matches it (a duration; each is drawn
+    /// from half to one and a half times it). Longer than the group's booking expiry, calls
+    /// find their bookings expired (counted, not failures).
+    #[arg(long, default_value = "1s", value_parser = parse_secs)]
+    pub think: f64,
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
@@ -245,6 +254,13 @@ impl LoadArgs {
             return Err(format!(
                 "--transport {} needs --ca (the PEM certificate to trust)",
                 self.transport.as_str()
+            ));
+        }
+        if self.scenario == Scenario::Callback && self.drain <= 1.5 * self.think {
+            return Err(format!(
+                "--drain ({} s) must exceed 1.5 x --think ({} s): the calls of the last bookings \
+                 are dialled during the drain",
+                self.drain, self.think
             ));
         }
         let (soft, _) = shard::nofile_limit();
@@ -292,6 +308,8 @@ impl LoadArgs {
             quic_sockets,
             payload: self.payload,
             start_unix_ns: 0,
+            gms_group: self.group.clone(),
+            think_s: self.think.max(0.0),
         })
         .and_then(|mut c: RunConfig| {
             c.load_credentials()?;
