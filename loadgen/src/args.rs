@@ -225,6 +225,10 @@ pub struct LoadArgs {
     /// find their bookings expired (counted, not failures).
     #[arg(long, default_value = "1s", value_parser = parse_secs)]
     pub think: f64,
+    /// Callback: share of bookings (0 to 1) whose call never comes, as when a user gives up:
+    /// the numbers must come back at the booking's expiry.
+    #[arg(long, default_value_t = 0.0)]
+    pub abandon: f64,
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
@@ -262,6 +266,20 @@ impl LoadArgs {
                  are dialled during the drain",
                 self.drain, self.think
             ));
+        }
+        if let (Scenario::Callback, Some(r)) = (self.scenario, self.rate) {
+            // A client dials its number before it asks for another: a period shorter than its
+            // think time would put every client behind its schedule, and the corrected latency
+            // would measure loadgen's clients, not the service.
+            let period = desktops as f64 / r;
+            if period <= 1.5 * self.think {
+                return Err(format!(
+                    "callback: --rate {r} over {desktops} clients gives each a request every \
+                     {period:.2} s, not more than 1.5 x --think ({} s): use more clients, a lower \
+                     rate or a shorter think time",
+                    self.think
+                ));
+            }
         }
         let (soft, _) = shard::nofile_limit();
         let quic_sockets = self.quic_sockets.max(1);
@@ -310,6 +328,7 @@ impl LoadArgs {
             start_unix_ns: 0,
             gms_group: self.group.clone(),
             think_s: self.think.max(0.0),
+            abandon: self.abandon.clamp(0.0, 1.0),
         })
         .and_then(|mut c: RunConfig| {
             c.load_credentials()?;

@@ -222,6 +222,10 @@ pub struct RunConfig {
     /// from half to one and a half times this).
     #[serde(default = "default_think")]
     pub think_s: f64,
+    /// Callback: share of bookings whose call never comes (the client gives up): they must
+    /// expire.
+    #[serde(default)]
+    pub abandon: f64,
 }
 
 fn default_group() -> String {

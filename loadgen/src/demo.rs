@@ -157,6 +157,10 @@ pub struct StackOpts {
     pub credentials: Option<PathBuf>,
 }
 
+/// The demo server's `request_timeout_ms` (core-server's default): a request still queued
+/// after this is not run.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 /// The `[gms]` section of a demo stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GmsStack {
@@ -590,7 +594,10 @@ impl Stack {
         };
         if let Some(g) = &o.gms {
             // The HTTP admin port: its /metrics has the GMS counters the leak check reads.
-            core_text = format!("http_listen = \"127.0.0.1:0\"\n{core_text}{}", gms_section(g));
+            core_text = format!(
+                "http_listen = \"127.0.0.1:0\"\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n{core_text}{}",
+                gms_section(g)
+            );
         }
         std::fs::write(&core_cfg, core_text).map_err(|e| e.to_string())?;
         let credentials = match &o.credentials {

@@ -39,7 +39,9 @@ pub struct GmsCounts {
     /// Requests whose connection died before the answer and that another site then served:
     /// outcome unknown at the first site (a booking it may have made expires unused).
     pub interrupted: u64,
-    /// Calls "dialled" (matches attempted; one per booking).
+    /// Bookings whose call never came (`--abandon`): they must expire.
+    pub abandoned: u64,
+    /// Calls "dialled" (matches attempted; one per booking not abandoned).
     pub dialled: u64,
     /// Bookings matched with the right request (caller and token).
     pub matched: u64,
@@ -81,6 +83,7 @@ impl GmsCounts {
         self.not_booked += o.not_booked;
         self.retried_other_site += o.retried_other_site;
         self.interrupted += o.interrupted;
+        self.abandoned += o.abandoned;
         self.dialled += o.dialled;
         self.matched += o.matched;
         self.matched_in_window += o.matched_in_window;
@@ -175,13 +178,14 @@ impl GmsSummary {
         let c = &self.counts;
         let mut o = format!(
             "gms       requests {}  booked {}  exhausted {}  not booked {}  retried other site {}  interrupted {}\n\
-             \x20         dialled {}  matched {} ({:.0} matches/s)  WRONG {}  expired {}  LOST {}  match errors {}  stranded {}  DOUBLE-BOOKED {}\n",
+             \x20         abandoned {}  dialled {}  matched {} ({:.0} matches/s)  WRONG {}  expired {}  LOST {}  match errors {}  stranded {}  DOUBLE-BOOKED {}\n",
             c.requests,
             c.booked,
             c.exhausted,
             c.not_booked,
             c.retried_other_site,
             c.interrupted,
+            c.abandoned,
             c.dialled,
             c.matched,
             self.matches_per_s,

@@ -29,7 +29,7 @@
 //!   `loadgen_cpu_us_per_request`, `loadgen_thread_busy_max`, `loadgen_runqueue_wait_max`,
 //!   `loadgen_sched_lag_us.*`
 //! - `gms.*` (callback scenario): `requests`, `booked`, `exhausted`, `not_booked`,
-//!   `retried_other_site`, `interrupted`, `dialled`, `matched`, `matched_in_window`,
+//!   `retried_other_site`, `interrupted`, `abandoned`, `dialled`, `matched`, `matched_in_window`,
 //!   `matches_per_s`, `wrong_matches`, `expired`, `lost_bookings`, `stranded`,
 //!   `double_booked`, `sites[]` ({`booked`, `exhausted`, `matched`}), and with a database audit
 //!   `leak_check.{leaked, sites[]}` (see `gms.rs`); request and match latency are
@@ -659,6 +659,7 @@ mod tests {
             start_unix_ns: 1_700_000_000_000_000_000,
             gms_group: "callback".into(),
             think_s: 1.0,
+            abandon: 0.0,
         }
     }
 

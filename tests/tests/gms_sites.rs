@@ -7,6 +7,7 @@
 
 mod gms_support;
 mod loadgen_support;
+mod proxy_support;
 
 use std::time::{Duration, Instant};
 

@@ -1,29 +1,33 @@
 //! loadgen's `callback` scenario end to end, as `loadgen demo -s callback` runs it: core-server
 //! with a GMS pool per tenant behind a proxy that routes the `gms` service, simulated mobile
 //! clients booking access numbers and matching the calls, then the leak check against the
-//! data file. A run with a pool large enough matches every call with its own request and leaks
-//! nothing; a pool smaller than the numbers held at once reports the exhaustion, and still
-//! matches right and leaks nothing.
+//! data file. A run with a pool large enough matches every call with its own request, the
+//! bookings whose call never comes expire, and nothing leaks; a pool smaller than the numbers
+//! held at once reports the exhaustion, and still matches right and leaks nothing.
 
 mod loadgen_support;
+mod proxy_support;
 
 use loadgen_support::{read_json, run, strs};
 
-/// `demo -s callback` with `pool` numbers per tenant; the JSON summary and the exit code.
-fn demo(pool: u64, dir: &std::path::Path) -> (Option<i32>, serde_json::Value, String) {
+/// `demo -s callback` with `pool` numbers per tenant, `abandon` of the bookings never dialled;
+/// the exit code, the JSON summary and what loadgen said.
+fn demo(pool: u64, abandon: &str, dir: &std::path::Path) -> (Option<i32>, serde_json::Value, String) {
     let json = dir.join(format!("pool-{pool}.json"));
     let args: Vec<String> = [
         "demo",
         "-s",
         "callback",
+        "--abandon",
+        abandon,
         "-n",
         "60",
         "--pool",
         &pool.to_string(),
         "--rate",
-        "150",
+        "100",
         "--think",
-        "300ms",
+        "200ms",
         "--booking-ttl",
         "2s",
         "--threads",
@@ -63,11 +67,17 @@ fn n(v: &serde_json::Value, k: &str) -> u64 {
 #[test]
 fn every_call_matches_its_own_request_and_nothing_leaks() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, v, r) = demo(200, dir.path());
+    let (code, v, r) = demo(200, "0.2", dir.path());
     assert_eq!(code, Some(0), "{r}");
     let booked = n(&v, "/gms/booked");
-    assert!(booked > 100, "{v:#}");
-    assert_eq!(n(&v, "/gms/matched"), booked, "every booking matched: {v:#}");
+    let abandoned = n(&v, "/gms/abandoned");
+    assert!(booked > 150, "{v:#}");
+    assert!(abandoned > 0, "{v:#}");
+    assert_eq!(
+        n(&v, "/gms/matched") + abandoned,
+        booked,
+        "every booking dialled was matched: {v:#}"
+    );
     assert_eq!(n(&v, "/gms/exhausted"), 0, "{v:#}");
     for k in ["wrong_matches", "lost_bookings", "double_booked", "expired"] {
         assert_eq!(n(&v, &format!("/gms/{k}")), 0, "{k}: {v:#}");
@@ -76,21 +86,23 @@ fn every_call_matches_its_own_request_and_nothing_leaks() {
     // Request and match latency, through the report's per-operation figures.
     assert!(n(&v, "/ops/access_request/count") > 0, "{v:#}");
     assert!(n(&v, "/ops/access_match/count") > 0, "{v:#}");
-    // The data file: every booking made was matched or expired, none is left.
+    // The data file: every booking made was matched, or expired (the abandoned ones), and
+    // none is left.
     let site = &v["gms"]["leak_check"]["sites"][0];
     assert_eq!(n(&v, "/gms/leak_check/leaked"), 0, "{v:#}");
     assert_eq!(n(site, "/made"), booked, "{site}");
     assert_eq!(n(site, "/remaining"), 0, "{site}");
-    assert_eq!(n(site, "/server_matched"), booked, "{site}");
+    assert_eq!(n(site, "/server_matched"), booked - abandoned, "{site}");
+    assert_eq!(n(site, "/server_expired"), abandoned, "{site}");
     assert_eq!(site["unaccounted"].as_i64(), Some(0), "{site}");
 }
 
 #[test]
 fn a_pool_smaller_than_the_demand_is_exhausted_and_still_leaks_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // 150 requests/s held ~0.3 s each: ~45 numbers held at once over two tenants, against 4
+    // 100 requests/s held ~0.2 s each: ~20 numbers held at once over two tenants, against 4
     // per tenant.
-    let (code, v, r) = demo(4, dir.path());
+    let (code, v, r) = demo(4, "0", dir.path());
     assert_eq!(code, Some(0), "{r}");
     assert!(n(&v, "/gms/exhausted") > 0, "{v:#}");
     assert!(n(&v, "/gms/not_booked") > 0, "{v:#}");

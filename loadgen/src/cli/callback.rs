@@ -2,10 +2,13 @@
 //! per tenant, behind its own proxy), simulated mobile clients over them, optionally site A
 //! killed (`kill -9`, server and proxy) mid-run; then the leak check against the databases.
 //!
-//! The leak check, per site, once the run is over: wait until every booking has expired and
-//! been swept (a site killed during the run is restarted first, so that its own sweep expires
-//! what it held), reading the server's `gms_booked`/`gms_matched`/`gms_expired` counters; stop
-//! the server; audit its data file (`core-server gms audit`: bookings ever made, rows left).
+//! The leak check, per site, once the run is over: wait until every booking has been matched
+//! or has expired and been swept, reading the server's `gms_booked`/`gms_matched`/`gms_expired`
+//! counters (a site killed during the run is restarted first, so that its own sweep expires
+//! what it held); stop the server; audit its data file (`core-server gms audit`: bookings ever
+//! made, rows left). A balance of the counters counts only once nothing can be booked any
+//! more: at once when loadgen got every answer, else after the server's `request_timeout_ms`,
+//! until which a request loadgen gave up on may still wait in its queue and run.
 //! A site that ran throughout must account for every booking: `made = matched + expired +
 //! remaining`, with `remaining = 0`. Anything else is reported as leaked and fails the run.
 
@@ -65,6 +68,15 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
         )
         .into());
     }
+    if let Some(k) = cb.kill_site_a_after
+        && k >= load.ramp + load.warmup + load.duration
+    {
+        return Err(deskmux_loadgen::exit::UsageError(format!(
+            "--kill-site-a-after {k} s is not before the end of the window ({} s after the start)",
+            load.ramp + load.warmup + load.duration
+        ))
+        .into());
+    }
     let ttl_ms = (cb.booking_ttl * 1000.0) as u64;
     let sweep_ms = 200;
     let mut stacks: Vec<Stack> = Vec::new();
@@ -122,10 +134,12 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
         })
     });
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The CPU of the last site: with two, the one that runs throughout.
+    let measured = stacks.last().ok_or_else(|| anyhow!("no site"))?;
     let sampler = demo::sample_cpu(
         &cfg,
-        stacks[0].server.pid(),
-        stacks[0].proxy.as_ref().map(|p| p.pid()),
+        measured.server.pid(),
+        measured.proxy.as_ref().map(|p| p.pid()),
         done.clone(),
     );
     let out = runner::run(cfg.clone(), load.quiet);
@@ -139,16 +153,26 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
     let (mut summary, rec) = summarize(&cfg, out, |s| {
         let mut v = demo::server_json(via, &cpu, s.measured_s, s.requests.measured);
         if stacks.len() > 1 {
-            v["note"] = "CPU figures are site A's".into();
+            v["note"] = "CPU figures are site B's".into();
         }
         Some(v)
     })?;
-    let run_end = Instant::now();
+    // Requests loadgen gave up on (lost, or interrupted by a dying connection) may still wait
+    // in a server's queue and be run until their deadline (`request_timeout_ms`): only after
+    // it can nothing be booked any more. With every request answered, nothing waits.
+    let unanswered = summary.requests.lost
+        + summary.gms.as_ref().map_or(0, |g| g.counts.interrupted);
+    let quiet = Instant::now()
+        + if unanswered > 0 {
+            Duration::from_millis(demo::REQUEST_TIMEOUT_MS)
+        } else {
+            Duration::ZERO
+        };
     let mut audits = Vec::new();
     for (i, st) in stacks.iter_mut().enumerate() {
         let was_killed = killed && i == 0;
         let name = format!("site {i} ({})", targets[i]);
-        let a = audit_site(st, was_killed, run_end, ttl_ms, sweep_ms, name)
+        let a = audit_site(st, was_killed, quiet, ttl_ms, sweep_ms, name)
             .with_context(|| format!("leak check of site {i}"))?;
         audits.push(a);
     }
@@ -157,16 +181,19 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
 }
 
 /// The leak check of one site (see the module's documentation).
+///
+/// `quiet`: from then on no request can book anything on a site that ran throughout; a
+/// balance of its counters (booked = matched + expired) seen after it is final.
 fn audit_site(
     st: &mut Stack,
     killed: bool,
-    run_end: Instant,
+    quiet: Instant,
     ttl_ms: u64,
     sweep_ms: u64,
     site: String,
 ) -> Result<SiteAudit> {
     let mut note = String::new();
-    let mut from = run_end;
+    let mut from = quiet;
     if killed {
         st.server = demo::start_server(&st.core_config, true).map_err(|e| anyhow!(e))?;
         from = Instant::now();
@@ -175,14 +202,14 @@ fn audit_site(
             .into();
     }
     let http = st.server.addr("HTTP").map_err(|e| anyhow!(e))?;
-    // Every booking is made before the run's end (or before the restart): by then plus its
-    // expiry and two sweeps, each has been matched or swept.
+    // Every booking is made before `quiet` (or before the restart): by then plus its expiry
+    // and two sweeps, each has been matched or swept.
     let deadline = from + Duration::from_millis(ttl_ms + 2 * sweep_ms) + Duration::from_secs(2);
     let mut counters = gms_counters(http)?;
     while Instant::now() < deadline {
-        // A site that ran throughout is done as soon as it holds nothing; a restarted one
-        // waits for the expiry of what it held.
-        if !killed && counters.0 == counters.1 + counters.2 {
+        // A site that ran throughout is done as soon as it holds nothing for good; a
+        // restarted one waits for the expiry of what it held.
+        if !killed && Instant::now() >= quiet && counters.0 == counters.1 + counters.2 {
             break;
         }
         std::thread::sleep(POLL);

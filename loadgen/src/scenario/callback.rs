@@ -8,6 +8,9 @@
 //! 3. checks that the match returned exactly its own request (caller number, token, booking
 //!    id).
 //!
+//! A share of the bookings (`--abandon`) is never dialled, as when a user gives up: those
+//! numbers must come back at the booking's expiry (the demo's leak check counts them).
+//!
 //! The clients speak the binary protocol (service 3), not the HTTP API a real mobile client
 //! would use: the load is the service's (a booking and a match, each a committed transaction),
 //! which is the same behind both, and the binary protocol lets one loadgen process drive tens
@@ -409,6 +412,13 @@ pub async fn run(ctx: Rc<Ctx>, gid: u64) {
         let intended = if period.is_some() { next } else { now };
         match c.request(intended).await {
             Err(_) => break,
+            Ok(Some(_)) if fastrand::f64() < cfg.abandon => {
+                // The user gives up: the booking holds its number until it expires.
+                ctx.stats.borrow_mut().gms.abandoned += 1;
+                if period.is_none() {
+                    c.wait_until(now + think).await;
+                }
+            }
             Ok(Some(b)) => {
                 if c.dial(b).await.is_err() {
                     break;
