@@ -44,7 +44,8 @@ fn book(pool: &Mutex<Pool>, fault: Fault, caller: &str, token: &str) -> Option<S
         .map(|i| format!("+1999{:04}", (p.next + i) % POOL))
         .find(|n| fault == Fault::NoLocking || !p.held.contains_key(n))?;
     p.next = (p.next + 1) % if fault == Fault::NoLocking { 3 } else { POOL };
-    p.held.insert(n.clone(), (caller.to_string(), token.to_string()));
+    p.held
+        .insert(n.clone(), (caller.to_string(), token.to_string()));
     Some(n)
 }
 
@@ -193,7 +194,16 @@ fn run(fault: Fault) -> (i32, serde_json::Value) {
         .arg(&creds)
         .args(["--site", &addr.to_string()])
         .args(["--rate", "200", "--think", "50ms"])
-        .args(["--ramp", "0.2", "--warmup", "0.2", "--duration", "1", "--drain", "1"])
+        .args([
+            "--ramp",
+            "0.2",
+            "--warmup",
+            "0.2",
+            "--duration",
+            "1",
+            "--drain",
+            "1",
+        ])
         .arg("--json")
         .arg(&json)
         .output()

@@ -12,7 +12,11 @@ use loadgen_support::{read_json, run, strs};
 
 /// `demo -s callback` with `pool` numbers per tenant, `abandon` of the bookings never dialled;
 /// the exit code, the JSON summary and what loadgen said.
-fn demo(pool: u64, abandon: &str, dir: &std::path::Path) -> (Option<i32>, serde_json::Value, String) {
+fn demo(
+    pool: u64,
+    abandon: &str,
+    dir: &std::path::Path,
+) -> (Option<i32>, serde_json::Value, String) {
     let json = dir.join(format!("pool-{pool}.json"));
     let args: Vec<String> = [
         "demo",

@@ -60,11 +60,17 @@ pub fn audit(db: &Path, now_us: i64) -> Result<Audit, String> {
     let remaining = count("SELECT count(*) FROM gms_bookings WHERE ?1 = ?1")?;
     let remaining_live = count("SELECT count(*) FROM gms_bookings WHERE expires_us > ?1")?;
     let mut st = c
-        .prepare("SELECT tenant, grp, count(*) FROM gms_bookings GROUP BY tenant, grp ORDER BY 1, 2")
+        .prepare(
+            "SELECT tenant, grp, count(*) FROM gms_bookings GROUP BY tenant, grp ORDER BY 1, 2",
+        )
         .map_err(at)?;
     let groups = st
         .query_map([], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ))
         })
         .map_err(at)?
         .collect::<Result<Vec<_>, _>>()
@@ -94,10 +100,7 @@ pub fn run(db: &Path, op: &Op) -> Result<(), String> {
     match op {
         Op::Audit => {
             let a = audit(db, crate::wire::now_us())?;
-            println!(
-                "{}",
-                serde_json::to_string(&a).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string(&a).map_err(|e| e.to_string())?);
             Ok(())
         }
     }

@@ -411,7 +411,7 @@ fn book(
 }
 
 /// How many numbers [`quick_pick`] tries before the full scan.
-const QUICK_TRIES: usize = 8;
+const QUICK_TRIES: usize = 16;
 
 /// In a pool, a free number found by looking a few candidates up by number (an index lookup
 /// each), before [`book`] falls back to reading every booking the group holds, whose cost

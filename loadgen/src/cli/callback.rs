@@ -63,10 +63,9 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
         .into());
     }
     if cb.booking_ttl < 1.0 {
-        return Err(deskmux_loadgen::exit::UsageError(
-            "--booking-ttl must be at least 1s".into(),
-        )
-        .into());
+        return Err(
+            deskmux_loadgen::exit::UsageError("--booking-ttl must be at least 1s".into()).into(),
+        );
     }
     if let Some(k) = cb.kill_site_a_after
         && k >= load.ramp + load.warmup + load.duration
@@ -160,8 +159,8 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
     // Requests loadgen gave up on (lost, or interrupted by a dying connection) may still wait
     // in a server's queue and be run until their deadline (`request_timeout_ms`): only after
     // it can nothing be booked any more. With every request answered, nothing waits.
-    let unanswered = summary.requests.lost
-        + summary.gms.as_ref().map_or(0, |g| g.counts.interrupted);
+    let unanswered =
+        summary.requests.lost + summary.gms.as_ref().map_or(0, |g| g.counts.interrupted);
     let quiet = Instant::now()
         + if unanswered > 0 {
             Duration::from_millis(demo::REQUEST_TIMEOUT_MS)

@@ -123,19 +123,18 @@ pub async fn connect_to(
         (None, Some(tls)) => Via::Tls(source(cfg, gid), tls),
         (None, None) => Via::Tcp(source(cfg, gid)),
     };
-    let (mut d, attempts) = match client::connect_sites(
-        sites, first, via, generation, &id, &opts, deadline,
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err((e, attempts)) => {
-            let mut s = ctx.stats.borrow_mut();
-            s.clients.failed_attempts += u64::from(attempts);
-            s.sample(|| format!("desktop {gid}: connect failed after {attempts} attempts: {e}"));
-            return Err(attempts);
-        }
-    };
+    let (mut d, attempts) =
+        match client::connect_sites(sites, first, via, generation, &id, &opts, deadline).await {
+            Ok(x) => x,
+            Err((e, attempts)) => {
+                let mut s = ctx.stats.borrow_mut();
+                s.clients.failed_attempts += u64::from(attempts);
+                s.sample(|| {
+                    format!("desktop {gid}: connect failed after {attempts} attempts: {e}")
+                });
+                return Err(attempts);
+            }
+        };
     {
         let mut s = ctx.stats.borrow_mut();
         s.clients.failed_attempts += u64::from(attempts);

@@ -6,9 +6,7 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use deskmux_codec::{
-    BodyError, BodyRef, BodyWriter, ErrorCode, Flags, Head, Kind, Service, msg,
-};
+use deskmux_codec::{BodyError, BodyRef, BodyWriter, ErrorCode, Flags, Head, Kind, Service, msg};
 
 use crate::client::{self, CLIENT_CORR_BASE, Desktop};
 use crate::engine::{Ctx, Delivery, merge_delivery};
