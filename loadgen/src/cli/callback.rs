@@ -32,9 +32,10 @@ use super::{StackArgs, config, emit, summarize};
 #[derive(Debug, Clone, clap::Args)]
 pub struct CallbackArgs {
     /// Callback: access numbers in each tenant's pool (the demo's credentials alternate
-    /// tenants 1 and 2). Smaller than the numbers held at once (rate x think time per tenant),
-    /// requests find the pool exhausted.
-    #[arg(long, default_value_t = 2000)]
+    /// tenants 1 and 2). Smaller than the numbers held at once (rate x think time per tenant,
+    /// plus the abandoned bookings until they expire), requests find the pool exhausted; a pool
+    /// nearly full costs the server a scan of its bookings per request.
+    #[arg(long, default_value_t = 10_000)]
     pub pool: u64,
     /// Callback: how long a booking holds its number without a call (the group's
     /// `booking_ttl_ms`; a duration, at least 1 s). The leak check waits this long after the
