@@ -134,6 +134,15 @@ fn real_main() -> Result<u8> {
             }
             cli::runs(&load, |l| cli::run_on_stack(l, &stack, direct))
         }
+        Cmd::Transports { load, .. } | Cmd::Compare { load, .. }
+            if load.scenario == Scenario::Callback =>
+        {
+            Err(UsageError(
+                "the callback scenario runs with `demo` (GMS sites and the leak check) or `run`"
+                    .into(),
+            )
+            .into())
+        }
         Cmd::Transports { stack, load } => cli::stacks::transports(&stack, load),
         Cmd::Compare { stack, load } => cli::stacks::compare(&stack, load),
         Cmd::Diff { a, b, json } => {
