@@ -36,8 +36,9 @@ pub struct GmsCounts {
     /// Requests or matches retried at another site after the first failed (not sent, or the
     /// connection died under them).
     pub retried_other_site: u64,
-    /// Requests whose connection died before the answer and that another site then served:
-    /// outcome unknown at the first site (a booking it may have made expires unused).
+    /// Requests (or matches) whose connection died before the answer, then retried at another
+    /// site: outcome unknown at the first (a booking it may have made expires unused; a match
+    /// it may have made leaves the booking not found at the other site, counted `stranded`).
     pub interrupted: u64,
     /// Bookings whose call never came (`--abandon`): they must expire.
     pub abandoned: u64,
