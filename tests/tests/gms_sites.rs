@@ -21,8 +21,19 @@ fn a_site_killed_mid_run_fails_over_and_matches_stay_right() {
     std::fs::create_dir_all(&da).unwrap();
     std::fs::create_dir_all(&db).unwrap();
     // Pools big enough for the load: exhaustion is not what this test is about.
-    let mut a = Site::start(&site::configure(&da, 0, 200, 30_000));
-    let b = Site::start(&site::configure(&db, 1, 200, 30_000));
+    let (ca, cb) = (
+        site::configure(&da, 0, 200, 30_000),
+        site::configure(&db, 1, 200, 30_000),
+    );
+    // The two sites' pools do not intersect, as `--check-config --other-site` requires.
+    let check = std::process::Command::new(deskmux_tests::procs::bin_path("core-server"))
+        .args(["--config", ca.to_str().unwrap(), "--check-config"])
+        .args(["--other-site", cb.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let mut a = Site::start(&ca);
+    let b = Site::start(&cb);
     let creds = deskmux_tests::creds::loadgen_file(dir.path(), 1, site::TOKEN1, 40).unwrap();
     let json = dir.path().join("out.json");
     let args: Vec<String> = [
