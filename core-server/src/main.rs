@@ -99,6 +99,12 @@ enum Cmd {
         #[command(subcommand)]
         op: creds::Op,
     },
+    /// GMS bookings in the data file (`--db` or the config's `db`): `audit` prints what it
+    /// holds as JSON (read-only).
+    Gms {
+        #[command(subcommand)]
+        op: deskmux_core_server::gms::audit::Op,
+    },
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -147,6 +153,9 @@ fn main() -> anyhow::Result<()> {
     let cfg = load(&cli)?;
     if let Some(Cmd::Creds { op }) = &cli.cmd {
         return creds::run(&cfg.db, op);
+    }
+    if let Some(Cmd::Gms { op }) = &cli.cmd {
+        return deskmux_core_server::gms::audit::run(&cfg.db, op).map_err(anyhow::Error::msg);
     }
     if let Some(why) = cfg.weak_link_secret()
         && !cli.allow_weak_link_secret

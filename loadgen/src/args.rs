@@ -216,6 +216,19 @@ pub struct LoadArgs {
     /// max) of the key figures. Outputs get a `-runK` suffix per run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Callback: the GMS resource group the clients ask access numbers of (it must be a pool
+    /// with locking in the tenants of the credentials).
+    #[arg(long, default_value = "callback")]
+    pub group: String,
+    /// Callback: time from a booking to the call that matches it (a duration; each is drawn
+    /// from half to one and a half times it). Longer than the group's booking expiry, calls
+    /// find their bookings expired (counted, not failures).
+    #[arg(long, default_value = "1s", value_parser = parse_secs)]
+    pub think: f64,
+    /// Callback: share of bookings (0 to 1) whose call never comes, as when a user gives up:
+    /// the numbers must come back at the booking's expiry.
+    #[arg(long, default_value_t = 0.0)]
+    pub abandon: f64,
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
@@ -246,6 +259,27 @@ impl LoadArgs {
                 "--transport {} needs --ca (the PEM certificate to trust)",
                 self.transport.as_str()
             ));
+        }
+        if self.scenario == Scenario::Callback && self.drain <= 1.5 * self.think {
+            return Err(format!(
+                "--drain ({} s) must exceed 1.5 x --think ({} s): the calls of the last bookings \
+                 are dialled during the drain",
+                self.drain, self.think
+            ));
+        }
+        if let (Scenario::Callback, Some(r)) = (self.scenario, self.rate) {
+            // A client dials its number before it asks for another: a period shorter than its
+            // think time would put every client behind its schedule, and the corrected latency
+            // would measure loadgen's clients, not the service.
+            let period = desktops as f64 / r;
+            if period <= 1.5 * self.think {
+                return Err(format!(
+                    "callback: --rate {r} over {desktops} clients gives each a request every \
+                     {period:.2} s, not more than 1.5 x --think ({} s): use more clients, a lower \
+                     rate or a shorter think time",
+                    self.think
+                ));
+            }
         }
         let (soft, _) = shard::nofile_limit();
         let quic_sockets = self.quic_sockets.max(1);
@@ -292,6 +326,9 @@ impl LoadArgs {
             quic_sockets,
             payload: self.payload,
             start_unix_ns: 0,
+            gms_group: self.group.clone(),
+            think_s: self.think.max(0.0),
+            abandon: self.abandon.clamp(0.0, 1.0),
         })
         .and_then(|mut c: RunConfig| {
             c.load_credentials()?;

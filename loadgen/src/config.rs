@@ -18,6 +18,10 @@ pub enum Scenario {
     Supervisor,
     /// Ping load, and all desktops drop and reconnect at once: without, then with jitter.
     Storm,
+    /// GMS: simulated mobile clients book access numbers (`ACCESS_REQUEST`); after a think
+    /// time the switch "dials" each one from the client's number and matches it
+    /// (`ACCESS_MATCH`); every match is checked to return the request that booked it.
+    Callback,
 }
 
 impl Scenario {
@@ -28,6 +32,7 @@ impl Scenario {
             Scenario::Agent => "agent",
             Scenario::Supervisor => "supervisor",
             Scenario::Storm => "storm",
+            Scenario::Callback => "callback",
         }
     }
 }
@@ -210,6 +215,25 @@ pub struct RunConfig {
     /// Run start (t = 0 of the run clock), ns since the Unix epoch; set by the parent so that
     /// all shards share one schedule.
     pub start_unix_ns: u64,
+    /// Callback: the GMS resource group clients ask numbers of.
+    #[serde(default = "default_group")]
+    pub gms_group: String,
+    /// Callback: seconds from a booking to the call that matches it (each drawn uniformly
+    /// from half to one and a half times this).
+    #[serde(default = "default_think")]
+    pub think_s: f64,
+    /// Callback: share of bookings whose call never comes (the client gives up): they must
+    /// expire.
+    #[serde(default)]
+    pub abandon: f64,
+}
+
+fn default_group() -> String {
+    "callback".into()
+}
+
+fn default_think() -> f64 {
+    1.0
 }
 
 fn default_payload() -> usize {

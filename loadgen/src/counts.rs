@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use deskmux_codec::{Service, msg};
 
 /// The request types loadgen writes, with their JSON names.
-const TYPES: [(Service, u16, &str); 13] = [
+const TYPES: [(Service, u16, &str); 15] = [
     (Service::Control, msg::control::HEARTBEAT, "heartbeat"),
     (Service::Interaction, msg::ixn::ECHO, "echo"),
     (Service::Ucs, msg::ucs::ECHO, "ucs_echo"),
@@ -31,13 +31,16 @@ const TYPES: [(Service, u16, &str); 13] = [
     (Service::Interaction, msg::ixn::UNSUBSCRIBE, "unsubscribe"),
     (Service::Ucs, msg::ucs::CONTACT_IDENTIFY, "contact_identify"),
     (Service::Ucs, msg::ucs::HISTORY_INSERT, "history_insert"),
+    (Service::Gms, msg::gms::ACCESS_REQUEST, "access_request"),
+    (Service::Gms, msg::gms::ACCESS_MATCH, "access_match"),
 ];
 
 /// Names of the per-service catch-alls, after [`TYPES`].
-const OTHER: [(&str, &str); 4] = [
+const OTHER: [(&str, &str); 5] = [
     ("other_control", "control"),
     ("other_interaction", "interaction"),
     ("other_ucs", "ucs"),
+    ("other_gms", "gms"),
     ("other_service", "other"),
 ];
 
@@ -47,7 +50,8 @@ pub fn service_name(s: Service) -> &'static str {
         Service::Control => "control",
         Service::Interaction => "interaction",
         Service::Ucs => "ucs",
-        Service::Gms | Service::Unknown(_) => "other",
+        Service::Gms => "gms",
+        Service::Unknown(_) => "other",
     }
 }
 
@@ -67,7 +71,8 @@ impl TypeCounts {
                 Service::Control => TYPES.len(),
                 Service::Interaction => TYPES.len() + 1,
                 Service::Ucs => TYPES.len() + 2,
-                Service::Gms | Service::Unknown(_) => TYPES.len() + 3,
+                Service::Gms => TYPES.len() + 3,
+                Service::Unknown(_) => TYPES.len() + 4,
             });
         self.n[i] += k;
     }

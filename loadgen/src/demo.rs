@@ -149,6 +149,56 @@ pub struct StackOpts {
     /// Only with a proxy (direct desktops speak plain TCP). Otherwise the links are plain TCP
     /// on loopback, with the proxy's explicit `plaintext_links` opt-in.
     pub link_tls: bool,
+    /// GMS (`callback`): a `[gms]` resource group per tenant on the server, its HTTP admin
+    /// port (for `/metrics`), and the proxy routes the `gms` service.
+    pub gms: Option<GmsStack>,
+    /// Import this credentials file instead of writing a new one (a second site provisions
+    /// the first one's agents).
+    pub credentials: Option<PathBuf>,
+}
+
+/// The demo server's `request_timeout_ms` (core-server's default): a request still queued
+/// after this is not run.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// The `[gms]` section of a demo stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GmsStack {
+    /// The resource group's name (one per tenant).
+    pub group: String,
+    /// Access numbers in each tenant's pool.
+    pub pool: u64,
+    /// `booking_ttl_ms`.
+    pub ttl_ms: u64,
+    /// `expiry_sweep_ms`.
+    pub sweep_ms: u64,
+    /// Which site this is (0, 1): it picks the numbers, so that the sites' pools do not
+    /// intersect (the seed's advice, and `core-server --check-config --other-site`'s rule).
+    pub site: u8,
+}
+
+/// The access numbers of `tenant`'s pool at `site`: `+1800` then site, tenant, index.
+pub fn gms_numbers(site: u8, tenant: u32, pool: u64) -> Vec<String> {
+    (0..pool)
+        .map(|i| format!("+1800{site}{tenant}{i:07}"))
+        .collect()
+}
+
+/// The server's `[gms]` section for `g`: a pool (locking, random) per tenant 1 and 2.
+pub fn gms_section(g: &GmsStack) -> String {
+    let mut out = format!("\n[gms]\nexpiry_sweep_ms = {}\n", g.sweep_ms);
+    for tenant in [1u32, 2] {
+        let numbers = gms_numbers(g.site, tenant, g.pool)
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        out.push_str(&format!(
+            "\n[[gms.groups]]\ntenant = {tenant}\nname = \"{}\"\nlocking = \"pool\"\nbooking_ttl_ms = {}\nnumbers = [{numbers}]\n",
+            g.group, g.ttl_ms
+        ));
+    }
+    out
 }
 
 impl Default for StackOpts {
@@ -161,6 +211,8 @@ impl Default for StackOpts {
             heartbeat_ms: 5000,
             agents: 1000,
             link_tls: true,
+            gms: None,
+            credentials: None,
         }
     }
 }
@@ -169,7 +221,9 @@ impl Default for StackOpts {
 /// `heartbeat_ms`; with `tls = Some((cert, key))` its TCP port speaks TLS with that
 /// certificate, with `quic = Some((cert, key))` it also takes QUIC desktops on the same port
 /// number (UDP). With `link_ca = Some(ca)` its links are TLS, verifying the server against
-/// `ca`; otherwise plain TCP on loopback, opted in with `plaintext_links = true`.
+/// `ca`; otherwise plain TCP on loopback, opted in with `plaintext_links = true`. With `gms` it
+/// routes the `gms` service too.
+#[allow(clippy::too_many_arguments)]
 pub fn proxy_config(
     secret: &str,
     server: SocketAddr,
@@ -178,7 +232,13 @@ pub fn proxy_config(
     tls: Option<(&Path, &Path)>,
     quic: Option<(&Path, &Path)>,
     link_ca: Option<&Path>,
+    gms: bool,
 ) -> String {
+    let services = if gms {
+        r#"["interaction", "ucs", "gms"]"#
+    } else {
+        r#"["interaction", "ucs"]"#
+    };
     let section = |name: &str, files: Option<(&Path, &Path)>| {
         files
             .map(|(c, k)| {
@@ -214,7 +274,7 @@ heartbeat_ms = {heartbeat_ms}
 
 [[upstream]]
 name = "demo-core-1"
-service = ["interaction", "ucs"]
+service = {services}
 addr = "{server}"
 links = 2
 {quic}{links}"#
@@ -251,6 +311,19 @@ pub fn kill_started() {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// SIGKILL `pids` (a site's processes, killed as a crash would).
+pub fn kill_hard(pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A child process, killed on drop.
@@ -456,6 +529,8 @@ pub struct Stack {
     pub ca: Option<PathBuf>,
     /// The provisioned agents' credentials, for loadgen's `--credentials`.
     pub credentials: PathBuf,
+    /// The server's configuration file (to restart it, or audit its data file).
+    pub core_config: PathBuf,
 }
 
 impl Drop for Stack {
@@ -517,16 +592,20 @@ impl Stack {
         } else {
             None
         };
+        if let Some(g) = &o.gms {
+            // The HTTP admin port: its /metrics has the GMS counters the leak check reads.
+            core_text = format!(
+                "http_listen = \"127.0.0.1:0\"\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n{core_text}{}",
+                gms_section(g)
+            );
+        }
         std::fs::write(&core_cfg, core_text).map_err(|e| e.to_string())?;
-        let credentials = write_credentials(&dir, o.agents.max(1))?;
+        let credentials = match &o.credentials {
+            Some(c) => c.clone(),
+            None => write_credentials(&dir, o.agents.max(1))?,
+        };
         import_credentials(&bins, &core_cfg, &credentials)?;
-        let cfg_arg = core_cfg.to_string_lossy().into_owned();
-        let server = Proc::start(
-            &bins.join("core-server"),
-            &["--config", &cfg_arg],
-            &["LISTENING"],
-            Duration::from_secs(20),
-        )?;
+        let server = start_server(&core_cfg, o.gms.is_some())?;
         let server_addr = server.addr("LISTENING")?;
         eprintln!(
             "demo: core-server (pid {}) listening on {server_addr}",
@@ -549,6 +628,7 @@ impl Stack {
                     files.filter(|_| o.tls),
                     files.filter(|_| o.quic),
                     link_ca.as_deref(),
+                    o.gms.is_some(),
                 );
                 std::fs::write(&pcfg, cfg).map_err(|e| e.to_string())?;
                 let arg = pcfg.to_string_lossy().into_owned();
@@ -573,6 +653,7 @@ impl Stack {
             proxy,
             ca: ca.map(|(c, _)| c),
             credentials,
+            core_config: core_cfg,
         })
     }
 
@@ -586,6 +667,26 @@ impl Stack {
             None => self.server.addr("LISTENING"),
         }
     }
+}
+
+/// Start core-server with the configuration `cfg` and wait for its `LISTENING` line (and
+/// `HTTP`, its admin port, when `http`).
+///
+/// # Errors
+/// It failed to start or announce itself.
+pub fn start_server(cfg: &Path, http: bool) -> Result<Proc, String> {
+    let arg = cfg.to_string_lossy().into_owned();
+    let want: &[&str] = if http {
+        &["LISTENING", "HTTP"]
+    } else {
+        &["LISTENING"]
+    };
+    Proc::start(
+        &bin_dir().join("core-server"),
+        &["--config", &arg],
+        want,
+        Duration::from_secs(20),
+    )
 }
 
 /// CPU used by the server and proxy processes over the run's measurement window.
@@ -679,9 +780,11 @@ mod tests {
             None,
             None,
             None,
+            false,
         ))
         .unwrap();
         assert_eq!(p["upstream"][0]["addr"].as_str(), Some("127.0.0.1:7100"));
+        assert_eq!(p["upstream"][0]["service"].as_array().unwrap().len(), 2);
         assert_eq!(p["link_secret"].as_str(), c["link_secret"].as_str());
         assert!(p.get("quic").is_none());
         assert!(p.get("tls").is_none());
@@ -697,8 +800,10 @@ mod tests {
             files,
             files,
             Some(Path::new("/d/core.crt")),
+            true,
         ))
         .unwrap();
+        assert_eq!(q["upstream"][0]["service"][2].as_str(), Some("gms"));
         assert_eq!(q["link_tls"]["ca"].as_str(), Some("/d/core.crt"));
         assert!(q.get("plaintext_links").is_none());
         assert_eq!(q["quic"]["cert"].as_str(), Some("/d/proxy.crt"));

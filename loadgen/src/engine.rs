@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::counts::TypeCounts;
+use crate::gms::GmsCounts;
 use crate::recorder::{self, Recorder, RecorderWire, Window};
 use crate::verify::Tally;
 
@@ -109,6 +110,10 @@ pub struct Live {
     /// When [`Live::stop_now`] was called, ns since the Unix epoch (0: never): the end of the
     /// measured window of a stopped run.
     pub stopped_at_unix_ns: AtomicU64,
+    /// Callback: the access numbers this process's clients hold now, by (site, number):
+    /// (holder, expiry in ms since the Unix epoch). A number handed to a second client while
+    /// held is a double booking.
+    pub held: std::sync::Mutex<HashMap<(usize, String), (u64, i64)>>,
 }
 
 /// A snapshot of live counters (one process, or summed).
@@ -410,6 +415,8 @@ pub struct ThreadStats {
     pub ops: HashMap<&'static str, Histogram<u64>>,
     /// Requests written, by message type (logins and heartbeats too).
     pub by_type: TypeCounts,
+    /// Callback: bookings.
+    pub gms: GmsCounts,
 }
 
 impl ThreadStats {
@@ -575,6 +582,9 @@ pub struct ShardResult {
     /// When it was stopped, ns since the Unix epoch (0: it was not).
     #[serde(default)]
     pub stopped_at_unix_ns: u64,
+    /// Callback: bookings.
+    #[serde(default)]
+    pub gms: GmsCounts,
 }
 
 /// CPU time of the calling thread, ns (`/proc/thread-self/schedstat`).
@@ -678,10 +688,12 @@ fn merge_threads(
     let mut thread_cpu = Vec::new();
     let mut thread_wait = Vec::new();
     let mut by_type = TypeCounts::default();
+    let mut gms = GmsCounts::default();
     let mut peak = 0;
     for s in &stats {
         rec.merge(&s.rec);
         tally.merge(&s.tally);
+        gms.merge(&s.gms);
         by_type.merge(&s.by_type);
         events.merge(&s.events);
         let p = s.clients.peak_connected;
@@ -739,6 +751,7 @@ fn merge_threads(
         by_type: by_type.to_map(),
         stopped_early: false,
         stopped_at_unix_ns: 0,
+        gms,
     }
 }
 
@@ -810,6 +823,7 @@ fn run_thread(
             wait_ns: 0,
             ops: HashMap::new(),
             by_type: TypeCounts::default(),
+            gms: GmsCounts::default(),
         }),
         reconnect: RefCell::new(HashMap::new()),
         live,

@@ -15,8 +15,9 @@ pub const USAGE: u8 = 2;
 /// No desktop could connect (wrong address or port, a site name that does not resolve,
 /// certificate, credentials): nothing was measured.
 pub const CONNECT: u8 = 3;
-/// Requests were lost or answered wrongly (or events went missing): the system under test
-/// failed verification.
+/// Requests were lost or answered wrongly (or events went missing, or callback bookings were
+/// matched wrongly, lost, double-booked or leaked): the system under test failed
+/// verification.
 pub const LOST_OR_WRONG: u8 = 4;
 /// With `--strict`: loadgen was SATURATED or missed its target rate, so the figures describe
 /// loadgen rather than the system under test.
@@ -31,7 +32,8 @@ Exit codes:
   1    other failure (a process could not start, an output could not be written)
   2    usage error (bad options; an output path that cannot be written, checked before the run)
   3    failure to connect: no desktop connected, or a --site name does not resolve
-  4    requests lost or answered wrongly, or events missed (verification failed)
+  4    requests lost or answered wrongly, events missed, or (callback) bookings matched
+       wrongly, lost, double-booked or leaked (verification failed)
   5    with --strict: loadgen SATURATED or TARGET MISSED (the figures describe loadgen)
   130  aborted by a second Ctrl-C (the first stops the run and reports it)";
 

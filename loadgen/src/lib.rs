@@ -3,9 +3,10 @@
 //! - [`client`]: the reusable desktop client (site list, retry with backoff and jitter, hello,
 //!   login, allocation-free frame reader), over TCP, TLS ([`tls`]: tokio-rustls) or QUIC
 //!   ([`quic`]: quinn endpoints, several UDP sockets per thread);
-//! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`);
+//! - [`scenario`]: what desktops do (`ping`, `agent`, `supervisor`, `storm`, `callback`);
 //! - [`recorder`]: coordinated-omission-corrected HdrHistograms per worker, merged;
 //! - [`counts`]: requests written by message type, to reconcile with the proxy's counters;
+//! - [`gms`]: the `callback` scenario's bookings (matched, wrong, expired, leaked);
 //! - [`timer`]: precise per-thread timers (timerfd), so loadgen's own clock stays out of the
 //!   figures;
 //! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod diff;
 pub mod engine;
 pub mod exit;
+pub mod gms;
 pub mod html;
 pub mod outputs;
 pub mod quic;

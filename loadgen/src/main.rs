@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand};
 use deskmux_loadgen::args::LoadArgs;
+use deskmux_loadgen::config::Scenario;
 use deskmux_loadgen::exit::{self, ConnectError, UsageError};
 use deskmux_loadgen::outputs::Output;
 use deskmux_loadgen::{args, diff, runner, shard};
@@ -52,6 +53,8 @@ enum Cmd {
         direct: bool,
         #[command(flatten)]
         stack: StackArgs,
+        #[command(flatten)]
+        callback: cli::callback::CallbackArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -121,11 +124,24 @@ fn real_main() -> Result<u8> {
         Cmd::Demo {
             direct,
             stack,
+            callback,
             mut load,
         } => {
             cli::check_outputs(&load, load.repeat > 1)?;
             load.desktops.get_or_insert(25_000);
+            if load.scenario == Scenario::Callback {
+                return cli::runs(&load, |l| cli::callback::run(l, &stack, &callback, direct));
+            }
             cli::runs(&load, |l| cli::run_on_stack(l, &stack, direct))
+        }
+        Cmd::Transports { load, .. } | Cmd::Compare { load, .. }
+            if load.scenario == Scenario::Callback =>
+        {
+            Err(UsageError(
+                "the callback scenario runs with `demo` (GMS sites and the leak check) or `run`"
+                    .into(),
+            )
+            .into())
         }
         Cmd::Transports { stack, load } => cli::stacks::transports(&stack, load),
         Cmd::Compare { stack, load } => cli::stacks::compare(&stack, load),

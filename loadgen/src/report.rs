@@ -28,6 +28,12 @@
 //! - `loadgen_saturated`, `loadgen_saturation_reasons[]`, `loadgen_cpu_percent`,
 //!   `loadgen_cpu_us_per_request`, `loadgen_thread_busy_max`, `loadgen_runqueue_wait_max`,
 //!   `loadgen_sched_lag_us.*`
+//! - `gms.*` (callback scenario): `requests`, `booked`, `exhausted`, `not_booked`,
+//!   `retried_other_site`, `interrupted`, `abandoned`, `dialled`, `matched`, `matched_in_window`,
+//!   `matches_per_s`, `wrong_matches`, `expired`, `lost_bookings`, `stranded`,
+//!   `double_booked`, `sites[]` ({`booked`, `exhausted`, `matched`}), and with a database audit
+//!   `leak_check.{leaked, sites[]}` (see `gms.rs`); request and match latency are
+//!   `ops.access_request.*` and `ops.access_match.*`
 //! - `stopped_early`, `verification_failed`, `samples[]`, `latency_over_time[]` ({`t_s`, `count`, `p50`, `p99`,
 //!   `max`}), `timeline[]` ({`t_s` since the ramp's start, `connected`, `failed`, `ok_rps`,
 //!   `errors_per_s`}), and in `compare`/`demo` runs `server.*` (see `demo.rs`).
@@ -42,7 +48,8 @@ use serde::Serialize;
 
 use crate::config::{RunConfig, Scenario};
 use crate::engine::{EventStats, ShardResult, merge_delivery};
-use crate::recorder::{self, Percentiles, Recorder};
+pub use crate::recorder::Recorder;
+use crate::recorder::{self, Percentiles};
 use crate::verify::Tally;
 
 pub use crate::html::html;
@@ -307,6 +314,20 @@ pub struct Summary {
     /// Server-side figures (demo / compare), filled in by the caller.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<serde_json::Value>,
+    /// Callback: bookings and matches (the leak check filled in by the caller that audits the
+    /// databases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gms: Option<crate::gms::GmsSummary>,
+}
+
+impl Summary {
+    /// Record the databases' leak check: a leak fails verification.
+    pub fn set_leak_check(&mut self, l: crate::gms::LeakCheck) {
+        if let Some(g) = &mut self.gms {
+            g.leak_check = Some(l);
+            self.verification_failed |= g.failed();
+        }
+    }
 }
 
 /// Merge shard results into the summary and the merged recorder (for the log and HTML).
@@ -327,6 +348,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
     let mut threads = 0;
     let mut ops: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut gms = crate::gms::GmsCounts::default();
     let mut storms: Vec<(bool, Histogram<u64>, u64, u64)> = Vec::new();
     // A run stopped early (Ctrl-C) measured until the first shard stopped, not the planned
     // window: rates and CPU shares are over what was measured.
@@ -340,6 +362,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
     for s in shards {
         rec.merge(&Recorder::from_wire(window, &s.rec)?);
         tally.merge(&s.tally);
+        gms.merge(&s.gms);
         let ev = EventStats::from_wire(&s.events)?;
         // per-event deliveries merge across shards by (tenant, seq)
         for (k, d) in &ev.per_event {
@@ -448,6 +471,11 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             }
         })
         .collect();
+    let gms = (cfg.scenario == Scenario::Callback).then(|| crate::gms::GmsSummary {
+        matches_per_s: gms.matched_in_window as f64 / secs,
+        counts: gms,
+        leak_check: None,
+    });
     let summary = Summary {
         scenario: cfg.scenario.as_str().into(),
         transport: cfg.transport.as_str().into(),
@@ -541,11 +569,14 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         loadgen_runqueue_wait_max: wait_max,
         loadgen_sched_lag_us: sched_p,
         stopped_early: shards.iter().any(|s| s.stopped_early),
-        verification_failed: tally.failed() || events.gaps + missed_at_end > 0,
+        verification_failed: tally.failed()
+            || events.gaps + missed_at_end > 0
+            || gms.as_ref().is_some_and(crate::gms::GmsSummary::failed),
         samples,
         latency_over_time,
         timeline: Vec::new(),
         server: None,
+        gms,
     };
     Ok((summary, rec))
 }
@@ -626,6 +657,9 @@ mod tests {
             quic_sockets: 1,
             payload: 16,
             start_unix_ns: 1_700_000_000_000_000_000,
+            gms_group: "callback".into(),
+            think_s: 1.0,
+            abandon: 0.0,
         }
     }
 

@@ -157,6 +157,9 @@ pub fn table(s: &Summary) -> String {
         );
         pct_row(&mut o, "reconnect time", &st.reconnect_us);
     }
+    if let Some(g) = &s.gms {
+        o.push_str(&g.lines());
+    }
     let _ = writeln!(
         o,
         "loadgen   cpu {:.0} % of a core, {:.2} µs cpu/request, busiest thread {:.0} % (run-queue wait up to {:.0} %), sched lag p99 {:.0} µs max {:.0} µs{}",
@@ -189,7 +192,7 @@ pub fn table(s: &Summary) -> String {
         o,
         "verification {}",
         if s.verification_failed {
-            "FAILED (requests lost or answered wrongly, or event gaps)"
+            "FAILED (requests lost or answered wrongly, event gaps, or bookings matched wrongly, lost, double-booked or leaked)"
         } else {
             "passed: every request answered exactly once with the right content"
         }

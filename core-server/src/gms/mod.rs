@@ -21,6 +21,7 @@
 //! Ways in: the HTTP/JSON API ([`http`]) and the binary protocol (service 3, through
 //! the connection like the other services).
 
+pub mod audit;
 pub mod config;
 pub mod http;
 pub mod proto;
@@ -332,11 +333,17 @@ fn book(
     code_len: u8,
 ) -> Result<Booked, GmsError> {
     let now = wire::now_us();
-    let in_use = s
-        .gms_in_use(tenant, &g.name, now)
-        .map_err(|e| GmsError::storage(&e))?;
+    let in_use = |s: &mut dyn Store| {
+        s.gms_in_use(tenant, &g.name, now)
+            .map_err(|e| GmsError::storage(&e))
+    };
     let (number, code) = match g.locking {
         Locking::Pool => {
+            if let Some(pick) = quick_pick(s, g, cursors, tenant, now)? {
+                let code = (code_len > 0).then(|| digits(code_len)).transpose()?;
+                return store_booking(s, g, tenant, caller, user_data, now, pick, code);
+            }
+            let in_use = in_use(s)?;
             let taken: HashSet<&str> = in_use.iter().map(|(n, _)| n.as_str()).collect();
             let free: Vec<&String> = g
                 .numbers
@@ -366,6 +373,7 @@ fn book(
             (pick, code)
         }
         Locking::None => {
+            let in_use = in_use(s)?;
             let number = match g.selection {
                 Selection::Random => g.numbers[random_index(g.numbers.len())?].clone(),
                 Selection::RoundRobin => {
@@ -399,6 +407,71 @@ fn book(
             (number, code)
         }
     };
+    store_booking(s, g, tenant, caller, user_data, now, number, code)
+}
+
+/// How many numbers [`quick_pick`] tries before the full scan.
+const QUICK_TRIES: usize = 16;
+
+/// In a pool, a free number found by looking a few candidates up by number (an index lookup
+/// each), before [`book`] falls back to reading every booking the group holds, whose cost
+/// grows with the bookings held: with a pool that is mostly free, a booking then costs the
+/// same however many numbers are held. Same choice as the full scan: `random` draws numbers
+/// uniformly and keeps the first free one (rejection sampling, so uniform over the free ones);
+/// `round_robin` takes the first free one at or after the cursor. `None`: none of the
+/// candidates was free.
+fn quick_pick(
+    s: &mut dyn Store,
+    g: &Group,
+    cursors: &Mutex<HashMap<(u32, String), usize>>,
+    tenant: u32,
+    now: i64,
+) -> Result<Option<String>, GmsError> {
+    let mut free = |n: &str| -> Result<bool, GmsError> {
+        let rows = s
+            .gms_for_number(tenant, n, now)
+            .map_err(|e| GmsError::storage(&e))?;
+        // Another group's booking of the number (a `none` group may list it) does not hold it
+        // in this pool.
+        Ok(!rows.iter().any(|b| b.group == g.name))
+    };
+    let len = g.numbers.len();
+    match g.selection {
+        Selection::Random => {
+            for _ in 0..QUICK_TRIES {
+                let n = &g.numbers[random_index(len)?];
+                if free(n)? {
+                    return Ok(Some(n.clone()));
+                }
+            }
+        }
+        Selection::RoundRobin => {
+            let mut c = cursors.lock().map_err(|_| GmsError::NotFound)?;
+            let at = c.entry((tenant, g.name.clone())).or_insert(0);
+            for i in 0..QUICK_TRIES.min(len) {
+                let n = &g.numbers[(*at + i) % len];
+                if free(n)? {
+                    *at = (*at + i + 1) % len;
+                    return Ok(Some(n.clone()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Store the booking of `number` (and `code`) for the request; what the client is told.
+#[allow(clippy::too_many_arguments)]
+fn store_booking(
+    s: &mut dyn Store,
+    g: &Group,
+    tenant: u32,
+    caller: &str,
+    user_data: Vec<u8>,
+    now: i64,
+    number: String,
+    code: Option<String>,
+) -> Result<Booked, GmsError> {
     let expires_us = now.saturating_add(i64::try_from(g.booking_ttl_ms * 1000).unwrap_or(i64::MAX));
     let row = BookingRow {
         id: 0,

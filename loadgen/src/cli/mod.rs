@@ -1,7 +1,8 @@
 //! The binary's commands that drive load: one run against given sites or a started stack, its
 //! outputs, and `--repeat`. Kept out of the library because it reports with `anyhow` and
-//! prints; [`stacks`] holds `compare` and `transports`.
+//! prints; [`stacks`] holds `compare` and `transports`, [`callback`] the GMS demo.
 
+pub mod callback;
 pub mod stacks;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ impl StackArgs {
             tls: transport == Transport::Tls,
             heartbeat_ms: self.heartbeat_ms,
             link_tls: !self.plaintext_links,
+            gms: None,
+            credentials: None,
         }
     }
 }
@@ -124,7 +127,7 @@ pub fn runs(load: &LoadArgs, mut one: impl FnMut(&LoadArgs) -> Result<Summary>) 
 }
 
 /// The run configuration of `load` against `sites` (inconsistent options are usage errors).
-fn config(load: &LoadArgs, sites: Vec<SocketAddr>) -> Result<RunConfig> {
+pub fn config(load: &LoadArgs, sites: Vec<SocketAddr>) -> Result<RunConfig> {
     load.to_config(sites).map_err(|e| UsageError(e).into())
 }
 
@@ -146,16 +149,37 @@ pub fn finish(
     load: &LoadArgs,
     server: impl FnOnce(&Summary) -> Option<serde_json::Value>,
 ) -> Result<Summary> {
+    let (summary, rec) = summarize(cfg, out, server)?;
+    emit(cfg, load, summary, &rec)
+}
+
+/// Merge a run's results into its summary (with the stack's figures from `server`) and the
+/// merged recorder.
+pub fn summarize(
+    cfg: &RunConfig,
+    out: runner::RunOutput,
+    server: impl FnOnce(&Summary) -> Option<serde_json::Value>,
+) -> Result<(Summary, report::Recorder)> {
     let (mut summary, rec) = report::aggregate(cfg, &out.shards).map_err(|e| anyhow!(e))?;
     summary.timeline = report::timeline(&out.timeline);
     summary.server = server(&summary);
+    Ok((summary, rec))
+}
+
+/// Print a summary's table, write its HTML report and HDR log.
+pub fn emit(
+    cfg: &RunConfig,
+    load: &LoadArgs,
+    summary: Summary,
+    rec: &report::Recorder,
+) -> Result<Summary> {
     say(load, &report::table(&summary));
     if let Some(o) = &load.hdr_log {
-        o.write(&report::hdr_log(cfg, &rec)?)
+        o.write(&report::hdr_log(cfg, rec)?)
             .with_context(|| format!("writing {o}"))?;
     }
     if let Some(o) = &load.html {
-        o.write(report::html(&summary, &rec).as_bytes())
+        o.write(report::html(&summary, rec).as_bytes())
             .with_context(|| format!("writing {o}"))?;
     }
     Ok(summary)

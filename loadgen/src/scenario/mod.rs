@@ -2,6 +2,7 @@
 //! step. Each desktop is one small local task on its thread's event loop.
 
 pub mod agent;
+pub mod callback;
 pub mod ping;
 pub mod session;
 pub mod storm;
@@ -24,10 +25,12 @@ pub async fn run_desktop(ctx: Rc<Ctx>, gid: u64) {
         Scenario::Ping | Scenario::Storm => ping::run(ctx, gid).await,
         Scenario::Agent => agent::run(ctx, gid).await,
         Scenario::Supervisor => supervisor::run(ctx, gid).await,
+        Scenario::Callback => callback::run(ctx, gid).await,
     }
 }
 
-/// Desktop `gid`'s identity: line `gid` of the credentials (wrapping), both services.
+/// Desktop `gid`'s identity: line `gid` of the credentials (wrapping), the Interaction
+/// Server and UCS (callback: GMS only).
 pub fn identity(cfg: &RunConfig, gid: u64) -> Identity {
     let n = cfg.creds.len().max(1);
     let c = &cfg.creds[usize::try_from(gid).unwrap_or(0) % n];
@@ -36,7 +39,10 @@ pub fn identity(cfg: &RunConfig, gid: u64) -> Identity {
         agent: c.agent.clone(),
         token: c.password.clone(),
         reconnect: None,
-        services: 0b110,
+        services: match cfg.scenario {
+            Scenario::Callback => deskmux_codec::Service::Gms.mask_bit(),
+            _ => 0b110,
+        },
     }
 }
 
@@ -78,6 +84,23 @@ pub async fn connect(
     jitter: bool,
     login: bool,
 ) -> Result<(Desktop, u32), u32> {
+    let sites = ctx.cfg.sites.clone();
+    connect_to(ctx, gid, &sites, site, generation, jitter, login, 0).await
+}
+
+/// [`connect`] over `sites` (failing over from `first`), giving up after `max_attempts`
+/// (0: at the end of the window).
+#[allow(clippy::too_many_arguments)]
+pub async fn connect_to(
+    ctx: &Ctx,
+    gid: u64,
+    sites: &[std::net::SocketAddr],
+    first: usize,
+    generation: &mut u64,
+    jitter: bool,
+    login: bool,
+    max_attempts: u32,
+) -> Result<(Desktop, u32), u32> {
     let cfg = &ctx.cfg;
     let mut id = identity(cfg, gid);
     if cfg.reconnect_tokens {
@@ -91,7 +114,7 @@ pub async fn connect(
             max: Duration::from_millis(cfg.backoff_max_ms),
             jitter,
         },
-        max_attempts: 0,
+        max_attempts,
         read_buf: 1024,
     };
     let deadline = ctx.clock.tokio_instant(cfg.measure_end_ns());
@@ -100,19 +123,18 @@ pub async fn connect(
         (None, Some(tls)) => Via::Tls(source(cfg, gid), tls),
         (None, None) => Via::Tcp(source(cfg, gid)),
     };
-    let (mut d, attempts) = match client::connect_sites(
-        &cfg.sites, site, via, generation, &id, &opts, deadline,
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err((e, attempts)) => {
-            let mut s = ctx.stats.borrow_mut();
-            s.clients.failed_attempts += u64::from(attempts);
-            s.sample(|| format!("desktop {gid}: connect failed after {attempts} attempts: {e}"));
-            return Err(attempts);
-        }
-    };
+    let (mut d, attempts) =
+        match client::connect_sites(sites, first, via, generation, &id, &opts, deadline).await {
+            Ok(x) => x,
+            Err((e, attempts)) => {
+                let mut s = ctx.stats.borrow_mut();
+                s.clients.failed_attempts += u64::from(attempts);
+                s.sample(|| {
+                    format!("desktop {gid}: connect failed after {attempts} attempts: {e}")
+                });
+                return Err(attempts);
+            }
+        };
     {
         let mut s = ctx.stats.borrow_mut();
         s.clients.failed_attempts += u64::from(attempts);

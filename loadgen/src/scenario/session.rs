@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use deskmux_codec::{BodyError, BodyRef, BodyWriter, Flags, Head, Kind, Service, msg};
+use deskmux_codec::{BodyError, BodyRef, BodyWriter, ErrorCode, Flags, Head, Kind, Service, msg};
 
 use crate::client::{self, CLIENT_CORR_BASE, Desktop};
 use crate::engine::{Ctx, Delivery, merge_delivery};
@@ -73,6 +73,22 @@ pub struct Session<'a> {
     pub intended: Option<u64>,
     /// (tenant, subscription id) of the subscription events seen on this session.
     pub sub: Option<(u32, u64)>,
+    /// Whether the next request counts as due in the window (a retry of one already counted,
+    /// or the second half of a callback, does not).
+    pub count_due: bool,
+    /// The code and message of the last error answer.
+    pub last_error: Option<(ErrorCode, String)>,
+}
+
+/// How a request was answered (see [`Session::call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Answered with the right message type; its body is in [`Session::body`].
+    Ok,
+    /// An error answer; its code and message are in [`Session::last_error`].
+    Error,
+    /// A wrong answer (type, duplicate), counted.
+    Wrong,
 }
 
 impl<'a> Session<'a> {
@@ -93,6 +109,8 @@ impl<'a> Session<'a> {
             hb_corr: CLIENT_CORR_BASE + 16,
             intended: None,
             sub: None,
+            count_due: true,
+            last_error: None,
         }
     }
 
@@ -112,8 +130,34 @@ impl<'a> Session<'a> {
         body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
         check: impl FnOnce(BodyRef<'_>) -> bool,
     ) -> Result<bool, End> {
+        if self.call(op, service, msg_type, body).await? != Answer::Ok {
+            return Ok(false);
+        }
+        let ok = check(BodyRef::new(&self.body));
+        let mut s = self.ctx.stats.borrow_mut();
+        if ok {
+            s.tally.ok += 1;
+        } else {
+            s.tally.wrong += 1;
+            let gid = self.gid;
+            s.sample(|| format!("desktop {gid}: {op}: answer content is wrong"));
+        }
+        Ok(ok)
+    }
+
+    /// Send a request and wait for its answer (until the drain deadline). Error and wrong
+    /// answers are counted; an answer of the right type is left for the caller to check and
+    /// count (`tally.ok` or `tally.wrong`). `Err` when the session ended.
+    pub async fn call(
+        &mut self,
+        op: &'static str,
+        service: Service,
+        msg_type: u16,
+        body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
+    ) -> Result<Answer, End> {
         let now = self.ctx.clock.now_ns();
         let intended = self.intended.take().unwrap_or(now).min(now);
+        let count_due = std::mem::replace(&mut self.count_due, true);
         let corr = self.pending.issue((
             Sent {
                 intended,
@@ -126,7 +170,7 @@ impl<'a> Session<'a> {
         if client::encode_request(&mut self.wbuf, service, msg_type, self.d.tenant, corr, body)
             .is_err()
         {
-            return Ok(false);
+            return Ok(Answer::Wrong);
         }
         if self.d.conn.write_all(&self.wbuf).await.is_err() {
             return Err(End::Dropped);
@@ -135,26 +179,16 @@ impl<'a> Session<'a> {
         {
             let mut s = self.ctx.stats.borrow_mut();
             s.tally.sent += 1;
-            s.tally.due += u64::from(self.ctx.window.contains(intended));
+            s.tally.due += u64::from(count_due && self.ctx.window.contains(intended));
             s.by_type.add(service, msg_type, 1);
         }
         let deadline = self.ctx.cfg.drain_end_ns();
         loop {
             if let Some(v) = self.pump(Some(corr), deadline).await? {
                 return Ok(match v {
-                    Verdict::Ok => {
-                        let ok = check(BodyRef::new(&self.body));
-                        let mut s = self.ctx.stats.borrow_mut();
-                        if ok {
-                            s.tally.ok += 1;
-                        } else {
-                            s.tally.wrong += 1;
-                            let gid = self.gid;
-                            s.sample(|| format!("desktop {gid}: {op}: answer content is wrong"));
-                        }
-                        ok
-                    }
-                    _ => false,
+                    Verdict::Ok => Answer::Ok,
+                    Verdict::Error(_) => Answer::Error,
+                    Verdict::Wrong(_) => Answer::Wrong,
                 });
             }
             if self.ctx.clock.now_ns() >= deadline {
@@ -215,10 +249,23 @@ impl<'a> Session<'a> {
                         let v = match self.pending.take(head.correlation) {
                             Match::Pending((sent, op, ty)) => {
                                 if head.flags.has(Flags::ERROR) {
-                                    let m = msg::ErrorBody::read(BodyRef::new(body))
-                                        .map(|e| format!("{} {}", e.code.name(), e.message))
-                                        .unwrap_or_default();
-                                    s.sample(|| format!("desktop {gid}: {op}: error {m}"));
+                                    let e = msg::ErrorBody::read(BodyRef::new(body))
+                                        .map(|e| (e.code, e.message.to_string()))
+                                        .unwrap_or((ErrorCode(0xFFFF), String::new()));
+                                    let m = format!("{} {}", e.0.name(), e.1);
+                                    // The callback's expected refusals (pool exhausted,
+                                    // booking expired) are counted per booking, not sampled.
+                                    let expected = op.starts_with("access_")
+                                        && matches!(
+                                            e.0,
+                                            ErrorCode::UNAVAILABLE | ErrorCode::NOT_FOUND
+                                        );
+                                    if Some(head.correlation) == corr {
+                                        self.last_error = Some(e);
+                                    }
+                                    if !expected {
+                                        s.sample(|| format!("desktop {gid}: {op}: error {m}"));
+                                    }
                                     Verdict::Error(error_class(body))
                                 } else if head.msg_type != ty {
                                     Verdict::Wrong(Wrong::MessageType)

@@ -1,6 +1,9 @@
 //! Private support for the `gms_*` tests: a core-server with `[gms]` groups, a service
-//! account's API key, and a small blocking HTTP/JSON client.
+//! account's API key, and a small blocking HTTP/JSON client; [`site`]: a GMS site for the
+//! load tests (its counters, the audit of its data file).
 #![allow(dead_code)]
+
+pub mod site;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
