@@ -248,10 +248,10 @@ impl TestClient {
     /// # Errors
     /// Timeout, connection closed, or a framing error.
     pub async fn response(&mut self, corr: u64, timeout: Duration) -> Result<Frame> {
-        if let Some(i) = self.backlog.iter().position(|f| is_response(f, corr)) {
-            if let Some(f) = self.backlog.remove(i) {
-                return Ok(f);
-            }
+        if let Some(i) = self.backlog.iter().position(|f| is_response(f, corr))
+            && let Some(f) = self.backlog.remove(i)
+        {
+            return Ok(f);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -275,10 +275,10 @@ impl TestClient {
         timeout: Duration,
         pred: impl Fn(&Frame) -> bool,
     ) -> Result<Frame> {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            if let Some(f) = self.backlog.remove(i) {
-                return Ok(f);
-            }
+        if let Some(i) = self.backlog.iter().position(&pred)
+            && let Some(f) = self.backlog.remove(i)
+        {
+            return Ok(f);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

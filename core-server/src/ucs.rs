@@ -294,15 +294,15 @@ fn parse(tenant: u32, max_frame: usize, frame: &Frame) -> Result<Op, Fail> {
             limits::check_pairs(&attrs, ListKind::Attrs)?;
             Box::new(move |s| {
                 for (k, v) in [(key::EMAIL, &email), (key::PHONE, &phone)] {
-                    if let Some(v) = v {
-                        if let Some(c) = s.contact_find(tenant, k, v, 0, 1, usize::MAX)?.first() {
-                            let id = c.id;
-                            return Ok(wire::response(&req, |w| {
-                                w.int(key::CONTACT, id);
-                                w.int(key::CREATED, 0);
-                                Ok(())
-                            }));
-                        }
+                    if let Some(v) = v
+                        && let Some(c) = s.contact_find(tenant, k, v, 0, 1, usize::MAX)?.first()
+                    {
+                        let id = c.id;
+                        return Ok(wire::response(&req, |w| {
+                            w.int(key::CONTACT, id);
+                            w.int(key::CREATED, 0);
+                            Ok(())
+                        }));
                     }
                 }
                 let id = s.contact_create(tenant, &wire::encode_pairs(&attrs), &attrs)?;

@@ -244,10 +244,10 @@ impl LoadArgs {
         if desktops == 0 {
             return Err("--desktops must be at least 1".into());
         }
-        if let Some(r) = self.rate {
-            if r.is_nan() || r <= 0.0 {
-                return Err("--rate must be positive".into());
-            }
+        if let Some(r) = self.rate
+            && (r.is_nan() || r <= 0.0)
+        {
+            return Err("--rate must be positive".into());
         }
         let Some(credentials) = self.credentials.clone() else {
             return Err(

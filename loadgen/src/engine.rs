@@ -894,7 +894,7 @@ async fn ticker(ctx: Rc<Ctx>) {
         n += 1;
         // Every 50 ms: the report's throughput over time is the difference of two snapshots,
         // which must not alias with a slow publication.
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             publish(&ctx);
         }
         next = next.max(now) + TICK;

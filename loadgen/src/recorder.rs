@@ -248,7 +248,7 @@ pub fn hist_from_hex(s: &str) -> Result<Histogram<u64>, String> {
         return Ok(new_hist());
     }
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     let nib = |c: u8| -> Result<u8, String> {

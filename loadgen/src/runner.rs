@@ -334,10 +334,10 @@ pub fn run(mut cfg: RunConfig, quiet: bool) -> Result<RunOutput, String> {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 if let Some(p) = line.strip_prefix(PROGRESS_PREFIX) {
-                    if let Ok(p) = serde_json::from_str::<Progress>(p) {
-                        if let Ok(mut v) = progress.lock() {
-                            v[i as usize] = p;
-                        }
+                    if let Ok(p) = serde_json::from_str::<Progress>(p)
+                        && let Ok(mut v) = progress.lock()
+                    {
+                        v[i as usize] = p;
                     }
                 } else if let Some(r) = line.strip_prefix(RESULT_PREFIX) {
                     let r = serde_json::from_str::<ShardResult>(r)

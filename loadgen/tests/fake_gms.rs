@@ -53,7 +53,7 @@ fn book(pool: &Mutex<Pool>, fault: Fault, caller: &str, token: &str) -> Option<S
 fn take(pool: &Mutex<Pool>, fault: Fault, number: &str) -> Option<Book> {
     let mut p = pool.lock().unwrap();
     p.matches += 1;
-    let faulty = p.matches % 5 == 0;
+    let faulty = p.matches.is_multiple_of(5);
     match fault {
         Fault::Forget if faulty => None,
         Fault::WrongMatch if faulty => {

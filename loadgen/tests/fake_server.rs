@@ -91,8 +91,8 @@ async fn serve(listener: TcpListener, fault: Fault) {
                             let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
                             let mut body = f.body_bytes().to_vec();
                             match fault {
-                                Fault::Drop(k) if n % k == 0 => continue,
-                                Fault::Corrupt(k) if n % k == 0 => {
+                                Fault::Drop(k) if n.is_multiple_of(k) => continue,
+                                Fault::Corrupt(k) if n.is_multiple_of(k) => {
                                     if let Some(b) = body.last_mut() {
                                         *b ^= 0xFF;
                                     }

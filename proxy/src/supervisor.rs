@@ -188,14 +188,14 @@ pub fn run(
     loop {
         std::thread::sleep(Duration::from_millis(50));
         while rx.try_recv().is_ok() {}
-        if signals.hup.swap(false, Ordering::Relaxed) {
-            if let Some(g) = on_hup() {
-                grace = g;
-                info!("SIGHUP: forwarding to workers");
-                for s in &slots {
-                    if let Some(c) = &s.child {
-                        send_signal(c.id(), "HUP");
-                    }
+        if signals.hup.swap(false, Ordering::Relaxed)
+            && let Some(g) = on_hup()
+        {
+            grace = g;
+            info!("SIGHUP: forwarding to workers");
+            for s in &slots {
+                if let Some(c) = &s.child {
+                    send_signal(c.id(), "HUP");
                 }
             }
         }

@@ -104,7 +104,7 @@ async fn ids_never_cross_between_desktops() {
                 let mut sent = Vec::new();
                 for k in 0..8 {
                     let body = format!("desk{d}-req{}", n + k);
-                    let svc = if (n + k) % 2 == 0 {
+                    let svc = if (n + k).is_multiple_of(2) {
                         Service::Interaction
                     } else {
                         Service::Ucs

@@ -474,12 +474,12 @@ impl Engine {
             St::Queued => {
                 // Take it out of its queue.
                 let queue = ix.queue.clone();
-                if let Some(t) = self.tenants.get_mut(&tenant) {
-                    if let Some(q) = t.queues.get_mut(&queue) {
-                        let before = q.len();
-                        q.retain(|x| *x != id);
-                        t.waiting -= before - q.len();
-                    }
+                if let Some(t) = self.tenants.get_mut(&tenant)
+                    && let Some(q) = t.queues.get_mut(&queue)
+                {
+                    let before = q.len();
+                    q.retain(|x| *x != id);
+                    t.waiting -= before - q.len();
                 }
                 return;
             }

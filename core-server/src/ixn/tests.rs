@@ -200,10 +200,10 @@ fn random_operations(seed: u64) {
             return;
         }
         let mut input = rx.blocking_recv().unwrap();
-        if let Input::Written(w) = &mut input {
-            if rng.u32(0..4) == 0 {
-                w.failed = Some(wire::error(&w.req, ErrorCode::UNAVAILABLE, "test failure"));
-            }
+        if let Input::Written(w) = &mut input
+            && rng.u32(0..4) == 0
+        {
+            w.failed = Some(wire::error(&w.req, ErrorCode::UNAVAILABLE, "test failure"));
         }
         e.handle(now, input);
     };

@@ -321,10 +321,10 @@ async fn session(
         // the end of the drain — or a read.
         let mut wake = last_write + hb_ns;
         if sending {
-            if let Some(_p) = period {
-                if pending.in_flight() < cap {
-                    wake = wake.min(*next_intended);
-                }
+            if let Some(_p) = period
+                && pending.in_flight() < cap
+            {
+                wake = wake.min(*next_intended);
             }
             wake = wake.min(stop_at);
         }

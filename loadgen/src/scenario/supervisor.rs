@@ -20,7 +20,7 @@ pub fn is_media(gid: u64, desktops: u64, share: f64, tenants: u64) -> bool {
     let n = ((groups as f64 * share).round() as u64).clamp(1, groups);
     let stride = (groups / n).max(1);
     let g = gid / t;
-    g % stride == 0 && g / stride < n
+    g.is_multiple_of(stride) && g / stride < n
 }
 
 /// Media servers in the run.

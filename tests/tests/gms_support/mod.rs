@@ -105,7 +105,8 @@ impl Gms {
     }
 }
 
-/// One HTTP/1.0 POST with a JSON body and the account headers.
+/// One HTTP/1.0 POST with a JSON body and the account headers. Status 0: no answer (the
+/// server is gone: refused, reset), which a caller that kills the server expects.
 pub fn post_as(
     addr: SocketAddr,
     path: &str,
@@ -114,14 +115,18 @@ pub fn post_as(
     body: &Value,
 ) -> (u16, Value) {
     let body = body.to_string();
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, Value::Null);
+    };
     s.set_read_timeout(Some(WAIT)).ok();
-    write!(
+    let sent = write!(
         s,
         "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nX-Deskmux-Account: {account}\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    if sent.is_err() {
+        return (0, Value::Null);
+    }
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     let (head, text) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
