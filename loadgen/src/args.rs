@@ -139,6 +139,9 @@ pub struct LoadArgs {
     /// On reconnects, present the password again instead of the last reconnect token.
     #[arg(long)]
     pub no_reconnect_tokens: bool,
+    /// After a drop, log in afresh instead of resuming the session (PROTOCOL.md §4.6).
+    #[arg(long)]
+    pub no_resume: bool,
     /// Skip AGENT_LOGIN after the hello.
     #[arg(long)]
     pub no_login: bool,
@@ -304,6 +307,7 @@ impl LoadArgs {
             tenants: Vec::new(),
             creds: Default::default(),
             reconnect_tokens: !self.no_reconnect_tokens,
+            resume: !self.no_resume,
             login: !self.no_login,
             echo_service: self.echo_service,
             per_source: self

@@ -29,6 +29,10 @@ pub struct Identity {
     pub token: String,
     /// A reconnect token from an earlier server hello, presented instead of the password.
     pub reconnect: Option<String>,
+    /// A session to resume (PROTOCOL.md §4.6): its resume token and the last unicast `useq`
+    /// received. Presented with the reconnect token or password, which servers that keep no
+    /// sessions check instead.
+    pub resume: Option<(String, u64)>,
     /// Services mask (`1 << service`): 2 = Interaction, 4 = UCS, 6 = both.
     pub services: u64,
 }
@@ -418,6 +422,10 @@ pub struct Desktop {
     pub site: usize,
     /// The reconnect token the server hello carried, for the next hello.
     pub reconnect: Option<String>,
+    /// The resume token the server hello carried (PROTOCOL.md §4.6), if the site offers one.
+    pub resume: Option<String>,
+    /// `Some(n)`: the hello resumed a session, and `n` replayed events follow it.
+    pub replayed: Option<u64>,
     /// How long the successful attempt took to connect (TCP connect, plus the TLS or QUIC
     /// handshake).
     pub connect_time: Duration,
@@ -507,7 +515,7 @@ pub async fn hello(
     reader: &mut FrameReader,
     id: &Identity,
     timeout: Duration,
-) -> Result<(ServerHello, Option<String>), ClientError> {
+) -> Result<HelloOut, ClientError> {
     let mut req = bytes::BytesMut::with_capacity(256);
     let h = DesktopHello {
         version: 1,
@@ -526,7 +534,17 @@ pub async fn hello(
         msg::control::HELLO,
         id.tenant,
         CLIENT_CORR_BASE,
-        |w| h.write(w),
+        |w| {
+            h.write(w)?;
+            match &id.resume {
+                Some((token, last_event)) => msg::Resume {
+                    token,
+                    last_event: *last_event,
+                }
+                .write(w),
+                None => Ok(()),
+            }
+        },
     )?;
     let mut body = Vec::new();
     let head = call(stream, reader, &req, timeout, &mut body, |_, _| {}).await?;
@@ -540,8 +558,27 @@ pub async fn hello(
         )));
     }
     let b = deskmux_codec::BodyRef::new(&body);
-    let reconnect = b.opt_str(msg::key::RECONNECT)?.map(str::to_string);
-    Ok((ServerHello::read(b)?, reconnect))
+    Ok(HelloOut {
+        hello: ServerHello::read(b)?,
+        reconnect: b.opt_str(msg::key::RECONNECT)?.map(str::to_string),
+        resume: b.opt_str(msg::key::RESUME)?.map(str::to_string),
+        replayed: b
+            .opt_int(msg::key::REPLAYED)?
+            .map(|n| u64::try_from(n).unwrap_or(0)),
+    })
+}
+
+/// What a server hello said.
+#[derive(Debug)]
+pub struct HelloOut {
+    /// The session's parameters.
+    pub hello: ServerHello,
+    /// Its reconnect token.
+    pub reconnect: Option<String>,
+    /// Its resume token.
+    pub resume: Option<String>,
+    /// Set when the hello resumed a session: the number of events replayed after it.
+    pub replayed: Option<u64>,
 }
 
 /// Log the agent in (`AGENT_LOGIN` with `place`).
@@ -676,16 +713,18 @@ pub async fn connect_sites(
             };
             let connected = std::time::Instant::now();
             let mut reader = FrameReader::new(opts.read_buf, deskmux_codec::DEFAULT_MAX_FRAME_LEN);
-            let (hello, reconnect) = hello(&mut stream, &mut reader, &id, opts.timeout).await?;
+            let h = hello(&mut stream, &mut reader, &id, opts.timeout).await?;
             Ok::<_, ClientError>(Desktop {
                 connect_time: connected - began,
                 hello_time: connected.elapsed(),
                 conn: stream,
                 reader,
-                hello,
+                hello: h.hello,
                 tenant: id.tenant,
                 site,
-                reconnect,
+                reconnect: h.reconnect,
+                resume: h.resume,
+                replayed: h.replayed,
             })
         }
         .await;
@@ -695,6 +734,12 @@ pub async fn connect_sites(
                 if code == ErrorCode::AUTH_FAILED && id.reconnect.is_some() =>
             {
                 id.to_mut().reconnect = None;
+            }
+            // The session could not be resumed (it ended): a fresh hello at once (§4.6).
+            Err(ClientError::Refused { code, .. })
+                if code == ErrorCode::RESUME_REFUSED && id.resume.is_some() =>
+            {
+                id.to_mut().resume = None;
             }
             Err(e) => {
                 let delay = opts.backoff.delay(attempt, fastrand::f64());

@@ -171,6 +171,10 @@ pub struct RunConfig {
     /// On a reconnect, present the reconnect token of the last server hello instead of the
     /// password (PROTOCOL.md §4.1), as a desktop in a reconnect storm does.
     pub reconnect_tokens: bool,
+    /// After a drop, take the session back with its resume token (PROTOCOL.md §4.6) instead
+    /// of a fresh hello and login.
+    #[serde(default = "yes")]
+    pub resume: bool,
     /// Log agents in (`AGENT_LOGIN`) after the hello.
     pub login: bool,
     /// Service the ping scenario echoes through (1 Interaction, 2 UCS).
@@ -238,6 +242,10 @@ fn default_think() -> f64 {
 
 fn default_payload() -> usize {
     crate::verify::ECHO_PAYLOAD_LEN
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RunConfig {

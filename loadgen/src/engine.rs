@@ -212,6 +212,16 @@ pub struct ClientStats {
     pub login_failed: u64,
     /// Highest number connected at once (this process).
     pub peak_connected: u64,
+    /// Sessions taken back after a drop with their resume token (PROTOCOL.md §4.6): no
+    /// second login.
+    #[serde(default)]
+    pub resumed: u64,
+    /// Resumes refused (the session had ended): a fresh hello and login followed.
+    #[serde(default)]
+    pub resume_refused: u64,
+    /// Agents that went on, after a resume, with the interaction their drop interrupted.
+    #[serde(default)]
+    pub work_resumed: u64,
 }
 
 impl ClientStats {
@@ -224,6 +234,9 @@ impl ClientStats {
         self.dropped += o.dropped;
         self.login_failed += o.login_failed;
         self.peak_connected += o.peak_connected;
+        self.resumed += o.resumed;
+        self.resume_refused += o.resume_refused;
+        self.work_resumed += o.work_resumed;
     }
 }
 
@@ -259,6 +272,12 @@ pub struct EventStats {
     pub props_changed: u64,
     /// Invites revoked.
     pub revoked: u64,
+    /// Unicast events missed: jumps in a session's `useq` (PROTOCOL.md §4.6).
+    pub unicast_lost: u64,
+    /// Unicast events seen twice (a `useq` not above the last one).
+    pub unicast_duplicates: u64,
+    /// Unicast events a resumed session was sent again (the hellos' `replayed`).
+    pub replayed: u64,
 }
 
 impl Default for EventStats {
@@ -273,6 +292,9 @@ impl Default for EventStats {
             invites: 0,
             props_changed: 0,
             revoked: 0,
+            unicast_lost: 0,
+            unicast_duplicates: 0,
+            replayed: 0,
         }
     }
 }
@@ -299,6 +321,15 @@ pub struct EventsWire {
     pub props_changed: u64,
     /// Revoked.
     pub revoked: u64,
+    /// Unicast events missed.
+    #[serde(default)]
+    pub unicast_lost: u64,
+    /// Unicast events seen twice.
+    #[serde(default)]
+    pub unicast_duplicates: u64,
+    /// Unicast events replayed on resume.
+    #[serde(default)]
+    pub replayed: u64,
 }
 
 impl EventStats {
@@ -315,6 +346,9 @@ impl EventStats {
         self.invites += o.invites;
         self.props_changed += o.props_changed;
         self.revoked += o.revoked;
+        self.unicast_lost += o.unicast_lost;
+        self.unicast_duplicates += o.unicast_duplicates;
+        self.replayed += o.replayed;
     }
 
     /// Serialize.
@@ -333,6 +367,9 @@ impl EventStats {
             invites: self.invites,
             props_changed: self.props_changed,
             revoked: self.revoked,
+            unicast_lost: self.unicast_lost,
+            unicast_duplicates: self.unicast_duplicates,
+            replayed: self.replayed,
         }
     }
 
@@ -351,6 +388,9 @@ impl EventStats {
             invites: w.invites,
             props_changed: w.props_changed,
             revoked: w.revoked,
+            unicast_lost: w.unicast_lost,
+            unicast_duplicates: w.unicast_duplicates,
+            replayed: w.replayed,
         })
     }
 }
@@ -441,6 +481,17 @@ pub struct Ctx {
     pub stats: RefCell<ThreadStats>,
     /// Each desktop's last reconnect token (see [`RunConfig::reconnect_tokens`]).
     pub reconnect: RefCell<HashMap<u64, String>>,
+    /// Each desktop's session to resume after a drop (see [`RunConfig::resume`]): its resume
+    /// token and the last unicast `useq` it received.
+    pub resume: RefCell<HashMap<u64, (String, u64)>>,
+    /// Each agent's interaction in progress and its step (agent scenario), for going on
+    /// after a resume.
+    pub work: RefCell<HashMap<u64, (i64, u8)>>,
+    /// Each media server's submit in flight (its number, which keys it), for a retry after a
+    /// resume.
+    pub submits: RefCell<HashMap<u64, u64>>,
+    /// Submits each media server has made.
+    pub submits_made: RefCell<HashMap<u64, u64>>,
     /// Process-wide live counters.
     pub live: Arc<Live>,
     /// This thread's index.
@@ -826,6 +877,10 @@ fn run_thread(
             gms: GmsCounts::default(),
         }),
         reconnect: RefCell::new(HashMap::new()),
+        resume: RefCell::new(HashMap::new()),
+        work: RefCell::new(HashMap::new()),
+        submits: RefCell::new(HashMap::new()),
+        submits_made: RefCell::new(HashMap::new()),
         live,
         thread,
         shard,

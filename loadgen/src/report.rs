@@ -7,7 +7,7 @@
 //!   `ramp_s`, `warmup_s`, `duration_s` (planned), `measured_s` (actually measured: less when
 //!   stopped by Ctrl-C), `shards`, `threads_per_shard`
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
-//!   peak_connected}`
+//!   peak_connected, resumed, resume_refused, work_resumed}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
 //!   wrong, unknown_correlation, duplicates, measured, due, unsent, unsent_lateness_us.*,
 //!   by_type.<name>, by_service.<service>}` — `sent` counts the scenario's measured requests;
@@ -22,7 +22,7 @@
 //!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`;
 //!   `connect_us.*` and `hello_us.*`: set-up of every session, whenever it connected
 //! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
-//!   delivery_us.*, last_subscriber_us.*}`
+//!   unicast_lost, unicast_duplicates, replayed, delivery_us.*, last_subscriber_us.*}`
 //! - `ops.<name>.*` (agent scenario, per request type), `storm[]` ({`jitter`, `reconnected`,
 //!   `failed`, `failed_attempts`, `reconnect_us.*`})
 //! - `loadgen_saturated`, `loadgen_saturation_reasons[]`, `loadgen_cpu_percent`,
@@ -79,6 +79,12 @@ pub struct Clients {
     pub login_failed: u64,
     /// Most connected at once (sum of the shards' peaks).
     pub peak_connected: u64,
+    /// Sessions taken back after a drop with their resume token (no second login).
+    pub resumed: u64,
+    /// Resumes refused: a fresh hello and login followed.
+    pub resume_refused: u64,
+    /// Agents that went on after a resume with the interaction their drop interrupted.
+    pub work_resumed: u64,
 }
 
 /// `requests.errors_by_class`.
@@ -145,6 +151,12 @@ pub struct Events {
     pub props_changed: u64,
     /// Revoked invites.
     pub revoked: u64,
+    /// Unicast events missed (jumps in a session's `useq`).
+    pub unicast_lost: u64,
+    /// Unicast events seen twice.
+    pub unicast_duplicates: u64,
+    /// Unicast events replayed to resumed sessions.
+    pub replayed: u64,
     /// Distinct subscription events seen.
     pub published: u64,
     /// Publication → each subscriber.
@@ -503,6 +515,9 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             dropped: clients.dropped,
             login_failed: clients.login_failed,
             peak_connected: clients.peak_connected,
+            resumed: clients.resumed,
+            resume_refused: clients.resume_refused,
+            work_resumed: clients.work_resumed,
         },
         requests: Requests {
             sent: tally.sent,
@@ -543,6 +558,9 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             invites: events.invites,
             props_changed: events.props_changed,
             revoked: events.revoked,
+            unicast_lost: events.unicast_lost,
+            unicast_duplicates: events.unicast_duplicates,
+            replayed: events.replayed,
             published: events.per_event.len() as u64,
             delivery_us: Percentiles::of(&events.delivery),
             last_subscriber_us: Percentiles::of(&last),
@@ -637,6 +655,7 @@ mod tests {
             tenants: vec![],
             creds: Default::default(),
             reconnect_tokens: true,
+            resume: true,
             login: false,
             echo_service: 1,
             per_source: 100,

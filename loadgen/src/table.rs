@@ -51,7 +51,7 @@ pub fn table(s: &Summary) -> String {
     let c = &s.clients;
     let _ = writeln!(
         o,
-        "clients   target {}  connected {}  failed {}  (peak {}, failed attempts {}, reconnects {}, dropped {}, login refused {})",
+        "clients   target {}  connected {}  failed {}  (peak {}, failed attempts {}, reconnects {}, dropped {}, login refused {}, resumed {}, resume refused {})",
         c.target,
         c.connected,
         c.failed,
@@ -59,7 +59,9 @@ pub fn table(s: &Summary) -> String {
         c.failed_attempts,
         c.reconnects,
         c.dropped,
-        c.login_failed
+        c.login_failed,
+        c.resumed,
+        c.resume_refused
     );
     let r = &s.requests;
     let _ = writeln!(
@@ -127,7 +129,7 @@ pub fn table(s: &Summary) -> String {
         let e = &s.events;
         let _ = writeln!(
             o,
-            "events    received {}  gaps {} (at end {}, {} subscribers checked)  duplicates {}  distinct published {}  invites {}  props {}  revoked {}",
+            "events    received {}  gaps {} (at end {}, {} subscribers checked)  duplicates {}  distinct published {}  invites {}  props {}  revoked {}  unicast lost {} duplicated {} replayed {}",
             e.received,
             e.gaps,
             e.missed_at_end,
@@ -136,7 +138,10 @@ pub fn table(s: &Summary) -> String {
             e.published,
             e.invites,
             e.props_changed,
-            e.revoked
+            e.revoked,
+            e.unicast_lost,
+            e.unicast_duplicates,
+            e.replayed
         );
         pct_row(&mut o, "event delivery", &e.delivery_us);
         pct_row(&mut o, "publish→last subscr.", &e.last_subscriber_us);

@@ -39,6 +39,7 @@ pub fn identity(cfg: &RunConfig, gid: u64) -> Identity {
         agent: c.agent.clone(),
         token: c.password.clone(),
         reconnect: None,
+        resume: None,
         services: match cfg.scenario {
             Scenario::Callback => deskmux_codec::Service::Gms.mask_bit(),
             _ => 0b110,
@@ -106,6 +107,10 @@ pub async fn connect_to(
     if cfg.reconnect_tokens {
         id.reconnect = ctx.reconnect.borrow_mut().remove(&gid);
     }
+    if cfg.resume {
+        id.resume = ctx.resume.borrow_mut().remove(&gid);
+    }
+    let resuming = id.resume.is_some();
     let timeout = Duration::from_secs_f64(cfg.connect_timeout_s);
     let opts = ConnectOptions {
         timeout,
@@ -148,7 +153,28 @@ pub async fn connect_to(
     {
         ctx.reconnect.borrow_mut().insert(gid, t);
     }
-    if login {
+    // PROTOCOL.md §4.6: a resumed session is logged in already, and its missed events follow.
+    match d.replayed {
+        Some(n) => {
+            let mut s = ctx.stats.borrow_mut();
+            s.clients.resumed += 1;
+            s.events.replayed += n;
+        }
+        None if resuming => ctx.stats.borrow_mut().clients.resume_refused += 1,
+        None => {}
+    }
+    // Kept for the next drop: the token, and the last event received (the session's own, if
+    // it was resumed; a fresh session numbers its events from 1).
+    if cfg.resume
+        && let Some(t) = d.resume.clone()
+    {
+        let last = match (d.replayed, &id.resume) {
+            (Some(_), Some((_, last))) => *last,
+            _ => 0,
+        };
+        ctx.resume.borrow_mut().insert(gid, (t, last));
+    }
+    if login && d.replayed.is_none() {
         let place = format!("place-{gid}");
         let mut tries = 0;
         loop {

@@ -78,6 +78,8 @@ pub struct Session<'a> {
     pub count_due: bool,
     /// The code and message of the last error answer.
     pub last_error: Option<(ErrorCode, String)>,
+    /// The last unicast event's `useq` (PROTOCOL.md §4.6): where a resume continues from.
+    pub useq: u64,
 }
 
 /// How a request was answered (see [`Session::call`]).
@@ -95,6 +97,7 @@ impl<'a> Session<'a> {
     /// Wrap a connected desktop.
     pub fn new(ctx: &'a Ctx, gid: u64, d: Desktop) -> Session<'a> {
         let hb_ns = crate::scenario::heartbeat_ns(&d.hello);
+        let useq = ctx.resume.borrow().get(&gid).map_or(0, |(_, last)| *last);
         Session {
             ctx,
             gid,
@@ -111,6 +114,7 @@ impl<'a> Session<'a> {
             sub: None,
             count_due: true,
             last_error: None,
+            useq,
         }
     }
 
@@ -315,7 +319,14 @@ impl<'a> Session<'a> {
                         {
                             self.sub = Some((head.tenant, head.correlation));
                         }
-                        on_event(self.ctx, &mut self.seq, &mut self.events, &head, body)
+                        on_event(
+                            self.ctx,
+                            &mut self.seq,
+                            &mut self.useq,
+                            &mut self.events,
+                            &head,
+                            body,
+                        )
                     }
                     _ => {}
                 }
@@ -354,6 +365,7 @@ impl<'a> Session<'a> {
 fn on_event(
     ctx: &Ctx,
     seq: &mut SeqTracker,
+    useq: &mut u64,
     events: &mut VecDeque<Event>,
     head: &Head,
     body: &[u8],
@@ -362,6 +374,18 @@ fn on_event(
         let b = BodyRef::new(body);
         let mut s = ctx.stats.borrow_mut();
         s.events.received += 1;
+        // A session's unicast events are numbered 1, 2, 3, … across resumes (§4.6).
+        if !head.flags.has(Flags::BROADCAST)
+            && let Ok(Some(n)) = b.opt_int(msg::key::USEQ)
+        {
+            let n = n.max(0) as u64;
+            if n <= *useq {
+                s.events.unicast_duplicates += 1;
+            } else {
+                s.events.unicast_lost += n - *useq - 1;
+                *useq = n;
+            }
+        }
         match head.msg_type {
             msg::ixn::QUEUE_EVENT | msg::ixn::STATS_EVENT if head.flags.has(Flags::BROADCAST) => {
                 if b.int(msg::key::SEQ).is_err() {
@@ -454,6 +478,9 @@ where
         let mut sess = Session::new(ctx, gid, d);
         let end = body(&mut sess).await;
         ctx.disconnected();
+        if let Some(r) = ctx.resume.borrow_mut().get_mut(&gid) {
+            r.1 = sess.useq;
+        }
         if let (Some((tenant, sub)), Some(last)) = (sess.sub, sess.seq.last()) {
             ctx.stats
                 .borrow_mut()

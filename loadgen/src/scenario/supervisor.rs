@@ -43,6 +43,17 @@ pub async fn submitter(s: &mut Session<'_>) -> End {
     let end = cfg.measure_end_ns();
     let gid = s.gid;
     let queue = cfg.queue.clone();
+    // PROTOCOL.md §5.5: each submit carries a key, and a resumed session retries the one its
+    // drop left without an answer (the same key: applied once whatever happened to it).
+    let retry = match s.d.replayed {
+        Some(_) => s.ctx.submits.borrow_mut().remove(&gid),
+        None => None,
+    };
+    if let Some(n) = retry
+        && let Err(e) = submit(s, &queue, n).await
+    {
+        return e;
+    }
     while next < end {
         if let Err(e) = s.next_event(next).await {
             return e;
@@ -50,29 +61,42 @@ pub async fn submitter(s: &mut Session<'_>) -> End {
         s.events.clear();
         // Open loop: latency counts from the scheduled time (coordinated omission corrected).
         s.intended = Some(next);
-        let r = s
-            .request(
-                "submit",
-                Service::Interaction,
-                msg::ixn::SUBMIT,
-                |w| {
-                    w.str(msg::key::QUEUE, &queue)?;
-                    w.list(msg::key::PROPS, |p| {
-                        p.str("subject", "loadgen")?;
-                        p.str("from", &format!("media-{gid}"))?;
-                        Ok(())
-                    })?;
-                    Ok(())
-                },
-                |b| b.int(msg::key::INTERACTION).is_ok_and(|i| i > 0),
-            )
-            .await;
-        if let Err(e) = r {
+        let n = {
+            let mut c = s.ctx.submits_made.borrow_mut();
+            let e = c.entry(gid).or_insert(0);
+            *e += 1;
+            *e
+        };
+        s.ctx.submits.borrow_mut().insert(gid, n);
+        if let Err(e) = submit(s, &queue, n).await {
             return e;
         }
+        s.ctx.submits.borrow_mut().remove(&gid);
         next = next_submit(next, period);
     }
     End::Done
+}
+
+/// This media server's `n`th `SUBMIT`, keyed by `n`.
+async fn submit(s: &mut Session<'_>, queue: &str, n: u64) -> Result<bool, End> {
+    let gid = s.gid;
+    s.request(
+        "submit",
+        Service::Interaction,
+        msg::ixn::SUBMIT,
+        |w| {
+            w.str(msg::key::QUEUE, queue)?;
+            w.list(msg::key::PROPS, |p| {
+                p.str("subject", "loadgen")?;
+                p.str("from", &format!("media-{gid}"))?;
+                Ok(())
+            })?;
+            w.str(msg::key::IDEM_KEY, &format!("submit-{n}"))?;
+            Ok(())
+        },
+        |b| b.int(msg::key::INTERACTION).is_ok_and(|i| i > 0),
+    )
+    .await
 }
 
 /// Stay connected (heartbeats, events) until the end of the run.
