@@ -23,6 +23,15 @@
 //! (see `storage::sqlite`), so one that somehow lost its lock stops writing once another
 //! instance has taken the file over.
 //!
+//! On PostgreSQL there is no local data file to lock: [`Guard`] holds instead a session-level
+//! advisory lock in the database ([`DbLock`]), which PostgreSQL releases when the holder's
+//! connection ends (its process died, or its host did and TCP keepalives noticed). The fencing
+//! epoch stored in the database is what finally fences there too: an old primary whose lock
+//! connection was lost (PostgreSQL restarted, a network cut) but which still runs finds the
+//! newer epoch at its next transaction and stops. UCS-only instances on PostgreSQL take no
+//! lock at all ([`Guard::Shared`]): UCS keeps no state outside the database, so every instance
+//! is active and a standby is pointless.
+//!
 //! This is the only module with `unsafe` (one libc call, see the SAFETY note).
 #![allow(unsafe_code)]
 
@@ -30,6 +39,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::storage::config::Location;
 
 /// A held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
@@ -104,6 +115,106 @@ impl InstanceLock {
         let held = self.file.metadata()?;
         let named = std::fs::metadata(path)?;
         Ok(held.dev() == named.dev() && held.ino() == named.ino())
+    }
+}
+
+/// The key of the instance lock among PostgreSQL advisory locks (any fixed number: advisory
+/// locks are per database, so deployments with their own database do not meet).
+const DB_LOCK_KEY: i64 = 7_203_012;
+
+/// The instance lock on PostgreSQL: a session-level advisory lock held by a connection of its
+/// own, for the life of the process.
+pub struct DbLock {
+    /// Holding the connection holds the lock.
+    _client: Box<postgres::Client>,
+}
+
+impl std::fmt::Debug for DbLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbLock(..)")
+    }
+}
+
+impl DbLock {
+    /// Take the lock if free; `Ok(None)` if another instance holds it.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub fn try_acquire(cfg: &postgres::Config) -> Result<Option<DbLock>, postgres::Error> {
+        let mut client = crate::storage::postgres::connect(cfg)?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&DB_LOCK_KEY])?
+            .get(0);
+        Ok(got.then(|| DbLock {
+            _client: Box::new(client),
+        }))
+    }
+
+    /// Wait until the lock is free, then take it.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or the connection broke while waiting.
+    pub fn acquire_blocking(cfg: &postgres::Config) -> Result<DbLock, postgres::Error> {
+        let mut client = crate::storage::postgres::connect(cfg)?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&DB_LOCK_KEY])?;
+        Ok(DbLock {
+            _client: Box::new(client),
+        })
+    }
+}
+
+/// The lock could not be taken (or waited for).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The SQLite data file cannot be opened or locked.
+    #[error("lock on the data file: {0}")]
+    Io(#[from] std::io::Error),
+    /// PostgreSQL could not be reached for its advisory lock.
+    #[error("lock in the database: {0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+/// What keeps a second primary out, whichever the backend.
+#[derive(Debug)]
+pub enum Guard {
+    /// The `flock` on the SQLite data file.
+    File(InstanceLock),
+    /// The advisory lock in the PostgreSQL database.
+    Database(DbLock),
+    /// Nothing to keep out: a UCS-only instance on PostgreSQL, where every instance is active.
+    Shared,
+}
+
+impl Guard {
+    /// Take the guard for data at `at` if free (`Ok(None)`: another instance holds it).
+    /// `exclusive`: whether this instance keeps state outside the database (the Interaction
+    /// Server role does); without it, on PostgreSQL, nothing is taken.
+    ///
+    /// # Errors
+    /// [`LockError`].
+    pub fn try_acquire(at: &Location, exclusive: bool) -> Result<Option<Guard>, LockError> {
+        Ok(match at {
+            Location::Sqlite { path, .. } => InstanceLock::try_acquire(path)?.map(Guard::File),
+            Location::Postgres(_) if !exclusive => Some(Guard::Shared),
+            Location::Postgres(c) => DbLock::try_acquire(c)?.map(Guard::Database),
+        })
+    }
+
+    /// Wait for the guard of data at `at`, then take it (see [`Guard::try_acquire`]).
+    ///
+    /// # Errors
+    /// [`LockError`].
+    pub fn acquire_blocking(at: &Location, exclusive: bool) -> Result<Guard, LockError> {
+        Ok(match at {
+            Location::Sqlite { path, .. } => Guard::File(InstanceLock::acquire_blocking(path)?),
+            Location::Postgres(_) if !exclusive => Guard::Shared,
+            Location::Postgres(c) => Guard::Database(DbLock::acquire_blocking(c)?),
+        })
+    }
+
+    /// Whether this instance is the only writer of what it holds (and so must fence).
+    pub fn exclusive(&self) -> bool {
+        !matches!(self, Guard::Shared)
     }
 }
 

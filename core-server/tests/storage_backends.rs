@@ -2,8 +2,12 @@
 //! file) and PostgreSQL (a real server, started for the test). Each check runs against each,
 //! so a backend that differs in any of them fails here rather than in a whole-system test.
 
+// The one way the tests start a PostgreSQL server, shared with the whole-server tests.
+#[path = "../../tests/tests/core_server_support/pg.rs"]
 mod pg;
 
+use deskmux_core_server::auth::creds::{CredError, CredStore, Kind};
+use deskmux_core_server::storage::config::Location;
 use deskmux_core_server::storage::postgres::PgStore;
 use deskmux_core_server::storage::sqlite::SqliteStore;
 use deskmux_core_server::storage::{BookingRow, IxnRow, IxnState, Store, StoreError};
@@ -206,4 +210,116 @@ fn postgres_migrates_once_and_refuses_a_newer_schema() {
         .unwrap();
     let e = PgStore::connect(&url).unwrap_err().to_string();
     assert!(e.contains("newer than this core-server knows"), "{e}");
+}
+
+/// On PostgreSQL a takeover (`fence_acquire`) waits for the batch the old primary is running
+/// to end, and the old primary's next batch is fenced: no batch of the old one commits after
+/// the new one has its epoch, so what the new one then loads is final.
+#[test]
+fn postgres_takeover_waits_for_the_batch_in_flight() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("takeover");
+    let mut old = PgStore::connect(&url).unwrap();
+    old.fence_acquire().unwrap();
+    old.begin().unwrap();
+    old.fence_check().unwrap();
+    let id = old.contact_create(1, b"late", &pairs("k", "late")).unwrap();
+    let url2 = url.clone();
+    let newer = std::thread::spawn(move || {
+        let mut s = PgStore::connect(&url2).unwrap();
+        s.fence_acquire().unwrap();
+        s
+    });
+    // Wait (bounded) until the takeover is blocked on the old batch's lock.
+    let mut blocked = false;
+    for _ in 0..1000 {
+        let waiting = pg.psql(
+            "takeover",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        );
+        if waiting == "1" {
+            blocked = true;
+            break;
+        }
+        assert!(
+            !newer.is_finished(),
+            "the takeover did not wait for the batch"
+        );
+        std::thread::yield_now();
+    }
+    assert!(blocked, "the takeover never waited on the batch's lock");
+    old.commit().unwrap();
+    let mut newer = newer.join().unwrap();
+    assert_eq!(
+        newer.contact_get(1, id).unwrap().as_deref(),
+        Some(&b"late"[..]),
+        "the batch that was in flight is there for the new primary to load"
+    );
+    old.begin().unwrap();
+    assert!(matches!(old.fence_check(), Err(StoreError::Fenced(_))));
+    old.rollback();
+}
+
+/// The credential store keeps the same contract on both backends.
+fn creds_contract(at: &Location) {
+    let mut s = CredStore::open_at(at).unwrap();
+    assert_eq!(s.get(1, "a").unwrap(), None);
+    s.put(1, "a", Kind::Password, "h1").unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!(
+        (c.kind, c.generation, c.disabled),
+        (Kind::Password, 1, false)
+    );
+    assert_eq!(s.get(2, "a").unwrap(), None, "tenants are apart");
+    s.set_disabled(1, "a", true).unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!((c.generation, c.disabled), (2, true));
+    s.put(1, "a", Kind::ApiKey, "h2").unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!((c.kind, c.generation, c.disabled), (Kind::ApiKey, 3, false));
+    assert!(matches!(
+        s.set_disabled(1, "nobody", true),
+        Err(CredError::NotFound { .. })
+    ));
+    assert!(s.put(0, "x", Kind::Password, "h").is_err());
+    s.in_transaction(|s| s.put(2, "b", Kind::Password, "h3"))
+        .unwrap();
+    let r = s.in_transaction(|s| {
+        s.put(2, "c", Kind::Password, "h4")?;
+        Err::<(), _>(CredError::Invalid("stop".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(s.get(2, "c").unwrap(), None, "rolled back");
+    let all = s.list(None).unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|l| (l.tenant, l.agent.as_str(), l.generation))
+            .collect::<Vec<_>>(),
+        [(1, "a", 3), (2, "b", 1)]
+    );
+    assert_eq!(s.list(Some(2)).unwrap().len(), 1);
+    // One token key for every store on the same data (a second instance signs alike).
+    let k1 = s.token_key().unwrap();
+    let k2 = CredStore::open_at(at).unwrap().token_key().unwrap();
+    assert_eq!(k1.len(), 32);
+    assert_eq!(k1, k2);
+    // A second store sees the first one's committed changes at once (logins read afresh).
+    let mut other = CredStore::open_at(at).unwrap();
+    assert_eq!(other.get(2, "b").unwrap().map(|c| c.generation), Some(1));
+}
+
+#[test]
+fn sqlite_credentials_keep_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    creds_contract(&Location::Sqlite {
+        path: dir.path().join("c.db"),
+        opts: Default::default(),
+    });
+}
+
+#[test]
+fn postgres_credentials_keep_the_contract() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("creds");
+    creds_contract(&Location::Postgres(Box::new(url.parse().unwrap())));
 }

@@ -1,5 +1,5 @@
-//! The data layer behind a small trait, so that SQLite (today) and PostgreSQL (later) can back
-//! the same server.
+//! The data layer behind a small trait, so that SQLite (the default) and PostgreSQL (chosen in
+//! `[storage]`, see [`config`]) back the same server.
 //!
 //! The trait is deliberately *primitive*: row-level reads and writes scoped by tenant, plus
 //! explicit transaction boundaries. Everything above it (merging attributes, identify-or-create,
@@ -9,6 +9,7 @@
 //! Attributes and properties are stored as their encoded wire form (a body item list of `str`
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
+pub mod config;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;

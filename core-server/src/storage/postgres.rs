@@ -158,13 +158,31 @@ pub fn migrate(client: &mut Client) -> StoreResult<()> {
     Ok(())
 }
 
+/// Connect to the database `cfg` names (plain TCP or a Unix socket: see
+/// `storage::config::StorageConfig::host`).
+///
+/// # Errors
+/// The connection failed.
+pub fn connect(cfg: &postgres::Config) -> Result<Client, postgres::Error> {
+    cfg.connect(NoTls)
+}
+
 impl PgStore {
     /// Connect with `url` (a `postgres://` URL or `key=value` parameters) and migrate.
     ///
     /// # Errors
-    /// The connection or the migration failed.
+    /// The URL does not parse, or the connection or the migration failed.
     pub fn connect(url: &str) -> StoreResult<PgStore> {
-        let mut client = Client::connect(url, NoTls)?;
+        let cfg: postgres::Config = url.parse()?;
+        PgStore::open(&cfg)
+    }
+
+    /// Connect with `cfg` and migrate.
+    ///
+    /// # Errors
+    /// The connection or the migration failed.
+    pub fn open(cfg: &postgres::Config) -> StoreResult<PgStore> {
+        let mut client = connect(cfg)?;
         migrate(&mut client)?;
         Ok(PgStore {
             client,
@@ -247,7 +265,11 @@ impl Store for PgStore {
         let Some(mine) = self.epoch else {
             return Ok(());
         };
-        let st = self.st("SELECT epoch FROM fence WHERE id = 1")?;
+        // FOR SHARE: the row stays locked until this batch's transaction ends, so that a newer
+        // instance's `fence_acquire` (an UPDATE of it) waits for the batch to commit or roll
+        // back. Once that newer instance has its epoch, no batch of this one can commit: what
+        // it then reads (the interactions to recover) is final.
+        let st = self.st("SELECT epoch FROM fence WHERE id = 1 FOR SHARE")?;
         let now: i64 = self.client.query_one(&st, &[])?.get(0);
         if now != mine {
             return Err(StoreError::Fenced(format!(
