@@ -129,6 +129,8 @@ pub fn migrate(client: &mut Client) -> StoreResult<()> {
     let mut tx = client.transaction()?;
     // Any fixed key: it only orders migrations among deskmux instances.
     tx.execute("SELECT pg_advisory_xact_lock(7203011)", &[])?;
+    // `IF NOT EXISTS` on a migrated database is the usual case, not news for the log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS deskmux_schema(version BIGINT NOT NULL)")?;
     let found: Option<i64> = tx
         .query_opt("SELECT version FROM deskmux_schema", &[])?
