@@ -427,3 +427,51 @@ fn a_fenced_primary_commits_nothing_and_exits() {
     };
     assert_eq!((n("before@x"), n("after@x")), (1, 0));
 }
+
+/// An instance whose connections to PostgreSQL are cut (the database restarted, a network
+/// cut) does not go on refusing every request: the next write is refused unapplied and the
+/// process exits, to be restarted (or replaced by its standby).
+#[test]
+fn a_lost_database_connection_ends_the_process() {
+    let pg = PgServer::start();
+    pg.create("lost");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_pg(dir.path(), 5000, "", &pg, "lost");
+    let mut s = Server::start(&cfg, &[]);
+    let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    create(&mut c, &[("email", "before@x")]);
+    let cut = pg.psql(
+        "lost",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'test-core'",
+    );
+    assert_ne!(cut, "0", "the instance's connections were found");
+    let mut h = Head::new(Kind::Request, Service::Ucs, ucs::CONTACT_CREATE);
+    h.tenant = c.tenant;
+    h.session = c.session;
+    h.correlation = 88_888;
+    let f = Frame::build(h, |w| props(w, key::ATTRS, &[("email", "after@x")])).unwrap();
+    c.send_raw(f.as_bytes());
+    assert_eq!(
+        s.exit_code(WAIT),
+        Some(1),
+        "the instance exits with a failure"
+    );
+    let answer = c.wait_for(std::time::Duration::from_secs(1), |f| {
+        f.head().correlation == 88_888
+    });
+    if let Some(r) = answer {
+        assert!(
+            r.error().is_some(),
+            "a write was acknowledged without its database"
+        );
+    }
+    assert_eq!(
+        count(
+            &pg,
+            "lost",
+            "SELECT count(*) FROM contact_attrs WHERE value = 'after@x'"
+        ),
+        0
+    );
+}

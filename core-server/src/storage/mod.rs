@@ -29,7 +29,8 @@ pub enum StoreError {
     #[error("not applied: {0}")]
     NotApplied(String),
     /// Another instance has taken the data file over (a newer fencing epoch), or the data
-    /// file's path now names another file: this instance must not write any more.
+    /// file's path now names another file, or (PostgreSQL) the connection to the database was
+    /// lost: this instance must not write any more.
     #[error("fenced: {0}")]
     Fenced(String),
     /// The operation waited in the DB worker's queue past its deadline (`request_timeout_ms`)

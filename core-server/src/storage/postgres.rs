@@ -216,7 +216,17 @@ impl PgStore {
 
 impl Store for PgStore {
     fn begin(&mut self) -> StoreResult<()> {
-        self.client.batch_execute("BEGIN")?;
+        if let Err(e) = self.client.batch_execute("BEGIN") {
+            // The driver does not reconnect, and a new connection would not hold what this
+            // instance held (its lock, its place): the instance must stop, and be restarted
+            // (or its standby take over).
+            if self.client.is_closed() {
+                return Err(StoreError::Fenced(format!(
+                    "the connection to PostgreSQL was lost: {e}"
+                )));
+            }
+            return Err(e.into());
+        }
         self.open = true;
         Ok(())
     }
