@@ -772,6 +772,29 @@ mod tests {
     }
 
     #[test]
+    fn postgres_storage_needs_no_data_dir_and_is_named_in_the_summary() {
+        let mut c =
+            Config::from_toml("[storage]\nbackend = \"postgres\"\nhost = \"db1\"\ndbname = \"cc\"")
+                .unwrap();
+        c.data_dir = Some(PathBuf::from("/nonexistent/never-created"));
+        c.resolve_db().unwrap();
+        assert!(!c.db.is_absolute(), "no data file on PostgreSQL");
+        assert!(matches!(c.location(), Location::Postgres(_)));
+        let s = c.summary();
+        assert!(
+            s.contains("db            postgres deskmux@db1:5432/cc (no password)"),
+            "{s}"
+        );
+        // UCS-only instances on PostgreSQL are all active: a standby of one is refused.
+        let e =
+            Config::from_toml("role = \"ucs\"\nstandby = true\n[storage]\nbackend = \"postgres\"")
+                .unwrap_err();
+        assert!(e.to_string().contains("needs no standby"), "{e}");
+        assert!(Config::from_toml("role = \"ucs\"\nstandby = true").is_ok());
+        assert!(Config::from_toml("[storage]\nbackend = \"postgres\"\ndbname = \"\"").is_err());
+    }
+
+    #[test]
     fn short_link_secret_is_weak() {
         let c = Config::from_toml("link_secret = \"short\"").unwrap();
         assert!(c.weak_link_secret().unwrap().contains("5 bytes"));

@@ -20,7 +20,9 @@
 //! standby (`--standby`) listens at once, answering link hellos with `role=1` and refusing
 //! sessions with `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the
 //! standby gets the lock, loads the persisted state, switches to `role=0`, announces
-//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout.
+//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout. On PostgreSQL the lock
+//! is an advisory lock in the database instead ([`crate::lock::Guard`]), and UCS-only
+//! instances take none: they are all active on the shared database.
 //!
 //! Fencing: whoever takes the lock raises the fencing epoch stored in the database before
 //! loading anything, and the DB worker checks it at the start of every transaction. A primary
@@ -62,8 +64,8 @@ pub enum ServerError {
     /// I/O (bind, lock file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The data file could not be opened (the source says why).
-    #[error("the data file could not be opened")]
+    /// The data file or database could not be opened (the source says why).
+    #[error("the data could not be opened")]
     Store(#[from] StoreError),
     /// The credential store or the token key could not be set up.
     #[error("auth: {0}")]
