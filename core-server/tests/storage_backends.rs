@@ -7,6 +7,7 @@
 mod pg;
 
 use deskmux_core_server::auth::creds::{CredError, CredStore, Kind};
+use deskmux_core_server::db::{Db, Finish, Stopped};
 use deskmux_core_server::storage::config::Location;
 use deskmux_core_server::storage::postgres::PgStore;
 use deskmux_core_server::storage::sqlite::SqliteStore;
@@ -322,4 +323,115 @@ fn postgres_credentials_keep_the_contract() {
     let pg = pg::PgServer::start();
     let url = pg.create("creds");
     creds_contract(&Location::Postgres(Box::new(url.parse().unwrap())));
+}
+
+/// The DB worker's group commit keeps its promises on both backends (`open` opens a store on
+/// the same data, as another connection or instance would):
+/// - operations queued together run in one transaction, and one that fails is rolled back
+///   alone (its savepoint), the others committed;
+/// - an operation is told `Ok` only once its transaction is committed: another connection
+///   sees its write from inside the `Finish` callback;
+/// - a newer fencing epoch stops the worker before it writes anything more.
+fn group_commit(open: &mut dyn FnMut() -> Box<dyn Store>) {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let wait = Duration::from_secs(20);
+    let mut first = open();
+    first.fence_acquire().unwrap();
+    let (stop_tx, stopped) = mpsc::channel();
+    let db = Db::start_with(
+        first,
+        64,
+        (1024, usize::MAX),
+        Box::new(move |why| {
+            let _ = stop_tx.send(matches!(why, Stopped::Fenced(_)));
+        }),
+    )
+    .unwrap();
+    // Opened first: a SQLite store migrates on open, which waits for the write lock.
+    let observer = std::sync::Arc::new(std::sync::Mutex::new(open()));
+    // Hold the worker inside a batch, so that the next operations queue up together.
+    let (started_tx, started) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    assert!(db.submit(
+        Box::new(move |_s: &mut dyn Store| -> Finish {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+            Box::new(|_| {})
+        }),
+        None,
+        0
+    ));
+    started.recv_timeout(wait).unwrap();
+    let (tx, answered) = mpsc::channel();
+    for (v, fail) in [("gc-a", false), ("gc-b", true), ("gc-c", false)] {
+        let (tx, observer) = (tx.clone(), observer.clone());
+        assert!(db.submit(
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let id = s.contact_create(9, v.as_bytes(), &pairs("gc", v)).unwrap();
+                if fail {
+                    // An operation may not commit: the worker's store refuses it.
+                    assert!(s.commit().is_err());
+                }
+                Box::new(move |r| {
+                    // Committed before told: another connection sees it now. (By its attributes: SQLite
+                    // may give a rolled-back row's id to the next row.)
+                    let seen = observer.lock().unwrap().contact_get(9, id).unwrap();
+                    let seen = seen.as_deref() == Some(v.as_bytes());
+                    let _ = tx.send((v, r.is_ok(), seen));
+                })
+            }),
+            None,
+            0
+        ));
+    }
+    release.send(()).unwrap();
+    let mut got: Vec<_> = (0..3)
+        .map(|_| answered.recv_timeout(wait).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("gc-a", true, true),
+            ("gc-b", false, false),
+            ("gc-c", true, true)
+        ]
+    );
+    // Another instance takes the data over: the worker stops before its next write.
+    open().fence_acquire().unwrap();
+    let (tx, answered) = mpsc::channel();
+    assert!(db.submit(
+        Box::new(move |s: &mut dyn Store| -> Finish {
+            let _ = s.contact_create(9, b"gc-late", &pairs("gc", "gc-late"));
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(StoreError::nothing_applied));
+            })
+        }),
+        None,
+        0
+    ));
+    assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
+    assert!(stopped.recv_timeout(wait).unwrap(), "stopped as fenced");
+    let found = observer
+        .lock()
+        .unwrap()
+        .contact_find(9, "gc", "gc-late", 0, 10, 1 << 20)
+        .unwrap();
+    assert!(found.is_empty(), "the fenced write was applied");
+}
+
+#[test]
+fn sqlite_group_commit_keeps_its_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    group_commit(&mut || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_group_commit_keeps_its_promises() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("groupcommit");
+    group_commit(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
 }
