@@ -601,7 +601,7 @@ impl Config {
             format!("  role          {:?}, instance {}", self.role, self.instance),
             match self.storage.backend {
                 Backend::Sqlite => format!(
-                    "  db            sqlite {} (synchronous {}{})",
+                    "  db            {} (synchronous {}{})",
                     self.db.display(),
                     self.sqlite_synchronous,
                     if self.standby { ", standby" } else { "" }
