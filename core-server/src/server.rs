@@ -52,7 +52,7 @@ use crate::db::Db;
 use crate::ixn::{self, Engine, Settings};
 use crate::lock::{Guard, LockError};
 use crate::queue::{self, EngineTx};
-use crate::storage::config::Location;
+use crate::storage::config::{Backend, Location};
 use crate::storage::postgres::PgStore;
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::{IxnRow, Store, StoreError};
@@ -206,10 +206,18 @@ impl Shared {
         }
         let ids: HashSet<u32> = new.tenants.iter().map(|t| t.id).collect();
         let n = ids.len();
-        if let Ok(mut t) = self.tenants.write() {
+        let mut restart = Vec::new();
+        let leased = old.role.ixn() && old.storage.backend == Backend::Postgres;
+        if leased {
+            // On PostgreSQL the Interaction Server's tenants are those whose leases it took at
+            // start: serving another needs its lease, so a restart.
+            let held: HashSet<u32> = old.tenants.iter().map(|t| t.id).collect();
+            if ids != held {
+                restart.push("tenants (leased at start on PostgreSQL)");
+            }
+        } else if let Ok(mut t) = self.tenants.write() {
             *t = ids;
         }
-        let mut restart = Vec::new();
         if new.link_secret != old.link_secret {
             restart.push("link_secret");
         }
@@ -355,19 +363,38 @@ fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
             }
             Box::new(store)
         }
-        Location::Postgres(c) => Box::new(PgStore::open(c)?),
+        Location::Postgres(c) => {
+            let mut store = PgStore::open(c)?;
+            if let Guard::Leases(l) = guard {
+                store.hold_leases(l.held.clone());
+            }
+            Box::new(store)
+        }
     };
-    if guard.exclusive() {
-        let epoch = store.fence_acquire()?;
-        tracing::info!("{} taken over, fencing epoch {epoch}", at.describe());
-    } else {
-        tracing::info!("{} opened, shared with other UCS instances", at.describe());
+    match guard {
+        Guard::File(_) => {
+            let epoch = store.fence_acquire()?;
+            tracing::info!("{} taken over, fencing epoch {epoch}", at.describe());
+        }
+        Guard::Leases(l) => tracing::info!(
+            "{}: tenants {:?} leased, epochs {:?}",
+            at.describe(),
+            l.held.tenants,
+            l.held.epochs
+        ),
+        Guard::Shared => {
+            tracing::info!("{} opened, shared with other UCS instances", at.describe());
+        }
     }
-    let (rows, max) = if cfg.role.ixn() {
+    let (mut rows, max) = if cfg.role.ixn() {
         (store.ixn_load()?, store.ixn_max_id()?)
     } else {
         (Vec::new(), 0)
     };
+    if let Guard::Leases(l) = guard {
+        // Other instances' tenants share the table: recover only this one's.
+        rows.retain(|r| l.held.tenants.contains(&i64::from(r.tenant)));
+    }
     let auth = Auth::start(&auth_settings(cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     Ok((store, rows, max, auth))
 }
@@ -454,14 +481,12 @@ impl Server {
             None => None,
         };
         let c = cfg.clone();
-        let got = tokio::task::spawn_blocking(move || {
-            match Guard::try_acquire(&c.location(), c.role.ixn())? {
-                Some(g) => {
-                    let opened = open_store(&c, &g)?;
-                    Ok::<_, ServerError>(Some((g, opened)))
-                }
-                None => Ok(None),
+        let got = tokio::task::spawn_blocking(move || match Guard::try_acquire(&c)? {
+            Some(g) => {
+                let opened = open_store(&c, &g)?;
+                Ok::<_, ServerError>(Some((g, opened)))
             }
+            None => Ok(None),
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -650,7 +675,7 @@ async fn standby(shared: Arc<Shared>) {
     println!("ROLE backup");
     let cfg = shared.cfg.clone();
     let got = tokio::task::spawn_blocking(move || {
-        let lock = Guard::acquire_blocking(&cfg.location(), cfg.role.ixn())?;
+        let lock = Guard::acquire_blocking(&cfg)?;
         let opened = open_store(&cfg, &lock)?;
         Ok::<_, ServerError>((lock, opened))
     })

@@ -126,7 +126,10 @@ fn contract(open: &mut dyn FnMut() -> Box<dyn Store>) {
     let open_rows = s.ixn_load().unwrap();
     assert_eq!(open_rows.iter().map(|r| r.id).collect::<Vec<_>>(), [5, 6]);
     assert_eq!(open_rows[1].owner.as_deref(), Some("agent"));
-    assert_eq!(s.ixn_max_id().unwrap(), 7);
+    assert!(
+        s.ixn_max_id().unwrap() >= 7,
+        "new ids go above the stored ones"
+    );
     // GMS bookings: live ones count, expired ones do not and are removed.
     s.begin().unwrap();
     let row = |number: &str, expires_us: i64| BookingRow {
@@ -200,7 +203,7 @@ fn postgres_migrates_once_and_refuses_a_newer_schema() {
         .query_one("SELECT version FROM deskmux_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     assert_eq!(
         c.query_one("SELECT count(*) FROM deskmux_schema", &[])
             .unwrap()
@@ -434,4 +437,73 @@ fn postgres_group_commit_keeps_its_promises() {
     let pg = pg::PgServer::start();
     let url = pg.create("groupcommit");
     group_commit(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
+}
+
+/// Tenant leases on PostgreSQL: all of an instance's tenants or none; renewed only while
+/// ours; taken by another once expired, which fences the old holder's store; and each
+/// instance's interaction ids in a block of its own.
+#[test]
+fn postgres_tenant_leases_fence_the_old_owner() {
+    use deskmux_core_server::storage::lease::Leases;
+    use std::time::{Duration, Instant};
+
+    let pg = pg::PgServer::start();
+    let url = pg.create("leases");
+    let cfg: postgres::Config = url.parse().unwrap();
+    drop(PgStore::open(&cfg).unwrap()); // migrated
+    let lease = Duration::from_millis(400);
+    let leases = |who: &str| {
+        Leases::new(
+            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
+            who.into(),
+            lease,
+        )
+    };
+    let (mut a, mut b) = (leases("a"), leases("b"));
+    let wait = Duration::from_millis(100);
+    let held_a = a
+        .try_take(&[1, 2], wait)
+        .unwrap()
+        .expect("free leases taken");
+    assert_eq!(held_a.tenants, [1, 2]);
+    assert_eq!(b.try_take(&[2, 3], wait).unwrap(), None, "tenant 2 is a's");
+    assert_eq!(
+        pg.psql(
+            "leases",
+            "SELECT count(*) FROM tenant_lease WHERE tenant = 3"
+        ),
+        "0",
+        "a refused take leaves nothing"
+    );
+    let held_c = b.try_take(&[3], wait).unwrap().expect("tenant 3 is free");
+    a.renew(&held_a).unwrap();
+    let mut store_a = PgStore::open(&cfg).unwrap();
+    store_a.hold_leases(held_a.clone());
+    store_a.begin().unwrap();
+    store_a.fence_check().unwrap();
+    store_a.commit().unwrap();
+    // a stops renewing: once expired, b takes them (bounded poll of the condition).
+    let end = Instant::now() + Duration::from_secs(20);
+    let held_b = loop {
+        if let Some(h) = b.try_take(&[1, 2], wait).unwrap() {
+            break h;
+        }
+        assert!(Instant::now() < end, "the expired leases were never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(held_b.epochs.iter().zip(&held_a.epochs).all(|(b, a)| b > a));
+    assert!(matches!(a.renew(&held_a), Err(StoreError::Fenced(_))));
+    b.renew(&held_b).unwrap();
+    b.renew(&held_c).unwrap();
+    store_a.begin().unwrap();
+    assert!(matches!(store_a.fence_check(), Err(StoreError::Fenced(_))));
+    store_a.rollback();
+    let mut store_b = PgStore::open(&cfg).unwrap();
+    store_b.hold_leases(held_b);
+    store_b.begin().unwrap();
+    store_b.fence_check().unwrap();
+    store_b.commit().unwrap();
+    // Interaction ids: a block each, far apart.
+    let (ida, idb) = (store_a.ixn_max_id().unwrap(), store_b.ixn_max_id().unwrap());
+    assert!(ida.abs_diff(idb) >= 1 << 32, "{ida} {idb}");
 }

@@ -9,7 +9,7 @@ mod core_server_support;
 
 use std::process::Command;
 
-use core_server_support::pg::{PASSWORD, PgServer};
+use core_server_support::pg::{LEASE_MS, PASSWORD, PgServer};
 use core_server_support::*;
 use deskmux_codec::msg::{ixn, key, ucs};
 use deskmux_codec::{ErrorCode, Frame, Head, Kind, Service, Value};
@@ -349,10 +349,11 @@ fn restart_after_kill9_keeps_state() {
 }
 
 /// Warm standby with nothing shared but the database: the two instances have their own
-/// directories (no file to lock). A second primary is refused; the standby takes over when
-/// the primary is killed and serves what it left.
+/// directories (no file to lock). A second primary is refused (the tenants' leases are held);
+/// the standby takes the tenants over once the killed primary's leases expire, within the
+/// lease time (plus the standby's poll), and serves what it left.
 #[test]
-fn standby_takes_over_through_the_database_lock() {
+fn a_standby_takes_the_tenants_over_when_their_leases_expire() {
     let pg = PgServer::start();
     pg.create("pair");
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -367,8 +368,15 @@ fn standby_takes_over_through_the_database_lock() {
     let mut media = Client::desktop(p.addr, T1, "media", TOKEN1);
     let ixn_id = submit(&mut media, "q");
     let c = create(&mut media, &[("email", "sb@x")]);
+    let t0 = std::time::Instant::now();
     p.kill9();
     sb.wait_line("ROLE primary");
+    let took = t0.elapsed();
+    eprintln!("takeover after kill -9: {took:?} (lease_ms {LEASE_MS})");
+    assert!(
+        took < std::time::Duration::from_millis(2 * LEASE_MS),
+        "the takeover took {took:?}, lease_ms {LEASE_MS}"
+    );
     let mut r = Client::desktop(sb.addr, T1, "reader", TOKEN1);
     let g = ok(r.ucs(ucs::CONTACT_GET, |b| {
         b.int(key::CONTACT, c);
@@ -386,9 +394,9 @@ fn standby_takes_over_through_the_database_lock() {
     assert_eq!(int(&inv, key::INTERACTION), ixn_id);
 }
 
-/// A primary whose database was taken over (a newer fencing epoch, as a standby that got the
-/// lock writes) commits nothing more: its next write is refused with nothing applied and it
-/// exits.
+/// A primary whose tenants were taken over (newer lease epochs, as a standby that took their
+/// leases writes) commits nothing more: its next write is refused with nothing applied (or
+/// its lease renewal finds them taken first), and it exits.
 #[test]
 fn a_fenced_primary_commits_nothing_and_exits() {
     let pg = PgServer::start();
@@ -398,7 +406,8 @@ fn a_fenced_primary_commits_nothing_and_exits() {
     let mut s = Server::start(&cfg, &[]);
     let mut c = Client::desktop(s.addr, T1, "writer", TOKEN1);
     create(&mut c, &[("email", "before@x")]);
-    pg.psql("fenced", "UPDATE fence SET epoch = epoch + 1");
+    // What a standby does when it takes the tenants over: raise their leases' epochs.
+    pg.psql("fenced", "UPDATE tenant_lease SET epoch = epoch + 1");
     let mut h = Head::new(Kind::Request, Service::Ucs, ucs::CONTACT_CREATE);
     h.tenant = c.tenant;
     h.session = c.session;
@@ -474,4 +483,129 @@ fn a_lost_database_connection_ends_the_process() {
         ),
         0
     );
+}
+
+/// `write_config_pg` serving only `tenant` (the other tenant's section removed).
+fn only_tenant(dir: &std::path::Path, pg: &PgServer, db: &str, tenant: u32) -> std::path::PathBuf {
+    let cfg = write_config_pg(dir, 5000, "", pg, db);
+    let other = if tenant == T1 {
+        (T2, "globex")
+    } else {
+        (T1, "acme")
+    };
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("[[tenants]]\nid = {}\nname = \"{}\"\n", other.0, other.1),
+        "",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// The Interaction Server partitioned by tenant: two primaries on one database, each owning
+/// the lease of its own tenant, each serving its tenant's interactions with ids of its own; a
+/// third instance for a tenant already owned is refused.
+#[test]
+fn the_interaction_server_is_partitioned_by_tenant() {
+    let pg = PgServer::start();
+    pg.create("parts");
+    let (d1, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = Server::start(&only_tenant(d1.path(), &pg, "parts", T1), &[]);
+    let b = Server::start(&only_tenant(d2.path(), &pg, "parts", T2), &[]);
+    let (good, _, err) = run(&[
+        "--config",
+        only_tenant(d3.path(), &pg, "parts", T1).to_str().unwrap(),
+    ]);
+    assert!(!good, "a second owner of tenant 1 started");
+    assert!(err.contains("is locked by another instance"), "{err}");
+    // Each serves its own tenant, and only it.
+    let mut wrong = Client::connect(a.addr);
+    assert!(
+        code(&wrong.hello(T2, "a1", TOKEN2)).is_some(),
+        "tenant 2 on a"
+    );
+    let mut m1 = Client::desktop(a.addr, T1, "media", TOKEN1);
+    let mut m2 = Client::desktop(b.addr, T2, "media", TOKEN2);
+    let i1 = submit(&mut m1, "q");
+    let i2 = ok(m2.ixn(ixn::SUBMIT, |w| {
+        w.str(key::QUEUE, "q")?;
+        props(w, key::PROPS, &[("k", "v")])
+    }));
+    let i2 = int(&i2, key::INTERACTION);
+    assert!(
+        i1.abs_diff(i2) >= 1 << 32,
+        "ids from blocks of their own: {i1} {i2}"
+    );
+    let mut ag = agent(a.addr, "a");
+    ok(ag.ixn(ixn::AGENT_READY, |_| Ok(())));
+    let inv = ag.event(ixn::INVITE, WAIT).expect("invite on a");
+    assert_eq!(int(&inv, key::INTERACTION), i1);
+    assert_eq!(
+        pg.psql(
+            "parts",
+            "SELECT string_agg(tenant::text, ',' ORDER BY tenant) FROM tenant_lease \
+             WHERE expires_us > 0"
+        ),
+        "1,2"
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "parts",
+            "SELECT count(DISTINCT owner) FROM tenant_lease"
+        ),
+        2,
+        "two owners"
+    );
+}
+
+/// An owner that was paused (SIGSTOP: a long GC, a VM freeze, a network cut) past its lease
+/// loses its tenants to the standby; resumed, it commits nothing more and exits.
+#[test]
+fn a_paused_owner_is_fenced_once_its_tenants_are_taken() {
+    let pg = PgServer::start();
+    pg.create("paused");
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut p = Server::start(&write_config_pg(d1.path(), 5000, "", &pg, "paused"), &[]);
+    let mut sb = Server::start(
+        &write_config_pg(d2.path(), 5000, "", &pg, "paused"),
+        &["--standby", "--instance", "core-2"],
+    );
+    sb.wait_line("ROLE backup");
+    let mut c = Client::desktop(p.addr, T1, "writer", TOKEN1);
+    create(&mut c, &[("email", "before@x")]);
+    p.signal("STOP");
+    sb.wait_line("ROLE primary");
+    let mut h = Head::new(Kind::Request, Service::Ucs, ucs::CONTACT_CREATE);
+    h.tenant = c.tenant;
+    h.session = c.session;
+    h.correlation = 99_999;
+    let f = Frame::build(h, |w| props(w, key::ATTRS, &[("email", "paused@x")])).unwrap();
+    c.send_raw(f.as_bytes());
+    p.signal("CONT");
+    assert_eq!(
+        p.exit_code(WAIT),
+        Some(1),
+        "the old owner exits with a failure"
+    );
+    let answer = c.wait_for(std::time::Duration::from_secs(1), |f| {
+        f.head().correlation == 99_999
+    });
+    if let Some(r) = answer {
+        assert!(r.error().is_some(), "the old owner acknowledged a write");
+    }
+    let n = |v: &str| {
+        count(
+            &pg,
+            "paused",
+            &format!("SELECT count(*) FROM contact_attrs WHERE value = '{v}'"),
+        )
+    };
+    assert_eq!((n("before@x"), n("paused@x")), (1, 0));
+    // The new owner serves.
+    let mut r = Client::desktop(sb.addr, T1, "reader", TOKEN1);
+    create(&mut r, &[("email", "after@x")]);
 }

@@ -16,6 +16,7 @@
 //! user = "deskmux"
 //! password_file = "/etc/deskmux/pg.password" # optional (trust or peer authentication)
 //! connect_timeout_ms = 10000
+//! lease_ms = 10000               # Interaction Server: a tenant's lease (see `storage::lease`)
 //! ```
 
 use std::path::PathBuf;
@@ -76,6 +77,11 @@ pub struct StorageConfig {
     pub password_file: Option<PathBuf>,
     /// How long connecting may take, ms. Default 10000.
     pub connect_timeout_ms: u32,
+    /// Interaction Server: how long a tenant's ownership lease lasts without renewal, ms
+    /// (renewed every third of it). A standby takes the tenants over at most this long (plus
+    /// a quarter of it) after their owner stopped renewing; an owner that cannot renew for
+    /// two thirds of it stops itself first. At least 300. Default 10000.
+    pub lease_ms: u32,
     /// The password, read from `password_file` (never from the configuration: a `password`
     /// key is refused as unknown).
     #[serde(skip)]
@@ -92,6 +98,7 @@ impl Default for StorageConfig {
             user: "deskmux".into(),
             password_file: None,
             connect_timeout_ms: 10_000,
+            lease_ms: 10_000,
             password: DbPassword::default(),
         }
     }
@@ -110,6 +117,9 @@ impl StorageConfig {
         }
         if self.connect_timeout_ms == 0 {
             return Err("storage.connect_timeout_ms must be non-zero".into());
+        }
+        if self.lease_ms < 300 {
+            return Err("storage.lease_ms must be at least 300".into());
         }
         Ok(())
     }
@@ -148,6 +158,11 @@ impl StorageConfig {
             c.password(self.password.expose());
         }
         c
+    }
+
+    /// The tenant lease's length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(u64::from(self.lease_ms))
     }
 
     /// One line for `--check-config`: where the data is, with no password.

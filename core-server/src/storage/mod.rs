@@ -10,6 +10,7 @@
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
 pub mod config;
+pub mod lease;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
@@ -284,7 +285,9 @@ pub trait Store: Send {
 
     /// All queued and owned interactions (restart recovery).
     fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>>;
-    /// The highest interaction id ever stored (0 if none).
+    /// An id above which this instance may hand out interaction ids: the highest stored
+    /// (0 if none) on SQLite; on PostgreSQL, where instances serving different tenants share
+    /// the table, the start of a block of ids of this instance's own.
     fn ixn_max_id(&mut self) -> StoreResult<u64>;
     /// Insert or replace an interaction.
     fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()>;

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use postgres::{Client, NoTls, Statement};
 
+use super::lease::Held;
 use super::{BookingRow, ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
 
 /// Every migration, in order; `deskmux_schema.version` says how many a database has had.
@@ -94,6 +95,16 @@ CREATE INDEX IF NOT EXISTS gms_bookings_number ON gms_bookings(tenant, number);
 CREATE INDEX IF NOT EXISTS gms_bookings_group ON gms_bookings(tenant, grp);
 CREATE INDEX IF NOT EXISTS gms_bookings_expiry ON gms_bookings(expires_us);
 ",
+    // 4: tenant ownership leases (see `lease.rs`), and blocks of interaction ids, so that
+    // instances serving different tenants on one database never hand out the same id.
+    "
+CREATE TABLE IF NOT EXISTS tenant_lease(
+    tenant BIGINT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_us BIGINT NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS interaction_blocks;
+",
 ];
 
 impl From<postgres::Error> for StoreError {
@@ -111,6 +122,8 @@ pub struct PgStore {
     open: bool,
     /// The fencing epoch this instance holds, once it has taken the database over.
     epoch: Option<i64>,
+    /// The tenant leases this instance holds, if it fences by them instead of `epoch`.
+    leases: Option<Held>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -191,7 +204,40 @@ impl PgStore {
             prepared: HashMap::new(),
             open: false,
             epoch: None,
+            leases: None,
         })
+    }
+
+    /// Fence by the tenant leases `held` (taken with `lease::Leases::try_take`): every
+    /// transaction then checks that each of them is still this instance's.
+    pub fn hold_leases(&mut self, held: Held) {
+        self.leases = Some(held);
+    }
+
+    /// [`Store::fence_check`] by tenant leases: their rows read `FOR SHARE` (so that a taker
+    /// waits for this batch), each epoch still ours.
+    fn lease_check(&mut self) -> StoreResult<()> {
+        let Some(held) = self.leases.clone() else {
+            return Ok(());
+        };
+        let st = self.st(
+            "SELECT tenant, epoch FROM tenant_lease WHERE tenant = ANY($1)
+             ORDER BY tenant FOR SHARE",
+        )?;
+        let now: Vec<(i64, i64)> = self
+            .client
+            .query(&st, &[&held.tenants])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mine: Vec<(i64, i64)> = held.tenants.iter().copied().zip(held.epochs).collect();
+        if now != mine {
+            return Err(StoreError::Fenced(format!(
+                "tenant leases (tenant, epoch) are now {now:?}, this instance's {mine:?}: \
+                 another instance has taken a tenant over"
+            )));
+        }
+        Ok(())
     }
 
     fn st(&mut self, sql: &'static str) -> StoreResult<Statement> {
@@ -274,6 +320,7 @@ impl Store for PgStore {
     }
 
     fn fence_check(&mut self) -> StoreResult<()> {
+        self.lease_check()?;
         let Some(mine) = self.epoch else {
             return Ok(());
         };
@@ -567,9 +614,14 @@ impl Store for PgStore {
     }
 
     fn ixn_max_id(&mut self) -> StoreResult<u64> {
-        let st = self.st("SELECT MAX(id) FROM interactions")?;
-        let m: Option<i64> = self.client.query_one(&st, &[])?.get(0);
-        Ok(m.unwrap_or(0).max(0) as u64)
+        // A block of 2^32 ids of this instance's own, above every stored id: instances
+        // serving other tenants of the database allocate from blocks of their own.
+        let st = self.st(
+            "SELECT GREATEST(COALESCE(MAX(id), 0), nextval('interaction_blocks') << 32)
+             FROM interactions",
+        )?;
+        let m: i64 = self.client.query_one(&st, &[])?.get(0);
+        Ok(m.max(0) as u64)
     }
 
     fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()> {

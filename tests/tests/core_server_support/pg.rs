@@ -18,6 +18,9 @@ use std::process::Command;
 pub const PASSWORD: &str = "pg-test-password-0123456789";
 /// The role the tests connect as.
 pub const USER: &str = "deskmux";
+/// The tenant leases of the Interaction Server in the tests' configurations: short, so that
+/// takeovers come quickly, and long enough that a busy machine renews them in time.
+pub const LEASE_MS: u64 = 2000;
 
 /// A running server; [`PgServer::create`] makes a database on it.
 pub struct PgServer {
@@ -178,7 +181,7 @@ impl PgServer {
         let pw = dir.join("pg.password");
         std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password file");
         format!(
-            "[storage]\nbackend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\n",
+            "[storage]\nbackend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\nlease_ms = {LEASE_MS}\n",
             self.port,
             pw.display()
         )
