@@ -9,7 +9,10 @@
 # and `history` (HISTORY_INSERT of 256 bytes, a write acknowledged after its commit). The
 # server CPU per request counts the core-server process only, not PostgreSQL's.
 # Takeover: a primary (role = "both") and a --standby on the same data; the primary is
-# SIGKILLed and the time until the standby prints "ROLE primary" is taken, ROUNDS times.
+# SIGKILLed and the time until the standby prints "ROLE primary" is taken, ROUNDS times. On
+# SQLite the standby waits on the data file's flock; on PostgreSQL for the tenants' leases
+# (lease_ms = LEASE_MS) to expire, then loads the open interactions: QUEUED queued ones are
+# put in the database first (psql), so that each takeover recovers them.
 # Everything started here is stopped by pid at the end.
 #
 #   cargo build --release -p deskmux-core-server --bins --examples
@@ -25,6 +28,8 @@ BIN=${DESKMUX_BIN_DIR:-$ROOT/target/release}
 CONNS=${CONNS:-32}
 SECS=${SECS:-5}
 ROUNDS=${ROUNDS:-5}
+LEASE_MS=${LEASE_MS:-2000}
+QUEUED=${QUEUED:-5000}
 OUT=$(mktemp -d /tmp/deskmux-ucs-backends.XXXXXX)
 # PostgreSQL runs as the postgres user when root: it must reach its directory in here.
 chmod 711 "$OUT"
@@ -70,7 +75,8 @@ config() {
 backend = \"postgres\"
 port = $PGPORT
 dbname = \"$4\"
-password_file = \"$OUT/pg.password\""
+password_file = \"$OUT/pg.password\"
+lease_ms = $LEASE_MS"
     fi
     cat > "$1.toml" <<EOF
 listen = "127.0.0.1:0"
@@ -110,7 +116,7 @@ bench() { # label mode addr pid
         --token acme-token --server-pid "$4"
 }
 
-echo "# $(date -u +%FT%TZ) CONNS=$CONNS SECS=$SECS ROUNDS=$ROUNDS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) CONNS=$CONNS SECS=$SECS ROUNDS=$ROUNDS LEASE_MS=$LEASE_MS QUEUED=$QUEUED; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # SQLite against PostgreSQL, one UCS instance each.
 config sq sqlite ucs sqdata
@@ -162,8 +168,14 @@ takeover() { # label backend db
         prim=$sb
     done
     echo "== takeover $1: kill -9 -> ROLE primary, ms: ${times[*]}"
+    grep -h "recovered" sb-"$1"-*.err | tail -1
     stop "$prim"
 }
 takeover sqlite sqlite takeover
 psql_ postgres "CREATE DATABASE takeover"
+# The schema (a check-config does not connect: a creds list does), then the queued ones.
+config p postgres both takeover
+"$BIN/core-server" --config p.toml creds list >/dev/null
+psql_ takeover "INSERT INTO interactions(id, tenant, queue, props, state, owner, qpos)
+    SELECT g, 1, 'bench', '\\x'::bytea, 0, NULL, g FROM generate_series(1, $QUEUED) AS g"
 takeover postgres postgres takeover
