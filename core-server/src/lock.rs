@@ -135,11 +135,8 @@ pub struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    fn leases(cfg: &Config) -> Result<Leases, LockError> {
-        let Location::Postgres(pg) = cfg.location() else {
-            unreachable!("leases are taken on PostgreSQL only");
-        };
-        let mut client = crate::storage::postgres::connect(&pg)?;
+    fn leases(cfg: &Config, pg: &postgres::Config) -> Result<Leases, LockError> {
+        let mut client = crate::storage::postgres::connect(pg)?;
         crate::storage::postgres::migrate(&mut client)?;
         let owner = format!("{} (pid {})", cfg.instance, std::process::id());
         Ok(Leases::new(client, owner, cfg.storage.lease()))
@@ -149,13 +146,13 @@ impl LeaseGuard {
         cfg.tenants.iter().map(|t| t.id).collect()
     }
 
-    /// Take the leases of every tenant of `cfg` if they are all free; `Ok(None)` if any is
-    /// held by another instance.
+    /// Take the leases of every tenant of `cfg` in database `pg` if they are all free;
+    /// `Ok(None)` if any is held by another instance.
     ///
     /// # Errors
     /// The database.
-    pub fn try_take(cfg: &Config) -> Result<Option<LeaseGuard>, LockError> {
-        let mut leases = LeaseGuard::leases(cfg)?;
+    pub fn try_take(cfg: &Config, pg: &postgres::Config) -> Result<Option<LeaseGuard>, LockError> {
+        let mut leases = LeaseGuard::leases(cfg, pg)?;
         let lease = cfg.storage.lease();
         Ok(
             match leases.try_take(&LeaseGuard::tenants(cfg), lease / 4)? {
@@ -165,13 +162,13 @@ impl LeaseGuard {
         )
     }
 
-    /// Wait until every tenant of `cfg` is free (its owner stopped renewing and the lease
+    /// Wait until every tenant of `cfg` in database `pg` is free (its owner stopped renewing and the lease
     /// expired), take them, and keep them.
     ///
     /// # Errors
     /// The database.
-    pub fn take_blocking(cfg: &Config) -> Result<LeaseGuard, LockError> {
-        let mut leases = LeaseGuard::leases(cfg)?;
+    pub fn take_blocking(cfg: &Config, pg: &postgres::Config) -> Result<LeaseGuard, LockError> {
+        let mut leases = LeaseGuard::leases(cfg, pg)?;
         let lease = cfg.storage.lease();
         let tenants = LeaseGuard::tenants(cfg);
         loop {
@@ -262,7 +259,7 @@ impl Guard {
         Ok(match cfg.location() {
             Location::Sqlite { path, .. } => InstanceLock::try_acquire(&path)?.map(Guard::File),
             Location::Postgres(_) if !cfg.role.ixn() => Some(Guard::Shared),
-            Location::Postgres(_) => LeaseGuard::try_take(cfg)?.map(Guard::Leases),
+            Location::Postgres(pg) => LeaseGuard::try_take(cfg, &pg)?.map(Guard::Leases),
         })
     }
 
@@ -274,7 +271,7 @@ impl Guard {
         Ok(match cfg.location() {
             Location::Sqlite { path, .. } => Guard::File(InstanceLock::acquire_blocking(&path)?),
             Location::Postgres(_) if !cfg.role.ixn() => Guard::Shared,
-            Location::Postgres(_) => Guard::Leases(LeaseGuard::take_blocking(cfg)?),
+            Location::Postgres(pg) => Guard::Leases(LeaseGuard::take_blocking(cfg, &pg)?),
         })
     }
 }

@@ -20,9 +20,10 @@
 //! standby (`--standby`) listens at once, answering link hellos with `role=1` and refusing
 //! sessions with `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the
 //! standby gets the lock, loads the persisted state, switches to `role=0`, announces
-//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout. On PostgreSQL the lock
-//! is an advisory lock in the database instead ([`crate::lock::Guard`]), and UCS-only
-//! instances take none: they are all active on the shared database.
+//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout. On PostgreSQL an
+//! Interaction Server holds its tenants' leases in the database instead
+//! ([`crate::lock::Guard`]), and a standby takes them over once they expire; UCS-only
+//! instances hold nothing: they are all active on the shared database.
 //!
 //! Fencing: whoever takes the lock raises the fencing epoch stored in the database before
 //! loading anything, and the DB worker checks it at the start of every transaction. A primary

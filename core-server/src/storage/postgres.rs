@@ -10,7 +10,11 @@
 //!   inside PostgreSQL's transaction aborts it until `ROLLBACK TO SAVEPOINT`, which the DB
 //!   worker does for the failed operation alone), and a commit that returns once durable
 //!   (`synchronous_commit` as the server sets it; `on` by default);
-//! - the fencing epoch in a `fence` table, checked at the start of every transaction;
+//! - fencing checked at the start of every transaction, and held until its end (`FOR SHARE`):
+//!   by the epochs of the tenant leases the instance holds (the Interaction Server on
+//!   PostgreSQL, see `lease.rs`), or by the one epoch of a `fence` table, as on SQLite;
+//! - interaction ids from blocks of 2^32 per instance (`interaction_blocks`), since
+//!   instances serving different tenants hand out ids at once;
 //! - the same tables, with PostgreSQL types (`BIGINT` tenants hold every `u32`, `BYTEA` for
 //!   encoded attributes), created by its own ordered migrations (`deskmux_schema`), shared in
 //!   spirit with `schema.rs`;
