@@ -159,6 +159,45 @@ impl TestClient {
         Ok(resp)
     }
 
+    /// Send a desktop hello that resumes a session (PROTOCOL.md §4.6): its resume token, the
+    /// last unicast `useq` received, and a reconnect token for the services that keep no
+    /// sessions.
+    ///
+    /// # Errors
+    /// I/O or timeout.
+    pub async fn hello_resume(
+        &mut self,
+        tenant: u32,
+        agent: &str,
+        resume: &str,
+        reconnect: Option<&str>,
+        last_event: u64,
+    ) -> Result<Frame> {
+        self.tenant = tenant;
+        let hello = DesktopHello {
+            version: 1,
+            agent,
+            token: "",
+            reconnect,
+            services: 0b110,
+        };
+        let r = msg::Resume {
+            token: resume,
+            last_event,
+        };
+        let resp = self
+            .request(Service::Control, msg::control::HELLO, |w| {
+                hello.write(w)?;
+                r.write(w)
+            })
+            .await?;
+        if resp.error().is_none() {
+            let sh = ServerHello::read(resp.body()).context("server hello body")?;
+            self.session = sh.session;
+        }
+        Ok(resp)
+    }
+
     /// Send a request built by `body` and wait for the response with its correlation id.
     ///
     /// # Errors

@@ -147,6 +147,9 @@ impl ErrorCode {
     /// The server answered, but the answer is larger than the maximum frame the receiver of
     /// the answer accepts; it was discarded by its length. The request was processed.
     pub const RESPONSE_TOO_LARGE: ErrorCode = ErrorCode(0x030C);
+    /// A hello's session resume cannot be honoured (unknown or ended session, a token of
+    /// another agent, events lost past the replay buffer). Say a fresh hello.
+    pub const RESUME_REFUSED: ErrorCode = ErrorCode(0x030D);
 
     /// The retry class, from the high byte. Unknown classes count as [`RetryClass::Rejected`].
     pub fn retry_class(self) -> RetryClass {
@@ -182,6 +185,7 @@ impl ErrorCode {
             ErrorCode::SLOW_CONSUMER => "slow_consumer",
             ErrorCode::DEADLINE => "deadline",
             ErrorCode::RESPONSE_TOO_LARGE => "response_too_large",
+            ErrorCode::RESUME_REFUSED => "resume_refused",
             _ => "unknown",
         }
     }

@@ -162,6 +162,21 @@ pub mod key {
     pub const ACCESS_CODE: &str = "code";
     pub const EXPIRES_MS: &str = "expires_ms";
     pub const BOOKING: &str = "booking";
+    /// Session resume (PROTOCOL.md §4.6): the token, in the server hello and in a hello that
+    /// resumes.
+    pub const RESUME: &str = "resume";
+    /// Session resume: the last unicast `useq` the desktop received.
+    pub const LAST_EVENT: &str = "last_event";
+    /// Session resume: how long a session outlives its connection (server hello).
+    pub const RESUME_GRACE_MS: &str = "resume_grace_ms";
+    /// Session resume: the server hello of a resumed session says how many events it replays.
+    pub const REPLAYED: &str = "replayed";
+    /// A unicast event's sequence number within its session (PROTOCOL.md §9).
+    pub const USEQ: &str = "useq";
+    /// A request's idempotency key (PROTOCOL.md §5.5).
+    pub const IDEM_KEY: &str = "idem_key";
+    /// `SESSION_CLOSE` from a proxy: keep the session for resume (1) rather than end it.
+    pub const DETACH: &str = "detach";
 }
 
 fn u32_of(v: i64, key: &'static str) -> Result<u32, BodyError> {
@@ -206,15 +221,17 @@ impl std::fmt::Debug for DesktopHello<'_> {
 }
 
 impl<'a> DesktopHello<'a> {
-    /// Read from a body. One of `token` and `reconnect` must be present.
+    /// Read from a body. One of `token`, `reconnect` and `resume` must be present.
     ///
     /// # Errors
     /// A missing or mistyped key.
     pub fn read(b: BodyRef<'a>) -> Result<Self, BodyError> {
         let reconnect = b.opt_str(key::RECONNECT)?;
-        let token = match reconnect {
-            Some(_) => b.opt_str(key::TOKEN)?.unwrap_or(""),
-            None => b.str(key::TOKEN)?,
+        // A hello that resumes a session (§4.6) proves itself with its resume token.
+        let token = if reconnect.is_some() || b.opt_str(key::RESUME)?.is_some() {
+            b.opt_str(key::TOKEN)?.unwrap_or("")
+        } else {
+            b.str(key::TOKEN)?
         };
         Ok(DesktopHello {
             version: u32_of(b.int(key::VERSION)?, key::VERSION)?,
@@ -239,6 +256,52 @@ impl<'a> DesktopHello<'a> {
             w.str(key::RECONNECT, r)?;
         }
         w.int(key::SERVICES, i64_of(self.services));
+        Ok(())
+    }
+}
+
+/// The resume part of a desktop hello (PROTOCOL.md §4.6): the token of the session to resume
+/// and the last unicast event the desktop received. Its `Debug` does not show the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Resume<'a> {
+    /// The resume token from the session's server hello (key `resume`).
+    pub token: &'a str,
+    /// The last `useq` received (key `last_event`; 0, or absent, when none was).
+    pub last_event: u64,
+}
+
+impl std::fmt::Debug for Resume<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("last_event", &self.last_event)
+            .finish()
+    }
+}
+
+impl<'a> Resume<'a> {
+    /// The resume of a hello body, if it asks for one.
+    ///
+    /// # Errors
+    /// A mistyped `resume` or `last_event`.
+    pub fn read(b: BodyRef<'a>) -> Result<Option<Self>, BodyError> {
+        let Some(token) = b.opt_str(key::RESUME)? else {
+            return Ok(None);
+        };
+        let last_event = match b.opt_int(key::LAST_EVENT)? {
+            Some(v) => u64_of(v, key::LAST_EVENT)?,
+            None => 0,
+        };
+        Ok(Some(Resume { token, last_event }))
+    }
+
+    /// Write into a hello body (after [`DesktopHello::write`]).
+    ///
+    /// # Errors
+    /// [`BodyError::TooLong`].
+    pub fn write(&self, w: &mut BodyWriter<'_>) -> Result<(), BodyError> {
+        w.str(key::RESUME, self.token)?;
+        w.int(key::LAST_EVENT, i64_of(self.last_event));
         Ok(())
     }
 }

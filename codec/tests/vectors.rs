@@ -9,6 +9,8 @@
 //! Regenerate after changing a vector:
 //! `cargo test -p deskmux-codec --test vectors -- --ignored regenerate`
 
+#[path = "vectors/resume.rs"]
+mod resume;
 #[path = "vectors/rules.rs"]
 mod rules;
 
@@ -1159,6 +1161,7 @@ fn all_vectors() -> Vec<(Vector, &'static str)> {
         );
     }
     rules::add(&mut g);
+    resume::add(&mut g);
     g.out
 }
 

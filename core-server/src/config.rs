@@ -42,6 +42,12 @@
 //! threads = 1                    # argon2 verification threads
 //! reconnect_ttl_s = 43200        # reconnect tokens live this long
 //!
+//! [resume]                       # sessions that outlive their connection (PROTOCOL.md §4.6)
+//! grace_ms = 30000               # a session whose connection went is kept this long (0: not)
+//! buffer_bytes = 65536           # unicast events kept per session for replay
+//! total_bytes = 268435456        # ... and in all
+//! idem_keys = 64                 # keyed requests whose answers a session remembers
+//!
 //! [storage]                      # optional: see `storage::config` (default: SQLite `db`)
 //! backend = "postgres"           # shared by several instances; no `flock` on `db` then
 //! host = "127.0.0.1"
@@ -184,6 +190,35 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[resume]`: sessions that outlive their connection (PROTOCOL.md §4.6, `crate::ixn`'s
+/// `resume` module).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// How long a session whose connection or link went without a goodbye is kept for its
+    /// desktop to resume: its agent stays logged in (not ready) and its invites stay. 0: not
+    /// kept (sessions end with their connection). Default 30000.
+    pub grace_ms: u32,
+    /// Bytes of recent unicast events kept per session for replay. A detached session whose
+    /// events pass it ends. Default 65536.
+    pub buffer_bytes: usize,
+    /// Bytes of unicast events kept for replay, all sessions. Default 268435456 (256 MiB).
+    pub total_bytes: usize,
+    /// Keyed requests (`idem_key`) whose answers a session remembers. Default 64.
+    pub idem_keys: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            grace_ms: 30_000,
+            buffer_bytes: 64 << 10,
+            total_bytes: 256 << 20,
+            idem_keys: 64,
+        }
+    }
+}
+
 /// The whole configuration. Every field has a default (see the module docs).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,6 +326,8 @@ pub struct Config {
     pub standby: bool,
     /// How logins are checked.
     pub auth: AuthConfig,
+    /// Sessions that outlive their connection.
+    pub resume: ResumeConfig,
     /// Tenants served. Default: none (every hello fails).
     pub tenants: Vec<Tenant>,
     /// TLS on the listen port (`[tls]`): desktops and proxy links alike. Default: none
@@ -402,6 +439,7 @@ impl Default for Config {
             admin_token_file: None,
             standby: false,
             auth: AuthConfig::default(),
+            resume: ResumeConfig::default(),
             tenants: Vec::new(),
             tls: None,
             gms: None,
@@ -559,6 +597,15 @@ impl Config {
         {
             return bad(
                 "auth.reconnect_ttl_s and auth.lockout_base_ms must be non-zero, and auth.lockout_max_ms at least auth.lockout_base_ms",
+            );
+        }
+        let r = &self.resume;
+        if r.grace_ms > 3_600_000 || r.idem_keys == 0 || r.idem_keys > 4096 {
+            return bad("resume.grace_ms must be at most 3600000, resume.idem_keys 1 to 4096");
+        }
+        if r.buffer_bytes < 4096 || r.total_bytes < r.buffer_bytes {
+            return bad(
+                "resume.buffer_bytes must be at least 4096, and resume.total_bytes at least resume.buffer_bytes",
             );
         }
         let mut seen = std::collections::HashSet::new();

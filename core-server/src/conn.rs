@@ -110,7 +110,7 @@ enum Mode {
     Link(LinkId, HashMap<u64, Sess>),
 }
 
-/// A login checked by the auth pool, back on this connection.
+/// A login checked by the auth pool, or a resume by the engine, back on this connection.
 #[derive(Debug)]
 struct AuthDone {
     /// The `HELLO` or `SESSION_OPEN` request it answers.
@@ -118,7 +118,17 @@ struct AuthDone {
     agent: String,
     /// The hello's `services` mask.
     services: u64,
-    verdict: Verdict,
+    verdict: Outcome,
+}
+
+/// What a hello's check came to.
+#[derive(Debug)]
+enum Outcome {
+    /// The auth pool's verdict on a password, key or reconnect token.
+    Auth(Verdict),
+    /// The engine's on a resume (PROTOCOL.md §4.6): the session, bound and its server hello
+    /// sent, or why not (not sent yet).
+    Resumed(Result<Sess, &'static str>),
 }
 
 /// Largest frame read before the hello succeeds: enough for any hello, and no more memory
@@ -138,6 +148,12 @@ struct Conn {
     hello_pending: bool,
     /// Session ids of `SESSION_OPEN`s waiting for their verdict (links).
     opening: HashSet<u64>,
+    /// Keys of resumes sent to the engine and not answered yet: if the connection ends
+    /// first, the session they may have bound is detached again.
+    resuming: HashSet<SessKey>,
+    /// The desktop said goodbye (`GO_AWAY`, `SESSION_CLOSE`): its session ends with the
+    /// connection instead of waiting to be resumed.
+    goodbye: bool,
     /// Verdicts come back here from the auth pool.
     auth_tx: mpsc::UnboundedSender<AuthDone>,
     /// Largest answer to send: `max_frame`, or less if a proxy link announced less (never
@@ -235,6 +251,8 @@ async fn run<R, W>(
         source,
         hello_pending: false,
         opening: HashSet::new(),
+        resuming: HashSet::new(),
+        goodbye: false,
         auth_tx,
         answer_max: shared.cfg.max_frame,
         link_refused,
@@ -527,23 +545,29 @@ impl Conn {
             }
     }
 
-    /// End every session of this connection.
+    /// End every session of this connection: a desktop that said goodbye ends its session;
+    /// any other (a dropped connection, a proxy gone with its link) is kept for resume
+    /// (PROTOCOL.md §4.6).
     fn teardown(&mut self) {
-        let engine = self.shared.engine.get();
+        let Some(e) = self.shared.engine.get() else {
+            return;
+        };
+        for k in self.resuming.drain() {
+            e.control(Input::Detach(k));
+        }
         match std::mem::replace(&mut self.mode, Mode::Fresh) {
             Mode::Fresh => {}
+            Mode::Direct(s) if self.goodbye => {
+                e.control(Input::Close(s.key));
+            }
             Mode::Direct(s) => {
-                if let Some(e) = engine {
-                    e.control(Input::Close(s.key));
-                }
+                e.control(Input::Detach(s.key));
             }
             Mode::Link(id, sessions) => {
-                if let Some(e) = engine {
-                    for s in sessions.values() {
-                        e.control(Input::Close(s.key));
-                    }
-                    e.control(Input::LinkClosed(id));
+                for s in sessions.values() {
+                    e.control(Input::Detach(s.key));
                 }
+                e.control(Input::LinkClosed(id));
             }
         }
     }
@@ -585,7 +609,7 @@ impl Conn {
             // PROTOCOL.md §5.1: an error is never answered with an error (no ping-pong), and
             // a peer's failure report changes nothing here.
             _ if h.flags.has(Flags::ERROR) => {}
-            Kind::Control => self.on_control(&h),
+            Kind::Control => self.on_control(&f),
             // Answers to our own heartbeats.
             Kind::Response if h.service == Service::Control && h.msg_type == control::HEARTBEAT => {
             }
@@ -596,13 +620,25 @@ impl Conn {
     }
 
     /// Control frames (kind 4) from the peer (PROTOCOL.md §6.1).
-    fn on_control(&mut self, h: &Head) {
+    fn on_control(&mut self, f: &Frame) {
+        let h = f.head();
         match (h.service, h.msg_type, &mut self.mode) {
             (Service::Control, control::SESSION_CLOSE, Mode::Link(_, sessions)) => {
                 self.opening.remove(&h.session);
                 if let Some(s) = sessions.remove(&h.session) {
+                    // §4.6: `detach` = 1: its desktop was lost, not gone; keep the session.
+                    let detach = f
+                        .body()
+                        .opt_int(deskmux_codec::msg::key::DETACH)
+                        .ok()
+                        .flatten()
+                        == Some(1);
                     if let Some(e) = self.shared.engine.get() {
-                        e.control(Input::Close(s.key));
+                        e.control(if detach {
+                            Input::Detach(s.key)
+                        } else {
+                            Input::Close(s.key)
+                        });
                     }
                 }
             }
@@ -611,6 +647,7 @@ impl Conn {
             // A desktop leaving: like closing its connection (answers still owed are dropped;
             // a half-close is the way to leave with them).
             (Service::Control, control::SESSION_CLOSE | control::GO_AWAY, _) => {
+                self.goodbye = true;
                 self.closing = true;
             }
             (Service::Control, control::ERROR, _) => {}

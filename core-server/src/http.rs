@@ -159,6 +159,36 @@ async fn metrics(State(app): State<App>) -> Response {
         ev(|e| load(&e.stats().link_subs)),
     );
     t.counter(
+        "sessions_detached",
+        "Sessions kept for resume after their connection or link went (resume_grace_ms)",
+        ev(|e| load(&e.stats().sessions_detached)),
+    );
+    t.counter(
+        "sessions_resumed",
+        "Sessions resumed by a later hello",
+        ev(|e| load(&e.stats().sessions_resumed)),
+    );
+    t.counter(
+        "resumes_refused",
+        "Resumes refused (RESUME_REFUSED): ended session, events lost, another agent's token",
+        ev(|e| load(&e.stats().resumes_refused)),
+    );
+    t.counter(
+        "detached_expired",
+        "Detached sessions ended when resume_grace_ms ran out",
+        ev(|e| load(&e.stats().detached_expired)),
+    );
+    t.counter(
+        "detached_overflowed",
+        "Detached sessions ended because their unicast events overflowed resume_buffer_bytes",
+        ev(|e| load(&e.stats().detached_overflowed)),
+    );
+    t.gauge(
+        "replay_bytes",
+        "Bytes of unicast events kept for replay to resuming sessions",
+        ev(|e| load(&e.stats().replay_bytes)),
+    );
+    t.counter(
         "connections_refused",
         "Connections refused at max_connections",
         load(&s.refused_conns),

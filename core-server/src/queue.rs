@@ -125,6 +125,18 @@ pub struct EngineStats {
     /// Subscriptions the engine's table has room for without growing (what it holds in
     /// memory, whether used or not).
     pub sub_slots: AtomicU64,
+    /// Sessions detached from their connection, since start (PROTOCOL.md §4.6).
+    pub sessions_detached: AtomicU64,
+    /// Sessions resumed, since start.
+    pub sessions_resumed: AtomicU64,
+    /// Resumes refused, since start.
+    pub resumes_refused: AtomicU64,
+    /// Detached sessions ended when their grace ran out, since start.
+    pub detached_expired: AtomicU64,
+    /// Detached sessions ended because their events overflowed, since start.
+    pub detached_overflowed: AtomicU64,
+    /// Bytes of unicast events kept for replay, now.
+    pub replay_bytes: AtomicU64,
 }
 
 /// One input on the engine's channel, and whether it was counted.

@@ -126,6 +126,8 @@ pub struct Shared {
     pub reloads: AtomicU64,
     /// Configuration reloads that failed (nothing changed).
     pub reload_failures: AtomicU64,
+    /// Signs the resume tokens of this process's sessions (PROTOCOL.md §4.6).
+    pub resume_key: crate::auth::resume::ResumeKey,
     /// The Interaction Server engine's inbox (set once primary, if the role runs).
     pub engine: OnceLock<EngineTx>,
     /// The DB worker (set once primary).
@@ -419,6 +421,12 @@ fn activate(shared: &Shared, opened: Opened) -> Result<(), ServerError> {
         let set = Settings {
             invite_timeout: Duration::from_millis(u64::from(shared.cfg.invite_timeout_ms)),
             with_ucs: shared.cfg.role.ucs(),
+            resume: crate::ixn::ResumeSettings {
+                grace: Duration::from_millis(u64::from(shared.cfg.resume.grace_ms)),
+                buffer_bytes: shared.cfg.resume.buffer_bytes,
+                total_bytes: shared.cfg.resume.total_bytes,
+                idem_keys: shared.cfg.resume.idem_keys,
+            },
         };
         tracing::info!("recovered {} open interactions", rows.len());
         let engine = Engine::new(set, db.clone(), tx.clone(), rows, max_id);
@@ -505,6 +513,8 @@ impl Server {
             refused_conns: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            resume_key: crate::auth::resume::ResumeKey::random()
+                .map_err(|e| ServerError::Auth(e.to_string()))?,
             engine: OnceLock::new(),
             db: OnceLock::new(),
             auth: OnceLock::new(),

@@ -111,6 +111,15 @@ impl Subs {
         }
     }
 
+    /// A resumed session's subscriptions send to its new connection.
+    pub fn rebind_owner(&mut self, owner: &Owner, out: &Outbox) {
+        for id in self.by_owner.get(owner).into_iter().flatten() {
+            if let Some(s) = self.subs.get_mut(id) {
+                s.out = out.clone();
+            }
+        }
+    }
+
     /// Drop every subscription of a session or link.
     pub fn drop_owner(&mut self, owner: &Owner) {
         for id in self.by_owner.remove(owner).unwrap_or_default() {

@@ -302,6 +302,20 @@ pub struct Peer {
     pub out: Outbox,
     /// Requests accepted and not yet answered.
     pub inflight: Arc<AtomicU32>,
+    /// Told every answer sent through this peer: set on the peer a keyed request is run with
+    /// (PROTOCOL.md §5.5), so its answer is remembered wherever it is produced (at once, or
+    /// after a commit, or by the DB worker).
+    pub tap: Option<Tap>,
+}
+
+/// See [`Peer::tap`].
+#[derive(Clone)]
+pub struct Tap(Arc<dyn Fn(Bytes) + Send + Sync>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap(..)")
+    }
 }
 
 impl Peer {
@@ -310,10 +324,21 @@ impl Peer {
     /// flight knows every answer is queued (its writer flushes them before closing); the
     /// `answered` signal wakes such a connection.
     pub fn reply(&self, b: Bytes) {
+        if let Some(Tap(t)) = &self.tap {
+            t(b.clone());
+        }
         self.out.st.untrack(&b);
         self.out.frame(b);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.out.st.answered.notify_one();
+    }
+
+    /// This peer, with its answers also given to `f`.
+    pub fn tapped(&self, f: impl Fn(Bytes) + Send + Sync + 'static) -> Peer {
+        Peer {
+            tap: Some(Tap(Arc::new(f))),
+            ..self.clone()
+        }
     }
 
     /// Push an event (no in-flight accounting).
@@ -481,6 +506,7 @@ mod tests {
         let peer = Peer {
             out: out.clone(),
             inflight: Arc::new(AtomicU32::new(0)),
+            tap: None,
         };
         let mut req = Head::new(Kind::Request, deskmux_codec::Service::Interaction, 0x20);
         req.correlation = 71;

@@ -95,6 +95,16 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
+    /// Whether the desktop's sessions are kept for it to resume (PROTOCOL.md §4.6:
+    /// `SESSION_CLOSE` with `detach`): it was lost, or sent away by a drain, rather than gone
+    /// by its own word, refused, or ended by a server.
+    pub fn keeps_session(self) -> bool {
+        !matches!(
+            self,
+            Disconnect::HelloRefused | Disconnect::Left | Disconnect::ClosedByServer
+        )
+    }
+
     /// The metric label.
     pub fn name(self) -> &'static str {
         match self {

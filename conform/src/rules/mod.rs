@@ -16,6 +16,7 @@ mod framing;
 mod hello;
 mod links;
 mod requests;
+mod resume;
 
 /// Every rule, in the order of the spec.
 pub fn all() -> Vec<Rule> {
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Rule> {
     v.extend(links::rules());
     v.extend(requests::rules());
     v.extend(events::rules());
+    v.extend(resume::rules());
     v
 }
 

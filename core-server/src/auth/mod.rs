@@ -12,10 +12,12 @@
 //! - [`secret`]: argon2id passwords and HMAC API keys;
 //! - [`creds`]: the `credentials` table and the `creds` command's operations;
 //! - [`token`]: reconnect tokens;
+//! - [`resume`]: resume tokens, which name one session of this process;
 //! - [`lockout`]: exponential lockout per account and per source address.
 
 pub mod creds;
 pub mod lockout;
+pub mod resume;
 pub mod secret;
 pub mod token;
 

@@ -8,13 +8,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use deskmux_codec::msg::{DesktopHello, LinkHello, LinkHelloAck, ServerHello, control};
+use deskmux_codec::msg::{
+    DesktopHello, LinkHello, LinkHelloAck, Resume, ServerHello, control, key,
+};
 use deskmux_codec::{ErrorCode, Frame, Head, Service};
 
-use super::{AuthDone, Conn, Mode, Sess};
+use super::{AuthDone, Conn, Mode, Outcome, Sess};
+use crate::auth::resume::Named;
 use crate::auth::secret::Secret;
 use crate::auth::{Attempt, Proof, Verdict};
-use crate::ixn::{Input, LinkId};
+use crate::ixn::{Input, LinkId, ResumeIn};
 use crate::wire::{self, Peer};
 
 impl Conn {
@@ -118,7 +121,10 @@ impl Conn {
             self.err(h, ErrorCode::MALFORMED, "agent: more than 128 bytes");
             return Err(false);
         }
-        if hello.agent.is_empty() || (hello.token.is_empty() && hello.reconnect.is_none()) {
+        let resumes = matches!(f.body().opt_str(key::RESUME), Ok(Some(_)));
+        if hello.agent.is_empty()
+            || (hello.token.is_empty() && hello.reconnect.is_none() && !resumes)
+        {
             self.err(h, ErrorCode::AUTH_FAILED, "bad credentials");
             return Err(true);
         }
@@ -152,11 +158,118 @@ impl Conn {
                     req,
                     agent: a,
                     services,
-                    verdict,
+                    verdict: Outcome::Auth(verdict),
                 });
             },
         );
         true
+    }
+
+    /// The resume a hello asks for, if this server is to run it: one that keeps no sessions
+    /// (no Interaction Server role) checks the hello's other credential instead, if it has
+    /// one (PROTOCOL.md §4.6: a proxy sends a resuming desktop's hello to its UCS too).
+    fn resume_of<'a>(
+        &self,
+        f: &'a Frame,
+        hello: &DesktopHello<'_>,
+    ) -> Result<Option<Resume<'a>>, deskmux_codec::BodyError> {
+        let r = Resume::read(f.body())?;
+        let other = !hello.token.is_empty() || hello.reconnect.is_some();
+        Ok(r.filter(|_| self.shared.engine.get().is_some() || !other))
+    }
+
+    /// A hello (direct, or in a `SESSION_OPEN`) that resumes a session (PROTOCOL.md §4.6):
+    /// the token is checked here (an HMAC, no argon2: a resume storm costs little), then the
+    /// engine re-binds the session, sends the server hello and replays what it missed; its
+    /// verdict comes back to [`Conn::on_auth`]. `false`: refused (answered) here.
+    fn resume(
+        &mut self,
+        req: Head,
+        hello: &DesktopHello<'_>,
+        r: Resume<'_>,
+        link: Option<LinkId>,
+    ) -> bool {
+        let Some(engine) = self.shared.engine.get() else {
+            self.err(
+                &req,
+                ErrorCode::RESUME_REFUSED,
+                "this server keeps no sessions to resume",
+            );
+            return false;
+        };
+        let named = match self.shared.resume_key.open(r.token) {
+            Some(n) if n.tenant == req.tenant && n.agent == hello.agent => n,
+            _ => {
+                if let Some(suppressed) = crate::lograte::LOGIN_REFUSED.allow() {
+                    tracing::warn!(tenant = req.tenant, agent = ?hello.agent, source = ?self.source, suppressed, "resume refused: token not valid for this tenant and agent");
+                }
+                self.err(
+                    &req,
+                    ErrorCode::RESUME_REFUSED,
+                    "resume token not valid for this tenant and agent",
+                );
+                return false;
+            }
+        };
+        let key = self.shared.next_id();
+        let wire = link.map_or(key, |_| req.session);
+        let peer = Peer {
+            out: self.out.clone(),
+            inflight: Arc::new(AtomicU32::new(0)),
+            tap: None,
+        };
+        let s = Sess {
+            key,
+            tenant: req.tenant,
+            peer: peer.clone(),
+            wire,
+            services: hello.services,
+        };
+        let hello_of = self.hello_body(req, wire, None, r.token.to_string());
+        let tx = self.auth_tx.clone();
+        let (agent, services) = (hello.agent.to_string(), hello.services);
+        let done = move |res: Result<(), &'static str>| {
+            let _ = tx.send(AuthDone {
+                req,
+                agent,
+                services,
+                verdict: Outcome::Resumed(res.map(|()| s)),
+            });
+        };
+        engine.control(Input::Resume(Box::new(ResumeIn {
+            key,
+            sid: named.session,
+            tenant: req.tenant,
+            agent: hello.agent.to_string(),
+            wire,
+            peer,
+            link,
+            last_event: r.last_event,
+            hello: Box::new(move |replayed| hello_of(Some(replayed))),
+            done: Box::new(done),
+        })));
+        self.resuming.insert(key);
+        true
+    }
+
+    /// The engine's verdict on a resume.
+    fn on_resumed(&mut self, h: Head, link: Option<LinkId>, r: Result<Sess, &'static str>) {
+        match r {
+            Ok(s) => {
+                self.resuming.remove(&s.key);
+                match &mut self.mode {
+                    Mode::Link(_, sessions) => {
+                        sessions.insert(h.session, s);
+                    }
+                    _ => self.mode = Mode::Direct(s),
+                }
+            }
+            Err(m) => {
+                self.err(&h, ErrorCode::RESUME_REFUSED, m);
+                // §4.1: a refused hello ends a direct connection; a link carries others.
+                self.closing = link.is_none();
+            }
+        }
     }
 
     /// A verdict: open the session, or refuse the hello.
@@ -167,6 +280,12 @@ impl Conn {
             Mode::Link(id, _) => {
                 // Closed (SESSION_CLOSE) while it was checked: the proxy forgot it already.
                 if !self.opening.remove(&h.session) {
+                    if let (Outcome::Resumed(Ok(s)), Some(e)) =
+                        (&done.verdict, self.shared.engine.get())
+                    {
+                        self.resuming.remove(&s.key);
+                        e.control(Input::Close(s.key));
+                    }
                     return;
                 }
                 Some(*id)
@@ -176,13 +295,27 @@ impl Conn {
         if link.is_none() {
             self.hello_pending = false;
         }
+        let verdict = match done.verdict {
+            Outcome::Resumed(r) => return self.on_resumed(h, link, r),
+            Outcome::Auth(v) => v,
+        };
         let refuse = |c: &Self, code: ErrorCode, m: &str| c.err(&h, code, m);
-        match done.verdict {
+        match verdict {
             Verdict::Ok { reconnect } => {
                 let wire_id = link.map(|_| h.session);
                 let mut s = self.new_session(h.tenant, &done.agent, wire_id, link);
                 s.services = done.services;
-                self.server_hello(&h, s.wire, &reconnect);
+                let resume = (self.shared.engine.get().is_some()
+                    && self.shared.cfg.resume.grace_ms > 0)
+                    .then(|| {
+                        self.shared.resume_key.mint(&Named {
+                            tenant: h.tenant,
+                            agent: done.agent.clone(),
+                            session: s.key,
+                        })
+                    });
+                let body = self.hello_body(h, s.wire, Some(reconnect), resume.unwrap_or_default());
+                self.out.frame(body(None));
                 match &mut self.mode {
                     Mode::Link(_, sessions) => {
                         sessions.insert(h.session, s);
@@ -215,7 +348,16 @@ impl Conn {
         }
     }
 
-    fn server_hello(&self, req: &Head, session: u64, reconnect: &str) {
+    /// The server hello answering `req` for wire session `session`, given the number of
+    /// events a resume replays (`None`: a fresh session): with a reconnect token on a login,
+    /// and the resume token (empty: none) when this server keeps sessions for resume.
+    fn hello_body(
+        &self,
+        req: Head,
+        session: u64,
+        reconnect: Option<String>,
+        resume: String,
+    ) -> impl FnOnce(Option<u64>) -> bytes::Bytes + Send + 'static {
         let cfg = &self.shared.cfg;
         let sh = ServerHello {
             session,
@@ -223,13 +365,25 @@ impl Conn {
             heartbeat_ms: cfg.heartbeat_ms,
             max_in_flight: cfg.max_in_flight,
         };
-        let mut h = *req;
+        let grace = i64::from(cfg.resume.grace_ms);
+        let mut h = req;
         h.session = session;
-        self.out.frame(wire::response(&h, |w| {
-            sh.write(w)?;
-            w.str(deskmux_codec::msg::key::RECONNECT, reconnect)
-                .map(|_| ())
-        }));
+        move |replayed| {
+            wire::response(&h, |w| {
+                sh.write(w)?;
+                if let Some(r) = &reconnect {
+                    w.str(key::RECONNECT, r)?;
+                }
+                if !resume.is_empty() {
+                    w.str(key::RESUME, &resume)?;
+                    w.int(key::RESUME_GRACE_MS, grace);
+                }
+                if let Some(n) = replayed {
+                    w.int(key::REPLAYED, n as i64);
+                }
+                Ok(())
+            })
+        }
     }
 
     fn new_session(
@@ -244,6 +398,7 @@ impl Conn {
         let peer = Peer {
             out: self.out.clone(),
             inflight: Arc::new(AtomicU32::new(0)),
+            tap: None,
         };
         if let Some(e) = self.shared.engine.get() {
             e.control(Input::Open {
@@ -278,7 +433,14 @@ impl Conn {
             self.closing = true;
             return;
         };
-        self.hello_pending = self.check(h, &hello, self.source);
+        self.hello_pending = match self.resume_of(f, &hello) {
+            Ok(Some(r)) => self.resume(h, &hello, r, None),
+            Ok(None) => self.check(h, &hello, self.source),
+            Err(e) => {
+                self.err(&h, ErrorCode::MALFORMED, &format!("bad hello: {e}"));
+                false
+            }
+        };
         self.closing = !self.hello_pending;
     }
 
@@ -354,7 +516,19 @@ impl Conn {
             .ok()
             .flatten()
             .and_then(|s| s.parse::<std::net::IpAddr>().ok());
-        if self.check(h, &hello, source) {
+        let link = match &self.mode {
+            Mode::Link(id, _) => *id,
+            _ => return,
+        };
+        let pending = match self.resume_of(f, &hello) {
+            Ok(Some(r)) => self.resume(h, &hello, r, Some(link)),
+            Ok(None) => self.check(h, &hello, source),
+            Err(e) => {
+                self.err(&h, ErrorCode::MALFORMED, &format!("bad hello: {e}"));
+                false
+            }
+        };
+        if pending {
             self.opening.insert(h.session);
         }
     }

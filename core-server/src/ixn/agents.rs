@@ -25,12 +25,29 @@ impl Engine {
         }
     }
 
-    pub(super) fn login(&mut self, key: SessKey, req: &Head, b: BodyRef<'_>) -> Reply {
+    pub(super) fn login(
+        &mut self,
+        now: Instant,
+        key: SessKey,
+        req: &Head,
+        b: BodyRef<'_>,
+    ) -> Reply {
         // The place is accepted for the record; distribution does not use it.
         let _place = b.opt_str(key::PLACE).map_err(malformed)?;
         let (tenant, agent) = self.tenant_of(key);
         if agent.is_empty() {
             return bad(ErrorCode::INVALID_STATE, "no agent id in hello");
+        }
+        // The agent's earlier session, detached and waiting to be resumed, was given up on:
+        // this desktop logs in afresh (PROTOCOL.md §4.6), so that one ends now.
+        let held = self
+            .tenants
+            .get(&tenant)
+            .and_then(|t| t.agents.get(&agent))
+            .map(|a| a.session)
+            .filter(|s| *s != key && self.sessions.get(s).is_some_and(|s| s.bind.is_none()));
+        if let Some(old) = held {
+            self.close_session(now, old);
         }
         self.idle_clock += 1;
         let clock = self.idle_clock;
@@ -109,6 +126,11 @@ impl Engine {
         self.logout(now, key);
         self.subs.drop_owner(&Owner::Session(key));
         // Interactions keep a stale `submitter`: session keys are never reused.
-        self.sessions.remove(&key);
+        if let Some(s) = self.sessions.remove(&key) {
+            if let Some(b) = s.bind {
+                self.bound.remove(&b);
+            }
+            self.replay_bytes -= s.replay.kept_bytes();
+        }
     }
 }

@@ -295,15 +295,14 @@ impl Engine {
                         .tenants
                         .get(&tenant)
                         .and_then(|t| t.agents.get(agent))
-                        .and_then(|a| self.sessions.get(&a.session));
-                    if let Some(s) = target {
+                        .map(|a| a.session);
+                    if let Some(sid) = target {
                         let props = wire::encode_pairs(&ix.props);
-                        s.peer
-                            .push(event(ixn::PROPERTIES_CHANGED, tenant, s.wire, |w| {
-                                w.int(key::INTERACTION, id as i64);
-                                w.raw_list(key::PROPS, &props)?;
-                                Ok(())
-                            }));
+                        self.unicast(sid, ixn::PROPERTIES_CHANGED, |w| {
+                            w.int(key::INTERACTION, id as i64);
+                            w.raw_list(key::PROPS, &props)?;
+                            Ok(())
+                        });
                     }
                 }
             }
@@ -354,7 +353,14 @@ impl Engine {
 
     /// Hold `frame` of session `key` until interaction `id`'s write resolves; `false` if the
     /// bounds on waiting requests (per interaction and in all) are reached.
-    pub(super) fn defer(&mut self, id: u64, key: SessKey, frame: Frame, deadline: Instant) -> bool {
+    pub(super) fn defer(
+        &mut self,
+        id: u64,
+        key: SessKey,
+        peer: Peer,
+        frame: Frame,
+        deadline: Instant,
+    ) -> bool {
         let bytes = frame.as_bytes().len();
         let q = self.deferred.entry(id).or_default();
         if q.len() >= MAX_WAITING_PER_IXN
@@ -363,7 +369,7 @@ impl Engine {
         {
             return false;
         }
-        q.push_back((key, frame, deadline));
+        q.push_back((key, peer, frame, deadline));
         self.deferred_total += 1;
         self.deferred_bytes += bytes;
         true
@@ -376,13 +382,14 @@ impl Engine {
             let Some(q) = self.deferred.get_mut(&id) else {
                 return;
             };
-            let Some((key, frame, deadline)) = q.pop_front() else {
+            let Some((key, peer, frame, deadline)) = q.pop_front() else {
                 self.deferred.remove(&id);
                 return;
             };
             self.deferred_total -= 1;
             self.deferred_bytes -= frame.as_bytes().len();
-            self.request(now, key, frame, deadline);
+            // Its checks ran when it came (a keyed one's answer is tapped already).
+            self.run_request(now, key, peer, frame, deadline);
         }
     }
 
@@ -458,12 +465,10 @@ impl Engine {
                 agent
             }
             St::Invited { agent, session, .. } => {
-                if let Some(s) = self.sessions.get(&session) {
-                    s.peer.push(event(ixn::INVITE_REVOKED, tenant, s.wire, |w| {
-                        w.int(key::INTERACTION, id as i64);
-                        Ok(())
-                    }));
-                }
+                self.unicast(session, ixn::INVITE_REVOKED, |w| {
+                    w.int(key::INTERACTION, id as i64);
+                    Ok(())
+                });
                 agent
             }
             St::Queued => {

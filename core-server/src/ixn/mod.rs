@@ -43,8 +43,11 @@ use deskmux_codec::{BodyRef, ErrorCode, Flags, Frame, Head, Kind, Service};
 mod agents;
 mod events;
 mod interactions;
+mod resume;
 #[cfg(test)]
 mod tests;
+
+pub use resume::{IdemDone, ResumeIn, ResumeSettings};
 
 /// Internal session key (unique per process).
 pub type SessKey = u64;
@@ -69,8 +72,15 @@ pub enum Input {
         /// The link it lives on, if any.
         link: Option<LinkId>,
     },
-    /// A session ended (connection closed or `SESSION_CLOSE`).
+    /// A session ended (the desktop left: its goodbye, or `SESSION_CLOSE`).
     Close(SessKey),
+    /// A session's connection or link went without a goodbye: the session is kept for
+    /// `resume_grace_ms` (see [`resume`]).
+    Detach(SessKey),
+    /// A hello resumes a session.
+    Resume(Box<ResumeIn>),
+    /// A keyed request's first answer, as sent.
+    IdemDone(Box<IdemDone>),
     /// A link closed: its sessions have been closed; drop its subscriptions.
     LinkClosed(LinkId),
     /// A proxy dropped its link's subscription of (tenant, topic): no desktop behind it holds
@@ -146,6 +156,8 @@ pub struct Settings {
     pub invite_timeout: Duration,
     /// Whether the UCS role runs here too (then `STOP_PROCESSING` writes history).
     pub with_ucs: bool,
+    /// Sessions that outlive their connection.
+    pub resume: ResumeSettings,
 }
 
 #[derive(Debug)]
@@ -155,6 +167,24 @@ struct Session {
     wire: u64,
     peer: Peer,
     link: Option<LinkId>,
+    /// The key of the connection (or link session) it is bound to; `None` while detached.
+    bind: Option<SessKey>,
+    /// Counts detaches and resumes, so that a grace timer set before applies to nothing.
+    bind_gen: u64,
+    /// Its agent was ready when it detached (ready again when it resumes).
+    was_ready: bool,
+    /// Its unicast sequence, replay ring and idempotency memory.
+    replay: resume::Replay,
+}
+
+/// Resume counters (admin `stats`, `/metrics`).
+#[derive(Debug, Default)]
+struct ResumeStats {
+    detached: u64,
+    resumed: u64,
+    refused: u64,
+    expired: u64,
+    overflowed: u64,
 }
 
 #[derive(Debug)]
@@ -272,12 +302,25 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     subs: Subs,
     /// Requests waiting for an interaction's write, by interaction, with their deadlines.
-    deferred: HashMap<u64, VecDeque<(SessKey, Frame, Instant)>>,
+    deferred: HashMap<u64, VecDeque<(SessKey, Peer, Frame, Instant)>>,
     deferred_total: usize,
     deferred_bytes: usize,
     /// The deadline of the request being handled: the writes it makes carry it to the DB
     /// worker, which does not run them past it.
     deadline: Option<Instant>,
+    /// Binding keys (a connection's, a link session's) to the session they name.
+    bound: HashMap<SessKey, SessKey>,
+    /// Grace deadlines of detached sessions: (when, session, its `bind_gen` then).
+    detach_timers: BinaryHeap<Reverse<(Instant, SessKey, u64)>>,
+    /// Bytes of unicast events kept for replay, all sessions.
+    replay_bytes: usize,
+    /// Detached sessions whose events overflowed: they end at the next tick.
+    overflowed: Vec<SessKey>,
+    /// What a detached session points at instead of its gone connection: a closed outbox
+    /// that takes nothing, shared by all, so that a detached session does not keep its
+    /// connection's queue alive.
+    dead: Peer,
+    stats_resume: ResumeStats,
 }
 
 impl std::fmt::Debug for Engine {
@@ -324,6 +367,12 @@ impl Engine {
             deferred_total: 0,
             deferred_bytes: 0,
             deadline: None,
+            bound: HashMap::new(),
+            detach_timers: BinaryHeap::new(),
+            replay_bytes: 0,
+            overflowed: Vec::new(),
+            dead: resume::dead_peer(),
+            stats_resume: ResumeStats::default(),
         };
         // Rows come ordered by queue position.
         for r in rows {
@@ -362,7 +411,9 @@ impl Engine {
 
     /// When [`Engine::tick`] next has work (an invite deadline).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((d, _, _))| *d)
+        let invite = self.timers.peek().map(|Reverse((d, _, _))| *d);
+        let grace = self.detach_timers.peek().map(|Reverse((d, _, _))| *d);
+        invite.into_iter().chain(grace).min()
     }
 
     /// Handle one input.
@@ -376,6 +427,7 @@ impl Engine {
                 peer,
                 link,
             } => {
+                self.bound.insert(key, key);
                 self.sessions.insert(
                     key,
                     Session {
@@ -384,17 +436,37 @@ impl Engine {
                         wire,
                         peer,
                         link,
+                        bind: Some(key),
+                        bind_gen: 0,
+                        was_ready: false,
+                        replay: resume::Replay::default(),
                     },
                 );
             }
-            Input::Close(key) => self.close_session(now, key),
+            Input::Close(key) => {
+                if let Some(sid) = self.bound.remove(&key) {
+                    self.close_session(now, sid);
+                }
+            }
+            Input::Detach(key) => self.detach(now, key),
+            Input::Resume(r) => self.resume(now, *r),
+            Input::IdemDone(d) => self.idem_done(*d),
             Input::LinkClosed(link) => self.subs.drop_owner(&Owner::Link(link)),
             Input::LinkUnsubscribe {
                 link,
                 tenant,
                 topic,
             } => self.subs.unsubscribe(Owner::Link(link), tenant, &topic),
-            Input::Request(key, frame, deadline) => self.request(now, key, frame, deadline),
+            Input::Request(key, frame, deadline) => {
+                // A request of a binding that was resumed elsewhere (or closed) finds nothing.
+                let Some(&sid) = self.bound.get(&key) else {
+                    return;
+                };
+                let Some(peer) = self.sessions.get(&sid).map(|s| s.peer.clone()) else {
+                    return;
+                };
+                self.request(now, sid, peer, frame, deadline);
+            }
             Input::Submitted(p) => self.submitted(now, *p),
             Input::Written(w) => self.written(now, *w),
         }
@@ -411,10 +483,18 @@ impl Engine {
         st.link_subs.store(link_subs as u64, Relaxed);
         st.sub_topics.store(topics as u64, Relaxed);
         st.sub_slots.store(self.subs.slots() as u64, Relaxed);
+        let r = &self.stats_resume;
+        st.sessions_detached.store(r.detached, Relaxed);
+        st.sessions_resumed.store(r.resumed, Relaxed);
+        st.resumes_refused.store(r.refused, Relaxed);
+        st.detached_expired.store(r.expired, Relaxed);
+        st.detached_overflowed.store(r.overflowed, Relaxed);
+        st.replay_bytes.store(self.replay_bytes as u64, Relaxed);
     }
 
-    /// Expire invites whose deadline has passed.
+    /// Expire invites whose deadline has passed, and detached sessions whose grace has.
     pub fn tick(&mut self, now: Instant) {
+        self.expire_detached(now);
         while let Some(Reverse((d, id, generation))) = self.timers.peek().copied() {
             if d > now {
                 break;
@@ -445,24 +525,21 @@ impl Engine {
             return;
         };
         let (tenant, session) = (ix.tenant, *session);
-        if let Some(s) = self.sessions.get(&session) {
-            let ev = event(ixn::INVITE_REVOKED, tenant, s.wire, |w| {
-                w.int(key::INTERACTION, id as i64);
-                Ok(())
-            });
-            s.peer.push(ev);
-        }
+        self.unicast(session, ixn::INVITE_REVOKED, |w| {
+            w.int(key::INTERACTION, id as i64);
+            Ok(())
+        });
         self.requeue(id, "revoked");
         self.dispatch(now, tenant);
     }
 
-    fn request(&mut self, now: Instant, key: SessKey, frame: Frame, deadline: Instant) {
+    /// A request of session `key`, answered on `peer` (the connection it came on).
+    fn request(&mut self, now: Instant, key: SessKey, peer: Peer, frame: Frame, deadline: Instant) {
         let req = *frame.head();
-        let Some(sess) = self.sessions.get(&key) else {
+        if !self.sessions.contains_key(&key) {
             // The session ended while the request was queued; nobody to answer.
             return;
-        };
-        let peer = sess.peer.clone();
+        }
         if now > deadline {
             return peer.reply(wire::expired(&req));
         }
@@ -470,9 +547,55 @@ impl Engine {
         // walking it again here, on the one task every tenant shares, is what let a 2 MiB
         // body hold up the others.
         let b = frame.body();
+        // PROTOCOL.md §5.5: a keyed request already answered is answered again, not run.
+        let peer = match b.opt_str(key::IDEM_KEY) {
+            Err(_) => {
+                return peer.reply(wire::error(
+                    &req,
+                    ErrorCode::MALFORMED,
+                    "idem_key: not a string",
+                ));
+            }
+            Ok(None) => peer,
+            Ok(Some(k)) => match self.keyed(key, &req, k, &peer) {
+                Err((c, m)) => return peer.reply(wire::error(&req, c, m)),
+                Ok(resume::Keyed::Handled) => return,
+                Ok(resume::Keyed::Run(k)) => {
+                    let me = self.me.clone();
+                    peer.tapped(move |answer| {
+                        me.control(Input::IdemDone(Box::new(IdemDone {
+                            sid: key,
+                            key: k.clone(),
+                            answer,
+                        })));
+                    })
+                }
+            },
+        };
+        self.run_request(now, key, peer, frame, deadline);
+    }
+
+    /// Run a request that passed [`Engine::request`]'s checks (its keyed answer tapped), or
+    /// that waited for an interaction's write: it runs now, or waits again.
+    fn run_request(
+        &mut self,
+        now: Instant,
+        key: SessKey,
+        peer: Peer,
+        frame: Frame,
+        deadline: Instant,
+    ) {
+        let req = *frame.head();
+        if !self.sessions.contains_key(&key) {
+            return;
+        }
+        if now > deadline {
+            return peer.reply(wire::expired(&req));
+        }
+        let b = frame.body();
         let r = match self.waits(key, &req, &b) {
             Some(id) => {
-                if self.defer(id, key, frame.clone(), deadline) {
+                if self.defer(id, key, peer.clone(), frame.clone(), deadline) {
                     return;
                 }
                 bad(
@@ -516,7 +639,7 @@ impl Engine {
             return bad(ErrorCode::OVERLOADED, "storage queue full (db_queue)");
         }
         match req.msg_type {
-            ixn::AGENT_LOGIN => self.login(key, req, b),
+            ixn::AGENT_LOGIN => self.login(now, key, req, b),
             ixn::AGENT_READY => self.set_ready(now, key, req, true),
             ixn::AGENT_NOT_READY => self.set_ready(now, key, req, false),
             ixn::AGENT_LOGOUT => {
@@ -591,18 +714,16 @@ impl Engine {
             };
             let deadline = now + self.set.invite_timeout;
             self.timers.push(Reverse((deadline, id, generation)));
-            if let Some(s) = self.sessions.get(&session) {
-                let props = wire::encode_pairs(&ix.props);
-                let timeout_ms = self.set.invite_timeout.as_millis() as i64;
-                let q = ix.queue.clone();
-                s.peer.push(event(ixn::INVITE, tenant, s.wire, |w| {
-                    w.int(key::INTERACTION, id as i64);
-                    w.str(key::QUEUE, &q)?;
-                    w.raw_list(key::PROPS, &props)?;
-                    w.int(key::TIMEOUT_MS, timeout_ms);
-                    Ok(())
-                }));
-            }
+            let props = wire::encode_pairs(&ix.props);
+            let timeout_ms = self.set.invite_timeout.as_millis() as i64;
+            let q = ix.queue.clone();
+            self.unicast(session, ixn::INVITE, |w| {
+                w.int(key::INTERACTION, id as i64);
+                w.str(key::QUEUE, &q)?;
+                w.raw_list(key::PROPS, &props)?;
+                w.int(key::TIMEOUT_MS, timeout_ms);
+                Ok(())
+            });
             self.publish_queue(tenant, &queue, "invited", id);
             self.stats(tenant);
         }
@@ -646,7 +767,7 @@ impl Engine {
             .deferred
             .values()
             .flatten()
-            .map(|(_, f, _)| f.as_bytes().len())
+            .map(|(_, _, f, _)| f.as_bytes().len())
             .sum();
         assert_eq!(bytes, self.deferred_bytes);
         for (id, q) in &self.deferred {

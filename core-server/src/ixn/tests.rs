@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicU32;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod resume;
+
 struct Desk {
     peer: Peer,
     rx: mpsc::Receiver<wire::Out>,
@@ -26,6 +28,7 @@ impl Desk {
             peer: Peer {
                 out,
                 inflight: Arc::new(AtomicU32::new(0)),
+                tap: None,
             },
             rx,
         }
@@ -68,6 +71,7 @@ fn reject_then_timeout_moves_to_next_agent() {
     let set = Settings {
         invite_timeout: Duration::from_secs(5),
         with_ucs: false,
+        resume: ResumeSettings::default(),
     };
     let mut e = Engine::new(set, db, tx, Vec::new(), 0);
     let t0 = Instant::now();
@@ -147,6 +151,7 @@ fn random_operations(seed: u64) {
     let set = Settings {
         invite_timeout: Duration::from_millis(100),
         with_ucs: false,
+        resume: ResumeSettings::default(),
     };
     let mut e = Engine::new(set, db, tx, Vec::new(), 0);
     let mut now = Instant::now();
@@ -333,6 +338,7 @@ fn writes_change_memory_only_once_committed() {
     let set = Settings {
         invite_timeout: timeout,
         with_ucs: false,
+        resume: ResumeSettings::default(),
     };
     let mut e = Engine::new(set, db, tx, Vec::new(), 0);
     let t0 = Instant::now();
@@ -443,6 +449,7 @@ fn a_request_past_its_deadline_is_not_run() {
     let set = Settings {
         invite_timeout: Duration::from_secs(5),
         with_ucs: false,
+        resume: ResumeSettings::default(),
     };
     let mut e = Engine::new(set, db, tx, Vec::new(), 0);
     let t0 = Instant::now();

@@ -25,6 +25,7 @@ impl Core {
                 ));
             }
         }
+        queued += self.early.values().map(|(_, n)| n).sum::<usize>();
         for l in &self.links {
             queued += l.out.bytes();
             if l.out.request_bytes() > self.limits.link_queue_bytes + self.limits.max_frame as usize

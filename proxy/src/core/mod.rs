@@ -100,6 +100,14 @@ pub(super) const DIRTY: u8 = 4;
 /// Flag: holds a file descriptor (TCP or TLS), so it counts against `max_desktops`.
 pub(super) const FD: u8 = 8;
 
+/// What a server hello said about resume (PROTOCOL.md §4.6), kept until the proxy's own.
+#[derive(Debug, Clone)]
+struct ResumeInfo {
+    token: Box<str>,
+    grace_ms: i64,
+    replayed: Option<i64>,
+}
+
 /// A desktop as the driver knows it: slot and generation (its session id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DesktopId {
@@ -209,6 +217,15 @@ pub struct Core {
     /// idle desktop's state does not grow for a moment of its handshake; emptied on open and
     /// on close.
     reconnect: HashMap<u64, Box<str>>,
+    /// Resume fields of desktops still opening their sessions, by session id: the
+    /// Interaction Server's `resume` token, grace and replay count, passed on in the proxy's
+    /// hello (PROTOCOL.md §4.6). A side table like `reconnect`.
+    resume: HashMap<u64, ResumeInfo>,
+    /// Unicast events that came for a desktop still opening: a resumed session's replay,
+    /// sent right behind its `SESSION_OPEN` answer while another service's open is still
+    /// out. Delivered after the hello; counted in the budget; at most `out_queue_bytes` a
+    /// desktop (past it the hello is refused and the session stays detached upstream).
+    early: HashMap<u64, (Vec<Bytes>, usize)>,
     /// Correlation ids of each desktop's requests in flight, by session id (PROTOCOL.md
     /// §5.2: a request reusing one is refused). Kept out of [`Desktop`], which idle
     /// connections hold by the ten thousand; an entry exists only while requests are out.
@@ -272,6 +289,8 @@ impl Core {
             router: Router::with_seed(seed ^ 0x5EED),
             fanout: Fanout::new(),
             reconnect: HashMap::new(),
+            resume: HashMap::new(),
+            early: HashMap::new(),
             corrs: HashMap::new(),
             budget: Budget::new(cfg.limits.worker_queue_bytes),
             sources: Sources::default(),

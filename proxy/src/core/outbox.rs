@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use deskmux_codec::msg;
-use deskmux_codec::{ErrorCode, Head, Kind, Service, control_error, empty_frame, error_response};
+use deskmux_codec::{
+    ErrorCode, Frame, Head, Kind, Service, control_error, empty_frame, error_response,
+};
 use slab::Slab;
 use tracing::debug;
 
@@ -34,6 +36,10 @@ impl Core {
         }
         debug!(sid = d.sid, reason = why.name(), "closing");
         self.reconnect.remove(&d.sid);
+        self.resume.remove(&d.sid);
+        if let Some((_, n)) = self.early.remove(&d.sid) {
+            self.budget.sub(n);
+        }
         let was = d.phase;
         if was == Phase::Open {
             self.metrics.sessions.dec();
@@ -61,7 +67,18 @@ impl Core {
                         Head::new(Kind::Control, Service::Control, msg::control::SESSION_CLOSE);
                     h.tenant = tenant;
                     h.session = sid;
-                    self.push_link_control(now, l, empty_frame(h).freeze(), 0);
+                    // §4.6: a desktop lost (or sent away by a drain) may resume its session
+                    // through any proxy; one that left, or was refused, may not.
+                    let f = if why.keeps_session() {
+                        Frame::build(h, |w| {
+                            w.int(msg::key::DETACH, 1);
+                            Ok(())
+                        })
+                        .map_or_else(|_| empty_frame(h).freeze(), Frame::freeze)
+                    } else {
+                        empty_frame(h).freeze()
+                    };
+                    self.push_link_control(now, l, f, 0);
                 }
             }
         }
@@ -74,6 +91,11 @@ impl Core {
             return;
         };
         self.corrs.remove(&d.sid);
+        self.reconnect.remove(&d.sid);
+        self.resume.remove(&d.sid);
+        if let Some((_, n)) = self.early.remove(&d.sid) {
+            self.budget.sub(n);
+        }
         self.budget
             .sub(d.out.bytes() + d.rx.as_ref().map_or(0, |rx| rx.buf.len()));
         self.sources.release(d.source);

@@ -405,6 +405,7 @@ impl Core {
         d.phase = Phase::Open;
         let sid = d.sid;
         let reconnect = self.reconnect.remove(&sid);
+        let resume = self.resume.remove(&sid);
         if let Some(rx) = d.rx.as_mut() {
             rx.dec.set_max_frame_len(self.limits.max_frame as usize);
         }
@@ -424,10 +425,24 @@ impl Core {
             if let Some(t) = &reconnect {
                 w.str(msg::key::RECONNECT, t)?;
             }
+            if let Some(r) = &resume {
+                w.str(msg::key::RESUME, &r.token)?;
+                w.int(msg::key::RESUME_GRACE_MS, r.grace_ms);
+                if let Some(n) = r.replayed {
+                    w.int(msg::key::REPLAYED, n);
+                }
+            }
             Ok(())
         });
         if let Ok(fr) = built {
             self.deliver(now, slot, fr.freeze());
+        }
+        // A resumed session's replay, held until the hello went out (§4.6).
+        if let Some((held, n)) = self.early.remove(&sid) {
+            self.budget.sub(n);
+            for b in held {
+                self.deliver(now, slot, b);
+            }
         }
         // Frames sent behind the hello were waiting for this.
         self.woken.push(slot);

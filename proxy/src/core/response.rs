@@ -24,8 +24,15 @@ use super::ids::{Owner, Pending};
 use super::link::LinkState;
 use super::outbox::{Delivery, Outboxes};
 use super::request::ok_response;
-use super::{Core, Io, LinksView};
+use super::{Core, Io, LinksView, ResumeInfo};
 use crate::error::{Disconnect, ProxyError};
+
+/// A server's answer to one `SESSION_OPEN`: its error, or the tokens it gave.
+struct OpenAnswer {
+    code: Option<ErrorCode>,
+    reconnect: Option<Box<str>>,
+    resume: Option<ResumeInfo>,
+}
 
 impl Core {
     /// One frame (or the head of an oversized one that went by) from link `i`.
@@ -101,13 +108,26 @@ impl Core {
             Owner::Open { session } => {
                 self.untrack();
                 let code = f.error().map(|(c, _)| c);
-                let reconnect = f
-                    .body()
-                    .opt_str(msg::key::RECONNECT)
-                    .ok()
-                    .flatten()
-                    .map(Box::from);
-                self.open_answer(now, i, session, p.req.head(0), code, reconnect);
+                let b = f.body();
+                let reconnect = b.opt_str(msg::key::RECONNECT).ok().flatten().map(Box::from);
+                // §4.6: the Interaction Server's resume fields, passed on in the proxy's hello.
+                let resume = match (
+                    b.opt_str(msg::key::RESUME),
+                    b.opt_int(msg::key::RESUME_GRACE_MS),
+                ) {
+                    (Ok(Some(t)), Ok(Some(g))) if code.is_none() => Some(ResumeInfo {
+                        token: Box::from(t),
+                        grace_ms: g,
+                        replayed: b.opt_int(msg::key::REPLAYED).ok().flatten(),
+                    }),
+                    _ => None,
+                };
+                let ans = OpenAnswer {
+                    code,
+                    reconnect,
+                    resume,
+                };
+                self.open_answer(now, i, session, p.req.head(0), ans);
             }
             Owner::Desktop { session } => {
                 // The answer must be for the session and tenant that asked.
@@ -261,15 +281,12 @@ impl Core {
     }
 
     /// A `SESSION_OPEN` answer (`code` = None on success) for desktop `sid`.
-    fn open_answer(
-        &mut self,
-        now: Instant,
-        l: usize,
-        sid: u64,
-        req: Head,
-        code: Option<ErrorCode>,
-        reconnect: Option<Box<str>>,
-    ) {
+    fn open_answer(&mut self, now: Instant, l: usize, sid: u64, req: Head, ans: OpenAnswer) {
+        let OpenAnswer {
+            code,
+            reconnect,
+            resume,
+        } = ans;
         let live = self
             .slot_of_sid(sid)
             .filter(|s| self.desktops[*s].phase == Phase::Opening);
@@ -285,6 +302,9 @@ impl Core {
         };
         if let Some(t) = reconnect {
             self.reconnect.entry(sid).or_insert(t);
+        }
+        if let Some(r) = resume {
+            self.resume.insert(sid, r);
         }
         let d = &mut self.desktops[slot];
         d.pending_opens = d.pending_opens.saturating_sub(1);
@@ -339,9 +359,14 @@ impl Core {
         let generation = self.links[i].generation;
         let target = self.slot_of_sid(h.session).filter(|s| {
             let d = &self.desktops[*s];
-            d.phase == Phase::Open && d.tenant == h.tenant && d.bound_to(i as u16, generation)
+            matches!(d.phase, Phase::Open | Phase::Opening)
+                && d.tenant == h.tenant
+                && d.bound_to(i as u16, generation)
         });
         match target {
+            Some(slot) if self.desktops[slot].phase == Phase::Opening => {
+                self.hold_early(slot, f.freeze());
+            }
             Some(slot) => {
                 self.deliver(now, slot, f.freeze());
             }
@@ -350,6 +375,24 @@ impl Core {
                 debug!(link = %self.links[i].name, ?h, "unicast event for no session of this link and tenant dropped");
             }
         }
+    }
+
+    /// A unicast event for a desktop whose hello is not answered yet (a resumed session's
+    /// replay, PROTOCOL.md §4.6): held, and delivered right after the hello. Past the
+    /// desktop's queue bound the hello is refused instead (its session stays detached
+    /// upstream, and a fresh hello works).
+    fn hold_early(&mut self, slot: usize, b: Bytes) {
+        let d = &mut self.desktops[slot];
+        let (held, n) = self.early.entry(d.sid).or_default();
+        if *n + b.len() > self.limits.out_queue_bytes {
+            if d.open_error == 0 {
+                d.open_error = ErrorCode::RESUME_REFUSED.0;
+            }
+            return;
+        }
+        *n += b.len();
+        self.budget.add(b.len());
+        held.push(b);
     }
 
     fn link_control(&mut self, now: Instant, i: usize, f: &Frame) {
@@ -425,7 +468,12 @@ impl Core {
                 } else {
                     e.code
                 };
-                self.open_answer(now, l, session, p.req.head(0), Some(c), None);
+                let ans = OpenAnswer {
+                    code: Some(c),
+                    reconnect: None,
+                    resume: None,
+                };
+                self.open_answer(now, l, session, p.req.head(0), ans);
             }
             Owner::Subscribe { sub } => {
                 let release = self.fanout.get(sub).map(|s| super::fanout::Release {
