@@ -609,3 +609,39 @@ fn a_paused_owner_is_fenced_once_its_tenants_are_taken() {
     let mut r = Client::desktop(sb.addr, T1, "reader", TOKEN1);
     create(&mut r, &[("email", "after@x")]);
 }
+
+/// On PostgreSQL the Interaction Server's tenants are those it leased at start: a reload that
+/// drops one keeps serving it (the change needs a restart, and says so), where on SQLite the
+/// reload applies it at once (`core_server_auth`).
+#[test]
+fn a_reload_does_not_change_leased_tenants() {
+    let pg = PgServer::start();
+    pg.create("reload");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_pg(
+        dir.path(),
+        5000,
+        "http_listen = \"127.0.0.1:0\"",
+        &pg,
+        "reload",
+    );
+    let mut s = Server::start(&cfg, &[]);
+    let admin = http_addr(&mut s);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[[tenants]]\nid = 2\nname = \"globex\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    s.signal("HUP");
+    let reloads = || {
+        sample(
+            &http(admin, "GET", "/metrics", None).1,
+            "deskmux_core_config_reloads_total",
+        )
+    };
+    let end = std::time::Instant::now() + WAIT;
+    while reloads() != Some(1.0) {
+        assert!(std::time::Instant::now() < end, "the reload never happened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ok(Client::connect(s.addr).hello(T2, "a1", TOKEN2));
+}
