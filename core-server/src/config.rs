@@ -654,8 +654,13 @@ impl Config {
                     if self.standby { ", standby" } else { "" }
                 ),
                 Backend::Postgres => format!(
-                    "  db            {}{}",
+                    "  db            {}{}{}",
                     self.storage.describe_postgres(),
+                    if self.role.ixn() {
+                        format!(", tenant leases of {} ms", self.storage.lease_ms)
+                    } else {
+                        String::new()
+                    },
                     if self.standby { ", standby" } else { "" }
                 ),
             },
@@ -829,7 +834,9 @@ mod tests {
         assert!(matches!(c.location(), Location::Postgres(_)));
         let s = c.summary();
         assert!(
-            s.contains("db            postgres deskmux@db1:5432/cc (no password)"),
+            s.contains(
+                "db            postgres deskmux@db1:5432/cc (no password), tenant leases of 10000 ms"
+            ),
             "{s}"
         );
         // UCS-only instances on PostgreSQL are all active: a standby of one is refused.
