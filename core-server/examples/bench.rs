@@ -10,6 +10,7 @@
 //! cargo run --release -p deskmux-core-server --example bench -- --mode echo --conns 32 --secs 5
 //! cargo run --release -p deskmux-core-server --example bench -- --mode echo --link --links 2 --conns 32
 //! cargo run --release -p deskmux-core-server --example bench -- --mode get --conns 32
+//! cargo run --release -p deskmux-core-server --example bench -- --mode history --conns 32
 //! cargo run --release -p deskmux-core-server --example bench -- --mode cycle --conns 16
 //! ```
 #![forbid(unsafe_code)]
@@ -31,7 +32,8 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     addr: String,
-    /// echo, get (UCS contact get) or cycle (submit→invite→accept→stop).
+    /// echo, get (UCS contact get: a read), history (UCS history insert of 256 bytes: a
+    /// write) or cycle (submit→invite→accept→stop).
     #[arg(long, default_value = "echo")]
     mode: String,
     /// Concurrent sessions (each with one request outstanding).
@@ -160,6 +162,8 @@ async fn desktop(a: &Args, agent: &str) -> anyhow::Result<Conn> {
 struct Stats {
     done: AtomicU64,
     measuring: AtomicBool,
+    /// Latency of each request completed while measuring, µs (echo, get and history).
+    lat_us: std::sync::Mutex<Vec<u32>>,
 }
 
 async fn create_contact(c: &mut Conn, a: &Args, session: u64, i: usize) -> anyhow::Result<i64> {
@@ -181,26 +185,40 @@ async fn create_contact(c: &mut Conn, a: &Args, session: u64, i: usize) -> anyho
 
 async fn send_one(
     c: &mut Conn,
-    get: bool,
+    mode: &str,
     tenant: u32,
     payload: &[u8],
     sess: u64,
     contact: i64,
 ) -> anyhow::Result<u64> {
-    let h = if get {
-        head(Service::Ucs, ucs::CONTACT_GET, tenant, sess)
-    } else {
-        head(Service::Interaction, ixn::ECHO, tenant, sess)
-    };
-    c.send(h, |w| {
-        if get {
-            w.int(key::CONTACT, contact);
-        } else {
-            w.bin(key::DATA, payload)?;
+    match mode {
+        "get" => {
+            let h = head(Service::Ucs, ucs::CONTACT_GET, tenant, sess);
+            c.send(h, |w| {
+                w.int(key::CONTACT, contact);
+                Ok(())
+            })
+            .await
         }
-        Ok(())
-    })
-    .await
+        "history" => {
+            let h = head(Service::Ucs, ucs::HISTORY_INSERT, tenant, sess);
+            c.send(h, |w| {
+                w.int(key::CONTACT, contact);
+                w.str(key::SUBJECT, "bench")?;
+                w.str(key::TEXT, &"x".repeat(256))?;
+                Ok(())
+            })
+            .await
+        }
+        _ => {
+            let h = head(Service::Interaction, ixn::ECHO, tenant, sess);
+            c.send(h, |w| {
+                w.bin(key::DATA, payload)?;
+                Ok(())
+            })
+            .await
+        }
+    }
 }
 
 async fn submit(c: &mut Conn, tenant: u32) -> anyhow::Result<u64> {
@@ -223,12 +241,11 @@ async fn simple_loop(
     st: Arc<Stats>,
 ) -> anyhow::Result<()> {
     let payload = vec![0xABu8; a.payload];
-    let get = a.mode == "get";
     let tenant = a.tenant;
     let mut by_corr = std::collections::HashMap::new();
     for (s, contact) in &sessions {
-        let corr = send_one(&mut c, get, tenant, &payload, *s, *contact).await?;
-        by_corr.insert(corr, (*s, *contact));
+        let corr = send_one(&mut c, &a.mode, tenant, &payload, *s, *contact).await?;
+        by_corr.insert(corr, (*s, *contact, Instant::now()));
     }
     loop {
         let f = c.next().await?;
@@ -238,14 +255,18 @@ async fn simple_loop(
         if let Some((code, m)) = f.error() {
             bail!("error {code}: {m}");
         }
-        let Some((s, contact)) = by_corr.remove(&f.head().correlation) else {
+        let Some((s, contact, sent)) = by_corr.remove(&f.head().correlation) else {
             continue;
         };
         if st.measuring.load(Ordering::Relaxed) {
             st.done.fetch_add(1, Ordering::Relaxed);
+            let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+            if let Ok(mut l) = st.lat_us.lock() {
+                l.push(us);
+            }
         }
-        let corr = send_one(&mut c, get, tenant, &payload, s, contact).await?;
-        by_corr.insert(corr, (s, contact));
+        let corr = send_one(&mut c, &a.mode, tenant, &payload, s, contact).await?;
+        by_corr.insert(corr, (s, contact, Instant::now()));
     }
 }
 
@@ -310,10 +331,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let st = Arc::new(Stats {
         done: AtomicU64::new(0),
         measuring: AtomicBool::new(false),
+        lat_us: std::sync::Mutex::new(Vec::new()),
     });
     let mut tasks = Vec::new();
     match a.mode.as_str() {
-        "echo" | "get" if a.link => {
+        "echo" | "get" | "history" if a.link => {
             let links = a.links.max(1);
             let mut next_session = 1u64;
             for l in 0..links {
@@ -345,7 +367,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                         |w| hello.write(w),
                     )
                     .await?;
-                    let contact = if a.mode == "get" {
+                    let contact = if a.mode != "echo" {
                         create_contact(&mut c, &a, s, i).await?
                     } else {
                         0
@@ -360,10 +382,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 )));
             }
         }
-        "echo" | "get" => {
+        "echo" | "get" | "history" => {
             for i in 0..a.conns {
                 let mut c = desktop(&a, &format!("bench-{i}")).await?;
-                let contact = if a.mode == "get" {
+                let contact = if a.mode != "echo" {
                     create_contact(&mut c, &a, 0, i).await?
                 } else {
                     0
@@ -415,6 +437,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
             0.0
         },
     );
+    if let Ok(mut l) = st.lat_us.lock()
+        && !l.is_empty()
+    {
+        l.sort_unstable();
+        let q = |p: f64| l[((l.len() - 1) as f64 * p) as usize];
+        println!("  latency_us p50={} p99={} max={}", q(0.5), q(0.99), q(1.0));
+    }
     if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
         // Clock ticks are 1/100 s on Linux.
         let cpu_s = (c1 - c0) as f64 / 100.0;

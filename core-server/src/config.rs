@@ -48,6 +48,12 @@
 //! total_bytes = 268435456        # ... and in all
 //! idem_keys = 64                 # keyed requests whose answers a session remembers
 //!
+//! [storage]                      # optional: see `storage::config` (default: SQLite `db`)
+//! backend = "postgres"           # shared by several instances; no `flock` on `db` then
+//! host = "127.0.0.1"
+//! dbname = "deskmux"
+//! password_file = "/etc/deskmux/pg.password"
+//!
 //! [tls]                          # optional: the listen port speaks TLS only (ALPN deskmux/1)
 //! cert = "/etc/deskmux/core.crt" # PEM chain, leaf first (read at start)
 //! key = "/etc/deskmux/core.key"  # PEM private key
@@ -64,6 +70,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use crate::storage::config::{Backend, Location, StorageConfig};
+use crate::storage::sqlite::SqliteOptions;
 
 /// The embedded demo configuration (two tenants, a local data file).
 pub const DEFAULT_CONFIG: &str = r#"# core-server demo configuration (see core-server/src/config.rs for every field)
@@ -221,6 +230,7 @@ pub struct Config {
     /// SQLite data file. Default `deskmux-core.db`. A relative path is under `data_dir`, never
     /// under the working directory (which differs between a shell, a unit and a container).
     /// The standby lock is taken on this file itself, with a fencing epoch stored in it.
+    /// Unused with `[storage] backend = "postgres"`.
     pub db: PathBuf,
     /// The directory a relative `db` is in, created (mode 0700) if missing. Default: systemd's
     /// `$STATE_DIRECTORY` (a unit with `StateDirectory=deskmux`), else
@@ -335,6 +345,8 @@ pub struct Config {
     /// under the disk's size, or to test disk-full handling. It cannot go below the file's
     /// current size. Default: unset (SQLite's own limit).
     pub sqlite_max_page_count: Option<u32>,
+    /// `[storage]`: SQLite (default) or PostgreSQL (see `crate::storage::config`).
+    pub storage: StorageConfig,
 }
 
 /// The link secret: a string whose `Debug` shows only its length, so that no log or dump of
@@ -433,6 +445,7 @@ impl Default for Config {
             gms: None,
             sqlite_busy_timeout_ms: 5000,
             sqlite_max_page_count: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -493,7 +506,8 @@ impl Config {
     /// # Errors
     /// No data directory, or it cannot be created.
     pub fn resolve_db(&mut self) -> Result<(), ConfigError> {
-        if self.db.is_absolute() {
+        // On PostgreSQL there is no local data file: nothing to resolve or create.
+        if self.db.is_absolute() || self.storage.backend == Backend::Postgres {
             return Ok(());
         }
         let dir = self.data_dir()?;
@@ -522,6 +536,12 @@ impl Config {
         }
         if self.heartbeat_ms == 0 || self.handshake_timeout_ms == 0 {
             return bad("heartbeat_ms and handshake_timeout_ms must be non-zero");
+        }
+        self.storage.validate().map_err(ConfigError::Invalid)?;
+        if self.standby && !self.role.ixn() && self.storage.backend == Backend::Postgres {
+            return bad(
+                "a UCS-only instance on PostgreSQL needs no standby: run several, all active",
+            );
         }
         if let Some(g) = &self.gms {
             g.validate().map_err(ConfigError::Invalid)?;
@@ -626,12 +646,24 @@ impl Config {
             "config ok".to_string(),
             format!("  listen        {} ({tls})", self.listen),
             format!("  role          {:?}, instance {}", self.role, self.instance),
-            format!(
-                "  db            {} (synchronous {}{})",
-                self.db.display(),
-                self.sqlite_synchronous,
-                if self.standby { ", standby" } else { "" }
-            ),
+            match self.storage.backend {
+                Backend::Sqlite => format!(
+                    "  db            {} (synchronous {}{})",
+                    self.db.display(),
+                    self.sqlite_synchronous,
+                    if self.standby { ", standby" } else { "" }
+                ),
+                Backend::Postgres => format!(
+                    "  db            {}{}{}",
+                    self.storage.describe_postgres(),
+                    if self.role.ixn() {
+                        format!(", tenant leases of {} ms", self.storage.lease_ms)
+                    } else {
+                        String::new()
+                    },
+                    if self.standby { ", standby" } else { "" }
+                ),
+            },
             format!("  link secret   {secret}"),
             format!("  tenants       {}", tenants.join(", ")),
             format!(
@@ -658,11 +690,33 @@ impl Config {
         .join("\n")
     }
 
-    /// Read `link_secret_file` into `link_secret`.
+    /// Where the data lives: the SQLite file with its options, or the PostgreSQL database.
+    pub fn location(&self) -> Location {
+        match self.storage.backend {
+            Backend::Sqlite => Location::Sqlite {
+                path: self.db.clone(),
+                opts: SqliteOptions {
+                    synchronous: self.sqlite_synchronous.clone(),
+                    busy_timeout: std::time::Duration::from_millis(u64::from(
+                        self.sqlite_busy_timeout_ms,
+                    )),
+                    max_page_count: self.sqlite_max_page_count,
+                },
+            },
+            Backend::Postgres => {
+                Location::Postgres(Box::new(self.storage.postgres(&self.instance)))
+            }
+        }
+    }
+
+    /// Read `link_secret_file` into `link_secret`, and `storage.password_file`.
     ///
     /// # Errors
-    /// Both set, or the file cannot be read.
+    /// Both `link_secret` and its file set, or a file cannot be read.
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        self.storage
+            .read_password_file()
+            .map_err(ConfigError::Invalid)?;
         let Some(p) = &self.link_secret_file else {
             return Ok(());
         };
@@ -767,6 +821,31 @@ mod tests {
         let s = c.summary();
         assert!(!s.contains(&secret), "{s}");
         assert!(s.contains("38 bytes, inline"), "{s}");
+    }
+
+    #[test]
+    fn postgres_storage_needs_no_data_dir_and_is_named_in_the_summary() {
+        let mut c =
+            Config::from_toml("[storage]\nbackend = \"postgres\"\nhost = \"db1\"\ndbname = \"cc\"")
+                .unwrap();
+        c.data_dir = Some(PathBuf::from("/nonexistent/never-created"));
+        c.resolve_db().unwrap();
+        assert!(!c.db.is_absolute(), "no data file on PostgreSQL");
+        assert!(matches!(c.location(), Location::Postgres(_)));
+        let s = c.summary();
+        assert!(
+            s.contains(
+                "db            postgres deskmux@db1:5432/cc (no password), tenant leases of 10000 ms"
+            ),
+            "{s}"
+        );
+        // UCS-only instances on PostgreSQL are all active: a standby of one is refused.
+        let e =
+            Config::from_toml("role = \"ucs\"\nstandby = true\n[storage]\nbackend = \"postgres\"")
+                .unwrap_err();
+        assert!(e.to_string().contains("needs no standby"), "{e}");
+        assert!(Config::from_toml("role = \"ucs\"\nstandby = true").is_ok());
+        assert!(Config::from_toml("[storage]\nbackend = \"postgres\"\ndbname = \"\"").is_err());
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! show them). Generated API keys are printed once, on stdout, and only their hash is kept.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use deskmux_core_server::auth::creds::{CredStore, Kind, Listed};
 use deskmux_core_server::auth::secret::{self, Argon2Cost, Secret};
+use deskmux_core_server::storage::config::Location;
 
 /// Shortest password accepted (NIST SP 800-63B's minimum).
 const MIN_PASSWORD: usize = 8;
@@ -152,9 +152,9 @@ fn import_line(n: usize, line: &str) -> anyhow::Result<(u32, String, Secret)> {
     Ok((t, a.to_string(), Secret::new(p)))
 }
 
-/// Run one `creds` operation on the data file at `db`.
-pub fn run(db: &Path, op: &Op) -> anyhow::Result<()> {
-    let mut store = CredStore::open(db)?;
+/// Run one `creds` operation on the database at `at` (the configuration's).
+pub fn run(at: &Location, op: &Op) -> anyhow::Result<()> {
+    let mut store = CredStore::open_at(at)?;
     match op {
         Op::Add(one) => {
             if store.get(one.who.tenant, &one.who.agent)?.is_some() {

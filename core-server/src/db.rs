@@ -32,6 +32,10 @@
 //!   every transaction): the batch is not run, and the worker stops for good. Its owner
 //!   ([`Db::start_with`]) is told, and the server exits, leaving its standby as the only
 //!   primary.
+//! - **The connection to the database is gone** (PostgreSQL: `BEGIN` fails on a closed
+//!   connection, which the driver does not reopen): the same, the batch refused unapplied and
+//!   the worker stopped, so that the process exits to be restarted or replaced by its standby
+//!   instead of refusing every request for ever.
 //!
 //! The queue is bounded in operations (`db_queue`, a [`Gauge`]): [`Db::try_submit`] refuses
 //! an operation when that many wait, and its caller answers `OVERLOADED` (not sent). The
@@ -300,7 +304,11 @@ fn run_batch(
                 done,
                 &format!("the transaction could not be opened: {e}"),
             );
-            return Ok(());
+            // A store that can never open one again (its connection is gone) stops the worker.
+            return match e {
+                StoreError::Fenced(_) => Err(e),
+                _ => Ok(()),
+            };
         }
         if let Err(e) = store.fence_check() {
             store.rollback();

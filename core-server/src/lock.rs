@@ -23,6 +23,15 @@
 //! (see `storage::sqlite`), so one that somehow lost its lock stops writing once another
 //! instance has taken the file over.
 //!
+//! On PostgreSQL there is no local data file to lock: an Interaction Server instance holds
+//! instead the ownership leases of its tenants in the database ([`LeaseGuard`], see
+//! `storage::lease`), each with a fencing epoch that every group commit checks, so that
+//! instances serving different tenants share one database, a standby on any host takes the
+//! tenants over once their leases expire, and an old owner that was cut off (a pause, a
+//! network cut) commits nothing once they are taken. UCS-only instances on PostgreSQL take
+//! nothing ([`Guard::Shared`]): UCS keeps no state outside the database, so every instance is
+//! active and a standby is pointless.
+//!
 //! This is the only module with `unsafe` (one libc call, see the SAFETY note).
 #![allow(unsafe_code)]
 
@@ -30,6 +39,15 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::storage::StoreError;
+use crate::storage::config::Location;
+use crate::storage::lease::{Held, Leases};
 
 /// A held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
@@ -104,6 +122,157 @@ impl InstanceLock {
         let held = self.file.metadata()?;
         let named = std::fs::metadata(path)?;
         Ok(held.dev() == named.dev() && held.ino() == named.ino())
+    }
+}
+
+/// The Interaction Server's hold on its tenants on PostgreSQL: their leases (see
+/// `storage::lease`), renewed by a thread of their own for the life of the process, which
+/// ends the process when they are lost or cannot be renewed in time.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    /// The leases held (tenants and epochs), for the store's fencing check.
+    pub held: Held,
+}
+
+impl LeaseGuard {
+    fn leases(cfg: &Config, pg: &postgres::Config) -> Result<Leases, LockError> {
+        let mut client = crate::storage::postgres::connect(pg)?;
+        crate::storage::postgres::migrate(&mut client)?;
+        let owner = format!("{} (pid {})", cfg.instance, std::process::id());
+        Ok(Leases::new(client, owner, cfg.storage.lease()))
+    }
+
+    fn tenants(cfg: &Config) -> Vec<u32> {
+        cfg.tenants.iter().map(|t| t.id).collect()
+    }
+
+    /// Take the leases of every tenant of `cfg` in database `pg` if they are all free;
+    /// `Ok(None)` if any is held by another instance.
+    ///
+    /// # Errors
+    /// The database.
+    pub fn try_take(cfg: &Config, pg: &postgres::Config) -> Result<Option<LeaseGuard>, LockError> {
+        let mut leases = LeaseGuard::leases(cfg, pg)?;
+        let lease = cfg.storage.lease();
+        Ok(
+            match leases.try_take(&LeaseGuard::tenants(cfg), lease / 4)? {
+                Some(held) => Some(LeaseGuard::keep(leases, held, lease)?),
+                None => None,
+            },
+        )
+    }
+
+    /// Wait until every tenant of `cfg` in database `pg` is free (its owner stopped renewing and the lease
+    /// expired), take them, and keep them.
+    ///
+    /// # Errors
+    /// The database.
+    pub fn take_blocking(cfg: &Config, pg: &postgres::Config) -> Result<LeaseGuard, LockError> {
+        let mut leases = LeaseGuard::leases(cfg, pg)?;
+        let lease = cfg.storage.lease();
+        let tenants = LeaseGuard::tenants(cfg);
+        loop {
+            if let Some(held) = leases.try_take(&tenants, lease / 4)? {
+                return LeaseGuard::keep(leases, held, lease);
+            }
+            // The poll period: a takeover comes at most this long after the expiry.
+            std::thread::sleep(lease / 4);
+        }
+    }
+
+    /// Start renewing `held` every third of `lease`; a watchdog ends the process once no
+    /// renewal has succeeded for two thirds of it (before the leases can expire and be taken),
+    /// and the renewal itself ends it when a lease has been taken.
+    fn keep(mut leases: Leases, held: Held, lease: Duration) -> Result<LeaseGuard, LockError> {
+        let start = Instant::now();
+        let last_ok = Arc::new(AtomicU64::new(0));
+        let ms = |since: Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (renewed, h) = (last_ok.clone(), held.clone());
+        std::thread::Builder::new()
+            .name("lease-renew".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(lease / 3);
+                    let asked = ms(start);
+                    match leases.renew(&h) {
+                        Ok(()) => renewed.store(asked, Ordering::Release),
+                        Err(e @ StoreError::Fenced(_)) => {
+                            tracing::error!("{e}; exiting: this instance acts for them no more");
+                            std::process::exit(1);
+                        }
+                        Err(e) => tracing::warn!("tenant leases not renewed: {e}"),
+                    }
+                }
+            })?;
+        let limit = u64::try_from((lease * 2 / 3).as_millis()).unwrap_or(u64::MAX);
+        std::thread::Builder::new()
+            .name("lease-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(lease / 12);
+                    if ms(start).saturating_sub(last_ok.load(Ordering::Acquire)) > limit {
+                        tracing::error!(
+                            "tenant leases not renewed for two thirds of lease_ms; exiting \
+                             before another instance may take them"
+                        );
+                        std::process::exit(1);
+                    }
+                }
+            })?;
+        Ok(LeaseGuard { held })
+    }
+}
+
+/// The lock could not be taken (or waited for).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The SQLite data file cannot be opened or locked.
+    #[error("lock on the data file: {0}")]
+    Io(#[from] std::io::Error),
+    /// PostgreSQL could not be reached for the tenant leases.
+    #[error("tenant leases: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The leases' database failed.
+    #[error("tenant leases: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What keeps a second primary out, whichever the backend.
+#[derive(Debug)]
+pub enum Guard {
+    /// The `flock` on the SQLite data file.
+    File(InstanceLock),
+    /// The leases of this instance's tenants in the PostgreSQL database.
+    Leases(LeaseGuard),
+    /// Nothing to keep out: a UCS-only instance on PostgreSQL, where every instance is active.
+    Shared,
+}
+
+impl Guard {
+    /// Take the guard of `cfg`'s data if free (`Ok(None)`: another instance holds it). On
+    /// PostgreSQL, an instance running the Interaction Server (which keeps state outside the
+    /// database) takes its tenants' leases, and a UCS-only one nothing.
+    ///
+    /// # Errors
+    /// [`LockError`].
+    pub fn try_acquire(cfg: &Config) -> Result<Option<Guard>, LockError> {
+        Ok(match cfg.location() {
+            Location::Sqlite { path, .. } => InstanceLock::try_acquire(&path)?.map(Guard::File),
+            Location::Postgres(_) if !cfg.role.ixn() => Some(Guard::Shared),
+            Location::Postgres(pg) => LeaseGuard::try_take(cfg, &pg)?.map(Guard::Leases),
+        })
+    }
+
+    /// Wait for the guard of `cfg`'s data, then take it (see [`Guard::try_acquire`]).
+    ///
+    /// # Errors
+    /// [`LockError`].
+    pub fn acquire_blocking(cfg: &Config) -> Result<Guard, LockError> {
+        Ok(match cfg.location() {
+            Location::Sqlite { path, .. } => Guard::File(InstanceLock::acquire_blocking(&path)?),
+            Location::Postgres(_) if !cfg.role.ixn() => Guard::Shared,
+            Location::Postgres(pg) => Guard::Leases(LeaseGuard::take_blocking(cfg, &pg)?),
+        })
     }
 }
 

@@ -94,7 +94,8 @@ fn init_logs(format: LogFormat) {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Manage agent credentials in the data file (`--db` or the config's `db`).
+    /// Manage agent credentials in the database (the config's `[storage]`, or its `db` file,
+    /// or `--db`).
     Creds {
         #[command(subcommand)]
         op: creds::Op,
@@ -152,7 +153,7 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = load(&cli)?;
     if let Some(Cmd::Creds { op }) = &cli.cmd {
-        return creds::run(&cfg.db, op);
+        return creds::run(&cfg.location(), op);
     }
     if let Some(Cmd::Gms { op }) = &cli.cmd {
         return deskmux_core_server::gms::audit::run(&cfg.db, op).map_err(anyhow::Error::msg);

@@ -20,7 +20,10 @@
 //! standby (`--standby`) listens at once, answering link hellos with `role=1` and refusing
 //! sessions with `UNAVAILABLE`, while a thread blocks on the lock; when the primary dies the
 //! standby gets the lock, loads the persisted state, switches to `role=0`, announces
-//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout.
+//! `SERVICE_STATE` on every link and prints `ROLE primary` on stdout. On PostgreSQL an
+//! Interaction Server holds its tenants' leases in the database instead
+//! ([`crate::lock::Guard`]), and a standby takes them over once they expire; UCS-only
+//! instances hold nothing: they are all active on the shared database.
 //!
 //! Fencing: whoever takes the lock raises the fencing epoch stored in the database before
 //! loading anything, and the DB worker checks it at the start of every transaction. A primary
@@ -48,9 +51,11 @@ use crate::auth::{self, Auth};
 use crate::config::{Config, MIN_SECRET_LEN};
 use crate::db::Db;
 use crate::ixn::{self, Engine, Settings};
-use crate::lock::InstanceLock;
+use crate::lock::{Guard, LockError};
 use crate::queue::{self, EngineTx};
-use crate::storage::sqlite::{SqliteOptions, SqliteStore};
+use crate::storage::config::{Backend, Location};
+use crate::storage::postgres::PgStore;
+use crate::storage::sqlite::SqliteStore;
 use crate::storage::{IxnRow, Store, StoreError};
 use crate::wire::{self, Outbox};
 
@@ -60,14 +65,17 @@ pub enum ServerError {
     /// I/O (bind, lock file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The data file could not be opened (the source says why).
-    #[error("the data file could not be opened")]
+    /// The data file or database could not be opened (the source says why).
+    #[error("the data could not be opened")]
     Store(#[from] StoreError),
     /// The credential store or the token key could not be set up.
     #[error("auth: {0}")]
     Auth(String),
+    /// The instance lock (on the data file, or in PostgreSQL) could not be taken.
+    #[error("{0}")]
+    Lock(#[from] LockError),
     /// Another instance holds the data file and this one is not a standby.
-    #[error("data file {0} is locked by another instance (start with --standby to wait)")]
+    #[error("{0} is locked by another instance (start with --standby to wait)")]
     Locked(String),
     /// The data file's path came to name another file while this instance took its lock.
     #[error("data file {0} was replaced while its lock was being taken")]
@@ -136,7 +144,7 @@ pub struct Shared {
     tls: RwLock<Option<crate::tls::Acceptor>>,
     /// The configuration file, for reloads (`None`: the embedded one).
     config_path: Mutex<Option<PathBuf>>,
-    lock: Mutex<Option<InstanceLock>>,
+    lock: Mutex<Option<Guard>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -201,12 +209,23 @@ impl Shared {
         }
         let ids: HashSet<u32> = new.tenants.iter().map(|t| t.id).collect();
         let n = ids.len();
-        if let Ok(mut t) = self.tenants.write() {
+        let mut restart = Vec::new();
+        let leased = old.role.ixn() && old.storage.backend == Backend::Postgres;
+        if leased {
+            // On PostgreSQL the Interaction Server's tenants are those whose leases it took at
+            // start: serving another needs its lease, so a restart.
+            let held: HashSet<u32> = old.tenants.iter().map(|t| t.id).collect();
+            if ids != held {
+                restart.push("tenants (leased at start on PostgreSQL)");
+            }
+        } else if let Ok(mut t) = self.tenants.write() {
             *t = ids;
         }
-        let mut restart = Vec::new();
         if new.link_secret != old.link_secret {
             restart.push("link_secret");
+        }
+        if new.storage != old.storage {
+            restart.push("storage");
         }
         if new.db != old.db {
             restart.push("db");
@@ -306,7 +325,7 @@ fn auth_settings(cfg: &Config) -> Result<auth::Settings, ServerError> {
     };
     let a = &cfg.auth;
     Ok(auth::Settings {
-        db: cfg.db.clone(),
+        store: cfg.location(),
         threads: a.threads,
         queue: a.queue,
         reconnect_ttl: Duration::from_secs(a.reconnect_ttl_s),
@@ -327,42 +346,65 @@ pub struct Server {
     admin_token: Option<Vec<u8>>,
 }
 
-/// An opened store, the open interactions to recover and the highest interaction id.
-type Opened = (Box<dyn Store>, Vec<IxnRow>, u64);
+/// An opened store, the open interactions to recover, the highest interaction id, and the
+/// login checker (opened on the same database).
+type Opened = (Box<dyn Store>, Vec<IxnRow>, u64, Auth);
 
-/// Open the data file under `lock`, take it over (raise the fencing epoch), then read what
-/// the engine needs to recover: after the epoch is raised, an older primary can commit
-/// nothing more, so what is read is final.
-fn open_store(cfg: &Config, lock: &InstanceLock) -> Result<Opened, ServerError> {
-    let opts = SqliteOptions {
-        synchronous: cfg.sqlite_synchronous.clone(),
-        busy_timeout: Duration::from_millis(u64::from(cfg.sqlite_busy_timeout_ms)),
-        max_page_count: cfg.sqlite_max_page_count,
+/// Open the data under `guard`, take it over (raise the fencing epoch) if this instance is its
+/// only writer, then read what the engine needs to recover: after the epoch is raised, an
+/// older primary can commit nothing more, so what is read is final. Blocking (PostgreSQL's
+/// client runs its own runtime): call it off the async threads.
+fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
+    let at = cfg.location();
+    let mut store: Box<dyn Store> = match &at {
+        Location::Sqlite { path, opts } => {
+            let store = SqliteStore::open_opts(path, opts)?;
+            if let Guard::File(lock) = guard
+                && !lock.names_it(path)?
+            {
+                return Err(ServerError::Replaced(path.display().to_string()));
+            }
+            Box::new(store)
+        }
+        Location::Postgres(c) => {
+            let mut store = PgStore::open(c)?;
+            if let Guard::Leases(l) = guard {
+                store.hold_leases(l.held.clone());
+            }
+            Box::new(store)
+        }
     };
-    let mut store = SqliteStore::open_opts(&cfg.db, &opts)?;
-    if !lock.names_it(&cfg.db)? {
-        return Err(ServerError::Replaced(cfg.db.display().to_string()));
+    match guard {
+        Guard::File(_) => {
+            let epoch = store.fence_acquire()?;
+            tracing::info!("{} taken over, fencing epoch {epoch}", at.describe());
+        }
+        Guard::Leases(l) => tracing::info!(
+            "{}: tenants {:?} leased, epochs {:?}",
+            at.describe(),
+            l.held.tenants,
+            l.held.epochs
+        ),
+        Guard::Shared => {
+            tracing::info!("{} opened, shared with other UCS instances", at.describe());
+        }
     }
-    let epoch = store.fence_acquire()?;
-    tracing::info!(
-        "data file {} taken over, fencing epoch {epoch}",
-        cfg.db.display()
-    );
-    let (rows, max) = if cfg.role.ixn() {
+    let (mut rows, max) = if cfg.role.ixn() {
         (store.ixn_load()?, store.ixn_max_id()?)
     } else {
         (Vec::new(), 0)
     };
-    Ok((Box::new(store), rows, max))
+    if let Guard::Leases(l) = guard {
+        // Other instances' tenants share the table: recover only this one's.
+        rows.retain(|r| l.held.tenants.contains(&i64::from(r.tenant)));
+    }
+    let auth = Auth::start(&auth_settings(cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
+    Ok((store, rows, max, auth))
 }
 
 /// Start the roles on an opened store (must run inside the runtime).
-fn activate(
-    shared: &Shared,
-    store: Box<dyn Store>,
-    rows: Vec<IxnRow>,
-    max_id: u64,
-) -> Result<(), ServerError> {
+fn activate(shared: &Shared, opened: Opened) -> Result<(), ServerError> {
+    let (store, rows, max_id, a) = opened;
     let db = Db::start_with(
         store,
         shared.cfg.group_commit_max,
@@ -372,8 +414,6 @@ fn activate(
             std::process::exit(1);
         }),
     )?;
-    let a =
-        Auth::start(&auth_settings(&shared.cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
     let _ = shared.auth.set(a);
     if shared.cfg.role.ixn() {
         let (tx, rx) =
@@ -449,9 +489,18 @@ impl Server {
             ),
             None => None,
         };
-        let lock = InstanceLock::try_acquire(&cfg.db)?;
-        if lock.is_none() && !cfg.standby {
-            return Err(ServerError::Locked(cfg.db.display().to_string()));
+        let c = cfg.clone();
+        let got = tokio::task::spawn_blocking(move || match Guard::try_acquire(&c)? {
+            Some(g) => {
+                let opened = open_store(&c, &g)?;
+                Ok::<_, ServerError>(Some((g, opened)))
+            }
+            None => Ok(None),
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if got.is_none() && !cfg.standby {
+            return Err(ServerError::Locked(cfg.location().describe()));
         }
         let shared = Arc::new(Shared {
             primary: AtomicBool::new(false),
@@ -476,9 +525,8 @@ impl Server {
             lock: Mutex::new(None),
             cfg,
         });
-        if let Some(l) = lock {
-            let (store, rows, max) = open_store(&shared.cfg, &l)?;
-            activate(&shared, store, rows, max)?;
+        if let Some((l, opened)) = got {
+            activate(&shared, opened)?;
             if let Ok(mut g) = shared.lock.lock() {
                 *g = Some(l);
             }
@@ -638,14 +686,14 @@ async fn standby(shared: Arc<Shared>) {
     println!("ROLE backup");
     let cfg = shared.cfg.clone();
     let got = tokio::task::spawn_blocking(move || {
-        let lock = InstanceLock::acquire_blocking(&cfg.db)?;
+        let lock = Guard::acquire_blocking(&cfg)?;
         let opened = open_store(&cfg, &lock)?;
         Ok::<_, ServerError>((lock, opened))
     })
     .await;
     match got {
-        Ok(Ok((lock, (store, rows, max)))) => {
-            if let Err(e) = activate(&shared, store, rows, max) {
+        Ok(Ok((lock, opened))) => {
+            if let Err(e) = activate(&shared, opened) {
                 tracing::error!("takeover failed: {e}");
                 std::process::exit(1);
             }

@@ -2,8 +2,13 @@
 //! file) and PostgreSQL (a real server, started for the test). Each check runs against each,
 //! so a backend that differs in any of them fails here rather than in a whole-system test.
 
+// The one way the tests start a PostgreSQL server, shared with the whole-server tests.
+#[path = "../../tests/tests/core_server_support/pg.rs"]
 mod pg;
 
+use deskmux_core_server::auth::creds::{CredError, CredStore, Kind};
+use deskmux_core_server::db::{Db, Finish, Stopped};
+use deskmux_core_server::storage::config::Location;
 use deskmux_core_server::storage::postgres::PgStore;
 use deskmux_core_server::storage::sqlite::SqliteStore;
 use deskmux_core_server::storage::{BookingRow, IxnRow, IxnState, Store, StoreError};
@@ -121,7 +126,10 @@ fn contract(open: &mut dyn FnMut() -> Box<dyn Store>) {
     let open_rows = s.ixn_load().unwrap();
     assert_eq!(open_rows.iter().map(|r| r.id).collect::<Vec<_>>(), [5, 6]);
     assert_eq!(open_rows[1].owner.as_deref(), Some("agent"));
-    assert_eq!(s.ixn_max_id().unwrap(), 7);
+    assert!(
+        s.ixn_max_id().unwrap() >= 7,
+        "new ids go above the stored ones"
+    );
     // GMS bookings: live ones count, expired ones do not and are removed.
     s.begin().unwrap();
     let row = |number: &str, expires_us: i64| BookingRow {
@@ -195,7 +203,7 @@ fn postgres_migrates_once_and_refuses_a_newer_schema() {
         .query_one("SELECT version FROM deskmux_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     assert_eq!(
         c.query_one("SELECT count(*) FROM deskmux_schema", &[])
             .unwrap()
@@ -206,4 +214,296 @@ fn postgres_migrates_once_and_refuses_a_newer_schema() {
         .unwrap();
     let e = PgStore::connect(&url).unwrap_err().to_string();
     assert!(e.contains("newer than this core-server knows"), "{e}");
+}
+
+/// On PostgreSQL a takeover (`fence_acquire`) waits for the batch the old primary is running
+/// to end, and the old primary's next batch is fenced: no batch of the old one commits after
+/// the new one has its epoch, so what the new one then loads is final.
+#[test]
+fn postgres_takeover_waits_for_the_batch_in_flight() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("takeover");
+    let mut old = PgStore::connect(&url).unwrap();
+    old.fence_acquire().unwrap();
+    old.begin().unwrap();
+    old.fence_check().unwrap();
+    let id = old.contact_create(1, b"late", &pairs("k", "late")).unwrap();
+    let url2 = url.clone();
+    let newer = std::thread::spawn(move || {
+        let mut s = PgStore::connect(&url2).unwrap();
+        s.fence_acquire().unwrap();
+        s
+    });
+    // Wait (bounded) until the takeover is blocked on the old batch's lock.
+    let mut blocked = false;
+    for _ in 0..1000 {
+        let waiting = pg.psql(
+            "takeover",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        );
+        if waiting == "1" {
+            blocked = true;
+            break;
+        }
+        assert!(
+            !newer.is_finished(),
+            "the takeover did not wait for the batch"
+        );
+        std::thread::yield_now();
+    }
+    assert!(blocked, "the takeover never waited on the batch's lock");
+    old.commit().unwrap();
+    let mut newer = newer.join().unwrap();
+    assert_eq!(
+        newer.contact_get(1, id).unwrap().as_deref(),
+        Some(&b"late"[..]),
+        "the batch that was in flight is there for the new primary to load"
+    );
+    old.begin().unwrap();
+    assert!(matches!(old.fence_check(), Err(StoreError::Fenced(_))));
+    old.rollback();
+}
+
+/// The credential store keeps the same contract on both backends.
+fn creds_contract(at: &Location) {
+    let mut s = CredStore::open_at(at).unwrap();
+    assert_eq!(s.get(1, "a").unwrap(), None);
+    s.put(1, "a", Kind::Password, "h1").unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!(
+        (c.kind, c.generation, c.disabled),
+        (Kind::Password, 1, false)
+    );
+    assert_eq!(s.get(2, "a").unwrap(), None, "tenants are apart");
+    s.set_disabled(1, "a", true).unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!((c.generation, c.disabled), (2, true));
+    s.put(1, "a", Kind::ApiKey, "h2").unwrap();
+    let c = s.get(1, "a").unwrap().unwrap();
+    assert_eq!((c.kind, c.generation, c.disabled), (Kind::ApiKey, 3, false));
+    assert!(matches!(
+        s.set_disabled(1, "nobody", true),
+        Err(CredError::NotFound { .. })
+    ));
+    assert!(s.put(0, "x", Kind::Password, "h").is_err());
+    s.in_transaction(|s| s.put(2, "b", Kind::Password, "h3"))
+        .unwrap();
+    let r = s.in_transaction(|s| {
+        s.put(2, "c", Kind::Password, "h4")?;
+        Err::<(), _>(CredError::Invalid("stop".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(s.get(2, "c").unwrap(), None, "rolled back");
+    let all = s.list(None).unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|l| (l.tenant, l.agent.as_str(), l.generation))
+            .collect::<Vec<_>>(),
+        [(1, "a", 3), (2, "b", 1)]
+    );
+    assert_eq!(s.list(Some(2)).unwrap().len(), 1);
+    // One token key for every store on the same data (a second instance signs alike).
+    let k1 = s.token_key().unwrap();
+    let k2 = CredStore::open_at(at).unwrap().token_key().unwrap();
+    assert_eq!(k1.len(), 32);
+    assert_eq!(k1, k2);
+    // A second store sees the first one's committed changes at once (logins read afresh).
+    let mut other = CredStore::open_at(at).unwrap();
+    assert_eq!(other.get(2, "b").unwrap().map(|c| c.generation), Some(1));
+}
+
+#[test]
+fn sqlite_credentials_keep_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    creds_contract(&Location::Sqlite {
+        path: dir.path().join("c.db"),
+        opts: Default::default(),
+    });
+}
+
+#[test]
+fn postgres_credentials_keep_the_contract() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("creds");
+    creds_contract(&Location::Postgres(Box::new(url.parse().unwrap())));
+}
+
+/// The DB worker's group commit keeps its promises on both backends (`open` opens a store on
+/// the same data, as another connection or instance would):
+/// - operations queued together run in one transaction, and one that fails is rolled back
+///   alone (its savepoint), the others committed;
+/// - an operation is told `Ok` only once its transaction is committed: another connection
+///   sees its write from inside the `Finish` callback;
+/// - a newer fencing epoch stops the worker before it writes anything more.
+fn group_commit(open: &mut dyn FnMut() -> Box<dyn Store>) {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let wait = Duration::from_secs(20);
+    let mut first = open();
+    first.fence_acquire().unwrap();
+    let (stop_tx, stopped) = mpsc::channel();
+    let db = Db::start_with(
+        first,
+        64,
+        (1024, usize::MAX),
+        Box::new(move |why| {
+            let _ = stop_tx.send(matches!(why, Stopped::Fenced(_)));
+        }),
+    )
+    .unwrap();
+    // Opened first: a SQLite store migrates on open, which waits for the write lock.
+    let observer = std::sync::Arc::new(std::sync::Mutex::new(open()));
+    // Hold the worker inside a batch, so that the next operations queue up together.
+    let (started_tx, started) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    assert!(db.submit(
+        Box::new(move |_s: &mut dyn Store| -> Finish {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+            Box::new(|_| {})
+        }),
+        None,
+        0
+    ));
+    started.recv_timeout(wait).unwrap();
+    let (tx, answered) = mpsc::channel();
+    for (v, fail) in [("gc-a", false), ("gc-b", true), ("gc-c", false)] {
+        let (tx, observer) = (tx.clone(), observer.clone());
+        assert!(db.submit(
+            Box::new(move |s: &mut dyn Store| -> Finish {
+                let id = s.contact_create(9, v.as_bytes(), &pairs("gc", v)).unwrap();
+                if fail {
+                    // An operation may not commit: the worker's store refuses it.
+                    assert!(s.commit().is_err());
+                }
+                Box::new(move |r| {
+                    // Committed before told: another connection sees it now. (By its attributes: SQLite
+                    // may give a rolled-back row's id to the next row.)
+                    let seen = observer.lock().unwrap().contact_get(9, id).unwrap();
+                    let seen = seen.as_deref() == Some(v.as_bytes());
+                    let _ = tx.send((v, r.is_ok(), seen));
+                })
+            }),
+            None,
+            0
+        ));
+    }
+    release.send(()).unwrap();
+    let mut got: Vec<_> = (0..3)
+        .map(|_| answered.recv_timeout(wait).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("gc-a", true, true),
+            ("gc-b", false, false),
+            ("gc-c", true, true)
+        ]
+    );
+    // Another instance takes the data over: the worker stops before its next write.
+    open().fence_acquire().unwrap();
+    let (tx, answered) = mpsc::channel();
+    assert!(db.submit(
+        Box::new(move |s: &mut dyn Store| -> Finish {
+            let _ = s.contact_create(9, b"gc-late", &pairs("gc", "gc-late"));
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(StoreError::nothing_applied));
+            })
+        }),
+        None,
+        0
+    ));
+    assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
+    assert!(stopped.recv_timeout(wait).unwrap(), "stopped as fenced");
+    let found = observer
+        .lock()
+        .unwrap()
+        .contact_find(9, "gc", "gc-late", 0, 10, 1 << 20)
+        .unwrap();
+    assert!(found.is_empty(), "the fenced write was applied");
+}
+
+#[test]
+fn sqlite_group_commit_keeps_its_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    group_commit(&mut || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_group_commit_keeps_its_promises() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("groupcommit");
+    group_commit(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
+}
+
+/// Tenant leases on PostgreSQL: all of an instance's tenants or none; renewed only while
+/// ours; taken by another once expired, which fences the old holder's store; and each
+/// instance's interaction ids in a block of its own.
+#[test]
+fn postgres_tenant_leases_fence_the_old_owner() {
+    use deskmux_core_server::storage::lease::Leases;
+    use std::time::{Duration, Instant};
+
+    let pg = pg::PgServer::start();
+    let url = pg.create("leases");
+    let cfg: postgres::Config = url.parse().unwrap();
+    drop(PgStore::open(&cfg).unwrap()); // migrated
+    let lease = Duration::from_millis(400);
+    let leases = |who: &str| {
+        Leases::new(
+            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
+            who.into(),
+            lease,
+        )
+    };
+    let (mut a, mut b) = (leases("a"), leases("b"));
+    let wait = Duration::from_millis(100);
+    let held_a = a
+        .try_take(&[1, 2], wait)
+        .unwrap()
+        .expect("free leases taken");
+    assert_eq!(held_a.tenants, [1, 2]);
+    assert_eq!(b.try_take(&[2, 3], wait).unwrap(), None, "tenant 2 is a's");
+    assert_eq!(
+        pg.psql(
+            "leases",
+            "SELECT count(*) FROM tenant_lease WHERE tenant = 3"
+        ),
+        "0",
+        "a refused take leaves nothing"
+    );
+    let held_c = b.try_take(&[3], wait).unwrap().expect("tenant 3 is free");
+    a.renew(&held_a).unwrap();
+    let mut store_a = PgStore::open(&cfg).unwrap();
+    store_a.hold_leases(held_a.clone());
+    store_a.begin().unwrap();
+    store_a.fence_check().unwrap();
+    store_a.commit().unwrap();
+    // a stops renewing: once expired, b takes them (bounded poll of the condition).
+    let end = Instant::now() + Duration::from_secs(20);
+    let held_b = loop {
+        if let Some(h) = b.try_take(&[1, 2], wait).unwrap() {
+            break h;
+        }
+        assert!(Instant::now() < end, "the expired leases were never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(held_b.epochs.iter().zip(&held_a.epochs).all(|(b, a)| b > a));
+    assert!(matches!(a.renew(&held_a), Err(StoreError::Fenced(_))));
+    b.renew(&held_b).unwrap();
+    b.renew(&held_c).unwrap();
+    store_a.begin().unwrap();
+    assert!(matches!(store_a.fence_check(), Err(StoreError::Fenced(_))));
+    store_a.rollback();
+    let mut store_b = PgStore::open(&cfg).unwrap();
+    store_b.hold_leases(held_b);
+    store_b.begin().unwrap();
+    store_b.fence_check().unwrap();
+    store_b.commit().unwrap();
+    // Interaction ids: a block each, far apart.
+    let (ida, idb) = (store_a.ixn_max_id().unwrap(), store_b.ixn_max_id().unwrap());
+    assert!(ida.abs_diff(idb) >= 1 << 32, "{ida} {idb}");
 }

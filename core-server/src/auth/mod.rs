@@ -22,7 +22,6 @@ pub mod secret;
 pub mod token;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use self::creds::{CredError, CredStore, Kind};
 use self::lockout::{Lockout, Rules};
 use self::secret::Secret;
 use self::token::{Claims, TokenKey};
+use crate::storage::config::Location;
 
 /// What a desktop presented.
 #[derive(Debug, Clone)]
@@ -78,8 +78,8 @@ pub enum Verdict {
 /// Settings of the pool (from `[auth]` in the configuration).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The data file holding the credentials.
-    pub db: PathBuf,
+    /// The database holding the credentials.
+    pub store: Location,
     /// Verification threads.
     pub threads: usize,
     /// Attempts waiting for a thread before new ones get `Busy`.
@@ -170,7 +170,7 @@ impl Auth {
     /// # Errors
     /// [`AuthError`].
     pub fn start(s: &Settings) -> Result<Auth, AuthError> {
-        let first = CredStore::open(&s.db)?;
+        let mut first = CredStore::open_at(&s.store)?;
         let key = match &s.token_key {
             Some(k) => k.clone(),
             None => first.token_key()?,
@@ -185,9 +185,9 @@ impl Auth {
         let (tx, rx) = channel::bounded::<Job>(s.queue.max(1));
         let mut store = Some(first);
         for i in 0..s.threads.max(1) {
-            let store = match store.take() {
+            let mut store = match store.take() {
                 Some(st) => st,
-                None => CredStore::open(&s.db)?,
+                None => CredStore::open_at(&s.store)?,
             };
             let rx: Receiver<Job> = rx.clone();
             let inner = inner.clone();
@@ -195,7 +195,7 @@ impl Auth {
                 .name(format!("auth-{i}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        let v = inner.check(&store, &job.attempt);
+                        let v = inner.check(&mut store, &job.attempt);
                         (job.reply)(v);
                     }
                 })?;
@@ -260,7 +260,7 @@ impl Inner {
     }
 
     /// Runs on a pool thread.
-    fn check(&self, store: &CredStore, a: &Attempt) -> Verdict {
+    fn check(&self, store: &mut CredStore, a: &Attempt) -> Verdict {
         let now = Instant::now();
         // Checked again: the lock may have started while this attempt waited in the queue.
         if let Some(d) = self

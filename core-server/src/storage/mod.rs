@@ -1,5 +1,5 @@
-//! The data layer behind a small trait, so that SQLite (today) and PostgreSQL (later) can back
-//! the same server.
+//! The data layer behind a small trait, so that SQLite (the default) and PostgreSQL (chosen in
+//! `[storage]`, see [`config`]) back the same server.
 //!
 //! The trait is deliberately *primitive*: row-level reads and writes scoped by tenant, plus
 //! explicit transaction boundaries. Everything above it (merging attributes, identify-or-create,
@@ -9,6 +9,8 @@
 //! Attributes and properties are stored as their encoded wire form (a body item list of `str`
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
+pub mod config;
+pub mod lease;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
@@ -28,7 +30,8 @@ pub enum StoreError {
     #[error("not applied: {0}")]
     NotApplied(String),
     /// Another instance has taken the data file over (a newer fencing epoch), or the data
-    /// file's path now names another file: this instance must not write any more.
+    /// file's path now names another file, or (PostgreSQL) the connection to the database was
+    /// lost: this instance must not write any more.
     #[error("fenced: {0}")]
     Fenced(String),
     /// The operation waited in the DB worker's queue past its deadline (`request_timeout_ms`)
@@ -282,7 +285,9 @@ pub trait Store: Send {
 
     /// All queued and owned interactions (restart recovery).
     fn ixn_load(&mut self) -> StoreResult<Vec<IxnRow>>;
-    /// The highest interaction id ever stored (0 if none).
+    /// An id above which this instance may hand out interaction ids: the highest stored
+    /// (0 if none) on SQLite; on PostgreSQL, where instances serving different tenants share
+    /// the table, the start of a block of ids of this instance's own.
     fn ixn_max_id(&mut self) -> StoreResult<u64>;
     /// Insert or replace an interaction.
     fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()>;

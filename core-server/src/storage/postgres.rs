@@ -10,7 +10,11 @@
 //!   inside PostgreSQL's transaction aborts it until `ROLLBACK TO SAVEPOINT`, which the DB
 //!   worker does for the failed operation alone), and a commit that returns once durable
 //!   (`synchronous_commit` as the server sets it; `on` by default);
-//! - the fencing epoch in a `fence` table, checked at the start of every transaction;
+//! - fencing checked at the start of every transaction, and held until its end (`FOR SHARE`):
+//!   by the epochs of the tenant leases the instance holds (the Interaction Server on
+//!   PostgreSQL, see `lease.rs`), or by the one epoch of a `fence` table, as on SQLite;
+//! - interaction ids from blocks of 2^32 per instance (`interaction_blocks`), since
+//!   instances serving different tenants hand out ids at once;
 //! - the same tables, with PostgreSQL types (`BIGINT` tenants hold every `u32`, `BYTEA` for
 //!   encoded attributes), created by its own ordered migrations (`deskmux_schema`), shared in
 //!   spirit with `schema.rs`;
@@ -22,6 +26,7 @@ use std::collections::HashMap;
 
 use postgres::{Client, NoTls, Statement};
 
+use super::lease::Held;
 use super::{BookingRow, ContactRow, HistoryRow, IxnRow, IxnState, Store, StoreError, StoreResult};
 
 /// Every migration, in order; `deskmux_schema.version` says how many a database has had.
@@ -94,6 +99,16 @@ CREATE INDEX IF NOT EXISTS gms_bookings_number ON gms_bookings(tenant, number);
 CREATE INDEX IF NOT EXISTS gms_bookings_group ON gms_bookings(tenant, grp);
 CREATE INDEX IF NOT EXISTS gms_bookings_expiry ON gms_bookings(expires_us);
 ",
+    // 4: tenant ownership leases (see `lease.rs`), and blocks of interaction ids, so that
+    // instances serving different tenants on one database never hand out the same id.
+    "
+CREATE TABLE IF NOT EXISTS tenant_lease(
+    tenant BIGINT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_us BIGINT NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS interaction_blocks;
+",
 ];
 
 impl From<postgres::Error> for StoreError {
@@ -111,6 +126,8 @@ pub struct PgStore {
     open: bool,
     /// The fencing epoch this instance holds, once it has taken the database over.
     epoch: Option<i64>,
+    /// The tenant leases this instance holds, if it fences by them instead of `epoch`.
+    leases: Option<Held>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -129,6 +146,8 @@ pub fn migrate(client: &mut Client) -> StoreResult<()> {
     let mut tx = client.transaction()?;
     // Any fixed key: it only orders migrations among deskmux instances.
     tx.execute("SELECT pg_advisory_xact_lock(7203011)", &[])?;
+    // `IF NOT EXISTS` on a migrated database is the usual case, not news for the log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS deskmux_schema(version BIGINT NOT NULL)")?;
     let found: Option<i64> = tx
         .query_opt("SELECT version FROM deskmux_schema", &[])?
@@ -158,20 +177,71 @@ pub fn migrate(client: &mut Client) -> StoreResult<()> {
     Ok(())
 }
 
+/// Connect to the database `cfg` names (plain TCP or a Unix socket: see
+/// `storage::config::StorageConfig::host`).
+///
+/// # Errors
+/// The connection failed.
+pub fn connect(cfg: &postgres::Config) -> Result<Client, postgres::Error> {
+    cfg.connect(NoTls)
+}
+
 impl PgStore {
     /// Connect with `url` (a `postgres://` URL or `key=value` parameters) and migrate.
     ///
     /// # Errors
-    /// The connection or the migration failed.
+    /// The URL does not parse, or the connection or the migration failed.
     pub fn connect(url: &str) -> StoreResult<PgStore> {
-        let mut client = Client::connect(url, NoTls)?;
+        let cfg: postgres::Config = url.parse()?;
+        PgStore::open(&cfg)
+    }
+
+    /// Connect with `cfg` and migrate.
+    ///
+    /// # Errors
+    /// The connection or the migration failed.
+    pub fn open(cfg: &postgres::Config) -> StoreResult<PgStore> {
+        let mut client = connect(cfg)?;
         migrate(&mut client)?;
         Ok(PgStore {
             client,
             prepared: HashMap::new(),
             open: false,
             epoch: None,
+            leases: None,
         })
+    }
+
+    /// Fence by the tenant leases `held` (taken with `lease::Leases::try_take`): every
+    /// transaction then checks that each of them is still this instance's.
+    pub fn hold_leases(&mut self, held: Held) {
+        self.leases = Some(held);
+    }
+
+    /// [`Store::fence_check`] by tenant leases: their rows read `FOR SHARE` (so that a taker
+    /// waits for this batch), each epoch still ours.
+    fn lease_check(&mut self) -> StoreResult<()> {
+        let Some(held) = self.leases.clone() else {
+            return Ok(());
+        };
+        let st = self.st(
+            "SELECT tenant, epoch FROM tenant_lease WHERE tenant = ANY($1)
+             ORDER BY tenant FOR SHARE",
+        )?;
+        let now: Vec<(i64, i64)> = self
+            .client
+            .query(&st, &[&held.tenants])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mine: Vec<(i64, i64)> = held.tenants.iter().copied().zip(held.epochs).collect();
+        if now != mine {
+            return Err(StoreError::Fenced(format!(
+                "tenant leases (tenant, epoch) are now {now:?}, this instance's {mine:?}: \
+                 another instance has taken a tenant over"
+            )));
+        }
+        Ok(())
     }
 
     fn st(&mut self, sql: &'static str) -> StoreResult<Statement> {
@@ -196,7 +266,17 @@ impl PgStore {
 
 impl Store for PgStore {
     fn begin(&mut self) -> StoreResult<()> {
-        self.client.batch_execute("BEGIN")?;
+        if let Err(e) = self.client.batch_execute("BEGIN") {
+            // The driver does not reconnect, and a new connection would not hold what this
+            // instance held (its lock, its place): the instance must stop, and be restarted
+            // (or its standby take over).
+            if self.client.is_closed() {
+                return Err(StoreError::Fenced(format!(
+                    "the connection to PostgreSQL was lost: {e}"
+                )));
+            }
+            return Err(e.into());
+        }
         self.open = true;
         Ok(())
     }
@@ -244,10 +324,15 @@ impl Store for PgStore {
     }
 
     fn fence_check(&mut self) -> StoreResult<()> {
+        self.lease_check()?;
         let Some(mine) = self.epoch else {
             return Ok(());
         };
-        let st = self.st("SELECT epoch FROM fence WHERE id = 1")?;
+        // FOR SHARE: the row stays locked until this batch's transaction ends, so that a newer
+        // instance's `fence_acquire` (an UPDATE of it) waits for the batch to commit or roll
+        // back. Once that newer instance has its epoch, no batch of this one can commit: what
+        // it then reads (the interactions to recover) is final.
+        let st = self.st("SELECT epoch FROM fence WHERE id = 1 FOR SHARE")?;
         let now: i64 = self.client.query_one(&st, &[])?.get(0);
         if now != mine {
             return Err(StoreError::Fenced(format!(
@@ -533,9 +618,14 @@ impl Store for PgStore {
     }
 
     fn ixn_max_id(&mut self) -> StoreResult<u64> {
-        let st = self.st("SELECT MAX(id) FROM interactions")?;
-        let m: Option<i64> = self.client.query_one(&st, &[])?.get(0);
-        Ok(m.unwrap_or(0).max(0) as u64)
+        // A block of 2^32 ids of this instance's own, above every stored id: instances
+        // serving other tenants of the database allocate from blocks of their own.
+        let st = self.st(
+            "SELECT GREATEST(COALESCE(MAX(id), 0), nextval('interaction_blocks') << 32)
+             FROM interactions",
+        )?;
+        let m: i64 = self.client.query_one(&st, &[])?.get(0);
+        Ok(m.max(0) as u64)
     }
 
     fn ixn_put(&mut self, row: &IxnRow) -> StoreResult<()> {

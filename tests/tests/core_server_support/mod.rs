@@ -3,6 +3,8 @@
 //! protocol through the real codec. Everything is bounded by timeouts; children die on drop.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,7 +36,34 @@ pub fn bin() -> PathBuf {
 
 /// A config file for tests: two tenants, short invite timeout, db in `dir`.
 pub fn write_config(dir: &Path, invite_timeout_ms: u32, extra: &str) -> PathBuf {
-    let had_db = dir.join("core.db").exists();
+    write_config_on(dir, invite_timeout_ms, extra, None)
+}
+
+/// As [`write_config`], the data in database `db` of PostgreSQL server `pg` (its `[storage]`
+/// section, the password in a file in `dir`) instead of a SQLite file.
+pub fn write_config_pg(
+    dir: &Path,
+    invite_timeout_ms: u32,
+    extra: &str,
+    pg: &pg::PgServer,
+    db: &str,
+) -> PathBuf {
+    write_config_on(dir, invite_timeout_ms, extra, Some((pg, db)))
+}
+
+fn write_config_on(
+    dir: &Path,
+    invite_timeout_ms: u32,
+    extra: &str,
+    pg: Option<(&pg::PgServer, &str)>,
+) -> PathBuf {
+    // The agents are provisioned once per data (a marker file stands for a PostgreSQL one).
+    let data = match pg {
+        None => dir.join("core.db"),
+        Some((_, db)) => dir.join(format!("{db}.provisioned")),
+    };
+    let had_db = data.exists();
+    let storage = pg.map_or(String::new(), |(pg, db)| pg.storage_toml(dir, db));
     let cfg = format!(
         r#"listen = "127.0.0.1:0"
 db = "{db}"
@@ -51,7 +80,8 @@ name = "acme"
 [[tenants]]
 id = 2
 name = "globex"
-"#,
+
+{storage}"#,
         db = dir.join("core.db").display()
     );
     let p = dir.join("core.toml");
@@ -61,6 +91,9 @@ name = "globex"
     if !had_db {
         deskmux_tests::creds::provision_named(&p, &[(T1, TOKEN1), (T2, TOKEN2)])
             .expect("provision agents");
+        if pg.is_some() {
+            std::fs::write(&data, b"").expect("write marker");
+        }
     }
     p
 }

@@ -1,18 +1,32 @@
 //! A real PostgreSQL server for tests: the Debian `postgresql` package's `initdb` into a
 //! temporary directory, `pg_ctl` on a loopback port, stopped on drop.
 //!
+//! TCP connections need a password (scram-sha-256), so that the tests go through the path
+//! operators use (`[storage] password_file`); the server's own tools connect with it too.
+//!
 //! PostgreSQL refuses to run as root; as root (CI's containers) the server runs as the
 //! `postgres` user the package creates, in a directory it owns.
+//!
+//! Shared by core-server's storage tests (`core-server/tests/storage_backends.rs` includes
+//! this file) and the whole-server tests here, so that there is one way to start one.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The role's password (a test server on loopback, gone after the test).
+pub const PASSWORD: &str = "pg-test-password-0123456789";
+/// The role the tests connect as.
+pub const USER: &str = "deskmux";
+/// The tenant leases of the Interaction Server in the tests' configurations: short, so that
+/// takeovers come quickly, and long enough that a busy machine renews them in time.
+pub const LEASE_MS: u64 = 2000;
+
 /// A running server; [`PgServer::create`] makes a database on it.
 pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    port: u16,
+    pub port: u16,
     as_postgres: bool,
 }
 
@@ -47,9 +61,11 @@ impl PgServer {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, PASSWORD).expect("write pwfile");
         if root {
             let st = Command::new("chown")
-                .arg("postgres:postgres")
+                .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
                 .status()
                 .expect("chown");
@@ -62,27 +78,29 @@ impl PgServer {
             as_postgres: root,
         };
         let data = s.data();
-        s.run(
+        s.run_server_tool(
             "initdb",
             &[
                 "-D",
                 data.to_str().unwrap(),
-                "-A",
-                "trust",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
                 "-U",
-                "deskmux",
+                USER,
                 "--no-sync",
                 "-E",
                 "UTF8",
             ],
         );
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
             s.port,
             s.dir.path().display()
         );
         let log = s.dir.path().join("log");
-        s.run(
+        s.run_server_tool(
             "pg_ctl",
             &[
                 "-D",
@@ -104,7 +122,8 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// Run a server-side tool (`initdb`, `pg_ctl`): as `postgres` when root.
+    fn run_server_tool(&self, tool: &str, args: &[&str]) {
         let exe = self.bin.join(tool);
         let out = if self.as_postgres {
             Command::new("runuser")
@@ -125,18 +144,47 @@ impl PgServer {
         );
     }
 
-    /// The connection string of database `db`.
+    /// Run `psql` on database `db` with `sql`; its output (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-U", USER, "-d", db, "-XAtqc", sql])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The connection string of database `db` (with the password: for the storage tests).
     pub fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=deskmux dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}",
+            self.port
+        )
     }
 
     /// Create database `db`; its connection string.
     pub fn create(&self, db: &str) -> String {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
-            .expect("connect to postgres");
-        c.batch_execute(&format!("CREATE DATABASE {db}"))
-            .expect("create database");
+        self.psql("postgres", &format!("CREATE DATABASE {db}"));
         self.url(db)
+    }
+
+    /// A core-server `[storage]` section for database `db`, its password in a file written
+    /// in `dir`.
+    pub fn storage_toml(&self, dir: &Path, db: &str) -> String {
+        let pw = dir.join("pg.password");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password file");
+        format!(
+            "[storage]\nbackend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\nlease_ms = {LEASE_MS}\n",
+            self.port,
+            pw.display()
+        )
     }
 }
 
@@ -144,7 +192,7 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         let data = self.data();
         let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run(
+            self.run_server_tool(
                 "pg_ctl",
                 &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
             );
