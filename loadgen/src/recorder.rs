@@ -83,6 +83,9 @@ pub struct Recorder {
     pub connect: Histogram<u64>,
     /// Hello round trip of each session (any time in the run).
     pub hello: Histogram<u64>,
+    /// From a session's drop to its desktop's next session, resumed or not (any time in the
+    /// run): how long a desktop was away.
+    pub back: Histogram<u64>,
 }
 
 impl Recorder {
@@ -97,6 +100,7 @@ impl Recorder {
             unsent: new_hist(),
             connect: new_hist(),
             hello: new_hist(),
+            back: new_hist(),
         }
     }
 
@@ -160,6 +164,7 @@ impl Recorder {
         let _ = self.unsent.add(&other.unsent);
         let _ = self.connect.add(&other.connect);
         let _ = self.hello.add(&other.hello);
+        let _ = self.back.add(&other.back);
         if self.intervals.len() < other.intervals.len() {
             self.intervals.resize_with(other.intervals.len(), new_hist);
         }
@@ -178,6 +183,7 @@ impl Recorder {
             unsent: hist_to_hex(&self.unsent),
             connect: hist_to_hex(&self.connect),
             hello: hist_to_hex(&self.hello),
+            back: hist_to_hex(&self.back),
         }
     }
 
@@ -199,6 +205,7 @@ impl Recorder {
             unsent: hist_from_hex(&w.unsent)?,
             connect: hist_from_hex(&w.connect)?,
             hello: hist_from_hex(&w.hello)?,
+            back: hist_from_hex(&w.back)?,
         })
     }
 }
@@ -223,6 +230,9 @@ pub struct RecorderWire {
     /// Hello round trips.
     #[serde(default)]
     pub hello: String,
+    /// Drop to next session.
+    #[serde(default)]
+    pub back: String,
 }
 
 /// V2-serialize a histogram and hex-encode it.

@@ -20,7 +20,8 @@
 //!   target rate or left requests unsent
 //! - `latency_us.{count, mean, p50, p90, p99, p999, p9999, max}` — corrected for coordinated
 //!   omission (from the intended send time); `latency_uncorrected_us.*`, `send_lag_us.*`;
-//!   `connect_us.*` and `hello_us.*`: set-up of every session, whenever it connected
+//!   `connect_us.*` and `hello_us.*`: set-up of every session, whenever it connected;
+//!   `back_after_drop_us.*`: from a session's drop to its desktop's next session
 //! - `events.{received, gaps, missed_at_end, subscribers_checked, duplicates, invites, props_changed, revoked, published,
 //!   unicast_lost, unicast_duplicates, replayed, delivery_us.*, last_subscriber_us.*}`
 //! - `ops.<name>.*` (agent scenario, per request type), `storm[]` ({`jitter`, `reconnected`,
@@ -292,6 +293,8 @@ pub struct Summary {
     pub connect_us: Percentiles,
     /// Hello round trip of every session, whenever it connected.
     pub hello_us: Percentiles,
+    /// From a session's drop to its desktop's next session (resumed or not).
+    pub back_after_drop_us: Percentiles,
     /// Events.
     pub events: Events,
     /// Per operation (agent).
@@ -549,6 +552,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
         send_lag_us: Percentiles::of(&rec.send_lag),
         connect_us: Percentiles::of(&rec.connect),
         hello_us: Percentiles::of(&rec.hello),
+        back_after_drop_us: Percentiles::of(&rec.back),
         events: Events {
             received: events.received,
             gaps: events.gaps + missed_at_end,

@@ -119,6 +119,9 @@ pub fn table(s: &Summary) -> String {
     pct_row(&mut o, "send lag", &s.send_lag_us);
     pct_row(&mut o, "connect (sessions)", &s.connect_us);
     pct_row(&mut o, "hello (sessions)", &s.hello_us);
+    if s.back_after_drop_us.count > 0 {
+        pct_row(&mut o, "back after a drop", &s.back_after_drop_us);
+    }
     if r.unsent > 0 {
         pct_row(&mut o, "unsent: lateness", &r.unsent_lateness_us);
     }

@@ -120,6 +120,10 @@ fn desktops_resume_through_the_other_proxy() {
         "every reconnect resumed: {v:#}"
     );
     assert_eq!(c["resume_refused"], 0, "{v:#}");
+    assert_eq!(
+        v["back_after_drop_us"]["count"], c["dropped"],
+        "each drop's time away is measured: {v:#}"
+    );
     assert_eq!(c["login_failed"], 0, "{v:#}");
     assert_eq!(e["unicast_lost"], 0, "no unicast event lost: {v:#}");
     assert_eq!(e["unicast_duplicates"], 0, "none twice: {v:#}");

@@ -456,6 +456,9 @@ where
     let mut site = gid as usize % nsites;
     let mut ever = false;
     let mut generation = 0u64;
+    // When the last session dropped (run ns): how long the desktop is away is measured to its
+    // next session.
+    let mut dropped_at: Option<u64> = None;
     loop {
         if ctx.clock.now_ns() >= cfg.measure_end_ns() || ctx.stopping() {
             break;
@@ -474,6 +477,10 @@ where
             }
         }
         ever = true;
+        if let Some(t) = dropped_at.take() {
+            let away = ctx.clock.now_ns().saturating_sub(t).max(1);
+            ctx.stats.borrow_mut().rec.back.saturating_record(away);
+        }
         ctx.connected();
         let mut sess = Session::new(ctx, gid, d);
         let end = body(&mut sess).await;
@@ -497,6 +504,7 @@ where
         match end {
             End::Done => break,
             End::Dropped => {
+                dropped_at = Some(ctx.clock.now_ns());
                 ctx.stats.borrow_mut().clients.dropped += 1;
                 site = (sess.d.site + 1) % nsites;
             }
