@@ -9,6 +9,7 @@
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
 //!   peak_connected, resumed, resume_refused, work_resumed}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
+//!   retried_after_resume,
 //!   wrong, unknown_correlation, duplicates, measured, due, unsent, unsent_lateness_us.*,
 //!   by_type.<name>, by_service.<service>}` — `sent` counts the scenario's measured requests;
 //!   `by_type` every request written (logins and heartbeats too), `by_service` the same summed
@@ -112,6 +113,8 @@ pub struct Requests {
     pub errors_by_class: ErrorClasses,
     /// Never answered.
     pub lost: u64,
+    /// In flight when their connection dropped, and sent again in the resumed session.
+    pub retried_after_resume: u64,
     /// Wrong content or message type.
     pub wrong: u64,
     /// Answers with a correlation id never sent.
@@ -532,6 +535,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
                 rejected: tally.err_rejected,
             },
             lost: tally.lost,
+            retried_after_resume: tally.retried_after_resume,
             wrong: tally.wrong,
             unknown_correlation: tally.unknown,
             duplicates: tally.duplicates,

@@ -269,6 +269,10 @@ pub struct Tally {
     /// in-flight cap, a dead connection or loadgen's own lag).
     #[serde(default)]
     pub unsent: u64,
+    /// Requests in flight when their connection dropped that were sent again in the resumed
+    /// session (PROTOCOL.md §4.6; keyed where they are not idempotent): not lost.
+    #[serde(default)]
+    pub retried_after_resume: u64,
 }
 
 impl Tally {
@@ -311,6 +315,7 @@ impl Tally {
         self.unknown += o.unknown;
         self.duplicates += o.duplicates;
         self.lost += o.lost;
+        self.retried_after_resume += o.retried_after_resume;
         self.due += o.due;
         self.unsent += o.unsent;
     }

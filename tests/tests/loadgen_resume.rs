@@ -68,7 +68,7 @@ fn run_with_kill(extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         "-s",
         "agent",
         "--submit-rate",
-        "40",
+        "300",
         "--media-share",
         "0.1",
         "--ramp",

@@ -459,6 +459,10 @@ where
     // When the last session dropped (run ns): how long the desktop is away is measured to its
     // next session.
     let mut dropped_at: Option<u64> = None;
+    // Requests in flight at the last drop: sent again if the next session resumes (the agent
+    // goes on from the step it was at, a media server retries its submit, a session's start
+    // re-sends READY or SUBSCRIBE), lost otherwise.
+    let mut in_doubt = 0u64;
     loop {
         if ctx.clock.now_ns() >= cfg.measure_end_ns() || ctx.stopping() {
             break;
@@ -477,6 +481,16 @@ where
             }
         }
         ever = true;
+        if in_doubt > 0 {
+            let mut s = ctx.stats.borrow_mut();
+            if d.replayed.is_some() {
+                s.tally.retried_after_resume += in_doubt;
+            } else {
+                s.tally.lost += in_doubt;
+                s.sample(|| format!("desktop {gid}: {in_doubt} requests lost (not resumed)"));
+            }
+            in_doubt = 0;
+        }
         if let Some(t) = dropped_at.take() {
             let away = ctx.clock.now_ns().saturating_sub(t).max(1);
             ctx.stats.borrow_mut().rec.back.saturating_record(away);
@@ -495,7 +509,10 @@ where
                 .tails
                 .push((tenant, sub, last));
         }
-        let lost = sess.drain_lost();
+        let mut lost = sess.drain_lost();
+        if end == End::Dropped && cfg.resume && sess.d.resume.is_some() {
+            in_doubt = std::mem::take(&mut lost);
+        }
         if lost > 0 {
             let mut s = ctx.stats.borrow_mut();
             s.tally.lost += lost;
@@ -509,6 +526,12 @@ where
                 site = (sess.d.site + 1) % nsites;
             }
         }
+    }
+    if in_doubt > 0 {
+        // Never back: nothing was sent again.
+        let mut s = ctx.stats.borrow_mut();
+        s.tally.lost += in_doubt;
+        s.sample(|| format!("desktop {gid}: {in_doubt} requests lost (never back)"));
     }
     if !ever {
         ctx.stats.borrow_mut().clients.failed += 1;
