@@ -80,6 +80,10 @@ pub struct Session<'a> {
     pub last_error: Option<(ErrorCode, String)>,
     /// The last unicast event's `useq` (PROTOCOL.md §4.6): where a resume continues from.
     pub useq: u64,
+    /// The peer sent `GO_AWAY` (it drains): once the request in flight is answered, the
+    /// desktop leaves and resumes elsewhere (PROTOCOL.md §6, §4.6) instead of waiting to be
+    /// closed.
+    go_away: bool,
 }
 
 /// How a request was answered (see [`Session::call`]).
@@ -115,6 +119,7 @@ impl<'a> Session<'a> {
             count_due: true,
             last_error: None,
             useq,
+            go_away: false,
         }
     }
 
@@ -159,6 +164,9 @@ impl<'a> Session<'a> {
         msg_type: u16,
         body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError>,
     ) -> Result<Answer, End> {
+        if self.go_away {
+            return Err(End::Dropped);
+        }
         let now = self.ctx.clock.now_ns();
         let intended = self.intended.take().unwrap_or(now).min(now);
         let count_due = std::mem::replace(&mut self.count_due, true);
@@ -207,6 +215,9 @@ impl<'a> Session<'a> {
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
+            }
+            if self.go_away {
+                return Err(End::Dropped);
             }
             if self.ctx.clock.now_ns() >= until || self.ctx.stopping() {
                 return Ok(None);
@@ -328,6 +339,9 @@ impl<'a> Session<'a> {
                             body,
                         )
                     }
+                    Kind::Control if head.msg_type == msg::control::GO_AWAY => {
+                        self.go_away = true;
+                    }
                     _ => {}
                 }
             }
@@ -339,7 +353,7 @@ impl<'a> Session<'a> {
             if verdict.is_some() {
                 return Ok(verdict);
             }
-            if corr.is_none() && !self.events.is_empty() {
+            if corr.is_none() && (self.go_away || !self.events.is_empty()) {
                 return Ok(None);
             }
             let now = self.ctx.clock.now_ns();
