@@ -11,7 +11,8 @@
 //!   figures;
 //! - [`verify`]: correlation and content checks, lost/wrong/duplicate, event sequence gaps;
 //! - [`shard`]: worker processes by open-file limit, source addresses over 127.0.0.x;
-//! - [`engine`]: per-core event loops; [`runner`]: sharding over processes and progress;
+//! - [`engine`]: per-core event loops; [`stats`]: their connection and event counts;
+//!   [`runner`]: sharding over processes and progress;
 //! - [`shortfall`]: whether a run sent the load it was asked for (unsent requests, rate);
 //! - [`report`]: the summary, JSON, HDR interval log; [`table`]: the terminal table;
 //!   [`html`]: the HTML report; [`outputs`]: where they go, checked before the run;
@@ -38,6 +39,7 @@ pub mod scenario;
 pub mod shard;
 pub mod shortfall;
 pub mod spread;
+pub mod stats;
 pub mod table;
 pub mod timer;
 pub mod tls;
