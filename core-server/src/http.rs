@@ -184,6 +184,16 @@ async fn metrics(State(app): State<App>) -> Response {
         ev(|e| load(&e.stats().detached_overflowed)),
     );
     t.gauge(
+        "sessions",
+        "Desktop sessions the Interaction Server holds, attached or detached",
+        ev(|e| load(&e.stats().sessions)),
+    );
+    t.gauge(
+        "detached_sessions",
+        "Of them, detached: kept for a resume (PROTOCOL.md 4.6)",
+        ev(|e| load(&e.stats().detached_sessions)),
+    );
+    t.gauge(
         "replay_bytes",
         "Bytes of unicast events kept for replay to resuming sessions",
         ev(|e| load(&e.stats().replay_bytes)),

@@ -137,6 +137,10 @@ pub struct EngineStats {
     pub detached_overflowed: AtomicU64,
     /// Bytes of unicast events kept for replay, now.
     pub replay_bytes: AtomicU64,
+    /// Sessions the engine holds now, attached or detached.
+    pub sessions: AtomicU64,
+    /// Of them, detached (kept for a resume), now.
+    pub detached_sessions: AtomicU64,
 }
 
 /// One input on the engine's channel, and whether it was counted.

@@ -38,9 +38,19 @@ fn kill_proxy(p: &mut Proxy) {
 
 /// Agent load on `n` desktops over proxies A then B; A is killed once it carried `busy`
 /// requests. loadgen's JSON summary.
-fn run_with_kill(extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+fn run_with_kill(extra: &[&str]) -> (Option<i32>, serde_json::Value, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (_core, core_addr) = start_core(dir.path(), "core1", "127.0.0.1:0");
+    let (mut core, core_addr) = start_core_with(
+        dir.path(),
+        "core1",
+        "127.0.0.1:0",
+        "http_listen = \"127.0.0.1:0\"",
+    );
+    let http: SocketAddr = core
+        .wait_line("HTTP ", START)
+        .expect("core-server HTTP admin")
+        .parse()
+        .expect("HTTP address");
     let mut proxies = Vec::new();
     for name in ["a", "b"] {
         let d = dir.path().join(name);
@@ -102,12 +112,29 @@ fn run_with_kill(extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         "exit {code:?}: clients {} requests.by_type {}",
         v["clients"], v["requests"]["by_type"]
     );
-    (code, v)
+    // Sessions the server still holds once no desktop is attached any more (every one gone):
+    // those it keeps for a resume.
+    let gauge = |body: &str, name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|x| x as u64)
+    };
+    let mut n = u64::MAX;
+    let settled = wait_until(Duration::from_secs(10), || {
+        let (_, body) = http_get(http, "/metrics");
+        let held = gauge(&body, "deskmux_core_sessions");
+        let detached = gauge(&body, "deskmux_core_detached_sessions");
+        n = detached.unwrap_or(u64::MAX);
+        held.is_some() && held == detached
+    });
+    assert!(settled, "sessions still attached after loadgen exited");
+    (code, v, n)
 }
 
 #[test]
 fn desktops_resume_through_the_other_proxy() {
-    let (code, v) = run_with_kill(&[]);
+    let (code, v, detached) = run_with_kill(&[]);
     assert_eq!(code, Some(0), "nothing lost or wrong: {v:#}");
     let c = &v["clients"];
     let e = &v["events"];
@@ -120,6 +147,9 @@ fn desktops_resume_through_the_other_proxy() {
         "every reconnect resumed: {v:#}"
     );
     assert_eq!(c["resume_refused"], 0, "{v:#}");
+    // The kill's detached sessions were all resumed; at the end of the run every desktop said
+    // goodbye, so the server keeps none for a resume.
+    assert_eq!(detached, 0, "sessions left detached on the server: {v:#}");
     assert_eq!(
         v["back_after_drop_us"]["count"], c["dropped"],
         "each drop's time away is measured: {v:#}"
@@ -136,7 +166,7 @@ fn desktops_resume_through_the_other_proxy() {
 
 #[test]
 fn without_resume_the_same_kill_costs_a_login_each() {
-    let (_, v) = run_with_kill(&["--no-resume"]);
+    let (_, v, _) = run_with_kill(&["--no-resume"]);
     let c = &v["clients"];
     assert_eq!(c["resumed"], 0, "{v:#}");
     let reconnects = c["reconnects"].as_u64().unwrap();

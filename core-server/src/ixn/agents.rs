@@ -130,6 +130,9 @@ impl Engine {
             if let Some(b) = s.bind {
                 self.bound.remove(&b);
             }
+            if s.replay.is_detached() {
+                self.detached_now -= 1;
+            }
             self.replay_bytes -= s.replay.kept_bytes();
         }
     }

@@ -316,6 +316,8 @@ pub struct Engine {
     replay_bytes: usize,
     /// Detached sessions whose events overflowed: they end at the next tick.
     overflowed: Vec<SessKey>,
+    /// Sessions detached now (kept for a resume).
+    detached_now: usize,
     /// What a detached session points at instead of its gone connection: a closed outbox
     /// that takes nothing, shared by all, so that a detached session does not keep its
     /// connection's queue alive.
@@ -371,6 +373,7 @@ impl Engine {
             detach_timers: BinaryHeap::new(),
             replay_bytes: 0,
             overflowed: Vec::new(),
+            detached_now: 0,
             dead: resume::dead_peer(),
             stats_resume: ResumeStats::default(),
         };
@@ -490,6 +493,9 @@ impl Engine {
         st.detached_expired.store(r.expired, Relaxed);
         st.detached_overflowed.store(r.overflowed, Relaxed);
         st.replay_bytes.store(self.replay_bytes as u64, Relaxed);
+        st.sessions.store(self.sessions.len() as u64, Relaxed);
+        st.detached_sessions
+            .store(self.detached_now as u64, Relaxed);
     }
 
     /// Expire invites whose deadline has passed, and detached sessions whose grace has.
@@ -734,6 +740,21 @@ impl Engine {
     /// Check the derived indexes against the state they summarise (tests only).
     #[cfg(test)]
     fn check_invariants(&self) {
+        let detached = self
+            .sessions
+            .values()
+            .filter(|s| s.replay.is_detached())
+            .count();
+        assert_eq!(detached, self.detached_now, "detached sessions counted");
+        let kept: usize = self.sessions.values().map(|s| s.replay.kept_bytes()).sum();
+        assert_eq!(kept, self.replay_bytes, "replay bytes counted");
+        for (k, sid) in &self.bound {
+            assert_eq!(
+                self.sessions.get(sid).and_then(|s| s.bind),
+                Some(*k),
+                "binding {k} names its session's binding"
+            );
+        }
         for (tid, t) in &self.tenants {
             let eligible: BTreeSet<(u64, String)> = t
                 .agents

@@ -138,6 +138,11 @@ impl Replay {
         self.ring.front().map_or(self.useq + 1, |(s, _)| *s)
     }
 
+    /// Whether the session is detached (kept for a resume).
+    pub(super) fn is_detached(&self) -> bool {
+        self.detached_from.is_some()
+    }
+
     /// Bytes of events it keeps.
     pub(super) fn kept_bytes(&self) -> usize {
         self.bytes
@@ -233,6 +238,7 @@ impl Engine {
         };
         s.bind = None;
         s.bind_gen += 1;
+        self.detached_now += 1;
         s.peer = self.dead.clone();
         if s.link.is_none() {
             self.subs.rebind_owner(&Owner::Session(sid), &self.dead.out);
@@ -328,6 +334,9 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if s.replay.is_detached() {
+            self.detached_now -= 1;
+        }
         s.bind = Some(key);
         s.bind_gen += 1; // a pending grace timer no longer applies
         s.replay.detached_from = None;

@@ -533,7 +533,15 @@ where
             s.sample(|| format!("desktop {gid}: {lost} requests lost ({end:?})"));
         }
         match end {
-            End::Done => break,
+            End::Done => {
+                // Leaving for good: say so (PROTOCOL.md §6.1), so that the server ends the
+                // session now instead of keeping it `grace_ms` for a resume (§4.6).
+                let mut h = Head::new(Kind::Control, Service::Control, msg::control::SESSION_CLOSE);
+                h.tenant = sess.d.tenant;
+                h.session = sess.d.hello.session;
+                let _ = sess.d.conn.write_all(&h.to_bytes()).await;
+                break;
+            }
             End::Dropped => {
                 dropped_at = Some(ctx.clock.now_ns());
                 ctx.stats.borrow_mut().clients.dropped += 1;
