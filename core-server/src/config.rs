@@ -255,7 +255,7 @@ pub struct Config {
     pub max_frame: u32,
     /// Requests a session may have in flight. Default 256.
     pub max_in_flight: u32,
-    /// Invite timeout in ms. Default 30000.
+    /// Invite timeout in ms, 1 to 86400000. Default 30000.
     pub invite_timeout_ms: u32,
     /// A request's deadline in ms from its arrival: one still waiting in the engine's or the DB
     /// worker's queue then is answered `OVERLOADED` (nothing applied; a retry is safe) instead
@@ -306,7 +306,8 @@ pub struct Config {
     pub db_queue_bytes: usize,
     /// Most storage operations run in one group-commit transaction. Default 512.
     pub group_commit_max: usize,
-    /// Grace period after GO_AWAY before the process exits, in ms. Default 2000.
+    /// Grace period after GO_AWAY before the process exits, in ms, at most 3600000. Default
+    /// 2000.
     pub shutdown_grace_ms: u32,
     /// `reconnect_ms` announced in GO_AWAY. Default 1000.
     pub go_away_reconnect_ms: u32,
@@ -559,6 +560,14 @@ impl Config {
         if !(1..=3_600_000).contains(&self.request_timeout_ms) {
             return bad("request_timeout_ms must be 1 to 3600000 (one hour)");
         }
+        // An invite that expires at once is offered to nobody; a grace of more than an hour is
+        // a typo (a stop would hang that long).
+        if !(1..=86_400_000).contains(&self.invite_timeout_ms) {
+            return bad("invite_timeout_ms must be 1 to 86400000 (a day)");
+        }
+        if self.shutdown_grace_ms > 3_600_000 {
+            return bad("shutdown_grace_ms must be at most 3600000 (one hour)");
+        }
         if self.max_in_flight == 0
             || self.outbound_queue == 0
             || self.link_outbound_queue == 0
@@ -779,6 +788,9 @@ mod tests {
         for zero in ["max_connections", "engine_queue", "db_queue"] {
             assert!(Config::from_toml(&format!("{zero} = 0")).is_err(), "{zero}");
         }
+        assert!(Config::from_toml("invite_timeout_ms = 0").is_err());
+        assert!(Config::from_toml("shutdown_grace_ms = 99999999").is_err());
+        assert!(Config::from_toml("shutdown_grace_ms = 0").is_ok());
         assert!(Config::from_toml("outbound_queue_bytes = 131072").is_err());
         assert!(Config::from_toml("link_outbound_queue_bytes = 1000").is_err());
         let c = Config::from_toml("max_frame = 131072\noutbound_queue_bytes = 131072").unwrap();
