@@ -12,4 +12,4 @@ pub mod procs;
 pub mod secure_client;
 
 pub use client::TestClient;
-pub use procs::{Proc, bin_path, wait_child};
+pub use procs::{Proc, bin_path, wait_child, wait_until};

@@ -222,6 +222,20 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Wait (at most `timeout`) until `f` holds, checking it every 50 ms: whether it did. The one
+/// bounded wait for a condition in the tests (a poll interval, not a synchronisation: the
+/// condition is what is waited for).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();

@@ -10,32 +10,6 @@ use core_server_support::*;
 use deskmux_codec::msg::{self, control, ixn, key, ucs};
 use deskmux_codec::{ErrorCode, Frame, Head, Kind, Service};
 
-fn agent(addr: std::net::SocketAddr, name: &str) -> Client {
-    let mut c = Client::desktop(addr, T1, name, TOKEN1);
-    ok(c.ixn(ixn::AGENT_LOGIN, |w| {
-        w.str(key::PLACE, "p")?;
-        Ok(())
-    }));
-    c
-}
-
-fn submit(c: &mut Client, queue: &str) -> i64 {
-    let r = ok(c.ixn(ixn::SUBMIT, |w| {
-        w.str(key::QUEUE, queue)?;
-        props(w, key::PROPS, &[("k", "v")])
-    }));
-    int(&r, key::INTERACTION)
-}
-
-fn with_ixn(
-    id: i64,
-) -> impl FnOnce(&mut deskmux_codec::BodyWriter<'_>) -> Result<(), deskmux_codec::BodyError> {
-    move |w| {
-        w.int(key::INTERACTION, id);
-        Ok(())
-    }
-}
-
 /// Pipeline `n` contact creates, collect the acks that arrive, then return (ids acked).
 fn burst_creates(c: &mut Client, n: u64, base_corr: u64) -> Vec<i64> {
     for i in 0..n {

@@ -42,15 +42,6 @@ fn invite(c: &mut Client) -> Frame {
         .expect("invite")
 }
 
-fn with_ixn(
-    id: i64,
-) -> impl FnOnce(&mut deskmux_codec::BodyWriter<'_>) -> Result<(), deskmux_codec::BodyError> {
-    move |w| {
-        w.int(key::INTERACTION, id);
-        Ok(())
-    }
-}
-
 fn prop_list(f: &Frame) -> Vec<(String, String)> {
     let l = f.body().list(key::PROPS).unwrap();
     l.iter()

@@ -14,32 +14,6 @@ use core_server_support::*;
 use deskmux_codec::msg::{ixn, key, ucs};
 use deskmux_codec::{ErrorCode, Frame, Head, Kind, Service, Value};
 
-fn agent(addr: std::net::SocketAddr, name: &str) -> Client {
-    let mut c = Client::desktop(addr, T1, name, TOKEN1);
-    ok(c.ixn(ixn::AGENT_LOGIN, |w| {
-        w.str(key::PLACE, "p")?;
-        Ok(())
-    }));
-    c
-}
-
-fn submit(c: &mut Client, queue: &str) -> i64 {
-    let r = ok(c.ixn(ixn::SUBMIT, |w| {
-        w.str(key::QUEUE, queue)?;
-        props(w, key::PROPS, &[("k", "v")])
-    }));
-    int(&r, key::INTERACTION)
-}
-
-fn with_ixn(
-    id: i64,
-) -> impl FnOnce(&mut deskmux_codec::BodyWriter<'_>) -> Result<(), deskmux_codec::BodyError> {
-    move |w| {
-        w.int(key::INTERACTION, id);
-        Ok(())
-    }
-}
-
 fn create(c: &mut Client, attrs: &[(&str, &str)]) -> i64 {
     int(
         &ok(c.ucs(ucs::CONTACT_CREATE, |w| props(w, key::ATTRS, attrs))),
@@ -65,18 +39,17 @@ fn page(f: &Frame, list_key: &'static str, id_key: &'static str) -> (Vec<i64>, O
 /// A desktop on the instance at `addr` once it serves: a standby answers `UNAVAILABLE` until
 /// it has taken over (bounded).
 fn serving(addr: std::net::SocketAddr) -> Client {
-    let end = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < end {
+    let mut served = None;
+    deskmux_tests::wait_until(WAIT, || {
         let mut c = Client::connect(addr);
         match code(&c.hello(T1, "reader", TOKEN1)) {
-            None => return c,
+            None => served = Some(c),
             Some(ErrorCode::UNAVAILABLE) => {}
             other => panic!("hello refused: {other:?}"),
         }
-        // A poll interval, not a synchronisation: the condition is checked again.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("the instance did not serve within {WAIT:?}");
+        served.is_some()
+    });
+    served.unwrap_or_else(|| panic!("the instance did not serve within {WAIT:?}"))
 }
 
 /// Run `core-server ARGS` to its end (bounded); (success, stdout, stderr). Its output is a
@@ -638,10 +611,9 @@ fn a_reload_does_not_change_leased_tenants() {
             "deskmux_core_config_reloads_total",
         )
     };
-    let end = std::time::Instant::now() + WAIT;
-    while reloads() != Some(1.0) {
-        assert!(std::time::Instant::now() < end, "the reload never happened");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        deskmux_tests::wait_until(WAIT, || reloads() == Some(1.0)),
+        "the reload never happened"
+    );
     ok(Client::connect(s.addr).hello(T2, "a1", TOKEN2));
 }

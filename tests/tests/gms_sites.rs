@@ -9,7 +9,7 @@ mod gms_support;
 mod loadgen_support;
 mod proxy_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gms_support::site::{self, Site};
 use loadgen_support::{read_json, start, strs};
@@ -73,11 +73,10 @@ fn a_site_killed_mid_run_fails_over_and_matches_stay_right() {
     .collect();
     let lg = start(&strs(&args), dir.path());
     // Kill site A once it has matched calls (the run is under way on both sites).
-    let end = Instant::now() + Duration::from_secs(30);
-    while a.counter("matched") < 20 {
-        assert!(Instant::now() < end, "site A matched nothing in 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        deskmux_tests::wait_until(Duration::from_secs(30), || a.counter("matched") >= 20),
+        "site A matched nothing in 30 s"
+    );
     let booked_a_before = a.counter("booked");
     a.proc.kill();
     let matched_b_at_kill = b.counter("matched");

@@ -4,8 +4,6 @@
 
 mod core_server_support;
 
-use std::time::Instant;
-
 use core_server_support::*;
 use deskmux_codec::msg::{DesktopHello, Resume, control, ixn, key};
 use deskmux_codec::{BodyWriter, ErrorCode, Frame, Head, Kind, Service};
@@ -79,15 +77,12 @@ fn change(media: &mut Client, id: i64, v: &str) {
 /// Metric `name`'s value, waited for until `want` holds (bounded).
 fn metric_until(s: &mut Server, name: &str, want: impl Fn(f64) -> bool) -> f64 {
     let addr = http_addr(s);
-    let end = Instant::now() + WAIT;
-    loop {
-        let (_, body) = http(addr, "GET", "/metrics", None);
-        let v = sample(&body, name).unwrap_or(f64::NAN);
-        if want(v) || Instant::now() > end {
-            return v;
-        }
-        std::thread::yield_now();
-    }
+    let mut v = f64::NAN;
+    deskmux_tests::wait_until(WAIT, || {
+        v = sample(&http(addr, "GET", "/metrics", None).1, name).unwrap_or(f64::NAN);
+        want(v)
+    });
+    v
 }
 
 /// The connection drops with an event on its way, and another comes while it is away; a

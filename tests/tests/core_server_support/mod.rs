@@ -423,6 +423,33 @@ impl Client {
     }
 }
 
+/// A desktop of tenant 1 with agent `name` logged in (place `p`).
+pub fn agent(addr: SocketAddr, name: &str) -> Client {
+    let mut c = Client::desktop(addr, T1, name, TOKEN1);
+    ok(c.ixn(deskmux_codec::msg::ixn::AGENT_LOGIN, |w| {
+        w.str(key::PLACE, "p")?;
+        Ok(())
+    }));
+    c
+}
+
+/// Submit an interaction into `queue` (properties `k=v`); its id.
+pub fn submit(c: &mut Client, queue: &str) -> i64 {
+    let r = ok(c.ixn(deskmux_codec::msg::ixn::SUBMIT, |w| {
+        w.str(key::QUEUE, queue)?;
+        props(w, key::PROPS, &[("k", "v")])
+    }));
+    int(&r, key::INTERACTION)
+}
+
+/// A body naming interaction `id`.
+pub fn with_ixn(id: i64) -> impl FnOnce(&mut BodyWriter<'_>) -> Result<(), BodyError> {
+    move |w| {
+        w.int(key::INTERACTION, id);
+        Ok(())
+    }
+}
+
 /// The error code of a frame, if it is an error.
 pub fn code(f: &Frame) -> Option<ErrorCode> {
     f.error().map(|(c, _)| c)

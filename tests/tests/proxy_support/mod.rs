@@ -204,17 +204,7 @@ pub fn status(admin: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
 }
 
-/// Poll `f` until true or `timeout`.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
+pub use deskmux_tests::wait_until;
 
 /// [`wait_until`] for async tests: the polling (blocking admin reads, the back-off between
 /// them) runs on a blocking thread, so it holds no runtime worker the desktops need.
