@@ -13,11 +13,13 @@
 //! - [`creds`]: the `credentials` table and the `creds` command's operations;
 //! - [`token`]: reconnect tokens;
 //! - [`resume`]: resume tokens, which name one session of this process;
+//! - [`seal`]: the signed format both kinds of token share;
 //! - [`lockout`]: exponential lockout per account and per source address.
 
 pub mod creds;
 pub mod lockout;
 pub mod resume;
+pub mod seal;
 pub mod secret;
 pub mod token;
 

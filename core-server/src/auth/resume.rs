@@ -10,7 +10,7 @@
 //! one. There is no expiry in the token: it is valid exactly as long as its session is
 //! (attached, or detached within `resume_grace_ms`), which the engine checks.
 
-use ring::hmac;
+use super::seal::SealKey;
 
 /// What a resume token names, once its tag checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ const LABEL: &[u8] = b"deskmux resume token v1\0";
 const FIXED: usize = 4 + 8;
 
 /// This process's resume-token key. Its `Debug` shows nothing of it.
-pub struct ResumeKey(hmac::Key);
+pub struct ResumeKey(SealKey);
 
 impl std::fmt::Debug for ResumeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,14 +48,7 @@ impl ResumeKey {
 
     /// A key from bytes (tests).
     pub fn from_bytes(k: &[u8]) -> ResumeKey {
-        ResumeKey(hmac::Key::new(hmac::HMAC_SHA256, k))
-    }
-
-    fn tag(&self, payload: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.0);
-        ctx.update(LABEL);
-        ctx.update(payload);
-        ctx.sign()
+        ResumeKey(SealKey::new(k))
     }
 
     /// The token of session `n`.
@@ -64,22 +57,14 @@ impl ResumeKey {
         p.extend_from_slice(&n.tenant.to_be_bytes());
         p.extend_from_slice(&n.session.to_be_bytes());
         p.extend_from_slice(n.agent.as_bytes());
-        let tag = self.tag(&p);
-        format!("{PREFIX}{}.{}", hex::encode(&p), hex::encode(tag.as_ref()))
+        self.0.seal(PREFIX, LABEL, &p)
     }
 
     /// What a token this key minted names, if its tag is right (compared in constant time).
     /// Whether that session still exists, and is the hello's tenant and agent, is for the
     /// caller.
     pub fn open(&self, token: &str) -> Option<Named> {
-        let rest = token.strip_prefix(PREFIX)?;
-        let (p, tag) = rest.split_once('.')?;
-        let p = hex::decode(p).ok()?;
-        let tag = hex::decode(tag).ok()?;
-        let want = self.tag(&p);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_ref(), tag.as_slice())) {
-            return None;
-        }
+        let p = self.0.open(PREFIX, LABEL, token)?;
         if p.len() < FIXED {
             return None;
         }

@@ -12,7 +12,7 @@
 //! shared by every instance that uses the same database (it is stored there), or set for a
 //! whole deployment with `auth.token_key_file`.
 
-use ring::hmac;
+use super::seal::SealKey;
 
 /// What a token says, once its tag checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ const LABEL: &[u8] = b"deskmux reconnect token v1\0";
 const FIXED: usize = 4 + 8 + 8;
 
 /// The signing key. Its `Debug` shows nothing of it.
-pub struct TokenKey(hmac::Key);
+pub struct TokenKey(SealKey);
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,14 +46,7 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// A key from secret bytes (at least 32 of them; the caller checks).
     pub fn new(bytes: &[u8]) -> TokenKey {
-        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
-    }
-
-    fn tag(&self, payload: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.0);
-        ctx.update(LABEL);
-        ctx.update(payload);
-        ctx.sign()
+        TokenKey(SealKey::new(bytes))
     }
 
     /// Mint a token for `c`.
@@ -63,21 +56,13 @@ impl TokenKey {
         p.extend_from_slice(&c.expires_s.to_be_bytes());
         p.extend_from_slice(&c.generation.to_be_bytes());
         p.extend_from_slice(c.agent.as_bytes());
-        let tag = self.tag(&p);
-        format!("{PREFIX}{}.{}", hex::encode(&p), hex::encode(tag.as_ref()))
+        self.0.seal(PREFIX, LABEL, &p)
     }
 
     /// The claims of a token this key minted, if its tag is right. Expiry, tenant, agent and
     /// generation are for the caller to check.
     pub fn open(&self, token: &str) -> Option<Claims> {
-        let rest = token.strip_prefix(PREFIX)?;
-        let (p, tag) = rest.split_once('.')?;
-        let p = hex::decode(p).ok()?;
-        let tag = hex::decode(tag).ok()?;
-        let want = self.tag(&p);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_ref(), tag.as_slice())) {
-            return None;
-        }
+        let p = self.0.open(PREFIX, LABEL, token)?;
         if p.len() < FIXED {
             return None;
         }
