@@ -127,6 +127,24 @@ impl Rig {
     }
 }
 
+/// Agent "a" (session 1) logged in and ready, and "media" (session 2) that submitted
+/// interaction 1, committed: "a" is invited to it (its useq 1).
+fn invited(resume: ResumeSettings) -> (Rig, Desk, Desk) {
+    let mut r = rig(resume);
+    let (a, media) = (Desk::new(), Desk::new());
+    r.open(1, "a", &a);
+    r.open(2, "media", &media);
+    let t0 = r.t0;
+    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
+    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
+    r.e.handle(
+        t0,
+        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
+    );
+    r.feed(t0, 1);
+    (r, a, media)
+}
+
 fn keyed(ty: u16, corr: u64, k: &str, f: impl FnOnce(&mut deskmux_codec::BodyWriter<'_>)) -> Frame {
     let mut h = Head::new(Kind::Request, Service::Interaction, ty);
     h.tenant = 1;
@@ -144,18 +162,8 @@ fn keyed(ty: u16, corr: u64, k: &str, f: impl FnOnce(&mut deskmux_codec::BodyWri
 /// ready again, it is offered the interaction again.
 #[test]
 fn a_detached_session_keeps_its_agent_and_replays_what_it_missed() {
-    let mut r = rig(ResumeSettings::default());
-    let (mut a, mut media) = (Desk::new(), Desk::new());
-    r.open(1, "a", &a);
-    r.open(2, "media", &media);
+    let (mut r, mut a, mut media) = invited(ResumeSettings::default());
     let t0 = r.t0;
-    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
-    r.e.handle(
-        t0,
-        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
-    );
-    r.feed(t0, 1);
     assert_eq!(media.drain(), vec![(Kind::Response, ixn::SUBMIT, 1)]);
     let first = seen(&mut a);
     let invite = first.iter().find(|s| s.ty == ixn::INVITE).expect("invited");
@@ -204,18 +212,8 @@ fn a_detached_session_keeps_its_agent_and_replays_what_it_missed() {
 /// resume finds nothing.
 #[test]
 fn the_grace_period_ends_in_a_logout() {
-    let mut r = rig(ResumeSettings::default());
-    let (a, media) = (Desk::new(), Desk::new());
-    r.open(1, "a", &a);
-    r.open(2, "media", &media);
+    let (mut r, _a, _media) = invited(ResumeSettings::default());
     let t0 = r.t0;
-    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
-    r.e.handle(
-        t0,
-        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
-    );
-    r.feed(t0, 1);
     r.e.handle(t0, Input::Detach(1));
     r.e.tick(t0 + Duration::from_secs(4));
     assert!(r.agent("a").is_some(), "still within the grace period");
@@ -240,21 +238,11 @@ fn the_grace_period_ends_in_a_logout() {
 /// fresh login finds its agent free.
 #[test]
 fn resumes_that_cannot_be_honoured_are_refused() {
-    let mut r = rig(ResumeSettings {
+    let (mut r, _a, _media) = invited(ResumeSettings {
         buffer_bytes: 1,
         ..ResumeSettings::default()
     });
-    let (a, media) = (Desk::new(), Desk::new());
-    r.open(1, "a", &a);
-    r.open(2, "media", &media);
     let t0 = r.t0;
-    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
-    r.e.handle(
-        t0,
-        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
-    );
-    r.feed(t0, 1);
     // The INVITE (useq 1) did not fit a 1-byte ring: only a resume from 1 is faithful.
     let a2 = Desk::new();
     assert!(r.resume(t0, 10, 1, "b", 1, &a2).is_err(), "another agent");
@@ -281,21 +269,11 @@ fn resumes_that_cannot_be_honoured_are_refused() {
 /// its memory back.
 #[test]
 fn a_detached_session_whose_events_overflow_ends() {
-    let mut r = rig(ResumeSettings {
+    let (mut r, _a, _media) = invited(ResumeSettings {
         buffer_bytes: 1,
         ..ResumeSettings::default()
     });
-    let (a, media) = (Desk::new(), Desk::new());
-    r.open(1, "a", &a);
-    r.open(2, "media", &media);
     let t0 = r.t0;
-    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
-    r.e.handle(
-        t0,
-        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
-    );
-    r.feed(t0, 1);
     r.e.handle(t0, Input::Detach(1));
     let t1 = t0 + Duration::from_secs(6);
     // The invite's revoke cannot be kept: the session ends at this tick's end.
@@ -410,18 +388,8 @@ fn a_detached_session_lets_go_of_its_connection() {
 /// must not wait for its own answer), and its retry is answered from memory.
 #[test]
 fn a_keyed_request_that_waits_for_a_write_still_runs() {
-    let mut r = rig(ResumeSettings::default());
-    let (mut a, media) = (Desk::new(), Desk::new());
-    r.open(1, "a", &a);
-    r.open(2, "media", &media);
+    let (mut r, mut a, _media) = invited(ResumeSettings::default());
     let t0 = r.t0;
-    r.e.handle(t0, ask(1, req(ixn::AGENT_LOGIN, |_| Ok(()))));
-    r.e.handle(t0, ask(1, req(ixn::AGENT_READY, |_| Ok(()))));
-    r.e.handle(
-        t0,
-        ask(2, req(ixn::SUBMIT, |w| w.str(key::QUEUE, "q").map(drop))),
-    );
-    r.feed(t0, 1);
     r.e.handle(t0, ask(1, on(ixn::ACCEPT, 1)));
     resolve_one(&mut r.e, &mut r.rx, t0, false);
     let change = |corr, k: Option<&str>| {
