@@ -89,7 +89,7 @@ impl ReadRate {
 }
 
 /// One authenticated session on this connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Sess {
     key: SessKey,
     tenant: u32,

@@ -225,6 +225,13 @@ impl Conn {
             wire,
             services: hello.services,
         };
+        // On a link the session is known from now on: the engine sends the server hello itself
+        // (so that no event can pass it), and the proxy may forward the desktop's first request
+        // before this connection hears the verdict. Queued behind the resume, that request finds
+        // the session bound; a refused resume takes the entry back (`on_resumed`).
+        if let Mode::Link(_, sessions) = &mut self.mode {
+            sessions.insert(req.session, s.clone());
+        }
         let hello_of = self.hello_body(req, wire, None, r.token.to_string());
         let tx = self.auth_tx.clone();
         let (agent, services) = (hello.agent.to_string(), hello.services);
@@ -265,6 +272,9 @@ impl Conn {
                 }
             }
             Err(m) => {
+                if let Mode::Link(_, sessions) = &mut self.mode {
+                    sessions.remove(&h.session);
+                }
                 self.err(&h, ErrorCode::RESUME_REFUSED, m);
                 // §4.1: a refused hello ends a direct connection; a link carries others.
                 self.closing = link.is_none();
