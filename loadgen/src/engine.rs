@@ -277,6 +277,9 @@ pub struct Ctx {
     /// Each desktop's session to resume after a drop (see [`RunConfig::resume`]): its resume
     /// token and the last unicast `useq` it received.
     pub resume: RefCell<HashMap<u64, (String, u64)>>,
+    /// Desktops whose agent is logged in on their current session (a resumed session needs
+    /// no second login only then).
+    pub logged_in: RefCell<std::collections::HashSet<u64>>,
     /// Each agent's interaction in progress and its step (agent scenario), for going on
     /// after a resume.
     pub work: RefCell<HashMap<u64, (i64, u8)>>,
@@ -671,6 +674,7 @@ fn run_thread(
         }),
         reconnect: RefCell::new(HashMap::new()),
         resume: RefCell::new(HashMap::new()),
+        logged_in: RefCell::new(std::collections::HashSet::new()),
         work: RefCell::new(HashMap::new()),
         submits: RefCell::new(HashMap::new()),
         submits_made: RefCell::new(HashMap::new()),

@@ -7,7 +7,7 @@
 //!   `ramp_s`, `warmup_s`, `duration_s` (planned), `measured_s` (actually measured: less when
 //!   stopped by Ctrl-C), `shards`, `threads_per_shard`
 //! - `clients.{target, connected, failed, failed_attempts, reconnects, dropped, login_failed,
-//!   peak_connected, resumed, resume_refused, work_resumed}`
+//!   peak_connected, resumed, resume_refused, work_resumed, login_interrupted}`
 //! - `requests.{sent, ok, errors, errors_by_class.{not_sent, outcome_unknown, rejected}, lost,
 //!   retried_after_resume,
 //!   wrong, unknown_correlation, duplicates, measured, due, unsent, unsent_lateness_us.*,
@@ -87,6 +87,8 @@ pub struct Clients {
     pub resume_refused: u64,
     /// Agents that went on after a resume with the interaction their drop interrupted.
     pub work_resumed: u64,
+    /// Logins whose connection was lost before their answer (sent again).
+    pub login_interrupted: u64,
 }
 
 /// `requests.errors_by_class`.
@@ -524,6 +526,7 @@ pub fn aggregate(cfg: &RunConfig, shards: &[ShardResult]) -> Result<(Summary, Re
             resumed: clients.resumed,
             resume_refused: clients.resume_refused,
             work_resumed: clients.work_resumed,
+            login_interrupted: clients.login_interrupted,
         },
         requests: Requests {
             sent: tally.sent,

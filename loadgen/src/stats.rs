@@ -35,6 +35,9 @@ pub struct ClientStats {
     /// Agents that went on, after a resume, with the interaction their drop interrupted.
     #[serde(default)]
     pub work_resumed: u64,
+    /// Logins whose connection was lost before their answer (sent again on the next session).
+    #[serde(default)]
+    pub login_interrupted: u64,
 }
 
 impl ClientStats {
@@ -50,6 +53,7 @@ impl ClientStats {
         self.resumed += o.resumed;
         self.resume_refused += o.resume_refused;
         self.work_resumed += o.work_resumed;
+        self.login_interrupted += o.login_interrupted;
     }
 }
 

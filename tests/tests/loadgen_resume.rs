@@ -147,9 +147,14 @@ fn desktops_resume_through_the_other_proxy() {
         "every reconnect resumed: {v:#}"
     );
     assert_eq!(c["resume_refused"], 0, "{v:#}");
-    // The kill's detached sessions were all resumed; at the end of the run every desktop said
-    // goodbye, so the server keeps none for a resume.
-    assert_eq!(detached, 0, "sessions left detached on the server: {v:#}");
+    // The kill's detached sessions were resumed; at the end of the run every connected desktop
+    // said goodbye, so the server keeps a session for a resume only for a desktop whose last
+    // drop it did not come back from before the run ended (none, unless the machine is slow).
+    let away = c["dropped"].as_u64().unwrap() - c["reconnects"].as_u64().unwrap();
+    assert_eq!(
+        detached, away,
+        "sessions left detached on the server: {v:#}"
+    );
     assert_eq!(
         v["back_after_drop_us"]["count"], c["dropped"],
         "each drop's time away is measured: {v:#}"
@@ -158,10 +163,12 @@ fn desktops_resume_through_the_other_proxy() {
     assert_eq!(e["unicast_lost"], 0, "no unicast event lost: {v:#}");
     assert_eq!(e["unicast_duplicates"], 0, "none twice: {v:#}");
     assert_eq!(v["requests"]["wrong"], 0, "{v:#}");
-    // Logins: one per agent, none after the kill.
+    // Logins: one per agent, none after the kill (a login the kill cut off before its answer
+    // is sent again, once).
     let logins = v["requests"]["by_type"]["agent_login"].as_u64().unwrap();
     let agents = 40 - 4; // --media-share 0.1: 4 media servers, which do not log in
-    assert_eq!(logins, agents, "no second login: {v:#}");
+    let cut_off = c["login_interrupted"].as_u64().unwrap();
+    assert_eq!(logins, agents + cut_off, "no second login: {v:#}");
 }
 
 #[test]

@@ -110,7 +110,6 @@ pub async fn connect_to(
     if cfg.resume {
         id.resume = ctx.resume.borrow_mut().remove(&gid);
     }
-    let resuming = id.resume.is_some();
     let timeout = Duration::from_secs_f64(cfg.connect_timeout_s);
     let opts = ConnectOptions {
         timeout,
@@ -128,8 +127,19 @@ pub async fn connect_to(
         (None, Some(tls)) => Via::Tls(source(cfg, gid), tls),
         (None, None) => Via::Tcp(source(cfg, gid)),
     };
-    let (mut d, attempts) =
-        match client::connect_sites(sites, first, via, generation, &id, &opts, deadline).await {
+    // A connection lost during the login is one more failed attempt, not a refused login: the
+    // desktop connects again (resuming the session its hello opened) and logs in then.
+    let mut lost_logins = 0;
+    // When the connection was lost during the login (run ns): it counts as a drop, and the
+    // next session as a reconnect, like any other.
+    let mut lost_at: Option<u64> = None;
+    loop {
+        let resuming = id.resume.is_some();
+        let (mut d, attempts) = match client::connect_sites(
+            sites, first, via, generation, &id, &opts, deadline,
+        )
+        .await
+        {
             Ok(x) => x,
             Err((e, attempts)) => {
                 let mut s = ctx.stats.borrow_mut();
@@ -137,47 +147,57 @@ pub async fn connect_to(
                 s.sample(|| {
                     format!("desktop {gid}: connect failed after {attempts} attempts: {e}")
                 });
-                return Err(attempts);
+                return Err(attempts + lost_logins);
             }
         };
-    {
-        let mut s = ctx.stats.borrow_mut();
-        s.clients.failed_attempts += u64::from(attempts);
-        s.rec.record_setup(
-            d.connect_time.as_nanos() as u64,
-            d.hello_time.as_nanos() as u64,
-        );
-    }
-    if cfg.reconnect_tokens
-        && let Some(t) = d.reconnect.take()
-    {
-        ctx.reconnect.borrow_mut().insert(gid, t);
-    }
-    // PROTOCOL.md §4.6: a resumed session is logged in already, and its missed events follow.
-    match d.replayed {
-        Some(n) => {
+        {
             let mut s = ctx.stats.borrow_mut();
-            s.clients.resumed += 1;
-            s.events.replayed += n;
+            s.clients.failed_attempts += u64::from(attempts);
+            s.rec.record_setup(
+                d.connect_time.as_nanos() as u64,
+                d.hello_time.as_nanos() as u64,
+            );
+            if let Some(t) = lost_at.take() {
+                s.clients.reconnects += 1;
+                let away = ctx.clock.now_ns().saturating_sub(t).max(1);
+                s.rec.back.saturating_record(away);
+            }
         }
-        None if resuming => ctx.stats.borrow_mut().clients.resume_refused += 1,
-        None => {}
-    }
-    // Kept for the next drop: the token, and the last event received (the session's own, if
-    // it was resumed; a fresh session numbers its events from 1).
-    if cfg.resume
-        && let Some(t) = d.resume.clone()
-    {
-        let last = match (d.replayed, &id.resume) {
-            (Some(_), Some((_, last))) => *last,
-            _ => 0,
-        };
-        ctx.resume.borrow_mut().insert(gid, (t, last));
-    }
-    if login && d.replayed.is_none() {
+        if cfg.reconnect_tokens
+            && let Some(t) = d.reconnect.take()
+        {
+            ctx.reconnect.borrow_mut().insert(gid, t);
+        }
+        // PROTOCOL.md §4.6: a resumed session's missed events follow its hello.
+        match d.replayed {
+            Some(n) => {
+                let mut s = ctx.stats.borrow_mut();
+                s.clients.resumed += 1;
+                s.events.replayed += n;
+            }
+            None if resuming => ctx.stats.borrow_mut().clients.resume_refused += 1,
+            None => {}
+        }
+        // Kept for the next drop: the token, and the last event received (the session's own,
+        // if it was resumed; a fresh session numbers its events from 1).
+        if cfg.resume
+            && let Some(t) = d.resume.clone()
+        {
+            let last = match (d.replayed, &id.resume) {
+                (Some(_), Some((_, last))) => *last,
+                _ => 0,
+            };
+            ctx.resume.borrow_mut().insert(gid, (t, last));
+        }
+        // A resumed session is logged in already, if its agent was.
+        let must_login = login && !(d.replayed.is_some() && ctx.logged_in.borrow().contains(&gid));
+        if !must_login {
+            return Ok((d, attempts + lost_logins));
+        }
+        ctx.logged_in.borrow_mut().remove(&gid);
         let place = format!("place-{gid}");
         let mut tries = 0;
-        loop {
+        let lost = loop {
             // Counted when written, as the proxy counts it: each retry is another request.
             ctx.stats.borrow_mut().by_type.add(
                 deskmux_codec::Service::Interaction,
@@ -185,7 +205,7 @@ pub async fn connect_to(
                 1,
             );
             match client::login(&mut d, &place, timeout).await {
-                Ok(()) => break,
+                Ok(()) => break None,
                 // The previous session of this agent may not be closed yet (reconnect storm).
                 Err(ClientError::Refused { code, .. })
                     if code == deskmux_codec::ErrorCode::INVALID_STATE && tries < 20 =>
@@ -193,16 +213,37 @@ pub async fn connect_to(
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => {
+                Err(e @ ClientError::Refused { .. }) => {
                     let mut s = ctx.stats.borrow_mut();
                     s.clients.login_failed += 1;
                     s.sample(|| format!("desktop {gid}: login failed: {e}"));
-                    return Err(attempts + 1);
+                    return Err(attempts + lost_logins + 1);
                 }
+                Err(e) => break Some(e),
             }
+        };
+        let Some(e) = lost else {
+            ctx.logged_in.borrow_mut().insert(gid);
+            return Ok((d, attempts + lost_logins));
+        };
+        lost_logins += attempts + 1;
+        lost_at = Some(ctx.clock.now_ns());
+        {
+            let mut s = ctx.stats.borrow_mut();
+            s.clients.dropped += 1;
+            s.clients.login_interrupted += 1;
+            s.sample(|| format!("desktop {gid}: connection lost during the login: {e}"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(lost_logins);
+        }
+        if cfg.reconnect_tokens {
+            id.reconnect = ctx.reconnect.borrow_mut().remove(&gid);
+        }
+        if cfg.resume {
+            id.resume = ctx.resume.borrow_mut().remove(&gid);
         }
     }
-    Ok((d, attempts))
 }
 
 /// How long a desktop may stay silent before it sends a `HEARTBEAT`: the server's
