@@ -113,7 +113,7 @@ start() {
 bench() { # label mode addr pid
     echo "== $1 mode=$2"
     "$BIN/examples/bench" --addr "$3" --mode "$2" --conns "$CONNS" --secs "$SECS" \
-        --token acme-token --server-pid "$4"
+        --server-pid "$4"
 }
 
 echo "# $(date -u +%FT%TZ) CONNS=$CONNS SECS=$SECS ROUNDS=$ROUNDS LEASE_MS=$LEASE_MS QUEUED=$QUEUED; load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -48,13 +48,19 @@ struct Args {
     /// Number of links with --link.
     #[arg(long, default_value_t = 2)]
     links: usize,
-    /// Tenant, token and link secret (the embedded default config's values).
+    /// Tenant of the sessions.
     #[arg(long, default_value_t = 1)]
     tenant: u32,
-    #[arg(long, default_value = "acme-token")]
-    token: String,
-    #[arg(long, default_value = "deskmux-link-secret")]
-    secret: String,
+    /// File holding the tenant's token (default: the embedded default config's `acme-token`).
+    /// A file, not a value: secrets never go on a command line, where `ps` shows them.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// File holding the link secret for `--link` (default: the embedded default config's).
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
+    /// What the two files hold, read once in `main`.
+    #[arg(skip)]
+    secrets: Secrets,
     /// Server pid: also report the server's CPU time per request (from /proc; robust when
     /// other processes compete for the cores).
     #[arg(long)]
@@ -142,13 +148,44 @@ fn head(service: Service, ty: u16, tenant: u32, session: u64) -> Head {
     h
 }
 
+/// The tenant token and the link secret: from their files, or the embedded default config's.
+#[derive(Clone, Default)]
+struct Secrets {
+    token: String,
+    link: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
+impl Secrets {
+    fn load(a: &Args) -> anyhow::Result<Secrets> {
+        let read = |p: &Option<std::path::PathBuf>, default: &str| -> anyhow::Result<String> {
+            match p {
+                Some(p) => Ok(std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim_end()
+                    .to_owned()),
+                None => Ok(default.to_owned()),
+            }
+        };
+        Ok(Secrets {
+            token: read(&a.token_file, "acme-token")?,
+            link: read(&a.secret_file, "deskmux-link-secret")?,
+        })
+    }
+}
+
 /// Connect directly and hello; returns the connection.
 async fn desktop(a: &Args, agent: &str) -> anyhow::Result<Conn> {
     let mut c = Conn::open(&a.addr).await?;
     let hello = DesktopHello {
         version: 1,
         agent,
-        token: &a.token,
+        token: &a.secrets.token,
         reconnect: None,
         services: 6,
     };
@@ -343,7 +380,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 let lh = LinkHello {
                     version: 1,
                     link: &format!("bench-{l}"),
-                    secret: a.secret.as_bytes(),
+                    secret: a.secrets.link.as_bytes(),
                     max_frame: None,
                 };
                 c.call(head(Service::Control, control::LINK_HELLO, 0, 0), |w| {
@@ -358,7 +395,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     let hello = DesktopHello {
                         version: 1,
                         agent: &agent,
-                        token: &a.token,
+                        token: &a.secrets.token,
                         reconnect: None,
                         services: 6,
                     };
@@ -469,7 +506,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
+    let mut a = Args::parse();
+    a.secrets = Secrets::load(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
