@@ -158,7 +158,7 @@ fn writer(args: &[String]) -> Res<()> {
         passes += 1;
         let mut progress = false;
         for (i, s) in socks.iter_mut().enumerate() {
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 let now = now_us();
                 while due < events && sched(due) <= now {
                     due += 1;

@@ -598,7 +598,7 @@ impl Worker {
                 Endpoint::Desktop(id) => {
                     self.flush_desktop(id);
                     writes += 1;
-                    if writes % LINK_LOOK == 0 && writes <= self.desktops.len() {
+                    if writes.is_multiple_of(LINK_LOOK) && writes <= self.desktops.len() {
                         self.read_links();
                         self.apply_io();
                     }
