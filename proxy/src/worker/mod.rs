@@ -15,7 +15,8 @@
 //!    the bytes over;
 //! 2. drive the QUIC endpoint (new desktop streams, readable and writable streams);
 //! 3. carry out the core's I/O requests, then write every endpoint with queued bytes (one
-//!    vectored write per endpoint and round); a partial write waits for the writable edge;
+//!    vectored write per endpoint and round; a long round reads the links again every
+//!    `LINK_LOOK` writes); a partial write waits for the writable edge;
 //! 4. when due: the core's timers, signals (SIGHUP reload, SIGTERM drain), operator
 //!    commands, status.
 //!
