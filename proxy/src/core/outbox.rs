@@ -322,6 +322,17 @@ pub(super) struct Outboxes<'a> {
 }
 
 impl Outboxes<'_> {
+    /// Queue a broadcast frame to session `sid`, if its desktop is still the one in the
+    /// session's slot (a subscriber list can name a session that left). The shared frame is
+    /// only reference-counted for a desktop that takes it: no copy, no allocation.
+    pub(super) fn push_to_session(&mut self, now_ms: u32, sid: u64, b: &Bytes) -> Delivery {
+        let slot = (sid & 0xFFFF_FFFF) as usize;
+        if self.desktops.get(slot).is_none_or(|d| d.sid != sid) {
+            return Delivery::Gone;
+        }
+        self.push(now_ms, slot, b.clone())
+    }
+
     /// Queue `b` to the desktop in `slot`: over its queue bounds, or with a backlog when the
     /// worker budget has no room, it is a slow consumer.
     pub(super) fn push(&mut self, now_ms: u32, slot: usize, b: Bytes) -> Delivery {

@@ -30,11 +30,28 @@ pub const STAGE: usize = 64;
 pub struct Overflow;
 
 /// Frames waiting for a desktop socket. `off` is how much of the front frame is written.
+///
+/// A desktop usually has one frame queued at a time (an answer, one broadcast event), so one
+/// frame is held without a heap allocation ([`Frames::One`]): a broadcast to 20,000
+/// subscribers is then 20,000 reference-count increments, not 20,000 allocations and frees.
+/// The counters are `u32` so that the queue is no larger than a bare `VecDeque` plus two
+/// `usize`s were (an idle desktop's size is a budget, `Desktop`'s test); `push` refuses what
+/// would not fit them, which is far past any configurable bound.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    q: VecDeque<Bytes>,
-    bytes: usize,
-    off: usize,
+    q: Frames,
+    bytes: u32,
+    off: u32,
+}
+
+/// The frames of an [`OutQueue`], front first.
+#[derive(Debug, Default)]
+enum Frames {
+    #[default]
+    Empty,
+    One(Bytes),
+    /// Two or more.
+    Many(VecDeque<Bytes>),
 }
 
 impl OutQueue {
@@ -43,7 +60,8 @@ impl OutQueue {
     /// # Errors
     /// [`Overflow`]: the consumer is too slow; the caller disconnects it.
     pub fn push(&mut self, b: Bytes, max_frames: usize, max_bytes: usize) -> Result<(), Overflow> {
-        if self.q.len() >= max_frames || self.bytes + b.len() > max_bytes {
+        let max_bytes = max_bytes.min(u32::MAX as usize);
+        if self.len() >= max_frames || self.bytes as usize + b.len() > max_bytes {
             return Err(Overflow);
         }
         self.push_unbounded(b);
@@ -52,67 +70,119 @@ impl OutQueue {
 
     /// Queue a frame whatever the bounds (the last error frame of a desktop being closed).
     pub fn push_unbounded(&mut self, b: Bytes) {
-        self.bytes += b.len();
-        self.q.push_back(b);
+        self.bytes = self
+            .bytes
+            .saturating_add(u32::try_from(b.len()).unwrap_or(u32::MAX));
+        self.q = match std::mem::take(&mut self.q) {
+            Frames::Empty => Frames::One(b),
+            Frames::One(a) => {
+                let mut q = VecDeque::with_capacity(4);
+                q.push_back(a);
+                q.push_back(b);
+                Frames::Many(q)
+            }
+            Frames::Many(mut q) => {
+                q.push_back(b);
+                Frames::Many(q)
+            }
+        };
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        matches!(self.q, Frames::Empty)
     }
 
     /// Frames queued.
     pub fn len(&self) -> usize {
-        self.q.len()
+        match &self.q {
+            Frames::Empty => 0,
+            Frames::One(_) => 1,
+            Frames::Many(q) => q.len(),
+        }
     }
 
     /// Bytes queued (the front frame counted whole).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
     }
 
     /// Fill `iov` with the unwritten bytes, front first; returns the slices used.
     pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (k, b) in self.q.iter().take(iov.len()).enumerate() {
-            iov[k] = IoSlice::new(if k == 0 { &b[self.off..] } else { b });
-            n += 1;
+        let off = self.off as usize;
+        match &self.q {
+            Frames::Empty => 0,
+            Frames::One(b) => match iov.first_mut() {
+                Some(s) => {
+                    *s = IoSlice::new(&b[off..]);
+                    1
+                }
+                None => 0,
+            },
+            Frames::Many(q) => {
+                let mut n = 0;
+                for (k, b) in q.iter().take(iov.len()).enumerate() {
+                    iov[k] = IoSlice::new(if k == 0 { &b[off..] } else { b });
+                    n += 1;
+                }
+                n
+            }
         }
-        n
     }
 
     /// Account for `n` written bytes; returns the bytes of the frames completed (which leave
     /// the queue). Frees the queue's memory once it is empty, so an idle desktop holds none.
-    pub fn consume(&mut self, mut n: usize) -> usize {
-        let mut freed = 0;
-        while n > 0 {
-            let Some(front) = self.q.front() else { break };
-            let left = front.len() - self.off;
-            if n >= left {
-                n -= left;
-                freed += front.len();
-                self.off = 0;
-                self.q.pop_front();
-            } else {
-                self.off += n;
-                n = 0;
+    pub fn consume(&mut self, n: usize) -> usize {
+        let mut n = n;
+        let mut freed = 0usize;
+        let off = self.off as usize;
+        match &mut self.q {
+            Frames::Empty => {}
+            Frames::One(b) => {
+                if n >= b.len() - off {
+                    freed = b.len();
+                    self.off = 0;
+                    self.q = Frames::Empty;
+                } else {
+                    self.off += n as u32;
+                }
+            }
+            Frames::Many(q) => {
+                while n > 0 {
+                    let Some(front) = q.front() else { break };
+                    let left = front.len() - self.off as usize;
+                    if n >= left {
+                        n -= left;
+                        freed += front.len();
+                        self.off = 0;
+                        q.pop_front();
+                    } else {
+                        self.off += n as u32;
+                        n = 0;
+                    }
+                }
+                if q.len() <= 1 {
+                    self.q = q.pop_front().map_or(Frames::Empty, Frames::One);
+                }
             }
         }
-        self.bytes -= freed;
-        if self.q.is_empty() && self.q.capacity() > 0 {
-            self.q = VecDeque::new();
-        }
+        self.bytes -= freed as u32;
         freed
     }
 
     /// Drop everything except a partly written front frame (which must be finished for
     /// anything after it to be readable); returns the bytes freed.
     pub fn truncate_to_partial(&mut self) -> usize {
-        let keep = usize::from(self.off > 0);
         let before = self.bytes;
-        self.q.truncate(keep);
-        self.bytes = self.q.iter().map(Bytes::len).sum();
-        before - self.bytes
+        let front = match std::mem::take(&mut self.q) {
+            Frames::Empty => None,
+            Frames::One(b) => Some(b),
+            Frames::Many(mut q) => q.pop_front(),
+        };
+        let kept = front.filter(|_| self.off > 0);
+        self.bytes = kept.as_ref().map_or(0, |b| b.len() as u32);
+        self.q = kept.map_or(Frames::Empty, Frames::One);
+        (before - self.bytes) as usize
     }
 }
 
@@ -347,6 +417,43 @@ mod tests {
         assert!(q.is_empty() && q.bytes() == 0);
         let mut q = OutQueue::default();
         assert_eq!(q.push(Bytes::from(vec![0; 101]), 10, 100), Err(Overflow));
+    }
+
+    #[test]
+    fn one_frame_is_held_without_allocation_and_the_queue_stays_small() {
+        // `Desktop`'s size budget counts on this.
+        assert!(std::mem::size_of::<OutQueue>() <= 48);
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"), 4, 100).unwrap();
+        assert!(matches!(q.q, Frames::One(_)));
+        assert_eq!(q.consume(1), 0, "partly written");
+        q.push(Bytes::from_static(b"de"), 4, 100).unwrap();
+        let mut iov = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut iov);
+        assert_eq!((n, &*iov[0], &*iov[1]), (2, &b"bc"[..], &b"de"[..]));
+        assert_eq!(q.consume(3), 3, "the front frame completed");
+        assert!(matches!(q.q, Frames::One(_)), "back to one frame: no heap");
+        assert_eq!((q.len(), q.bytes()), (1, 2));
+        let mut iov = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut iov);
+        assert_eq!((n, &*iov[0]), (1, &b"e"[..]));
+        q.push(Bytes::from_static(b"fg"), 4, 100).unwrap();
+        assert_eq!(
+            q.truncate_to_partial(),
+            2,
+            "only the partly written front stays"
+        );
+        assert_eq!((q.len(), q.bytes()), (1, 2));
+        assert_eq!(q.consume(1), 2);
+        assert!(q.is_empty() && q.bytes() == 0);
+        // Nothing written yet: truncating drops everything.
+        q.push(Bytes::from_static(b"hi"), 4, 100).unwrap();
+        assert_eq!(q.truncate_to_partial(), 2);
+        assert!(q.is_empty());
+        // The bounds count the held frame.
+        q.push(Bytes::from_static(b"j"), 1, 100).unwrap();
+        assert_eq!(q.push(Bytes::from_static(b"k"), 1, 100), Err(Overflow));
+        assert_eq!(q.push(Bytes::from_static(b"k"), 4, 1), Err(Overflow));
     }
 
     #[test]

@@ -342,14 +342,10 @@ impl Core {
             let mut n = 0u64;
             let mut slow = Vec::new();
             for sid in &sub.subscribers {
-                let slot = (sid & 0xFFFF_FFFF) as usize;
-                if to.desktops.get(slot).is_none_or(|d| d.sid != *sid) {
-                    continue;
-                }
-                match to.push(now_ms, slot, bytes.clone()) {
+                match to.push_to_session(now_ms, *sid, &bytes) {
                     Delivery::Queued => n += 1,
                     Delivery::Gone => {}
-                    Delivery::Slow => slow.push(slot),
+                    Delivery::Slow => slow.push((sid & 0xFFFF_FFFF) as usize),
                 }
             }
             self.metrics.fanout_deliveries.inc_by(n);
