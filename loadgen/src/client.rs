@@ -347,7 +347,10 @@ impl FrameReader {
     pub async fn read_conn(&mut self, conn: &mut Conn) -> io::Result<usize> {
         match conn {
             Conn::Tcp(s) => loop {
-                s.readable().await?;
+                // The stream's own reader waker slot, not `readable()`: that future joins
+                // (and on drop leaves) a locked waiter list each time, and a desktop polls it
+                // once per request, from its one task.
+                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 match self.try_read_once(s) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     r => return r,

@@ -2,8 +2,9 @@
 //! of the `storm` scenario, which drops and reconnects every desktop at scheduled times.
 //!
 //! Per request: the desktop's pre-encoded echo frame gets its correlation id and unique
-//! payload patched in place and is appended to a reused write buffer; answers are parsed in
-//! place from the reader's buffer. Nothing is allocated per request.
+//! payload patched in place and is written from there (several requests, or heartbeat answers
+//! waiting, go through a reused write buffer); answers are parsed in place from the reader's
+//! buffer. Nothing is allocated per request.
 //!
 //! In open loop every request that falls due inside the window is accounted for: it is sent
 //! (then answered, lost or errored), or — when the window ends while it waits behind the
@@ -201,6 +202,22 @@ fn patch(frame: &mut [u8], corr: u64, gid: u64) {
     verify::patch_echo_body(&mut frame[HEAD_LEN..], corr, gid);
 }
 
+/// Queue request `corr` for writing. The usual case, one request and nothing else to write,
+/// is written straight from the patched template (`*lone`), not copied into `wbuf` first; a
+/// second request moves the first into `wbuf` before the template is patched again.
+fn queue(frame: &mut [u8], wbuf: &mut Vec<u8>, lone: &mut bool, corr: u64, gid: u64) {
+    if *lone {
+        wbuf.extend_from_slice(frame);
+        *lone = false;
+    }
+    patch(frame, corr, gid);
+    if wbuf.is_empty() {
+        *lone = true;
+    } else {
+        wbuf.extend_from_slice(frame);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     ctx: &Ctx,
@@ -218,6 +235,8 @@ async fn session(
     let window = cfg.window.max(1).min(d.hello.max_in_flight.max(1)) as usize;
     let cap = OPEN_LOOP_CAP.min(d.hello.max_in_flight.max(1)) as usize;
     let mut wbuf: Vec<u8> = Vec::with_capacity(frame.len() * window.max(4) + 64);
+    // `frame` itself holds the one request to write (see [`queue`]).
+    let mut lone = false;
     let hb_ns = scenario::heartbeat_ns(&d.hello);
     let mut hb_corr = CLIENT_CORR_BASE + 16;
     let mut last_write = ctx.clock.now_ns();
@@ -249,8 +268,7 @@ async fn session(
                             intended: now,
                             sent: now,
                         });
-                        patch(&mut frame, corr, gid);
-                        wbuf.extend_from_slice(&frame);
+                        queue(&mut frame, &mut wbuf, &mut lone, corr, gid);
                         n += 1;
                     }
                     if ctx.window.contains(now) {
@@ -266,8 +284,7 @@ async fn session(
                             intended: *next_intended,
                             sent: now,
                         });
-                        patch(&mut frame, corr, gid);
-                        wbuf.extend_from_slice(&frame);
+                        queue(&mut frame, &mut wbuf, &mut lone, corr, gid);
                         due += u64::from(ctx.window.contains(*next_intended));
                         *next_intended += p;
                         n += 1;
@@ -281,7 +298,7 @@ async fn session(
                 s.by_type.add(echo_service, msg::ixn::ECHO, n);
             }
         }
-        if wbuf.is_empty() && now.saturating_sub(last_write) >= hb_ns {
+        if wbuf.is_empty() && !lone && now.saturating_sub(last_write) >= hb_ns {
             let mut h = Head::new(Kind::Request, Service::Control, msg::control::HEARTBEAT);
             h.tenant = d.tenant;
             h.correlation = hb_corr;
@@ -292,11 +309,13 @@ async fn session(
                 .by_type
                 .add(Service::Control, msg::control::HEARTBEAT, 1);
         }
-        if !wbuf.is_empty() {
-            if d.conn.write_all(&wbuf).await.is_err() {
+        if lone || !wbuf.is_empty() {
+            let out: &[u8] = if lone { &frame } else { &wbuf };
+            if d.conn.write_all(out).await.is_err() {
                 return End::Dropped;
             }
             wbuf.clear();
+            lone = false;
             last_write = now;
         }
         if let Some(s) = storm_at {
@@ -475,6 +494,32 @@ mod tests {
             5,
             ECHO_PAYLOAD_LEN
         ));
+    }
+
+    /// One request is written from the template itself; a second moves the first into the
+    /// write buffer before the template is patched again, so both go out intact and in order;
+    /// a heartbeat answer already waiting keeps its place before them.
+    #[test]
+    fn queued_requests_go_out_intact_and_in_order() {
+        let one = |corr| {
+            let mut f = echo_template(1, 7, 5, ECHO_PAYLOAD_LEN);
+            patch(&mut f, corr, 5);
+            f
+        };
+        let mut frame = echo_template(1, 7, 5, ECHO_PAYLOAD_LEN);
+        let mut wbuf = Vec::new();
+        let mut lone = false;
+        queue(&mut frame, &mut wbuf, &mut lone, 1, 5);
+        assert!(lone && wbuf.is_empty());
+        assert_eq!(frame, one(1));
+        queue(&mut frame, &mut wbuf, &mut lone, 2, 5);
+        queue(&mut frame, &mut wbuf, &mut lone, 3, 5);
+        assert!(!lone);
+        assert_eq!(wbuf, [one(1), one(2), one(3)].concat());
+        let (mut wbuf, mut lone) = (b"hb".to_vec(), false);
+        queue(&mut frame, &mut wbuf, &mut lone, 4, 5);
+        assert!(!lone);
+        assert_eq!(wbuf, [b"hb".to_vec(), one(4)].concat());
     }
 
     #[test]
