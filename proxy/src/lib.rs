@@ -36,7 +36,9 @@
 //! - **Operations.** TOML [`config`], `--check-config`, admin HTTP ([`admin`], axum) with
 //!   Prometheus [`metrics`] and [`status`], SIGTERM drain (GO_AWAY, grace, exit), SIGHUP
 //!   reload.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the io_uring driver (`uring/ring.rs`, feature `uring`) allows it
+// in that one file, where operations outlive the calls that queue them.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 /// `impl mio::event::Source for $ty` by handing every call to its field `$field`: the

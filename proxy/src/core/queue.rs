@@ -81,6 +81,20 @@ impl OutQueue {
         n
     }
 
+    /// Push shared handles to the unwritten bytes (at most `max` frames) onto `out`, for a
+    /// driver whose write completes later (io_uring): the handles keep the bytes alive
+    /// whatever happens to the queue meanwhile. Returns how many were pushed.
+    pub fn chunks(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        for (k, b) in self.q.iter().take(max).enumerate() {
+            out.push(if k == 0 {
+                b.slice(self.off..)
+            } else {
+                b.clone()
+            });
+        }
+        self.q.len().min(max)
+    }
+
     /// Account for `n` written bytes; returns the bytes of the frames completed (which leave
     /// the queue). Frees the queue's memory once it is empty, so an idle desktop holds none.
     pub fn consume(&mut self, mut n: usize) -> usize {
@@ -264,6 +278,19 @@ impl LinkQueue {
             n += 1;
         }
         n
+    }
+
+    /// Like [`OutQueue::chunks`]: shared handles to the next bytes to write.
+    pub fn chunks(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        self.stage();
+        for (k, q) in self.staged.iter().take(max).enumerate() {
+            out.push(if k == 0 {
+                q.bytes.slice(self.off..)
+            } else {
+                q.bytes.clone()
+            });
+        }
+        self.staged.len().min(max)
     }
 
     /// Account for `n` written bytes; returns the bytes of the frames completely written
