@@ -583,6 +583,18 @@ pub enum Driver {
     Uring,
 }
 
+impl std::str::FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Driver, String> {
+        match s {
+            "mio" => Ok(Driver::Mio),
+            "uring" => Ok(Driver::Uring),
+            other => Err(format!("unknown driver {other:?} (mio or uring)")),
+        }
+    }
+}
+
 impl Driver {
     /// The name in the configuration.
     pub fn name(self) -> &'static str {
