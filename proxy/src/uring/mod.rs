@@ -39,10 +39,18 @@ use crate::transport::{DesktopStream, LinkStream, connect_upstream};
 
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
-/// Provided receive buffers (a power of two) and their size: 8 MiB for the worker, whatever
-/// the number of desktops.
+/// Provided receive buffers for desktops (a power of two) and their size: 8 MiB for the
+/// worker, whatever the number of desktops.
 const BUFFERS: u16 = 4096;
 const BUFFER_SIZE: usize = 2048;
+/// The links' own buffers (4 MiB), so that desktops holding buffers never starve the links
+/// whose answers let them be read again.
+const LINK_BUFFERS: u16 = 256;
+const LINK_BUFFER_SIZE: usize = 16 * 1024;
+/// Buffers one held-back desktop keeps; what else arrives before its receive is cancelled
+/// is copied into memory of its own, so that a few flooding desktops cannot take every
+/// buffer from the others.
+const HELD_BUFFERS: usize = 8;
 /// Frames per vectored send.
 const IOV: usize = 64;
 
@@ -79,7 +87,10 @@ struct DeskIo {
 
 /// What a held-back desktop received before its receive was cancelled.
 enum Held {
+    /// In a provided buffer (id, length).
     Data(u16, usize),
+    /// Copied out of one (past [`HELD_BUFFERS`]).
+    Owned(Vec<u8>),
     Eof,
 }
 
@@ -94,6 +105,7 @@ struct Send {
 struct Uring {
     ring: Ring,
     bufs: BufRing,
+    link_bufs: BufRing,
     sends: Slab<Send>,
     desk: Vec<DeskIo>,
     links: Vec<DeskIo>,
@@ -105,6 +117,14 @@ struct Uring {
     cqes: Vec<(u64, i32, u32)>,
 }
 
+impl Uring {
+    /// Whether a buffer of either group went back to the kernel this round (without
+    /// taking the news).
+    fn any_recycled(&self) -> bool {
+        self.bufs.recycled() || self.link_bufs.recycled()
+    }
+}
+
 impl Worker {
     /// Run with the io_uring driver until drained after SIGTERM (see [`Worker::run`]).
     ///
@@ -112,11 +132,14 @@ impl Worker {
     /// io_uring unavailable, or a failure of `io_uring_enter`.
     pub(super) fn run_uring(mut self, ready: impl FnOnce()) -> Result<(), WorkerError> {
         let mut ring = Ring::new(SQ_ENTRIES)?;
-        let bufs = BufRing::new(BUFFERS, BUFFER_SIZE);
+        let bufs = BufRing::new(0, BUFFERS, BUFFER_SIZE);
         ring.register(&bufs)?;
+        let link_bufs = BufRing::new(1, LINK_BUFFERS, LINK_BUFFER_SIZE);
+        ring.register(&link_bufs)?;
         let mut u = Uring {
             ring,
             bufs,
+            link_bufs,
             sends: Slab::new(),
             desk: Vec::new(),
             links: Vec::new(),
@@ -128,7 +151,8 @@ impl Worker {
         self.arm_accept(&mut u);
         let mut ready = Some(ready);
         loop {
-            let busy = !self.to_read.is_empty() || !u.starved.is_empty();
+            // Receives that ended for want of a buffer wait until one is given back.
+            let busy = !self.to_read.is_empty() || (!u.starved.is_empty() && u.any_recycled());
             let timeout = if busy {
                 None
             } else {
@@ -147,10 +171,12 @@ impl Worker {
             }
             cqes.clear();
             u.cqes = cqes;
+            let (desk_free, link_free) = (u.bufs.take_recycled(), u.link_bufs.take_recycled());
             for ep in std::mem::take(&mut u.starved) {
                 match ep {
-                    Endpoint::Desktop(id) => self.read_held(&mut u, id),
-                    Endpoint::Link(id) => self.arm_link(&mut u, id),
+                    Endpoint::Desktop(id) if desk_free => self.read_held(&mut u, id),
+                    Endpoint::Link(id) if link_free => self.arm_link(&mut u, id),
+                    _ => u.starved.push(ep),
                 }
             }
             for id in std::mem::take(&mut self.to_read) {
@@ -309,14 +335,17 @@ impl Worker {
                 let Some(b) = bid else { return };
                 let n = n as usize;
                 if held || !self.core.poll_read(id) {
-                    u.held.entry(id.slot).or_default().push(Held::Data(b, n));
+                    let h = u.held.entry(id.slot).or_default();
+                    if h.len() < HELD_BUFFERS {
+                        h.push(Held::Data(b, n));
+                    } else {
+                        h.push(Held::Owned(u.bufs.get(b, n).to_vec()));
+                        u.bufs.recycle(b);
+                    }
                     self.cancel_recv(u, id);
                 } else {
                     self.core.desktop_data(self.now, id, u.bufs.get(b, n));
                     u.bufs.recycle(b);
-                    if !more {
-                        self.read_held(u, id);
-                    }
                 }
             }
             0 => {
@@ -325,13 +354,23 @@ impl Worker {
                 } else {
                     self.core.desktop_eof(self.now, id);
                 }
+                return;
             }
-            e if e == -libc::ENOBUFS => u.starved.push(Endpoint::Desktop(id)),
+            e if e == -libc::ENOBUFS => {
+                u.starved.push(Endpoint::Desktop(id));
+                return;
+            }
             e if e == -libc::ECANCELED => {}
             _ => {
                 self.uring_drop_desktop(u, id);
                 self.core.desktop_lost(self.now, id, Disconnect::IoError);
+                return;
             }
+        }
+        if !more {
+            // The receive ended (cancelled, or the kernel ended it): armed again once the
+            // core wants this desktop read and nothing is held.
+            self.read_held(u, id);
         }
     }
 
@@ -361,6 +400,7 @@ impl Worker {
                         self.core.desktop_data(self.now, id, u.bufs.get(b, n));
                         u.bufs.recycle(b);
                     }
+                    Held::Owned(ref v) => self.core.desktop_data(self.now, id, v),
                     Held::Eof => self.core.desktop_eof(self.now, id),
                 }
                 k += 1;
@@ -371,14 +411,12 @@ impl Worker {
                 return;
             }
         }
-        if !self.core.poll_read(id) {
-            return;
-        }
         let fd = self.desktop_fd(id);
         if let (Some(fd), Some(d)) = (fd, Self::desk_io(&mut u.desk, id))
             && !d.recv
+            && self.core.poll_read(id)
             && u.ring
-                .recv_multi(fd, ud(K_DESKTOP, id.slot, id.generation))
+                .recv_multi(fd, u.bufs.group(), ud(K_DESKTOP, id.slot, id.generation))
                 .is_ok()
         {
             d.recv = true;
@@ -477,7 +515,11 @@ impl Worker {
         if let (Some(fd), Some(l)) = (fd, Self::link_io(&mut u.links, id))
             && !l.recv
             && u.ring
-                .recv_multi(fd, ud(K_LINK, u32::from(id.index), id.generation))
+                .recv_multi(
+                    fd,
+                    u.link_bufs.group(),
+                    ud(K_LINK, u32::from(id.index), id.generation),
+                )
                 .is_ok()
         {
             l.recv = true;
@@ -490,7 +532,7 @@ impl Worker {
         let live = self.link_fd(id).is_some();
         let Some(l) = Self::link_io(&mut u.links, id).filter(|_| live) else {
             if let Some(b) = bid {
-                u.bufs.recycle(b);
+                u.link_bufs.recycle(b);
             }
             return;
         };
@@ -500,8 +542,9 @@ impl Worker {
         match res {
             n if n > 0 => {
                 if let Some(b) = bid {
-                    self.core.link_data(self.now, id, u.bufs.get(b, n as usize));
-                    u.bufs.recycle(b);
+                    self.core
+                        .link_data(self.now, id, u.link_bufs.get(b, n as usize));
+                    u.link_bufs.recycle(b);
                 }
                 if !more {
                     self.arm_link(u, id);

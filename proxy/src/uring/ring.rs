@@ -18,9 +18,6 @@ use bytes::Bytes;
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-/// The buffer group of the provided receive buffers (there is one).
-pub(super) const GROUP: u16 = 0;
-
 /// One vectored send in flight: the frames (shared `Bytes`, cloned from the core's queue)
 /// and the `iovec`s pointing into them. The driver keeps it in a slab until its completion
 /// arrives, whatever happens to the connection in between, so the kernel never reads freed
@@ -103,10 +100,10 @@ impl Ring {
         self.push(&e)
     }
 
-    /// A multishot receive on `fd` into the provided buffers of [`GROUP`]. No pointer: the
-    /// kernel picks a buffer of the [`BufRing`] for each completion.
-    pub(super) fn recv_multi(&mut self, fd: RawFd, ud: u64) -> io::Result<()> {
-        let e = opcode::RecvMulti::new(Fd(fd), GROUP).build().user_data(ud);
+    /// A multishot receive on `fd` into the provided buffers of `group`. No pointer: the
+    /// kernel picks a buffer of that [`BufRing`] for each completion.
+    pub(super) fn recv_multi(&mut self, fd: RawFd, group: u16, ud: u64) -> io::Result<()> {
+        let e = opcode::RecvMulti::new(Fd(fd), group).build().user_data(ud);
         self.push(&e)
     }
 
@@ -175,7 +172,7 @@ impl Ring {
         out.extend(cq.map(|c: cqueue::Entry| (c.user_data(), c.result(), c.flags())));
     }
 
-    /// Register `bufs` as the provided buffers of [`GROUP`].
+    /// Register `bufs` as the provided buffers of its group.
     ///
     /// # Errors
     /// The kernel refused (before 5.19: no buffer rings).
@@ -187,15 +184,15 @@ impl Ring {
             self.ring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
                 bufs.entries,
-                GROUP,
+                bufs.group,
                 0,
             )
         }
     }
 }
 
-/// Receive buffers shared with the kernel: `entries` buffers of `size` bytes, and the ring
-/// through which they are handed to it. The kernel takes one per receive completion; the
+/// Receive buffers shared with the kernel (one buffer group): `entries` buffers of `size`
+/// bytes, and the ring through which they are handed to it. The kernel takes one per receive completion; the
 /// driver gives it back ([`BufRing::recycle`]) once the core has taken the bytes (copied
 /// into its framing arena) or, for a desktop held back, when it is read later. No desktop
 /// holds a buffer while idle: the buffers belong to the worker.
@@ -206,13 +203,15 @@ pub(super) struct BufRing {
     data_layout: Layout,
     entries: u16,
     size: usize,
+    group: u16,
     /// Our copy of the tail (the kernel reads the shared one).
     tail: u16,
+    recycled: bool,
 }
 
 impl BufRing {
-    /// `entries` (a power of two, at most 32768) buffers of `size` bytes.
-    pub(super) fn new(entries: u16, size: usize) -> BufRing {
+    /// `entries` (a power of two, at most 32768) buffers of `size` bytes, buffer group `group`.
+    pub(super) fn new(group: u16, entries: u16, size: usize) -> BufRing {
         assert!(entries.is_power_of_two(), "buffer ring size");
         let ring_layout =
             Layout::from_size_align(usize::from(entries) * size_of::<BufRingEntry>(), 4096)
@@ -232,7 +231,9 @@ impl BufRing {
             data_layout,
             entries,
             size,
+            group,
             tail: 0,
+            recycled: false,
         };
         for bid in 0..entries {
             b.push(bid);
@@ -282,6 +283,23 @@ impl BufRing {
     pub(super) fn recycle(&mut self, bid: u16) {
         self.push(bid);
         self.publish();
+        self.recycled = true;
+    }
+
+    /// The group's id (for receives).
+    pub(super) fn group(&self) -> u16 {
+        self.group
+    }
+
+    /// Whether a buffer went back to the kernel since [`BufRing::take_recycled`].
+    pub(super) fn recycled(&self) -> bool {
+        self.recycled
+    }
+
+    /// Whether a buffer went back to the kernel since the last call (a receive that ended
+    /// for want of a buffer may be armed again).
+    pub(super) fn take_recycled(&mut self) -> bool {
+        std::mem::take(&mut self.recycled)
     }
 }
 
