@@ -7,7 +7,7 @@ mod proxy_support;
 
 use std::time::Duration;
 
-use deskmux_codec::msg::{ixn, key, ucs};
+use deskmux_codec::msg::{control, ixn, key, ucs};
 use deskmux_codec::{ErrorCode, Flags, Frame, Head, Kind, Service};
 use deskmux_tests::{Proc, TestClient};
 use proxy_support::*;
@@ -205,6 +205,38 @@ async fn backpressure_and_bad_senders_stay_with_their_desktop() {
         status(st.proxy.admin)["workers"][0]["status"]["desktops"].as_u64() == Some(2)
     });
     assert!(left, "{}", status(st.proxy.admin));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_uring() {
+    let mut st = uring_stack(2, 1, "drain_grace_ms = 1500\n");
+    let mut d = desktop(st.proxy.addr, T1).await;
+    assert!(
+        echo(&mut d, Service::Interaction, b"x")
+            .await
+            .error()
+            .is_none()
+    );
+    // A request in flight when SIGTERM lands is still answered, then GO_AWAY.
+    let corr = d
+        .send(Service::Interaction, ixn::ECHO, |w| {
+            w.bin(key::DATA, b"in flight")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    st.proxy.proc.signal("TERM").unwrap();
+    let r = d.response(corr, Duration::from_secs(5)).await.unwrap();
+    assert!(r.error().is_none());
+    d.wait_for(Duration::from_secs(5), |f| {
+        f.head().kind == Kind::Control && f.head().msg_type == control::GO_AWAY
+    })
+    .await
+    .unwrap();
+    // Both workers stop accepting (the multishot accept is cancelled) and exit cleanly.
+    let code = st.proxy.proc.wait_exit(Duration::from_secs(8)).unwrap();
+    assert_eq!(code, Some(0));
+    assert!(d.closed_within(Duration::from_secs(3)).await.unwrap());
 }
 
 #[test]
