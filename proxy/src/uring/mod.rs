@@ -113,15 +113,18 @@ struct Uring {
     held: HashMap<u32, Vec<Held>>,
     /// Receives ended for want of a buffer: re-armed next round.
     starved: Vec<Endpoint>,
+    /// Desktop buffers kept by held-back desktops (`Held::Data`).
+    held_bufs: usize,
     accept_armed: bool,
     cqes: Vec<(u64, i32, u32)>,
 }
 
 impl Uring {
-    /// Whether a buffer of either group went back to the kernel this round (without
-    /// taking the news).
-    fn any_recycled(&self) -> bool {
-        self.bufs.recycled() || self.link_bufs.recycled()
+    /// Whether a receive that ended for want of a buffer can get one: the kernel ran out,
+    /// but every buffer it filled is reaped in the same batch and given back at once unless
+    /// a held-back desktop keeps it. Only when they all are kept must it wait.
+    fn buffers_free(&self) -> bool {
+        self.held_bufs < usize::from(BUFFERS)
     }
 }
 
@@ -145,14 +148,14 @@ impl Worker {
             links: Vec::new(),
             held: HashMap::new(),
             starved: Vec::new(),
+            held_bufs: 0,
             accept_armed: false,
             cqes: Vec::with_capacity(1024),
         };
         self.arm_accept(&mut u);
         let mut ready = Some(ready);
         loop {
-            // Receives that ended for want of a buffer wait until one is given back.
-            let busy = !self.to_read.is_empty() || (!u.starved.is_empty() && u.any_recycled());
+            let busy = !self.to_read.is_empty() || (!u.starved.is_empty() && u.buffers_free());
             let timeout = if busy {
                 None
             } else {
@@ -171,11 +174,12 @@ impl Worker {
             }
             cqes.clear();
             u.cqes = cqes;
-            let (desk_free, link_free) = (u.bufs.take_recycled(), u.link_bufs.take_recycled());
+            // Links have their own buffers, never held: always armed again.
+            let desk_free = u.buffers_free();
             for ep in std::mem::take(&mut u.starved) {
                 match ep {
                     Endpoint::Desktop(id) if desk_free => self.read_held(&mut u, id),
-                    Endpoint::Link(id) if link_free => self.arm_link(&mut u, id),
+                    Endpoint::Link(id) => self.arm_link(&mut u, id),
                     _ => u.starved.push(ep),
                 }
             }
@@ -338,6 +342,7 @@ impl Worker {
                     let h = u.held.entry(id.slot).or_default();
                     if h.len() < HELD_BUFFERS {
                         h.push(Held::Data(b, n));
+                        u.held_bufs += 1;
                     } else {
                         h.push(Held::Owned(u.bufs.get(b, n).to_vec()));
                         u.bufs.recycle(b);
@@ -399,6 +404,7 @@ impl Worker {
                     Held::Data(b, n) => {
                         self.core.desktop_data(self.now, id, u.bufs.get(b, n));
                         u.bufs.recycle(b);
+                        u.held_bufs -= 1;
                     }
                     Held::Owned(ref v) => self.core.desktop_data(self.now, id, v),
                     Held::Eof => self.core.desktop_eof(self.now, id),
@@ -430,6 +436,7 @@ impl Worker {
             for h in held {
                 if let Held::Data(b, _) = h {
                     u.bufs.recycle(b);
+                    u.held_bufs -= 1;
                 }
             }
         }

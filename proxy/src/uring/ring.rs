@@ -206,7 +206,6 @@ pub(super) struct BufRing {
     group: u16,
     /// Our copy of the tail (the kernel reads the shared one).
     tail: u16,
-    recycled: bool,
 }
 
 impl BufRing {
@@ -233,7 +232,6 @@ impl BufRing {
             size,
             group,
             tail: 0,
-            recycled: false,
         };
         for bid in 0..entries {
             b.push(bid);
@@ -283,23 +281,11 @@ impl BufRing {
     pub(super) fn recycle(&mut self, bid: u16) {
         self.push(bid);
         self.publish();
-        self.recycled = true;
     }
 
     /// The group's id (for receives).
     pub(super) fn group(&self) -> u16 {
         self.group
-    }
-
-    /// Whether a buffer went back to the kernel since [`BufRing::take_recycled`].
-    pub(super) fn recycled(&self) -> bool {
-        self.recycled
-    }
-
-    /// Whether a buffer went back to the kernel since the last call (a receive that ended
-    /// for want of a buffer may be armed again).
-    pub(super) fn take_recycled(&mut self) -> bool {
-        std::mem::take(&mut self.recycled)
     }
 }
 
