@@ -91,6 +91,42 @@ async fn requests_through_uring_equal_direct() {
     }
 }
 
+/// More bytes at once than the worker's provided buffers hold (4,096 of 2 KiB): receives end
+/// for want of a buffer and must be armed again, or desktops stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_input_at_once_than_the_buffers_hold() {
+    let st = uring_stack(1, 2, "");
+    let mut ds = Vec::new();
+    for _ in 0..200 {
+        ds.push(desktop(st.proxy.addr, T1).await);
+    }
+    // Every desktop sends 4 echoes of 64 KiB before reading any answer: 50 MiB in the
+    // sockets at once.
+    let body: Vec<u8> = (0..64 * 1024u32).map(|k| k as u8).collect();
+    let mut sent = Vec::new();
+    for d in &mut ds {
+        let mut corrs = Vec::new();
+        for _ in 0..4 {
+            let corr = d
+                .send(Service::Ucs, ucs::ECHO, |w| {
+                    w.bin(key::DATA, &body)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            corrs.push(corr);
+        }
+        sent.push(corrs);
+    }
+    for (d, corrs) in ds.iter_mut().zip(sent) {
+        for corr in corrs {
+            let r = d.response(corr, Duration::from_secs(30)).await.unwrap();
+            assert!(r.error().is_none(), "{:?}", r.error());
+            assert_eq!(r.body().bin(key::DATA).unwrap(), &body[..]);
+        }
+    }
+}
+
 async fn subscribe(c: &mut TestClient, topic: &str) -> i64 {
     let r = c
         .request(Service::Interaction, ixn::SUBSCRIBE, |w| {

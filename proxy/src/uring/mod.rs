@@ -653,6 +653,8 @@ impl Worker {
             return;
         };
         let total = send.bufs.total();
+        // A send of a full iovec array may have left frames behind it in the queue.
+        let full = send.bufs.len() >= IOV;
         // The kernel is done with the buffers: `send` (and its frames) may go now.
         let ep = send.ep;
         drop(send);
@@ -679,7 +681,7 @@ impl Worker {
             Endpoint::Desktop(id) => self.core.desktop_written(self.now, id, w),
             Endpoint::Link(id) => self.core.link_written(self.now, id, w),
         }
-        if again || w < total {
+        if again || full || w < total {
             self.core.writable(ep);
         }
     }

@@ -41,6 +41,11 @@ impl SendBufs {
         &mut self.chunks
     }
 
+    /// Frames to send.
+    pub(super) fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Bytes to send.
     pub(super) fn total(&self) -> usize {
         self.chunks.iter().map(Bytes::len).sum()
