@@ -127,6 +127,34 @@ async fn more_input_at_once_than_the_buffers_hold() {
     }
 }
 
+/// Many small requests on one link in one round: more frames than one vectored send takes
+/// (64), then silence. The rest must follow without a new frame to push them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_longer_than_one_send_then_silence() {
+    let st = uring_stack(1, 1, "");
+    let mut ds = Vec::new();
+    for _ in 0..300 {
+        ds.push(desktop(st.proxy.addr, T1).await);
+    }
+    for round in 0..3 {
+        let mut corrs = Vec::new();
+        for d in &mut ds {
+            let corr = d
+                .send(Service::Interaction, ixn::ECHO, |w| {
+                    w.bin(key::DATA, b"burst")?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            corrs.push(corr);
+        }
+        for (i, (d, corr)) in ds.iter_mut().zip(corrs).enumerate() {
+            let r = d.response(corr, Duration::from_secs(10)).await;
+            assert!(r.is_ok(), "round {round}: desktop {i} got no answer");
+        }
+    }
+}
+
 async fn subscribe(c: &mut TestClient, topic: &str) -> i64 {
     let r = c
         .request(Service::Interaction, ixn::SUBSCRIBE, |w| {
