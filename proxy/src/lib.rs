@@ -27,7 +27,9 @@
 //!   buffer), vectored sends of shared frame handles, and one `io_uring_enter` per round for
 //!   every submission and wait. It drives plain TCP desktops and links only; the
 //!   configuration check keeps TLS and QUIC on mio. It is the crate's only unsafe code
-//!   (`uring/ring.rs`, each block with why the memory outlives the operation).
+//!   (`uring/ring.rs`, each block with why the memory outlives the operation). mio stays the
+//!   default: uring saved CPU at 1 request in flight and cost more at 16, in the same run
+//!   (`benches/RESULTS.md`, issue 17).
 //! - **Hot path.** Frames are framed out of a worker-wide arena (`split_to`, no copy),
 //!   restamped in place (`set_correlation`, `set_session`) and queued as `Bytes`; each socket
 //!   with queued frames gets one vectored write per round. Broadcast events are fanned out as
