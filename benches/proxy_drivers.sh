@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # mio against io_uring in one session: `loadgen compare` (core-server direct, then through a
 # proxy with 2 workers and plain TCP links) with each driver, interleaved, the order
-# alternating between repetitions. usage: drivers.sh BIN_DIR OUT  (env: CLIENTS, REPS, WINDOWS)
+# alternating between repetitions; one line per run (proxy CPU per request, lost).
+#   benches/proxy_drivers.sh BIN_DIR OUT   (env: CLIENTS 5000, REPS 2, WINDOWS "1 16")
+# BIN_DIR holds loadgen, core-server and proxy (loadgen starts the ones next to it).
 set -uo pipefail
 BIN=$1; OUT=$2; mkdir -p "$OUT"
 CLIENTS=${CLIENTS:-5000}; REPS=${REPS:-2}; WINDOWS=${WINDOWS:-"1 16"}
