@@ -20,6 +20,16 @@
 //!   [`core::desktop::Desktop`] plus its socket, with no buffer held while idle. Measured:
 //!   ≈200 B of RSS per idle desktop (8,000 in one worker; 54,000 over 4 workers of one
 //!   command), against ≈1 KiB for a bare tokio task per connection (`proxy/README.md`).
+//! - **Two drivers, one core.** [`worker`] on mio (epoll readiness) is the default and
+//!   serves every transport. With the `uring` feature and `[worker] driver = "uring"`, the
+//!   same worker runs its loop on io_uring instead (`src/uring/`): multishot accept and
+//!   receive into a worker-wide ring of provided buffers (so an idle desktop still holds no
+//!   buffer), vectored sends of shared frame handles, and one `io_uring_enter` per round for
+//!   every submission and wait. It drives plain TCP desktops and links only; the
+//!   configuration check keeps TLS and QUIC on mio. It is the crate's only unsafe code
+//!   (`uring/ring.rs`, each block with why the memory outlives the operation). mio stays the
+//!   default: uring saved CPU at 1 request in flight and cost more at 16, in the same run
+//!   (`benches/RESULTS.md`, issue 17).
 //! - **Hot path.** Frames are framed out of a worker-wide arena (`split_to`, no copy),
 //!   restamped in place (`set_correlation`, `set_session`) and queued as `Bytes`; each socket
 //!   with queued frames gets one vectored write per round. Broadcast events are fanned out as
@@ -36,7 +46,9 @@
 //! - **Operations.** TOML [`config`], `--check-config`, admin HTTP ([`admin`], axum) with
 //!   Prometheus [`metrics`] and [`status`], SIGTERM drain (GO_AWAY, grace, exit), SIGHUP
 //!   reload.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the io_uring driver (`uring/ring.rs`, feature `uring`) allows it
+// in that one file, where operations outlive the calls that queue them.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 /// `impl mio::event::Source for $ty` by handing every call to its field `$field`: the

@@ -64,6 +64,10 @@ struct Cli {
     /// Start even though `link_secret` is empty, short or a published example (tests only).
     #[arg(long)]
     allow_weak_link_secret: bool,
+    /// I/O driver of the workers, `mio` or `uring` (overrides `[worker] driver`; the
+    /// environment variable lets a benchmark pick it for a proxy another program starts).
+    #[arg(long, env = "DESKMUX_PROXY_DRIVER")]
+    driver: Option<deskmux_proxy::config::Driver>,
     /// Allow plain TCP links to upstreams that configure no TLS (sets `plaintext_links`).
     #[arg(long)]
     plaintext_links: bool,
@@ -114,6 +118,9 @@ fn load(cli: &Cli, cert_files: bool) -> Result<(Config, DesktopCap)> {
     }
     if cli.plaintext_links {
         cfg.plaintext_links = true;
+    }
+    if let Some(d) = cli.driver {
+        cfg.worker.driver = d;
     }
     cfg.normalize();
     let checked = if cert_files {

@@ -190,6 +190,13 @@ impl DesktopTransport {
 
 delegate_source!(DesktopTransport, tcp);
 
+/// The listening socket's descriptor, for a driver that accepts through io_uring.
+impl std::os::fd::AsRawFd for DesktopTransport {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.tcp.listener.as_raw_fd()
+    }
+}
+
 impl DesktopTransport {
     /// Accept one connection (starting its TLS handshake with `[tls]`); `Ok(None)` when
     /// none is pending.

@@ -13,6 +13,10 @@
 //! link_secret = "..."              # presented in LINK_HELLO to every upstream: 32 bytes or more
 //! backlog = 4096                   # listen backlog
 //!
+//! [worker]
+//! driver = "mio"                   # I/O driver: "mio" (epoll) or "uring" (io_uring; built with
+//!                                  # the `uring` feature; plain TCP desktops and links only)
+//!
 //! [limits]
 //! # max_desktops = 18910           # desktops per worker; default: the open-file limit minus
 //!                                  # links, listeners, admin and closing sockets (see fd_limit)
@@ -554,6 +558,51 @@ pub struct Config {
     /// credential readable. A plaintext link to a non-loopback address is logged as a
     /// warning at start. `--plaintext-links` sets it. Default false.
     pub plaintext_links: bool,
+    /// How each worker does its I/O (`[worker]`). Read when a worker starts.
+    pub worker: WorkerSection,
+}
+
+/// How each worker does its I/O (`[worker]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// The I/O driver around the worker's core. Default `"mio"`.
+    pub driver: Driver,
+}
+
+/// The I/O driver of a worker: both drive the same sans-IO core (`crate::core`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// epoll readiness through mio: every transport (TCP, TLS, QUIC). The default.
+    #[default]
+    Mio,
+    /// io_uring completions (multishot accept and receive into a ring of provided buffers,
+    /// one `io_uring_enter` per round). Needs the `uring` cargo feature; plain TCP desktops
+    /// and plain TCP links only (no `[tls]`, `[quic]` or TLS links).
+    Uring,
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Driver, String> {
+        match s {
+            "mio" => Ok(Driver::Mio),
+            "uring" => Ok(Driver::Uring),
+            other => Err(format!("unknown driver {other:?} (mio or uring)")),
+        }
+    }
+}
+
+impl Driver {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Mio => "mio",
+            Driver::Uring => "uring",
+        }
+    }
 }
 
 /// TLS for upstream links (`[link_tls]`), the defaults of every `[[upstream]]`'s `ca`,
@@ -667,6 +716,7 @@ impl Default for Config {
             quic: None,
             link_tls: None,
             plaintext_links: false,
+            worker: WorkerSection::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.admin != new.admin, "admin");
     check(running.workers != new.workers, "workers");
     check(running.backlog != new.backlog, "backlog");
+    check(running.worker.driver != new.worker.driver, "worker.driver");
     check(
         running.tls.is_some() != new.tls.is_some(),
         "tls (section added or removed)",
@@ -59,6 +60,7 @@ impl Config {
         self.admin = running.admin;
         self.workers = running.workers;
         self.backlog = running.backlog;
+        self.worker.driver = running.worker.driver;
         if let (Some(a), Some(b)) = (&running.quic, self.quic.as_mut()) {
             b.max_handshakes = a.max_handshakes;
             b.max_desktops = a.max_desktops;
@@ -76,6 +78,7 @@ impl Config {
         let _ = writeln!(s, "admin               {}", self.admin);
         let _ = writeln!(s, "workers             {}", self.workers);
         let _ = writeln!(s, "backlog             {}", self.backlog);
+        let _ = writeln!(s, "worker.driver       {}", self.worker.driver.name());
         let secret = if self.link_secret.is_empty() {
             "not set".to_string()
         } else {

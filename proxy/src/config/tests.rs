@@ -195,3 +195,28 @@ fn link_secret_is_hidden_and_weak_ones_are_named() {
         "no secret is weak"
     );
 }
+
+#[test]
+fn driver_key_and_what_uring_refuses() {
+    assert_eq!(Config::from_toml(UP).unwrap().worker.driver, Driver::Mio);
+    let plain = format!("plaintext_links = true\n[worker]\ndriver = \"uring\"\n{UP}");
+    let c = Config::from_toml(&plain);
+    if cfg!(feature = "uring") {
+        assert_eq!(c.unwrap().worker.driver, Driver::Uring);
+    } else {
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("without the `uring` feature"), "{e}");
+    }
+    let e = err(&format!("[worker]\ndriver = \"epoll\"\n{UP}"));
+    assert!(e.contains("unknown variant"), "{e}");
+    let e = err(&format!(
+        "[worker]\ndriver = \"uring\"\n[link_tls]\nca = \"ca.pem\"\n{UP}"
+    ));
+    assert!(e.contains("worker.driver") && e.contains("TLS"), "{e}");
+    let e = err(&format!(
+        "[worker]\ndriver = \"uring\"\n[quic]\ncert = \"c\"\nkey = \"k\"\n{UP}"
+    ));
+    assert!(e.contains("worker.driver") && e.contains("QUIC"), "{e}");
+    assert_eq!("uring".parse::<Driver>(), Ok(Driver::Uring));
+    assert!("io_uring".parse::<Driver>().is_err());
+}

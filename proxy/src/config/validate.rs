@@ -2,7 +2,7 @@
 //! partitions and tenant routes, and (separately) that the certificate files load. Its own
 //! file because it is most of the configuration's logic, and `--check-config` is all of it.
 
-use super::{Cluster, Config, ConfigError, ServiceId, Upstream};
+use super::{Cluster, Config, ConfigError, Driver, ServiceId, Upstream};
 
 impl Config {
     /// Check ranges and consistency, that the certificate files load, and that there is an
@@ -83,7 +83,42 @@ impl Config {
         if self.quic.is_some() && self.quic_cert().is_none() {
             return bad("quic: needs cert and key (in [quic] or [tls])".into());
         }
+        self.check_driver()?;
         self.validate_topology()
+    }
+
+    /// `[worker] driver = "uring"` drives plain TCP only: TLS (desktops or links) and QUIC
+    /// stay with the mio driver, and a binary built without the `uring` feature has none.
+    fn check_driver(&self) -> Result<(), ConfigError> {
+        if self.worker.driver != Driver::Uring {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !cfg!(feature = "uring") {
+            return bad("worker.driver = \"uring\": this proxy was built without the `uring` feature (cargo build --features uring); use driver = \"mio\"".into());
+        }
+        if self.tls.is_some() {
+            return bad("worker.driver = \"uring\" serves plain TCP desktops only: remove [tls] or use driver = \"mio\"".into());
+        }
+        if self.quic.is_some() {
+            return bad(
+                "worker.driver = \"uring\" has no QUIC: remove [quic] or use driver = \"mio\""
+                    .into(),
+            );
+        }
+        for u in &self.upstream {
+            if self
+                .link_security(u)
+                .map_err(ConfigError::Invalid)?
+                .is_some()
+            {
+                return bad(format!(
+                    "worker.driver = \"uring\" connects plain TCP links only: upstream {} uses TLS (set tls = false with plaintext_links, or use driver = \"mio\")",
+                    u.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Load the `[tls]` and `[quic]` certificate and key files and check that each key

@@ -657,6 +657,16 @@ impl Core {
         }
     }
 
+    /// Push shared handles to desktop `id`'s unwritten frames (at most `max`) onto `out`:
+    /// for a driver whose write completes after the call (io_uring), the bytes stay alive
+    /// until it drops them. Report what was written with [`Core::desktop_written`].
+    pub fn desktop_chunks(&self, id: DesktopId, out: &mut Vec<Bytes>, max: usize) -> usize {
+        match self.slot_of(id) {
+            Some(slot) => self.desktops[slot].out.chunks(out, max),
+            None => 0,
+        }
+    }
+
     /// `n` bytes of desktop `id`'s queue were written.
     pub fn desktop_written(&mut self, now: Instant, id: DesktopId, n: usize) {
         let Some(slot) = self.slot_of(id) else {
@@ -678,6 +688,14 @@ impl Core {
     pub fn link_slices<'a>(&'a mut self, id: LinkId, iov: &mut [IoSlice<'a>]) -> usize {
         match self.link_of(id) {
             Some(i) => self.links[i].out.slices(iov),
+            None => 0,
+        }
+    }
+
+    /// Like [`Core::desktop_chunks`], for link `id` (report with [`Core::link_written`]).
+    pub fn link_chunks(&mut self, id: LinkId, out: &mut Vec<Bytes>, max: usize) -> usize {
+        match self.link_of(id) {
+            Some(i) => self.links[i].out.chunks(out, max),
             None => 0,
         }
     }

@@ -130,6 +130,29 @@ impl OutQueue {
         }
     }
 
+    /// Push shared handles to the unwritten bytes (at most `max` frames) onto `out`, for a
+    /// driver whose write completes later (io_uring): the handles keep the bytes alive
+    /// whatever happens to the queue meanwhile. Returns how many were pushed.
+    pub fn chunks(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        let off = self.off as usize;
+        match &self.q {
+            Frames::Empty => 0,
+            Frames::One(b) => {
+                if max == 0 {
+                    return 0;
+                }
+                out.push(b.slice(off..));
+                1
+            }
+            Frames::Many(q) => {
+                for (k, b) in q.iter().take(max).enumerate() {
+                    out.push(if k == 0 { b.slice(off..) } else { b.clone() });
+                }
+                q.len().min(max)
+            }
+        }
+    }
+
     /// Account for `n` written bytes; returns the bytes of the frames completed (which leave
     /// the queue). Frees the queue's memory once it is empty, so an idle desktop holds none.
     pub fn consume(&mut self, n: usize) -> usize {
@@ -334,6 +357,19 @@ impl LinkQueue {
             n += 1;
         }
         n
+    }
+
+    /// Like [`OutQueue::chunks`]: shared handles to the next bytes to write.
+    pub fn chunks(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        self.stage();
+        for (k, q) in self.staged.iter().take(max).enumerate() {
+            out.push(if k == 0 {
+                q.bytes.slice(self.off..)
+            } else {
+                q.bytes.clone()
+            });
+        }
+        self.staged.len().min(max)
     }
 
     /// Account for `n` written bytes; returns the bytes of the frames completely written

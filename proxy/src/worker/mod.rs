@@ -45,6 +45,11 @@ use crate::transport::{DesktopStream, DesktopTransport};
 mod failures;
 mod links;
 mod reload;
+// The second driver of this same worker (its sockets table, timers and operator handling),
+// in a folder of its own because it holds the crate's only unsafe code.
+#[cfg(feature = "uring")]
+#[path = "../uring/mod.rs"]
+mod uring;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const QUIC: Token = Token(usize::MAX - 2);
@@ -220,6 +225,14 @@ impl Worker {
     /// # Errors
     /// A poll failure.
     pub fn run(mut self, ready: impl FnOnce()) -> Result<(), WorkerError> {
+        #[cfg(feature = "uring")]
+        if self.cfg.worker.driver == crate::config::Driver::Uring {
+            // Only the listener's fd is used: deregistered, so epoll never holds it.
+            if let Some(l) = self.listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            return self.run_uring(ready);
+        }
         let mut events = Events::with_capacity(1024);
         let mut ready = Some(ready);
         loop {
@@ -634,6 +647,12 @@ impl Worker {
         // edge-triggered, so retry once per tick rather than wait for the next connection.
         self.accept();
         self.flush_lingering(now);
+        self.tick_common(now);
+    }
+
+    /// The tick's work that is the same for every driver: signals, operator commands, QUIC
+    /// metrics, the failure log.
+    fn tick_common(&mut self, now: Instant) {
         if self.signals.hup.swap(false, Ordering::Relaxed) {
             self.reload_config(now);
         }
