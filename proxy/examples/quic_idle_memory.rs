@@ -224,14 +224,14 @@ impl World {
         let n = wire.len();
         for d in wire {
             match d.from_client {
-                Some(i) => server(|| self.to_server(client_addr(i), d.data)),
-                None => self.to_client(d.data),
+                Some(i) => server(|| self.deliver_to_server(client_addr(i), d.data)),
+                None => self.deliver_to_client(d.data),
             }
         }
         n
     }
 
-    fn to_server(&mut self, from: SocketAddr, data: Vec<u8>) {
+    fn deliver_to_server(&mut self, from: SocketAddr, data: Vec<u8>) {
         let now = self.now;
         let s = &mut self.server;
         self.sbuf.clear();
@@ -257,7 +257,7 @@ impl World {
         }
     }
 
-    fn to_client(&mut self, data: Vec<u8>) {
+    fn deliver_to_client(&mut self, data: Vec<u8>) {
         let mut buf = Vec::new();
         if let Some(DatagramEvent::ConnectionEvent(ch, ev)) = self.client.endpoint.handle(
             self.now,

@@ -315,7 +315,7 @@ impl Driver {
             if c.queued == Some(at) {
                 c.queued = None;
             }
-            if !c.timer.is_some_and(|t| t <= now) {
+            if c.timer.is_none_or(|t| t > now) {
                 // Not due yet (it moved later since this entry was queued).
                 d.arm(ch);
                 continue;

@@ -143,7 +143,7 @@ impl SendQueue {
         }
         // Stable, by destination only: one connection's datagrams keep their order (reordered
         // packets would look lost to the peer and make it acknowledge at once).
-        self.queued.sort_by(|a, b| a.to.cmp(&b.to));
+        self.queued.sort_by_key(|q| q.to);
         let max_segments = sock.state.max_gso_segments().max(1);
         let q = &self.queued;
         let mut i = 0;
