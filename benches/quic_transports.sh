@@ -11,8 +11,14 @@
 #             from 8 per loadgen thread: how the kernel's SO_REUSEPORT hash spreads QUIC flows
 #             over the workers' sockets (per-worker CPU from /proc over the measured window).
 #
+#  4. ab:     the peak run (2.) with two builds of the stack, interleaved REPS times (A then B
+#             each repetition), so that a change's QUIC÷TCP ratio is compared with its baseline
+#             measured in the same session: A = BASE_BIN_DIR (e.g. a copy of the binaries built
+#             before the change), B = DESKMUX_BIN_DIR. The same loadgen (B's) drives both.
+#
 #   benches/quic_transports.sh                 # defaults below
 #   N=20000 RATE=5000 HB=30000 benches/quic_transports.sh   # the settings of runs 1 and 2
+#   ONLY=ab BASE_BIN_DIR=/tmp/before REPS=2 benches/quic_transports.sh
 #
 # Needs: target/release/{core-server,proxy,loadgen} (cargo build --release --workspace --bins),
 # jq.
@@ -26,7 +32,8 @@ RAMP=${RAMP:-60}         # s, scale run ramp (N QUIC handshakes spread over it)
 HB=${HB:-5000}           # proxy desktop heartbeat_ms (idle desktops heartbeat after HB of silence)
 PEAK_N=${PEAK_N:-2000}   # desktops, peak and spread runs
 DURATION=${DURATION:-20} # s measured
-ONLY=${ONLY:-all}         # all | scale | peak | spread
+ONLY=${ONLY:-all}         # all | scale | peak | spread | ab (not part of all)
+REPS=${REPS:-2}           # ab: repetitions
 OUT=${OUT:-$(mktemp -d /tmp/deskmux-quic.XXXXXX)}
 mkdir -p "$OUT"
 echo "out dir: $OUT"
@@ -83,5 +90,20 @@ for cfg in "1 8 2" "2 8 2" "2 1 1" "2 8 1"; do
     wait "$LPID" || true
     jq -r --arg c "workers $W, client sockets $S/thread × $T thread(s)" --arg s "$SPLIT" \
         '"spread \($c): \(.throughput_rps|floor) req/s, proxy \(.server.proxy_cpu_us_per_request*100|floor/100) µs cpu/req, lost \(.requests.lost), worker CPU ticks over \(.duration_s/2) s: \($s)"' "$J"
+done
+fi
+
+if [ "$ONLY" = ab ]; then
+: "${BASE_BIN_DIR:?ab needs BASE_BIN_DIR (the binaries to compare against)}"
+echo "== 4. ab: $PEAK_N desktops closed loop, A=$BASE_BIN_DIR B=$BIN, $REPS repetitions =="
+for rep in $(seq 1 "$REPS"); do
+    for side in A B; do
+        if [ "$side" = A ]; then DIR=$BASE_BIN_DIR; else DIR=$BIN; fi
+        J="$OUT/ab-$side-$rep.json"
+        DESKMUX_BIN_DIR=$DIR "$LG" transports -q -n "$PEAK_N" --ramp 3 --warmup 2 \
+            --duration "$DURATION" --drain 3 --heartbeat-ms "$HB" --json "$J" \
+            >"$OUT/ab-$side-$rep.log" 2>&1 || true
+        jq -r --arg s "$side#$rep" '"ab \($s): tcp \(.tcp.throughput_rps|floor) req/s \(.tcp.server.proxy_cpu_us_per_request*100|floor/100) µs | tls \(.tls.server.proxy_cpu_us_per_request*100|floor/100) µs | quic \(.quic.throughput_rps|floor) req/s \(.quic.server.proxy_cpu_us_per_request*100|floor/100) µs, lost \(.quic.requests.lost) | quic/tcp proxy cpu per request \(.ratios_quic_over_tcp.proxy_cpu_per_request*100|floor/100)×"' "$J"
+    done
 done
 fi
