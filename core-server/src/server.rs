@@ -762,5 +762,15 @@ pub async fn shutdown(shared: &Shared) {
         shared.cfg.shutdown_grace_ms,
     )))
     .await;
+    // On PostgreSQL, the tenants' leases expire now rather than `lease_ms` after the exit:
+    // a restart or a standby takes them at once.
+    let guard = shared.lock.lock().ok().and_then(|mut g| g.take());
+    if let Some(Guard::Leases(l)) = guard {
+        match tokio::task::spawn_blocking(move || l.release()).await {
+            Ok(Ok(())) => tracing::info!("tenant leases released"),
+            Ok(Err(e)) => tracing::warn!("tenant leases not released (they expire): {e}"),
+            Err(e) => tracing::warn!("tenant leases not released (they expire): {e}"),
+        }
+    }
     std::process::exit(0);
 }
