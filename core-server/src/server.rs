@@ -370,6 +370,9 @@ fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
             let mut store = PgStore::open(c)?;
             if let Guard::Leases(l) = guard {
                 store.hold_leases(l.held.clone());
+                // Half the lease: a paused owner holds a taker off for at most that long
+                // past the lease's expiry (see `limit_idle_in_transaction`).
+                store.limit_idle_in_transaction(cfg.storage.lease() / 2)?;
             }
             Box::new(store)
         }

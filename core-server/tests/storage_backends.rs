@@ -745,3 +745,59 @@ fn postgres_gms_audit_counts_bookings() {
     let mut s = PgStore::connect(&url).unwrap();
     gms_audit(&mut s, &Location::Postgres(Box::new(url.parse().unwrap())));
 }
+
+/// An owner paused in the middle of a batch (its lease rows held `FOR SHARE`, its transaction
+/// open) does not hold a taker off for good: with `limit_idle_in_transaction`, PostgreSQL ends
+/// the paused session, the taker takes the expired leases, and the owner's batch commits
+/// nothing.
+#[test]
+fn postgres_a_paused_batch_does_not_hold_the_takeover_off() {
+    use deskmux_core_server::storage::lease::Leases;
+    use std::time::{Duration, Instant};
+
+    let pg = pg::PgServer::start();
+    let url = pg.create("paused");
+    let cfg: postgres::Config = url.parse().unwrap();
+    let lease = Duration::from_millis(400);
+    let leases = |who: &str| {
+        Leases::new(
+            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
+            who.into(),
+            lease,
+        )
+    };
+    drop(PgStore::open(&cfg).unwrap()); // migrated
+    let mut a = leases("a");
+    let held = a
+        .try_take(&[1], lease / 4)
+        .unwrap()
+        .expect("free lease taken");
+    let mut owner = PgStore::open(&cfg).unwrap();
+    owner.hold_leases(held);
+    owner.limit_idle_in_transaction(lease / 2).unwrap();
+    // The batch starts (its lease rows read FOR SHARE), writes, and the owner stops there.
+    owner.begin().unwrap();
+    owner.fence_check().unwrap();
+    owner
+        .contact_create(1, b"paused", &pairs("k", "paused"))
+        .unwrap();
+    let mut b = leases("b");
+    let end = Instant::now() + Duration::from_secs(20);
+    let taken = loop {
+        if let Some(h) = b.try_take(&[1], lease / 4).unwrap() {
+            break h;
+        }
+        assert!(Instant::now() < end, "the paused batch held the takeover off");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(taken.tenants, [1]);
+    // Resumed, the owner commits nothing: its session is gone.
+    assert!(owner.commit().is_err());
+    let mut reader = PgStore::connect(&url).unwrap();
+    assert!(
+        reader
+            .contact_find(1, "k", "paused", 0, 10, 1 << 20)
+            .unwrap()
+            .is_empty()
+    );
+}
