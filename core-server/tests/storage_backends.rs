@@ -787,7 +787,10 @@ fn postgres_a_paused_batch_does_not_hold_the_takeover_off() {
         if let Some(h) = b.try_take(&[1], lease / 4).unwrap() {
             break h;
         }
-        assert!(Instant::now() < end, "the paused batch held the takeover off");
+        assert!(
+            Instant::now() < end,
+            "the paused batch held the takeover off"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(taken.tenants, [1]);
