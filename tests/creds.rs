@@ -135,6 +135,8 @@ pub fn import_lines(passwords: &[(u32, &str)], numbered: bool) -> String {
 /// # Errors
 /// The binary is missing or could not be run.
 pub fn run(config: &Path, args: &[&str], stdin: &str) -> Result<std::process::Output> {
+    // In PostgreSQL mode the agents go to the database the server will use.
+    crate::storage_mode::prepare(config);
     let bin = crate::bin_path("core-server");
     let mut child = Command::new(&bin)
         .arg("--config")

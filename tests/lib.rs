@@ -8,8 +8,10 @@
 
 pub mod client;
 pub mod creds;
+pub mod pg;
 pub mod procs;
 pub mod secure_client;
+pub mod storage_mode;
 
 pub use client::TestClient;
 pub use procs::{Proc, bin_path, wait_child, wait_until};

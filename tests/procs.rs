@@ -56,9 +56,17 @@ impl Proc {
 
     /// As [`Proc::spawn`], with extra environment variables.
     ///
+    /// A `core-server` started with `--config` runs on the backend the tests are run with
+    /// (see [`crate::storage_mode`]).
+    ///
     /// # Errors
     /// The binary is missing or cannot start.
     pub fn spawn_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+        if bin == "core-server"
+            && let Some(config) = crate::storage_mode::config_arg(args)
+        {
+            crate::storage_mode::prepare(std::path::Path::new(config));
+        }
         let path = bin_path(bin);
         if !path.exists() {
             bail!(

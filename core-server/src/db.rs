@@ -632,6 +632,9 @@ wrapper_store!(Refuse<'_>, open = false, |s, _call| s.no(), |s| s.no());
 
 #[cfg(test)]
 mod tests {
+    // The worker's other promises (group commit, a failing operation rolled back alone,
+    // fencing, the queue's bounds and deadlines, a panic reported) are checked on both
+    // backends in `tests/storage_backends.rs`; this one is about SQLite's write lock.
     use super::*;
     use crate::storage::sqlite::{SqliteOptions, SqliteStore};
     use std::sync::atomic::AtomicBool;
@@ -641,16 +644,11 @@ mod tests {
         vec![("k".to_string(), v.to_string())]
     }
 
-    /// A create of contact `k=v`; `then_fail` makes the operation fail after its write (by
-    /// trying to commit, which an operation may not). `saw_err` is set if a call failed.
-    fn create(v: &'static str, then_fail: bool, saw_err: Arc<AtomicBool>) -> Work {
+    /// A create of contact `k=v`; `saw_err` is set if the call failed.
+    fn create(v: &'static str, saw_err: Arc<AtomicBool>) -> Work {
         Box::new(move |s: &mut dyn Store| -> Finish {
-            let r = s.contact_create(1, v.as_bytes(), &pairs(v));
-            if r.is_err() {
+            if s.contact_create(1, v.as_bytes(), &pairs(v)).is_err() {
                 saw_err.store(true, Ordering::Relaxed);
-            }
-            if then_fail {
-                assert!(s.commit().is_err());
             }
             Box::new(|_| {})
         })
@@ -658,27 +656,6 @@ mod tests {
 
     fn found(s: &mut SqliteStore, v: &str) -> usize {
         s.contact_find(1, "k", v, 0, 10, usize::MAX).unwrap().len()
-    }
-
-    #[test]
-    fn a_failing_operation_is_rolled_back_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let flag = Arc::new(AtomicBool::new(false));
-        let batch = vec![
-            create("a", false, flag.clone()),
-            create("b", true, flag.clone()),
-            create("c", false, flag.clone()),
-        ];
-        let mut done = Vec::new();
-        run_batch(&mut s, &mut batch.into_iter(), &mut done).unwrap();
-        let fates: Vec<bool> = done.iter().map(|d| d.1.is_none()).collect();
-        assert_eq!(fates, [true, false, true]);
-        assert!(done[1].1.as_ref().unwrap().nothing_applied());
-        assert_eq!(
-            (found(&mut s, "a"), found(&mut s, "b"), found(&mut s, "c")),
-            (1, 0, 1)
-        );
     }
 
     #[test]
@@ -693,10 +670,7 @@ mod tests {
         let other = rusqlite::Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let saw_err = Arc::new(AtomicBool::new(false));
-        let batch = vec![
-            create("a", false, saw_err.clone()),
-            create("b", false, saw_err.clone()),
-        ];
+        let batch = vec![create("a", saw_err.clone()), create("b", saw_err.clone())];
         let mut done = Vec::new();
         run_batch(&mut s, &mut batch.into_iter(), &mut done).unwrap();
         other.execute_batch("ROLLBACK").unwrap();
@@ -709,159 +683,5 @@ mod tests {
             "the operations saw a refusing store"
         );
         assert_eq!((found(&mut s, "a"), found(&mut s, "b")), (0, 0));
-    }
-
-    fn stops(db_path: &std::path::Path) -> (Db, mpsc::Receiver<String>) {
-        let mut s = SqliteStore::open(db_path).unwrap();
-        s.fence_acquire().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let db = Db::start_with(
-            Box::new(s),
-            8,
-            (usize::MAX, usize::MAX),
-            Box::new(move |why| {
-                let _ = tx.send(match why {
-                    Stopped::Closed => "closed".to_string(),
-                    Stopped::Fenced(_) => "fenced".to_string(),
-                    Stopped::Panicked(m) => format!("panicked: {m}"),
-                });
-            }),
-        )
-        .unwrap();
-        (db, rx)
-    }
-
-    #[test]
-    fn a_newer_epoch_stops_the_worker_before_it_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let (db, stopped) = stops(&path);
-        let mut newer = SqliteStore::open(&path).unwrap();
-        newer.fence_acquire().unwrap();
-        let (tx, answered) = mpsc::channel();
-        assert!(db.submit(
-            Box::new(move |s: &mut dyn Store| -> Finish {
-                let _ = s.contact_create(1, b"x", &pairs("x"));
-                Box::new(move |r| {
-                    let _ = tx.send(r.map_err(StoreError::nothing_applied));
-                })
-            }),
-            None,
-            0
-        ));
-        let wait = Duration::from_secs(10);
-        assert_eq!(answered.recv_timeout(wait).unwrap(), Err(true));
-        assert_eq!(stopped.recv_timeout(wait).unwrap(), "fenced");
-        assert_eq!(found(&mut newer, "x"), 0);
-    }
-
-    #[test]
-    fn a_full_queue_refuses_work_without_running_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        s.fence_acquire().unwrap();
-        let db = Db::start_with(Box::new(s), 8, (1, usize::MAX), Box::new(|_| {})).unwrap();
-        // Hold the worker inside a batch, so that what comes next waits in the queue.
-        let (started_tx, started) = mpsc::channel();
-        let (release, held) = mpsc::channel::<()>();
-        assert!(
-            db.try_submit(
-                Box::new(move |_s: &mut dyn Store| -> Finish {
-                    let _ = started_tx.send(());
-                    let _ = held.recv();
-                    Box::new(|_| {})
-                }),
-                None,
-                0
-            )
-            .is_ok()
-        );
-        let wait = Duration::from_secs(10);
-        started.recv_timeout(wait).unwrap();
-        let (tx, answered) = mpsc::channel();
-        let op = |v: &'static str| -> Work {
-            let tx = tx.clone();
-            Box::new(move |s: &mut dyn Store| -> Finish {
-                let r = s.contact_create(1, v.as_bytes(), &pairs(v)).is_ok();
-                Box::new(move |c| {
-                    let _ = tx.send((v, r && c.is_ok()));
-                })
-            })
-        };
-        assert!(db.try_submit(op("queued"), None, 0).is_ok());
-        assert_eq!(
-            db.try_submit(op("refused"), None, 0),
-            Err(Full { stopped: false })
-        );
-        assert_eq!(db.gauge().refused.load(Ordering::Relaxed), 1);
-        release.send(()).unwrap();
-        assert_eq!(answered.recv_timeout(wait).unwrap(), ("queued", true));
-        assert!(db.try_submit(op("later"), None, 0).is_ok());
-        // In order: the refused operation, had it run, would have answered before this one.
-        assert_eq!(answered.recv_timeout(wait).unwrap(), ("later", true));
-    }
-
-    /// Work still queued past its deadline is not run: it is told `Expired` (nothing
-    /// applied), and the work around it runs as usual.
-    #[test]
-    fn work_past_its_deadline_is_not_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        s.fence_acquire().unwrap();
-        let db = Db::start_with(Box::new(s), 8, (16, usize::MAX), Box::new(|_| {})).unwrap();
-        let (started_tx, started) = mpsc::channel();
-        let (release, held) = mpsc::channel::<()>();
-        let hold = Box::new(move |_s: &mut dyn Store| -> Finish {
-            let _ = started_tx.send(());
-            let _ = held.recv();
-            Box::new(|_| {})
-        });
-        assert!(db.try_submit(hold, None, 0).is_ok());
-        let wait = Duration::from_secs(10);
-        started.recv_timeout(wait).unwrap();
-        let (tx, answered) = mpsc::channel();
-        let op = |v: &'static str| -> Work {
-            let tx = tx.clone();
-            Box::new(move |s: &mut dyn Store| -> Finish {
-                let r = s.contact_create(1, v.as_bytes(), &pairs(v)).map(drop);
-                Box::new(move |c| {
-                    let expired = matches!(c, Err(StoreError::Expired))
-                        && matches!(r, Err(StoreError::Expired));
-                    let _ = tx.send((v, c.is_ok() && r.is_ok(), expired));
-                })
-            })
-        };
-        // Its deadline has passed by the time the worker takes it (the worker is held).
-        let past = Instant::now();
-        let later = Instant::now() + Duration::from_secs(3600);
-        assert!(db.try_submit(op("late"), Some(past), 0).is_ok());
-        assert!(db.try_submit(op("in time"), Some(later), 0).is_ok());
-        release.send(()).unwrap();
-        assert_eq!(answered.recv_timeout(wait).unwrap(), ("late", false, true));
-        assert_eq!(
-            answered.recv_timeout(wait).unwrap(),
-            ("in time", true, false)
-        );
-        assert_eq!(db.stats.expired.load(Ordering::Relaxed), 1);
-        drop(db);
-        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        assert_eq!(found(&mut s, "late"), 0);
-        assert_eq!(found(&mut s, "in time"), 1);
-    }
-
-    #[test]
-    fn a_panic_on_the_worker_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, stopped) = stops(&dir.path().join("t.db"));
-        assert!(db.submit(
-            Box::new(|_s: &mut dyn Store| -> Finish {
-                panic!("boom");
-            }),
-            None,
-            0
-        ));
-        let why = stopped.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(why, "panicked: boom");
-        drop(db);
     }
 }

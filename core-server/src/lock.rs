@@ -40,8 +40,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -132,6 +132,10 @@ impl InstanceLock {
 pub struct LeaseGuard {
     /// The leases held (tenants and epochs), for the store's fencing check.
     pub held: Held,
+    /// The lease connection, shared with the renewal thread.
+    leases: Arc<Mutex<Leases>>,
+    /// Set once released: the renewal and its watchdog stop.
+    released: Arc<AtomicBool>,
 }
 
 impl LeaseGuard {
@@ -147,19 +151,32 @@ impl LeaseGuard {
     }
 
     /// Take the leases of every tenant of `cfg` in database `pg` if they are all free;
-    /// `Ok(None)` if any is held by another instance.
+    /// `Ok(None)` if any is held by another instance. Leases held only by an earlier life of
+    /// this instance (its `instance` name: a crash, a kill -9, then a restart) are waited out,
+    /// for at most one lease and a half: an instance restarted at once starts, as on SQLite
+    /// (where the kernel drops a dead process's lock), instead of failing for `lease_ms`.
     ///
     /// # Errors
     /// The database.
     pub fn try_take(cfg: &Config, pg: &postgres::Config) -> Result<Option<LeaseGuard>, LockError> {
         let mut leases = LeaseGuard::leases(cfg, pg)?;
         let lease = cfg.storage.lease();
-        Ok(
-            match leases.try_take(&LeaseGuard::tenants(cfg), lease / 4)? {
-                Some(held) => Some(LeaseGuard::keep(leases, held, lease)?),
-                None => None,
-            },
-        )
+        let tenants = LeaseGuard::tenants(cfg);
+        let mine = format!("{} (pid ", cfg.instance);
+        let give_up = Instant::now() + lease + lease / 2;
+        loop {
+            if let Some(held) = leases.try_take(&tenants, lease / 4)? {
+                return Ok(Some(LeaseGuard::keep(leases, held, lease)?));
+            }
+            let owners = leases.owners(&tenants)?;
+            if !owners.iter().all(|o| o.starts_with(&mine)) || Instant::now() >= give_up {
+                return Ok(None);
+            }
+            tracing::info!(
+                "tenant leases held by an earlier run of this instance: waiting for them to expire"
+            );
+            std::thread::sleep(lease / 4);
+        }
     }
 
     /// Wait until every tenant of `cfg` in database `pg` is free (its owner stopped renewing and the lease
@@ -182,18 +199,31 @@ impl LeaseGuard {
 
     /// Start renewing `held` every third of `lease`; a watchdog ends the process once no
     /// renewal has succeeded for two thirds of it (before the leases can expire and be taken),
-    /// and the renewal itself ends it when a lease has been taken.
-    fn keep(mut leases: Leases, held: Held, lease: Duration) -> Result<LeaseGuard, LockError> {
+    /// and the renewal itself ends it when a lease has been taken. Both stop once the leases
+    /// are released ([`LeaseGuard::release`]).
+    fn keep(leases: Leases, held: Held, lease: Duration) -> Result<LeaseGuard, LockError> {
         let start = Instant::now();
         let last_ok = Arc::new(AtomicU64::new(0));
+        let released = Arc::new(AtomicBool::new(false));
+        let leases = Arc::new(Mutex::new(leases));
         let ms = |since: Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let (renewed, h) = (last_ok.clone(), held.clone());
+        let (renewed, h, conn, done) = (
+            last_ok.clone(),
+            held.clone(),
+            leases.clone(),
+            released.clone(),
+        );
         std::thread::Builder::new()
             .name("lease-renew".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(lease / 3);
                     let asked = ms(start);
+                    let mut leases = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    // Checked under the lock: no renewal after the release.
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
                     match leases.renew(&h) {
                         Ok(()) => renewed.store(asked, Ordering::Release),
                         Err(e @ StoreError::Fenced(_)) => {
@@ -205,11 +235,15 @@ impl LeaseGuard {
                 }
             })?;
         let limit = u64::try_from((lease * 2 / 3).as_millis()).unwrap_or(u64::MAX);
+        let done = released.clone();
         std::thread::Builder::new()
             .name("lease-watch".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(lease / 12);
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
                     if ms(start).saturating_sub(last_ok.load(Ordering::Acquire)) > limit {
                         tracing::error!(
                             "tenant leases not renewed for two thirds of lease_ms; exiting \
@@ -219,7 +253,25 @@ impl LeaseGuard {
                     }
                 }
             })?;
-        Ok(LeaseGuard { held })
+        Ok(LeaseGuard {
+            held,
+            leases,
+            released,
+        })
+    }
+
+    /// A graceful stop: renew no more and let the leases expire now, so that a restart or a
+    /// standby takes the tenants at once instead of after `lease_ms`. Blocking (call it off
+    /// the async threads).
+    ///
+    /// # Errors
+    /// The database (the leases then expire by themselves).
+    pub fn release(&self) -> Result<(), LockError> {
+        // A renewal thread that panicked leaves the connection as usable as before.
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        self.released.store(true, Ordering::Release);
+        leases.release(&self.held)?;
+        Ok(())
     }
 }
 

@@ -100,8 +100,8 @@ enum Cmd {
         #[command(subcommand)]
         op: creds::Op,
     },
-    /// GMS bookings in the data file (`--db` or the config's `db`): `audit` prints what it
-    /// holds as JSON (read-only).
+    /// GMS bookings in the database (the config's `[storage]`, or its `db` file, or `--db`):
+    /// `audit` prints what it holds as JSON (read-only).
     Gms {
         #[command(subcommand)]
         op: deskmux_core_server::gms::audit::Op,
@@ -156,7 +156,8 @@ fn main() -> anyhow::Result<()> {
         return creds::run(&cfg.location(), op);
     }
     if let Some(Cmd::Gms { op }) = &cli.cmd {
-        return deskmux_core_server::gms::audit::run(&cfg.db, op).map_err(anyhow::Error::msg);
+        return deskmux_core_server::gms::audit::run(&cfg.location(), op)
+            .map_err(anyhow::Error::msg);
     }
     if let Some(why) = cfg.weak_link_secret()
         && !cli.allow_weak_link_secret

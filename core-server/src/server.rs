@@ -370,6 +370,9 @@ fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
             let mut store = PgStore::open(c)?;
             if let Guard::Leases(l) = guard {
                 store.hold_leases(l.held.clone());
+                // Half the lease: a paused owner holds a taker off for at most that long
+                // past the lease's expiry (see `limit_idle_in_transaction`).
+                store.limit_idle_in_transaction(cfg.storage.lease() / 2)?;
             }
             Box::new(store)
         }
@@ -762,5 +765,15 @@ pub async fn shutdown(shared: &Shared) {
         shared.cfg.shutdown_grace_ms,
     )))
     .await;
+    // On PostgreSQL, the tenants' leases expire now rather than `lease_ms` after the exit:
+    // a restart or a standby takes them at once.
+    let guard = shared.lock.lock().ok().and_then(|mut g| g.take());
+    if let Some(Guard::Leases(l)) = guard {
+        match tokio::task::spawn_blocking(move || l.release()).await {
+            Ok(Ok(())) => tracing::info!("tenant leases released"),
+            Ok(Err(e)) => tracing::warn!("tenant leases not released (they expire): {e}"),
+            Err(e) => tracing::warn!("tenant leases not released (they expire): {e}"),
+        }
+    }
     std::process::exit(0);
 }

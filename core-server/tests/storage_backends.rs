@@ -3,7 +3,7 @@
 //! so a backend that differs in any of them fails here rather than in a whole-system test.
 
 // The one way the tests start a PostgreSQL server, shared with the whole-server tests.
-#[path = "../../tests/tests/core_server_support/pg.rs"]
+#[path = "../../tests/pg.rs"]
 mod pg;
 
 use deskmux_core_server::auth::creds::{CredError, CredStore, Kind};
@@ -495,6 +495,17 @@ fn postgres_tenant_leases_fence_the_old_owner() {
     assert!(matches!(a.renew(&held_a), Err(StoreError::Fenced(_))));
     b.renew(&held_b).unwrap();
     b.renew(&held_c).unwrap();
+    assert_eq!(a.owners(&[1, 2, 3]).unwrap(), ["b"]);
+    // Released (a graceful stop), a lease is free at once, for anyone; taken again, it has a
+    // newer epoch still.
+    b.release(&held_c).unwrap();
+    assert!(a.owners(&[3]).unwrap().is_empty());
+    let held_c2 = a
+        .try_take(&[3], wait)
+        .unwrap()
+        .expect("a released lease is free");
+    assert!(held_c2.epochs[0] > held_c.epochs[0]);
+    assert!(matches!(b.renew(&held_c), Err(StoreError::Fenced(_))));
     store_a.begin().unwrap();
     assert!(matches!(store_a.fence_check(), Err(StoreError::Fenced(_))));
     store_a.rollback();
@@ -506,4 +517,290 @@ fn postgres_tenant_leases_fence_the_old_owner() {
     // Interaction ids: a block each, far apart.
     let (ida, idb) = (store_a.ixn_max_id().unwrap(), store_b.ixn_max_id().unwrap());
     assert!(ida.abs_diff(idb) >= 1 << 32, "{ida} {idb}");
+}
+
+/// Pages on both backends: a search or a history list stops at its byte budget (the row that
+/// passes it is the last one read) and goes on from its cursor; contacts are tenant-scoped
+/// and deleted only in their tenant.
+fn paging(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let kv = pairs("k", "v");
+    let ids: Vec<i64> = (0..5)
+        .map(|_| s.contact_create(1, &[0u8; 100], &kv).unwrap())
+        .collect();
+    for i in 0..5 {
+        s.history_insert(1, ids[0], 0, &"s".repeat(100), &i.to_string(), 1)
+            .unwrap()
+            .unwrap();
+    }
+    s.commit().unwrap();
+    // 250 bytes: the third row passes the budget and is the last one read.
+    let got = s.contact_find(1, "k", "v", 0, 100, 250).unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3]);
+    let got = s.contact_find(1, "k", "v", ids[2], 100, 10_000).unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids[3..]);
+    assert!(
+        s.contact_find(2, "k", "v", 0, 100, 10_000)
+            .unwrap()
+            .is_empty()
+    );
+    let all = s
+        .history_list(1, ids[0], None, 100, 10_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    let page = s.history_list(1, ids[0], None, 100, 150).unwrap().unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = s
+        .history_list(1, ids[0], Some(page[1].id), 100, 10_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest, all[2..]);
+    s.begin().unwrap();
+    assert!(!s.contact_delete(2, ids[4]).unwrap(), "not in tenant 2");
+    assert!(s.contact_delete(1, ids[4]).unwrap());
+    s.commit().unwrap();
+    assert_eq!(s.contact_get(1, ids[4]).unwrap(), None);
+}
+
+#[test]
+fn sqlite_pages_keep_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    paging(&mut SqliteStore::open(&dir.path().join("p.db")).unwrap());
+}
+
+#[test]
+fn postgres_pages_keep_their_budget() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("paging");
+    paging(&mut PgStore::connect(&url).unwrap());
+}
+
+/// The DB worker's queue on both backends (`open` opens a store on the same data):
+/// - a full queue refuses work without running it, and admits again once it has room;
+/// - work still queued past its deadline is not run: it is told `Expired` (nothing
+///   applied), and the work around it runs as usual;
+/// - a panic on the worker is reported.
+fn worker_queue(open: &mut dyn FnMut() -> Box<dyn Store>) {
+    use deskmux_core_server::db::Work;
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let wait = Duration::from_secs(20);
+    let mut s = open();
+    s.fence_acquire().unwrap();
+    let db = Db::start_with(s, 8, (1, usize::MAX), Box::new(|_| {})).unwrap();
+    // Hold the worker inside a batch, so that what comes next waits in the queue.
+    let hold = |db: &Db| {
+        let (started_tx, started) = mpsc::channel();
+        let (release, held) = mpsc::channel::<()>();
+        let work: Work = Box::new(move |_s: &mut dyn Store| -> Finish {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+            Box::new(|_| {})
+        });
+        assert!(db.try_submit(work, None, 0).is_ok());
+        started.recv_timeout(wait).unwrap();
+        release
+    };
+    let (tx, answered) = mpsc::channel();
+    let op = |v: &'static str| -> Work {
+        let tx = tx.clone();
+        Box::new(move |s: &mut dyn Store| -> Finish {
+            let r = s.contact_create(1, v.as_bytes(), &pairs("q", v));
+            let expired = matches!(r, Err(StoreError::Expired));
+            let r = r.is_ok();
+            Box::new(move |c| {
+                let c_expired = matches!(c, Err(StoreError::Expired));
+                let _ = tx.send((v, r && c.is_ok(), expired && c_expired));
+            })
+        })
+    };
+    let release = hold(&db);
+    assert!(db.try_submit(op("queued"), None, 0).is_ok());
+    assert_eq!(
+        db.try_submit(op("refused"), None, 0),
+        Err(deskmux_core_server::db::Full { stopped: false })
+    );
+    assert_eq!(db.gauge().refused.load(Ordering::Relaxed), 1);
+    release.send(()).unwrap();
+    assert_eq!(
+        answered.recv_timeout(wait).unwrap(),
+        ("queued", true, false)
+    );
+    assert!(db.try_submit(op("later"), None, 0).is_ok());
+    // In order: the refused operation, had it run, would have answered before this one.
+    assert_eq!(answered.recv_timeout(wait).unwrap(), ("later", true, false));
+    drop(db);
+
+    let mut s = open();
+    s.fence_acquire().unwrap();
+    let (stop_tx, stopped) = mpsc::channel();
+    let db = Db::start_with(
+        s,
+        8,
+        (16, usize::MAX),
+        Box::new(move |why| {
+            let _ = stop_tx.send(match why {
+                Stopped::Panicked(m) => m.clone(),
+                other => format!("{other}"),
+            });
+        }),
+    )
+    .unwrap();
+    let release = hold(&db);
+    // Its deadline has passed by the time the worker takes it (the worker is held).
+    let later = Instant::now() + Duration::from_secs(3600);
+    assert!(db.try_submit(op("late"), Some(Instant::now()), 0).is_ok());
+    assert!(db.try_submit(op("in time"), Some(later), 0).is_ok());
+    release.send(()).unwrap();
+    assert_eq!(answered.recv_timeout(wait).unwrap(), ("late", false, true));
+    assert_eq!(
+        answered.recv_timeout(wait).unwrap(),
+        ("in time", true, false)
+    );
+    assert_eq!(db.stats.expired.load(Ordering::Relaxed), 1);
+    let mut reader = open();
+    let n = |s: &mut Box<dyn Store>, v| s.contact_find(1, "q", v, 0, 10, 1 << 20).unwrap().len();
+    assert_eq!((n(&mut reader, "late"), n(&mut reader, "in time")), (0, 1));
+    assert!(db.submit(
+        Box::new(|_s: &mut dyn Store| -> Finish {
+            panic!("boom");
+        }),
+        None,
+        0
+    ));
+    assert_eq!(stopped.recv_timeout(wait).unwrap(), "boom");
+}
+
+#[test]
+fn sqlite_worker_queue_keeps_its_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    worker_queue(&mut || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn Store>);
+}
+
+#[test]
+fn postgres_worker_queue_keeps_its_promises() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("worker");
+    worker_queue(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
+}
+
+/// `core-server gms audit` on both backends: bookings ever made (a released id still counts:
+/// ids are never reused), rows left, and of them those not expired.
+fn gms_audit(s: &mut dyn Store, at: &Location) {
+    use deskmux_core_server::gms::audit::audit_at;
+
+    let row = |n: &str, expires_us| BookingRow {
+        id: 0,
+        tenant: 1,
+        group: "cb".into(),
+        number: n.into(),
+        code: None,
+        caller: "+1".into(),
+        user_data: Vec::new(),
+        booked_us: 1,
+        expires_us,
+    };
+    assert_eq!(audit_at(at, 100).unwrap().made, 0, "no booking yet");
+    s.begin().unwrap();
+    let a = s.gms_book(&row("+1", 50)).unwrap();
+    s.gms_book(&row("+2", 500)).unwrap();
+    let c = s.gms_book(&row("+3", 500)).unwrap();
+    assert!(s.gms_release(a).unwrap());
+    assert!(s.gms_release(c).unwrap());
+    s.commit().unwrap();
+    let got = audit_at(at, 100).unwrap();
+    // The last id was released: `made` still counts it.
+    assert_eq!((got.made, got.remaining, got.remaining_live), (3, 1, 1));
+    assert_eq!(got.groups, vec![(1, "cb".to_string(), 1)]);
+    assert_eq!(audit_at(at, 1000).unwrap().remaining_live, 0);
+}
+
+#[test]
+fn sqlite_gms_audit_counts_bookings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    gms_audit(
+        &mut s,
+        &Location::Sqlite {
+            path,
+            opts: Default::default(),
+        },
+    );
+    let none = Location::Sqlite {
+        path: dir.path().join("none.db"),
+        opts: Default::default(),
+    };
+    assert!(deskmux_core_server::gms::audit::audit_at(&none, 0).is_err());
+}
+
+#[test]
+fn postgres_gms_audit_counts_bookings() {
+    let pg = pg::PgServer::start();
+    let url = pg.create("audit");
+    let mut s = PgStore::connect(&url).unwrap();
+    gms_audit(&mut s, &Location::Postgres(Box::new(url.parse().unwrap())));
+}
+
+/// An owner paused in the middle of a batch (its lease rows held `FOR SHARE`, its transaction
+/// open) does not hold a taker off for good: with `limit_idle_in_transaction`, PostgreSQL ends
+/// the paused session, the taker takes the expired leases, and the owner's batch commits
+/// nothing.
+#[test]
+fn postgres_a_paused_batch_does_not_hold_the_takeover_off() {
+    use deskmux_core_server::storage::lease::Leases;
+    use std::time::{Duration, Instant};
+
+    let pg = pg::PgServer::start();
+    let url = pg.create("paused");
+    let cfg: postgres::Config = url.parse().unwrap();
+    let lease = Duration::from_millis(400);
+    let leases = |who: &str| {
+        Leases::new(
+            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
+            who.into(),
+            lease,
+        )
+    };
+    drop(PgStore::open(&cfg).unwrap()); // migrated
+    let mut a = leases("a");
+    let held = a
+        .try_take(&[1], lease / 4)
+        .unwrap()
+        .expect("free lease taken");
+    let mut owner = PgStore::open(&cfg).unwrap();
+    owner.hold_leases(held);
+    owner.limit_idle_in_transaction(lease / 2).unwrap();
+    // The batch starts (its lease rows read FOR SHARE), writes, and the owner stops there.
+    owner.begin().unwrap();
+    owner.fence_check().unwrap();
+    owner
+        .contact_create(1, b"paused", &pairs("k", "paused"))
+        .unwrap();
+    let mut b = leases("b");
+    let end = Instant::now() + Duration::from_secs(20);
+    let taken = loop {
+        if let Some(h) = b.try_take(&[1], lease / 4).unwrap() {
+            break h;
+        }
+        assert!(
+            Instant::now() < end,
+            "the paused batch held the takeover off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(taken.tenants, [1]);
+    // Resumed, the owner commits nothing: its session is gone.
+    assert!(owner.commit().is_err());
+    let mut reader = PgStore::connect(&url).unwrap();
+    assert!(
+        reader
+            .contact_find(1, "k", "paused", 0, 10, 1 << 20)
+            .unwrap()
+            .is_empty()
+    );
 }

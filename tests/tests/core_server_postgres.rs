@@ -617,3 +617,46 @@ fn a_reload_does_not_change_leased_tenants() {
     );
     ok(Client::connect(s.addr).hello(T2, "a1", TOKEN2));
 }
+
+/// A primary stopped gracefully lets its tenants' leases go, so a restart takes them at once;
+/// one killed (kill -9) leaves them to expire, and a restart under the same instance name
+/// waits them out and serves (as on SQLite, where the kernel drops a dead process's lock),
+/// while another instance is refused at once.
+#[test]
+fn a_restart_takes_its_own_leases_back() {
+    let pg = PgServer::start();
+    pg.create("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_pg(dir.path(), 5000, "", &pg, "restart");
+    let live = || {
+        count(
+            &pg,
+            "restart",
+            "SELECT count(*) FROM tenant_lease \
+             WHERE expires_us > (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+        )
+    };
+    let mut s = Server::start(&cfg, &[]);
+    assert_eq!(live(), 2, "both tenants leased");
+    s.signal("TERM");
+    assert_eq!(s.exit_code(WAIT), Some(0));
+    assert_eq!(live(), 0, "a graceful stop released the leases");
+    let mut s = Server::start(&cfg, &[]);
+    let mut w = Client::desktop(s.addr, T1, "writer", TOKEN1);
+    let id = create(&mut w, &[("email", "restart@x")]);
+    let (good, _, err) = run(&["--config", cfg.to_str().unwrap(), "--instance", "other"]);
+    assert!(!good, "another instance started on leased tenants");
+    assert!(err.contains("is locked by another instance"), "{err}");
+    s.kill9();
+    assert_eq!(
+        live(),
+        2,
+        "a killed primary's leases live on until they expire"
+    );
+    let s = Server::start(&cfg, &[]);
+    let mut r = Client::desktop(s.addr, T1, "reader", TOKEN1);
+    ok(r.ucs(ucs::CONTACT_GET, |b| {
+        b.int(key::CONTACT, id);
+        Ok(())
+    }));
+}

@@ -138,6 +138,9 @@ fn expiry_frees_numbers_leaves_no_rows_and_is_never_matched() {
     let (st, _) = g.match_call(ba["number"].as_str().unwrap(), Some("+4401"), None);
     assert_eq!(st, 404);
     // And the sweep removes expired rows: only live bookings stay in the data file.
+    if deskmux_tests::storage_mode::sqlite_only("the rows left are counted in the SQLite file") {
+        return;
+    }
     let db = dir.path().join("core.db");
     let end = Instant::now() + WAIT;
     loop {

@@ -54,6 +54,9 @@ fn checked_db(cfg: &Path, cwd: &Path, env: &[(&str, &Path)]) -> String {
 
 #[test]
 fn a_relative_db_is_under_the_data_directory_not_the_working_directory() {
+    if deskmux_tests::storage_mode::sqlite_only("where the SQLite data file goes") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path().join("cwd");
     std::fs::create_dir(&cwd).unwrap();

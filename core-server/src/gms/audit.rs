@@ -12,8 +12,15 @@
 //! It opens the SQLite data file read-only and changes nothing; it may run while the server
 //! runs (WAL readers do not block the writer), though a load test audits a stopped server, so
 //! that nothing changes under it.
+//!
+//! On PostgreSQL ([`audit_postgres`]) it reads the same in one read-only transaction; `made`
+//! is the table's id sequence, which never reuses an id but, unlike SQLite's, also spends one
+//! on a booking whose transaction rolled back (a failed operation of a group commit), so there
+//! `made` may exceed the account by such bookings.
 
 use std::path::Path;
+
+use crate::storage::config::Location;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
@@ -87,57 +94,92 @@ pub fn audit(db: &Path, now_us: i64) -> Result<Audit, String> {
 /// `core-server gms ...`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Op {
-    /// Print the bookings audit of the data file (`db`) as JSON: `made` (bookings ever made),
+    /// Print the bookings audit of the data (the `db` file, or the `[storage]` database) as JSON: `made` (bookings ever made),
     /// `remaining` (rows left), `remaining_live` (not expired now), `now_us`, `groups`.
     Audit,
 }
 
-/// Run `op` on the data file `db`.
+/// Read the audit from PostgreSQL database `cfg` at time `now_us` (see the module's note on
+/// `made`).
 ///
 /// # Errors
-/// See [`audit`].
-pub fn run(db: &Path, op: &Op) -> Result<(), String> {
-    match op {
-        Op::Audit => {
-            let a = audit(db, crate::wire::now_us())?;
-            println!("{}", serde_json::to_string(&a).map_err(|e| e.to_string())?);
-            Ok(())
-        }
+/// The database cannot be reached, or has no bookings table (not migrated yet).
+pub fn audit_postgres(cfg: &postgres::Config, now_us: i64) -> Result<Audit, String> {
+    let at = |e: postgres::Error| {
+        format!(
+            "{}: {e}",
+            Location::Postgres(Box::new(cfg.clone())).describe()
+        )
+    };
+    let mut c = crate::storage::postgres::connect(cfg).map_err(at)?;
+    let mut tx = c
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .map_err(at)?;
+    let made: i64 = tx
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gms_bookings_id_seq",
+            &[],
+        )
+        .map_err(at)?
+        .get(0);
+    let row = tx
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE expires_us > $1) FROM gms_bookings",
+            &[&now_us],
+        )
+        .map_err(at)?;
+    let (remaining, remaining_live): (i64, i64) = (row.get(0), row.get(1));
+    let groups = tx
+        .query(
+            "SELECT tenant, grp, count(*) FROM gms_bookings GROUP BY tenant, grp ORDER BY 1, 2",
+            &[],
+        )
+        .map_err(at)?
+        .iter()
+        .map(|r| {
+            let tenant: i64 = r.get(0);
+            let n: i64 = r.get(2);
+            (
+                u32::try_from(tenant).unwrap_or(u32::MAX),
+                r.get::<_, String>(1),
+                n.max(0) as u64,
+            )
+        })
+        .collect();
+    tx.commit().map_err(at)?;
+    Ok(Audit {
+        made: made.max(0) as u64,
+        remaining: remaining.max(0) as u64,
+        remaining_live: remaining_live.max(0) as u64,
+        now_us,
+        groups,
+    })
+}
+
+/// Read the audit from the data `at` (the SQLite file or the PostgreSQL database).
+///
+/// # Errors
+/// See [`audit`] and [`audit_postgres`].
+pub fn audit_at(at: &Location, now_us: i64) -> Result<Audit, String> {
+    match at {
+        Location::Sqlite { path, .. } => audit(path, now_us),
+        Location::Postgres(cfg) => audit_postgres(cfg, now_us),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::{BookingRow, Store};
-
-    #[test]
-    fn counts_made_and_left_bookings() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("core.db");
-        let mut s = crate::storage::sqlite::SqliteStore::open(&path).unwrap();
-        let row = |n: &str, expires_us| BookingRow {
-            id: 0,
-            tenant: 1,
-            group: "cb".into(),
-            number: n.into(),
-            code: None,
-            caller: "+1".into(),
-            user_data: Vec::new(),
-            booked_us: 1,
-            expires_us,
-        };
-        assert_eq!(audit(&path, 100).unwrap().made, 0, "no booking yet");
-        let a = s.gms_book(&row("+1", 50)).unwrap();
-        s.gms_book(&row("+2", 500)).unwrap();
-        let c = s.gms_book(&row("+3", 500)).unwrap();
-        assert!(s.gms_release(a).unwrap());
-        assert!(s.gms_release(c).unwrap());
-        let got = audit(&path, 100).unwrap();
-        // The last id was released: `made` still counts it (ids are never reused).
-        assert_eq!((got.made, got.remaining, got.remaining_live), (3, 1, 1));
-        assert_eq!(got.groups, vec![(1, "cb".to_string(), 1)]);
-        assert_eq!(audit(&path, 1000).unwrap().remaining_live, 0);
-        assert!(audit(&dir.path().join("none.db"), 0).is_err());
+/// Run `op` on the data `at`.
+///
+/// # Errors
+/// See [`audit_at`].
+pub fn run(at: &Location, op: &Op) -> Result<(), String> {
+    match op {
+        Op::Audit => {
+            let a = audit_at(at, crate::wire::now_us())?;
+            println!("{}", serde_json::to_string(&a).map_err(|e| e.to_string())?);
+            Ok(())
+        }
     }
 }

@@ -17,6 +17,8 @@
 //!   its tenants' lease rows `FOR SHARE` and runs only if every epoch is still its own. A taker
 //!   raises the epoch with an `UPDATE` of those rows, so it waits for a batch in flight, and
 //!   once it has raised it the old holder commits nothing more.
+//! - **Releasing** ([`Leases::release`], at a graceful shutdown): the leases expire at once,
+//!   so that a restart or a standby takes them without waiting out `lease_ms`.
 
 use std::time::Duration;
 
@@ -113,6 +115,38 @@ impl Leases {
             tenants: held.iter().map(|h| h.0).collect(),
             epochs: held.iter().map(|h| h.1).collect(),
         }))
+    }
+
+    /// The owners of the unexpired leases among `tenants`.
+    ///
+    /// # Errors
+    /// The database.
+    pub fn owners(&mut self, tenants: &[u32]) -> StoreResult<Vec<String>> {
+        let ids: Vec<i64> = tenants.iter().map(|&t| i64::from(t)).collect();
+        let rows = self.client.query(
+            &format!(
+                "SELECT DISTINCT owner FROM tenant_lease
+                 WHERE tenant = ANY($1) AND expires_us >= {NOW_US}"
+            ),
+            &[&ids],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Let every lease of `held` that is still ours expire now (a graceful stop): the next
+    /// instance takes them at once. The epochs stay, so a batch of ours still in flight is
+    /// fenced once they are taken.
+    ///
+    /// # Errors
+    /// The database.
+    pub fn release(&mut self, held: &Held) -> StoreResult<()> {
+        self.client.execute(
+            "UPDATE tenant_lease AS l SET expires_us = 0
+             FROM unnest($1::bigint[], $2::bigint[]) AS h(tenant, epoch)
+             WHERE l.tenant = h.tenant AND l.epoch = h.epoch",
+            &[&held.tenants, &held.epochs],
+        )?;
+        Ok(())
     }
 
     /// Extend every lease of `held` by `lease_ms` from now. [`StoreError::Fenced`] if any of

@@ -218,6 +218,23 @@ impl PgStore {
         self.leases = Some(held);
     }
 
+    /// Have PostgreSQL end this connection's session when it sits idle inside a transaction
+    /// for longer than `d`. Why: a batch holds its tenants' lease rows `FOR SHARE` until it
+    /// commits, and a taker's `UPDATE` of them waits for it; an owner paused in the middle of
+    /// a batch (a long GC, a frozen VM, SIGSTOP) would hold every standby off for as long as
+    /// it stays paused. With the limit its session ends, the taker goes on, and the owner,
+    /// resumed, finds its connection gone and stops (nothing of that batch was committed).
+    ///
+    /// # Errors
+    /// The database.
+    pub fn limit_idle_in_transaction(&mut self, d: std::time::Duration) -> StoreResult<()> {
+        self.client.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            d.as_millis().max(1)
+        ))?;
+        Ok(())
+    }
+
     /// [`Store::fence_check`] by tenant leases: their rows read `FOR SHARE` (so that a taker
     /// waits for this batch), each epoch still ours.
     fn lease_check(&mut self) -> StoreResult<()> {

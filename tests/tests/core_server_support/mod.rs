@@ -3,7 +3,7 @@
 //! protocol through the real codec. Everything is bounded by timeouts; children die on drop.
 #![allow(dead_code)]
 
-pub mod pg;
+pub use deskmux_tests::pg;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -57,8 +57,10 @@ fn write_config_on(
     extra: &str,
     pg: Option<(&pg::PgServer, &str)>,
 ) -> PathBuf {
-    // The agents are provisioned once per data (a marker file stands for a PostgreSQL one).
+    // The agents are provisioned once per data (a marker file stands for a PostgreSQL one,
+    // the tests' PostgreSQL mode's included).
     let data = match pg {
+        None if deskmux_tests::storage_mode::postgres() => dir.join("core.provisioned"),
         None => dir.join("core.db"),
         Some((_, db)) => dir.join(format!("{db}.provisioned")),
     };
@@ -91,7 +93,7 @@ name = "globex"
     if !had_db {
         deskmux_tests::creds::provision_named(&p, &[(T1, TOKEN1), (T2, TOKEN2)])
             .expect("provision agents");
-        if pg.is_some() {
+        if pg.is_some() || deskmux_tests::storage_mode::postgres() {
             std::fs::write(&data, b"").expect("write marker");
         }
     }

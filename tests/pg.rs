@@ -8,7 +8,8 @@
 //! `postgres` user the package creates, in a directory it owns.
 //!
 //! Shared by core-server's storage tests (`core-server/tests/storage_backends.rs` includes
-//! this file) and the whole-server tests here, so that there is one way to start one.
+//! this file), the whole-server tests here and their PostgreSQL mode ([`crate::storage_mode`]),
+//! so that there is one way to start one.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -178,10 +179,15 @@ impl PgServer {
     /// A core-server `[storage]` section for database `db`, its password in a file written
     /// in `dir`.
     pub fn storage_toml(&self, dir: &Path, db: &str) -> String {
+        self.storage_toml_lease(dir, db, LEASE_MS)
+    }
+
+    /// As [`PgServer::storage_toml`], with tenant leases of `lease_ms`.
+    pub fn storage_toml_lease(&self, dir: &Path, db: &str, lease_ms: u64) -> String {
         let pw = dir.join("pg.password");
         std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password file");
         format!(
-            "[storage]\nbackend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\nlease_ms = {LEASE_MS}\n",
+            "[storage]\nbackend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\nlease_ms = {lease_ms}\n",
             self.port,
             pw.display()
         )
@@ -198,5 +204,51 @@ impl Drop for PgServer {
             );
         }));
         let _ = stop;
+    }
+}
+
+/// A server that lives as long as the process, which never drops it (a `static`): stopped,
+/// and its directory removed, by a small shell started here that waits for the end of its
+/// standard input, a pipe whose only writer this process holds. The pipe closes when the
+/// process ends, however it ends (a panic, an abort, a signal), so the server never outlives
+/// the tests that used it.
+pub struct ProcessPg {
+    /// The server (kept, not dropped: the watchdog stops it).
+    pub server: std::mem::ManuallyDrop<PgServer>,
+    /// The watchdog's standard input: held open until the process ends.
+    _alive: std::process::ChildStdin,
+    /// The watchdog, never waited for: it outlives the process, to stop the server.
+    _watchdog: std::process::Child,
+}
+
+impl ProcessPg {
+    /// Start a server and its watchdog.
+    pub fn start() -> ProcessPg {
+        let server = PgServer::start();
+        let data = server.data();
+        let pg_ctl = server.bin.join("pg_ctl");
+        let mut cmd = Command::new("sh");
+        // The watchdog ignores the terminal's Ctrl-C (the server, in the same process group,
+        // stops on it by itself), reads to the end of its input, then stops the server.
+        cmd.arg("-c")
+            .arg("trap '' INT HUP; cat >/dev/null; \"$@\"; rm -rf \"$PG_TEST_DIR\"")
+            .arg("pg-watchdog")
+            .env("PG_TEST_DIR", server.dir.path());
+        if server.as_postgres {
+            cmd.args(["runuser", "-u", "postgres", "--"]);
+        }
+        cmd.arg(&pg_ctl)
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .current_dir("/")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("start the PostgreSQL watchdog");
+        let alive = child.stdin.take().expect("watchdog stdin");
+        ProcessPg {
+            server: std::mem::ManuallyDrop::new(server),
+            _alive: alive,
+            _watchdog: child,
+        }
     }
 }
