@@ -75,7 +75,8 @@ fn idle_desktop_memory() {
     let st = stack(
         1,
         2,
-        "heartbeat_ms = 600000\nhandshake_ms = 600000\nmax_desktops = 20000\n",
+        // All from one source address: past the default per-source cap of 4,096.
+        "heartbeat_ms = 600000\nhandshake_ms = 600000\nmax_desktops = 20000\nmax_desktops_per_source = 20000\n",
     );
     let pid = status(st.proxy.admin)["workers"][0]["pid"]
         .as_u64()
