@@ -18,8 +18,8 @@
 //! - **One event loop per worker**, on mio: desktops and links are slab entries of one
 //!   thread. This was chosen for memory: an idle desktop is a compact
 //!   [`core::desktop::Desktop`] plus its socket, with no buffer held while idle. Measured:
-//!   ≈200 B of RSS per idle desktop (8,000 in one worker; 54,000 over 4 workers of one
-//!   command), against ≈1 KiB for a bare tokio task per connection (`proxy/README.md`).
+//!   ≈200–264 B of RSS per idle desktop (8,000 in one worker; 100,000 over 7 workers of
+//!   one command), against ≈1 KiB for a bare tokio task per connection (`proxy/README.md`).
 //! - **Two drivers, one core.** [`worker`] on mio (epoll readiness) is the default and
 //!   serves every transport. With the `uring` feature and `[worker] driver = "uring"`, the
 //!   same worker runs its loop on io_uring instead (`src/uring/`): multishot accept and
