@@ -150,10 +150,16 @@ fn desktops_resume_through_the_other_proxy() {
     // The kill's detached sessions were resumed; at the end of the run every connected desktop
     // said goodbye, so the server keeps a session for a resume only for a desktop whose last
     // drop it did not come back from before the run ended (none, unless the machine is slow).
+    // One more kind can be left: a desktop whose first hello went through proxy A just before
+    // the kill got a session on the server, but never its answer; loadgen counts that as a
+    // failed connection attempt (not a drop) and opens a fresh session through B, so the
+    // server keeps the unanswered one detached for its grace. At most one per failed attempt.
     let away = c["dropped"].as_u64().unwrap() - c["reconnects"].as_u64().unwrap();
-    assert_eq!(
-        detached, away,
-        "sessions left detached on the server: {v:#}"
+    let unanswered = c["failed_attempts"].as_u64().unwrap();
+    assert!(
+        detached >= away && detached <= away + unanswered,
+        "sessions left detached on the server: {detached}, desktops away {away}, \
+         failed attempts {unanswered}: {v:#}"
     );
     assert_eq!(
         v["back_after_drop_us"]["count"], c["dropped"],

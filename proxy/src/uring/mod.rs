@@ -205,15 +205,7 @@ impl Worker {
                 self.core.handle_timeout(now);
                 self.uring_io_and_writes(&mut u);
                 crate::status::publish(&self.core, &self.status, &self.metrics);
-                if let Some(r) = ready.take() {
-                    if self.core.all_links_up()
-                        || now.duration_since(self.start) > Duration::from_secs(3)
-                    {
-                        r();
-                    } else {
-                        ready = Some(r);
-                    }
-                }
+                self.announce_ready(now, &mut ready);
                 if self.core.drained(now) {
                     self.finish_uring(&mut u)?;
                     return Ok(());

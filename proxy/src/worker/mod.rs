@@ -219,6 +219,16 @@ impl Worker {
         }
     }
 
+    /// Call `ready` (once) when every link is up, or 3 s after the start whatever the links:
+    /// the supervisor waits for it, and a server that is down must not hold the proxy back.
+    fn announce_ready(&self, now: Instant, ready: &mut Option<impl FnOnce()>) {
+        if (self.core.all_links_up() || now.duration_since(self.start) > Duration::from_secs(3))
+            && let Some(r) = ready.take()
+        {
+            r();
+        }
+    }
+
     /// Run until drained after SIGTERM. `ready` is called once, when every link is up (or
     /// after 3 s), so that a supervisor announces the port only when it can serve.
     ///
@@ -295,15 +305,7 @@ impl Worker {
                 self.core.handle_timeout(now);
                 self.io_and_writes();
                 crate::status::publish(&self.core, &self.status, &self.metrics);
-                if let Some(r) = ready.take() {
-                    if self.core.all_links_up()
-                        || now.duration_since(self.start) > Duration::from_secs(3)
-                    {
-                        r();
-                    } else {
-                        ready = Some(r);
-                    }
-                }
+                self.announce_ready(now, &mut ready);
                 if self.core.drained(now) {
                     self.finish();
                     return Ok(());
