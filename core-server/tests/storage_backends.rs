@@ -439,26 +439,52 @@ fn postgres_group_commit_keeps_its_promises() {
     group_commit(&mut || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn Store>);
 }
 
+/// The lease table of instance `who` on `cfg`'s database, with leases of `lease`.
+fn pg_leases(
+    cfg: &postgres::Config,
+    who: &str,
+    lease: std::time::Duration,
+) -> deskmux_core_server::storage::lease::Leases {
+    deskmux_core_server::storage::lease::Leases::new(
+        deskmux_core_server::storage::postgres::connect(cfg).unwrap(),
+        who.into(),
+        lease,
+    )
+}
+
+/// Take `tenants` with `leases` once another holder's leases have expired: a bounded poll
+/// of that condition (20 s, every 20 ms: nothing tells a waiter when a lease lapses),
+/// failing with `what`.
+fn take_once_free(
+    leases: &mut deskmux_core_server::storage::lease::Leases,
+    tenants: &[u32],
+    lock_wait: std::time::Duration,
+    what: &str,
+) -> deskmux_core_server::storage::lease::Held {
+    use std::time::{Duration, Instant};
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(h) = leases.try_take(tenants, lock_wait).unwrap() {
+            return h;
+        }
+        assert!(Instant::now() < end, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Tenant leases on PostgreSQL: all of an instance's tenants or none; renewed only while
 /// ours; taken by another once expired, which fences the old holder's store; and each
 /// instance's interaction ids in a block of its own.
 #[test]
 fn postgres_tenant_leases_fence_the_old_owner() {
-    use deskmux_core_server::storage::lease::Leases;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let pg = pg::PgServer::start();
     let url = pg.create("leases");
     let cfg: postgres::Config = url.parse().unwrap();
     drop(PgStore::open(&cfg).unwrap()); // migrated
     let lease = Duration::from_millis(400);
-    let leases = |who: &str| {
-        Leases::new(
-            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
-            who.into(),
-            lease,
-        )
-    };
+    let leases = |who: &str| pg_leases(&cfg, who, lease);
     let (mut a, mut b) = (leases("a"), leases("b"));
     let wait = Duration::from_millis(100);
     let held_a = a
@@ -483,14 +509,7 @@ fn postgres_tenant_leases_fence_the_old_owner() {
     store_a.fence_check().unwrap();
     store_a.commit().unwrap();
     // a stops renewing: once expired, b takes them (bounded poll of the condition).
-    let end = Instant::now() + Duration::from_secs(20);
-    let held_b = loop {
-        if let Some(h) = b.try_take(&[1, 2], wait).unwrap() {
-            break h;
-        }
-        assert!(Instant::now() < end, "the expired leases were never taken");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let held_b = take_once_free(&mut b, &[1, 2], wait, "the expired leases were never taken");
     assert!(held_b.epochs.iter().zip(&held_a.epochs).all(|(b, a)| b > a));
     assert!(matches!(a.renew(&held_a), Err(StoreError::Fenced(_))));
     b.renew(&held_b).unwrap();
@@ -752,20 +771,13 @@ fn postgres_gms_audit_counts_bookings() {
 /// nothing.
 #[test]
 fn postgres_a_paused_batch_does_not_hold_the_takeover_off() {
-    use deskmux_core_server::storage::lease::Leases;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let pg = pg::PgServer::start();
     let url = pg.create("paused");
     let cfg: postgres::Config = url.parse().unwrap();
     let lease = Duration::from_millis(400);
-    let leases = |who: &str| {
-        Leases::new(
-            deskmux_core_server::storage::postgres::connect(&cfg).unwrap(),
-            who.into(),
-            lease,
-        )
-    };
+    let leases = |who: &str| pg_leases(&cfg, who, lease);
     drop(PgStore::open(&cfg).unwrap()); // migrated
     let mut a = leases("a");
     let held = a
@@ -782,17 +794,12 @@ fn postgres_a_paused_batch_does_not_hold_the_takeover_off() {
         .contact_create(1, b"paused", &pairs("k", "paused"))
         .unwrap();
     let mut b = leases("b");
-    let end = Instant::now() + Duration::from_secs(20);
-    let taken = loop {
-        if let Some(h) = b.try_take(&[1], lease / 4).unwrap() {
-            break h;
-        }
-        assert!(
-            Instant::now() < end,
-            "the paused batch held the takeover off"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let taken = take_once_free(
+        &mut b,
+        &[1],
+        lease / 4,
+        "the paused batch held the takeover off",
+    );
     assert_eq!(taken.tenants, [1]);
     // Resumed, the owner commits nothing: its session is gone.
     assert!(owner.commit().is_err());

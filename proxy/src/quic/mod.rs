@@ -136,6 +136,14 @@ impl Conns {
         self.slots.get_mut(ch)?.as_deref_mut()
     }
 
+    /// Connection `ch` for its stream's reads and writes: aborted once it is gone or lost.
+    fn live(&mut self, ch: usize) -> io::Result<&mut QConn> {
+        match self.get_mut(ch) {
+            Some(c) if !c.lost => Ok(c),
+            _ => Err(io::ErrorKind::ConnectionAborted.into()),
+        }
+    }
+
     fn insert(&mut self, ch: usize, c: QConn) {
         if self.slots.len() <= ch {
             self.slots.resize_with(ch + 1, || None);

@@ -35,12 +35,7 @@ impl io::Read for QuicStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut d = self.inner.borrow_mut();
         let d = &mut *d;
-        let Some(c) = d.conns.get_mut(self.ch) else {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        };
-        if c.lost {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        }
+        let c = d.conns.live(self.ch)?;
         let mut recv = c.conn.recv_stream(self.id);
         let mut chunks = match recv.read(true) {
             Ok(ch) => ch,
@@ -70,12 +65,7 @@ impl io::Write for QuicStream {
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let mut d = self.inner.borrow_mut();
         let d = &mut *d;
-        let Some(c) = d.conns.get_mut(self.ch) else {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        };
-        if c.lost {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        }
+        let c = d.conns.live(self.ch)?;
         let mut total = 0;
         let mut err = None;
         for b in bufs {
