@@ -148,37 +148,7 @@ pub async fn run(ctx: Rc<Ctx>, gid: u64) {
         drop(d);
     }
     if let Some(p) = period {
-        count_unsent(&ctx, next_intended, p);
-    }
-}
-
-/// Count the open-loop requests from `next` on (every `period`) that fell due inside the window
-/// but were never sent: the desktop's loop is over. After a Ctrl-C only those due before the
-/// stop count; the rest never fell due.
-fn count_unsent(ctx: &Ctx, mut next: u64, period: u64) {
-    let w = ctx.window;
-    let until = if ctx.stopping() {
-        ctx.clock.now_ns().min(w.end_ns)
-    } else {
-        w.end_ns
-    };
-    next = first_at_or_after(next, period, w.start_ns);
-    let mut s = ctx.stats.borrow_mut();
-    while next < until {
-        if s.rec.record_unsent(next) {
-            s.tally.due += 1;
-            s.tally.unsent += 1;
-        }
-        next += period;
-    }
-}
-
-/// The first time of the schedule `first + k * period` at or after `t`.
-fn first_at_or_after(first: u64, period: u64, t: u64) -> u64 {
-    if first >= t {
-        first
-    } else {
-        first + (t - first).div_ceil(period) * period
+        scenario::count_unsent(&ctx, next_intended, p);
     }
 }
 
@@ -520,14 +490,5 @@ mod tests {
         queue(&mut frame, &mut wbuf, &mut lone, 4, 5);
         assert!(!lone);
         assert_eq!(wbuf, [b"hb".to_vec(), one(4)].concat());
-    }
-
-    #[test]
-    fn schedule_catches_up_to_a_time() {
-        assert_eq!(first_at_or_after(10, 5, 3), 10);
-        assert_eq!(first_at_or_after(10, 5, 10), 10);
-        assert_eq!(first_at_or_after(10, 5, 11), 15);
-        assert_eq!(first_at_or_after(10, 5, 15), 15);
-        assert_eq!(first_at_or_after(10, 5, 16), 20);
     }
 }

@@ -125,7 +125,21 @@ impl<'a> Session<'a> {
 
     /// Requests unanswered; they are lost when the session ends.
     pub fn drain_lost(&mut self) -> u64 {
-        self.pending.drain().count() as u64
+        self.drain_lost_oldest().0
+    }
+
+    /// Requests unanswered, and the oldest of them (its operation and when it was sent), so
+    /// that a report of a loss says what was lost.
+    pub fn drain_lost_oldest(&mut self) -> (u64, Option<(&'static str, u64)>) {
+        let mut n = 0;
+        let mut oldest: Option<(&'static str, u64)> = None;
+        for (sent, op, _) in self.pending.drain() {
+            n += 1;
+            if oldest.is_none_or(|o| sent.sent < o.1) {
+                oldest = Some((op, sent.sent));
+            }
+        }
+        (n, oldest)
     }
 
     /// Send a request and wait for its answer (until the drain deadline). Returns `Ok(true)`
@@ -168,6 +182,12 @@ impl<'a> Session<'a> {
             return Err(End::Dropped);
         }
         let now = self.ctx.clock.now_ns();
+        let deadline = self.ctx.cfg.drain_end_ns();
+        if now >= deadline {
+            // Past the drain loadgen no longer waits for answers: a request sent now could
+            // only be counted lost. It is not sent (a step of work begun in the window).
+            return Err(End::Done);
+        }
         let intended = self.intended.take().unwrap_or(now).min(now);
         let count_due = std::mem::replace(&mut self.count_due, true);
         let corr = self.pending.issue((
@@ -194,7 +214,6 @@ impl<'a> Session<'a> {
             s.tally.due += u64::from(count_due && self.ctx.window.contains(intended));
             s.by_type.add(service, msg_type, 1);
         }
-        let deadline = self.ctx.cfg.drain_end_ns();
         loop {
             if let Some(v) = self.pump(Some(corr), deadline).await? {
                 return Ok(match v {
@@ -523,14 +542,21 @@ where
                 .tails
                 .push((tenant, sub, last));
         }
-        let mut lost = sess.drain_lost();
+        let (mut lost, oldest) = sess.drain_lost_oldest();
         if end == End::Dropped && cfg.resume && sess.d.resume.is_some() {
             in_doubt = std::mem::take(&mut lost);
         }
         if lost > 0 {
             let mut s = ctx.stats.borrow_mut();
             s.tally.lost += lost;
-            s.sample(|| format!("desktop {gid}: {lost} requests lost ({end:?})"));
+            let now = ctx.clock.now_ns();
+            s.sample(|| {
+                let what = oldest.map_or(String::new(), |(op, sent)| {
+                    let ago = now.saturating_sub(sent) as f64 / 1e9;
+                    format!(": the oldest, {op}, sent {ago:.3} s before")
+                });
+                format!("desktop {gid}: {lost} requests lost ({end:?}){what}")
+            });
         }
         match end {
             End::Done => {
