@@ -458,22 +458,6 @@ fn a_lost_database_connection_ends_the_process() {
     );
 }
 
-/// `write_config_pg` serving only `tenant` (the other tenant's section removed).
-fn only_tenant(dir: &std::path::Path, pg: &PgServer, db: &str, tenant: u32) -> std::path::PathBuf {
-    let cfg = write_config_pg(dir, 5000, "", pg, db);
-    let other = if tenant == T1 {
-        (T2, "globex")
-    } else {
-        (T1, "acme")
-    };
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("[[tenants]]\nid = {}\nname = \"{}\"\n", other.0, other.1),
-        "",
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
-}
-
 /// The Interaction Server partitioned by tenant: two primaries on one database, each owning
 /// the lease of its own tenant, each serving its tenant's interactions with ids of its own; a
 /// third instance for a tenant already owned is refused.
@@ -486,11 +470,13 @@ fn the_interaction_server_is_partitioned_by_tenant() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let a = Server::start(&only_tenant(d1.path(), &pg, "parts", T1), &[]);
-    let b = Server::start(&only_tenant(d2.path(), &pg, "parts", T2), &[]);
+    let a = Server::start(&write_config_pg_tenant(d1.path(), &pg, "parts", T1), &[]);
+    let b = Server::start(&write_config_pg_tenant(d2.path(), &pg, "parts", T2), &[]);
     let (good, _, err) = run(&[
         "--config",
-        only_tenant(d3.path(), &pg, "parts", T1).to_str().unwrap(),
+        write_config_pg_tenant(d3.path(), &pg, "parts", T1)
+            .to_str()
+            .unwrap(),
     ]);
     assert!(!good, "a second owner of tenant 1 started");
     assert!(err.contains("is locked by another instance"), "{err}");

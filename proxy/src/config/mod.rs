@@ -176,9 +176,10 @@ links = 2
 # [clusters.core]
 # balance = "least_outstanding" # or "round_robin" (default)
 
-# [[tenant]]                    # tenant routing: tenant 7's UCS only on instance "ucs-2"
-# id = 7
-# ucs = "ucs-2"
+# [[tenant]]                    # tenant routing: tenant 7's UCS only on instance "ucs-2",
+# id = 7                        # its interactions only on "ixn-2" (the Interaction Server
+# ucs = "ucs-2"                 # instance holding its lease); either key may be left out
+# interaction = "ixn-2"
 
 # Links to core-server: TLS, verified against the CA that signed core-server's certificate
 # (uncomment and point at your CA). Without it the links are plain TCP, which the proxy
@@ -401,15 +402,35 @@ pub struct Partition {
     pub prefixes: Vec<String>,
 }
 
-/// Tenant routing: a tenant's UCS requests go only to one UCS instance.
+/// Tenant routing: a tenant's UCS sessions, its Interaction Server sessions, or both, open
+/// only on one named instance (or its configured backup).
+///
+/// Why both services: UCS instances may split tenants between them for capacity, and an
+/// Interaction Server partitioned by tenant (core-server on PostgreSQL: each instance leases
+/// its tenants) can only serve the tenants it owns: a desktop of another tenant balanced onto
+/// it would be refused. At least one of `ucs` and `interaction` is given.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRoute {
     /// Tenant id (as in frame heads), non-zero.
     pub id: u32,
-    /// Name of the `[[upstream]]` instance serving this tenant's UCS (at most one per tenant;
-    /// several tenants may share one). Its configured backup may take over for it.
-    pub ucs: String,
+    /// Name of the `[[upstream]]` instance serving this tenant's UCS. Several tenants may
+    /// share one. Unset: the tenant's UCS sessions are balanced like any other.
+    #[serde(default)]
+    pub ucs: Option<String>,
+    /// Name of the `[[upstream]]` instance serving this tenant's interactions (the instance
+    /// holding the tenant's lease). Unset: balanced.
+    #[serde(default)]
+    pub interaction: Option<String>,
+}
+
+impl TenantRoute {
+    /// The `(service byte, instance name)` pairs this route pins.
+    pub fn pins(&self) -> impl Iterator<Item = (u8, &str)> {
+        [(1u8, &self.interaction), (2u8, &self.ucs)]
+            .into_iter()
+            .filter_map(|(s, n)| Some((s, n.as_deref()?)))
+    }
 }
 
 /// Per-desktop and per-worker limits. All can be changed by SIGHUP.

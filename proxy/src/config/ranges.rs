@@ -222,7 +222,8 @@ mod tests {
             .push(super::super::Upstream::parse_override("ixn=127.0.0.1:1").unwrap());
         c.tenant.push(super::super::TenantRoute {
             id: 1,
-            ucs: "x".into(),
+            ucs: Some("x".into()),
+            interaction: None,
         });
         let keys: Vec<&str> = c.numeric_values().iter().map(|v| v.0).collect();
         for r in RANGES {

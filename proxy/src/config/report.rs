@@ -160,7 +160,14 @@ impl Config {
             let _ = writeln!(s, "cluster {name}: balance {:?}", c.balance);
         }
         for t in &self.tenant {
-            let _ = writeln!(s, "tenant {}: ucs on {}", t.id, t.ucs);
+            let pins: Vec<String> = t
+                .pins()
+                .map(|(service, inst)| {
+                    let what = if service == 1 { "interaction" } else { "ucs" };
+                    format!("{what} on {inst}")
+                })
+                .collect();
+            let _ = writeln!(s, "tenant {}: {}", t.id, pins.join(", "));
         }
         s
     }

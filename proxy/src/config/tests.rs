@@ -92,9 +92,24 @@ fn clusters_pairs_and_tenants() {
         err(&format!(
             "{ucs}[[tenant]]\nid = 1\nucs = \"a\"\n[[tenant]]\nid = 1\nucs = \"b\"\n"
         ))
-        .contains("at most one UCS")
+        .contains("one [[tenant]] entry per tenant")
     );
     assert!(err(&format!("{TWO}[[tenant]]\nid = 1\nucs = \"a\"\n")).contains("does not serve ucs"));
+    // Interaction pins: the instance must serve interactions; a route must name something.
+    let t = Config::from_toml(&format!(
+        "{TWO}[[tenant]]\nid = 1\ninteraction = \"a\"\n[[tenant]]\nid = 2\ninteraction = \"b\"\n"
+    ))
+    .unwrap();
+    assert_eq!(t.tenant[1].interaction.as_deref(), Some("b"));
+    assert!(
+        err(&format!("{ucs}[[tenant]]\nid = 1\ninteraction = \"a\"\n"))
+            .contains("does not serve interaction")
+    );
+    assert!(err(&format!("{TWO}[[tenant]]\nid = 1\n")).contains("names no instance"));
+    assert!(
+        err(&format!("{TWO}[[tenant]]\nid = 1\ninteraction = \"zz\"\n"))
+            .contains("is not an upstream")
+    );
 }
 
 #[test]
@@ -103,6 +118,10 @@ fn partitions_validate() {
     let ok = format!(
         "{base}partitions = [{{ instance = \"s1\", prefixes = [\"0\",\"1\",\"2\",\"3\",\"4\"] }}, {{ instance = \"s2\", prefixes = [\"5\",\"6\",\"7\",\"8\",\"9\"] }}]\n"
     );
+    // A tenant pin into a partitioned cluster would be ignored (it routes by key): refused.
+    let pinned = format!("{ok}[[tenant]]\nid = 1\nucs = \"s1\"\n")
+        .replace("service = 5", "service = \"ucs\"");
+    assert!(err(&pinned).contains("not by tenant"), "{}", err(&pinned));
     let c = Config::from_toml(&ok).unwrap();
     assert_eq!(c.clusters["sms"].partitions.len(), 2);
     assert_eq!(c.clusters["sms"].key_space, "0123456789");

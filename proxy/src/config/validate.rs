@@ -210,22 +210,43 @@ impl Config {
         for t in &self.tenant {
             if seen.contains(&t.id) {
                 return bad(format!(
-                    "tenant {}: mapped twice (at most one UCS instance per tenant)",
+                    "tenant {}: mapped twice (one [[tenant]] entry per tenant)",
                     t.id
                 ));
             }
             seen.push(t.id);
-            let Some(i) = names.iter().position(|x| *x == t.ucs) else {
+            if t.pins().next().is_none() {
                 return bad(format!(
-                    "tenant {}: ucs instance {:?} is not an upstream",
-                    t.id, t.ucs
+                    "tenant {}: names no instance (give ucs, interaction or both)",
+                    t.id
                 ));
-            };
-            if !self.upstream[i].services.contains(&ServiceId(2)) {
-                return bad(format!(
-                    "tenant {}: instance {:?} does not serve ucs",
-                    t.id, t.ucs
-                ));
+            }
+            for (service, inst) in t.pins() {
+                let what = if service == 1 { "interaction" } else { "ucs" };
+                let Some(i) = names.iter().position(|x| x == inst) else {
+                    return bad(format!(
+                        "tenant {}: {what} instance {inst:?} is not an upstream",
+                        t.id
+                    ));
+                };
+                let u = &self.upstream[i];
+                if !u.services.contains(&ServiceId(service)) {
+                    return bad(format!(
+                        "tenant {}: instance {inst:?} does not serve {what}",
+                        t.id
+                    ));
+                }
+                // Partitioned and capability-routed clusters choose instances by the request,
+                // not by the tenant: a tenant pin there would be silently ignored.
+                if let Some(c) = self.clusters.get(&u.cluster)
+                    && (c.partition_key.is_some() || c.capability_key.is_some())
+                {
+                    return bad(format!(
+                        "tenant {}: instance {inst:?} is in cluster {:?}, which routes by \
+                         partition or capability, not by tenant",
+                        t.id, u.cluster
+                    ));
+                }
             }
         }
         Ok(())

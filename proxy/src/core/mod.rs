@@ -323,7 +323,7 @@ impl Core {
         for u in cfg.upstream.clone() {
             core.add_instance(now, u);
         }
-        core.router.tenant_ucs = tenant_map(cfg);
+        core.router.tenant_pins = tenant_map(cfg);
         core.router.set_partitions(cfg);
         core.router.set_capabilities(cfg);
         core
@@ -842,7 +842,10 @@ pub fn refusal_frame(r: Refused) -> Bytes {
     control_error(0, e.code, e.message).freeze()
 }
 
-/// The tenant → UCS instance map of a configuration.
-pub(super) fn tenant_map(c: &Config) -> std::collections::HashMap<u32, String> {
-    c.tenant.iter().map(|t| (t.id, t.ucs.clone())).collect()
+/// The (tenant, service) → instance map of a configuration's tenant routing.
+pub(super) fn tenant_map(c: &Config) -> std::collections::HashMap<(u32, u8), String> {
+    c.tenant
+        .iter()
+        .flat_map(|t| t.pins().map(|(s, i)| ((t.id, s), i.to_string())))
+        .collect()
 }

@@ -51,7 +51,7 @@ impl Core {
         }
         self.router.link_pairs();
         // Tenant routing: new sessions follow the new map; existing aliases stay.
-        self.router.tenant_ucs = tenant_map(new);
+        self.router.tenant_pins = tenant_map(new);
         self.router.set_partitions(new);
         self.router.set_capabilities(new);
     }

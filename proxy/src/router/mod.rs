@@ -34,9 +34,9 @@
 //! # Warm standby and tenants
 //!
 //! A configured backup (`backup = "name"` on the primary) gets no new sessions while its
-//! primary has a link up and does not announce `role = backup`. A tenant mapped to a UCS
-//! instance (`[[tenant]]`) opens its UCS session only there (or on that instance's backup),
-//! never on another tenant's instance.
+//! primary has a link up and does not announce `role = backup`. A tenant mapped to an
+//! instance for a service (`[[tenant]]`, `ucs` or `interaction`) opens its session of that
+//! service only there (or on that instance's backup), never on another tenant's instance.
 
 use std::collections::HashMap;
 
@@ -47,7 +47,7 @@ mod policy;
 
 pub use policy::LinkView;
 
-/// UCS service byte (tenant routing applies to it).
+/// UCS service byte.
 pub const UCS: u8 = 2;
 
 /// Routing-relevant state of one upstream instance.
@@ -123,8 +123,9 @@ impl Instance {
 pub struct Router {
     /// Instances, in configuration order (indexes are stable; removed ones are retired).
     pub instances: Vec<Instance>,
-    /// Tenant → name of its UCS instance.
-    pub tenant_ucs: HashMap<u32, String>,
+    /// (tenant, service) → name of the instance its sessions of that service open on
+    /// (`[[tenant]]`); pairs not in the map are balanced.
+    pub tenant_pins: HashMap<(u32, u8), String>,
     /// Partitioned services: service byte → key field and prefix table (owners are instance
     /// indexes).
     pub partitions: HashMap<u8, Partitioned>,
@@ -139,7 +140,7 @@ impl Default for Router {
     fn default() -> Self {
         Router {
             instances: Vec::new(),
-            tenant_ucs: HashMap::new(),
+            tenant_pins: HashMap::new(),
             partitions: HashMap::new(),
             capability: HashMap::new(),
             cap_rr: 0,
@@ -501,10 +502,7 @@ impl Router {
 
     /// Whether tenant routing allows instance `idx` for a `service` session of `tenant`.
     fn tenant_allows(&self, idx: usize, service: u8, tenant: u32) -> bool {
-        if service != UCS {
-            return true;
-        }
-        let Some(name) = self.tenant_ucs.get(&tenant) else {
+        let Some(name) = self.tenant_pins.get(&(tenant, service)) else {
             return true;
         };
         let i = &self.instances[idx];

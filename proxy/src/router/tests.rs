@@ -252,14 +252,45 @@ fn capability_round_robin() {
     assert_eq!(r.pick_capable(1, "sales", &bound, all).unwrap(), 1);
 }
 
+/// An Interaction Server partitioned by tenant: each instance serves only the tenants it
+/// owns, so a tenant's interaction sessions go to its instance (or that instance's backup)
+/// and nowhere else; the UCS map is separate.
+#[test]
+fn tenant_routing_pins_interaction_sessions() {
+    const IXN: u8 = 1;
+    let mut r = Router::default();
+    r.add(up(&[IXN], 1), vec![0], rr());
+    r.add(up(&[IXN], 2), vec![1], rr());
+    r.add(up(&[UCS], 3), vec![2], rr());
+    r.tenant_pins.insert((10, IXN), "i1".into());
+    r.tenant_pins.insert((20, IXN), "i2".into());
+    let all = |_| true;
+    for _ in 0..4 {
+        assert_eq!(r.pick(IXN, 10, &[], all, none).unwrap(), 0);
+        assert_eq!(r.pick(IXN, 20, &[], all, none).unwrap(), 1);
+        // UCS is not pinned for these tenants: balanced over the UCS instances.
+        assert_eq!(r.pick(UCS, 10, &[], all, none).unwrap(), 2);
+    }
+    // The owner's link is down: refused, never balanced onto the other tenant's instance.
+    assert_eq!(
+        r.pick(IXN, 20, &[], |l| l != 1, none),
+        Err(NoLink::Unavailable)
+    );
+    // A tenant without a pin is balanced over both.
+    let picks: Vec<usize> = (0..4)
+        .map(|_| r.pick(IXN, 30, &[], all, none).unwrap())
+        .collect();
+    assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+}
+
 #[test]
 fn tenant_routing_never_crosses() {
     let mut r = Router::default();
     r.add(up(&[1], 1), vec![0], rr());
     r.add(up(&[2], 2), vec![1], rr());
     r.add(up(&[2], 3), vec![2], rr());
-    r.tenant_ucs.insert(10, "i2".into());
-    r.tenant_ucs.insert(20, "i3".into());
+    r.tenant_pins.insert((10, UCS), "i2".into());
+    r.tenant_pins.insert((20, UCS), "i3".into());
     let all = |_| true;
     for _ in 0..4 {
         assert_eq!(r.pick(UCS, 10, &[], all, none).unwrap(), 1);

@@ -51,6 +51,23 @@ pub fn write_config_pg(
     write_config_on(dir, invite_timeout_ms, extra, Some((pg, db)))
 }
 
+/// [`write_config_pg`] serving only `tenant` (the other tenant's section removed): an
+/// Interaction Server partition, which leases that tenant alone.
+pub fn write_config_pg_tenant(dir: &Path, pg: &pg::PgServer, db: &str, tenant: u32) -> PathBuf {
+    let cfg = write_config_pg(dir, 5000, "", pg, db);
+    let other = if tenant == T1 {
+        (T2, "globex")
+    } else {
+        (T1, "acme")
+    };
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("[[tenants]]\nid = {}\nname = \"{}\"\n", other.0, other.1),
+        "",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 fn write_config_on(
     dir: &Path,
     invite_timeout_ms: u32,
