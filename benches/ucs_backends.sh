@@ -15,9 +15,14 @@
 # put in the database first (psql), so that each takeover recovers them.
 # Everything started here is stopped by pid at the end.
 #
+# Connections: one UCS instance on PostgreSQL with `[storage] connections` = 1 against LANES,
+# interleaved REPS times (ABAB...), each a fresh instance on the same database.
+# PARTS picks the sections (default all): backends two takeover connections.
+#
 #   cargo build --release -p deskmux-core-server --bins --examples
 #   benches/ucs_backends.sh
 #   CONNS=32 SECS=5 ROUNDS=5 benches/ucs_backends.sh
+#   PARTS=connections LANES=4 REPS=2 benches/ucs_backends.sh
 #
 # Needs: target/release/core-server, target/release/examples/bench, PostgreSQL
 # (/usr/lib/postgresql/*/bin), runuser when root.
@@ -30,6 +35,10 @@ SECS=${SECS:-5}
 ROUNDS=${ROUNDS:-5}
 LEASE_MS=${LEASE_MS:-2000}
 QUEUED=${QUEUED:-5000}
+PARTS=${PARTS:-backends two takeover connections}
+LANES=${LANES:-4}
+REPS=${REPS:-2}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=$(mktemp -d /tmp/deskmux-ucs-backends.XXXXXX)
 # PostgreSQL runs as the postgres user when root: it must reach its directory in here.
 chmod 711 "$OUT"
@@ -67,7 +76,7 @@ wait_line() { # file pattern timeout_s
     done
 }
 
-# config NAME BACKEND(sqlite|postgres) ROLE DBNAME
+# config NAME BACKEND(sqlite|postgres) ROLE DBNAME [CONNECTIONS]
 config() {
     local storage=""
     if [ "$2" = postgres ]; then
@@ -76,7 +85,8 @@ backend = \"postgres\"
 port = $PGPORT
 dbname = \"$4\"
 password_file = \"$OUT/pg.password\"
-lease_ms = $LEASE_MS"
+lease_ms = $LEASE_MS
+connections = ${5:-1}"
     fi
     cat > "$1.toml" <<EOF
 listen = "127.0.0.1:0"
@@ -119,30 +129,53 @@ bench() { # label mode addr pid
 echo "# $(date -u +%FT%TZ) CONNS=$CONNS SECS=$SECS ROUNDS=$ROUNDS LEASE_MS=$LEASE_MS QUEUED=$QUEUED; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # SQLite against PostgreSQL, one UCS instance each.
-config sq sqlite ucs sqdata
-provision sq.toml
-start sq
-for m in get history; do bench "sqlite, 1 instance" "$m" "$ADDR" "$PID"; done
-stop "$PID"
+if part backends; then
+    config sq sqlite ucs sqdata
+    provision sq.toml
+    start sq
+    for m in get history; do bench "sqlite, 1 instance" "$m" "$ADDR" "$PID"; done
+    stop "$PID"
+fi
 
 psql_ postgres "CREATE DATABASE ucs"
 config u1 postgres ucs ucs
 config u2 postgres ucs ucs
 provision u1.toml
-start u1; A1=$ADDR; P1=$PID
-for m in get history; do bench "postgres, 1 instance" "$m" "$A1" "$P1"; done
+if part backends || part two; then
+    start u1; A1=$ADDR; P1=$PID
+    for m in get history; do bench "postgres, 1 instance" "$m" "$A1" "$P1"; done
+    stop "$P1"
+fi
 
 # Two instances on the same database, a bench against each at once (CONNS sessions each).
-start u2; A2=$ADDR; P2=$PID
-for m in get history; do
-    bench "postgres, 2 instances: u1" "$m" "$A1" "$P1" > two-u1.txt &
-    b1=$!
-    bench "postgres, 2 instances: u2" "$m" "$A2" "$P2" > two-u2.txt &
-    b2=$!
-    wait "$b1" "$b2"
-    cat two-u1.txt two-u2.txt
-done
-stop "$P1" "$P2"
+if part two; then
+    start u1; A1=$ADDR; P1=$PID
+    start u2; A2=$ADDR; P2=$PID
+    for m in get history; do
+        bench "postgres, 2 instances: u1" "$m" "$A1" "$P1" > two-u1.txt &
+        b1=$!
+        bench "postgres, 2 instances: u2" "$m" "$A2" "$P2" > two-u2.txt &
+        b2=$!
+        wait "$b1" "$b2"
+        cat two-u1.txt two-u2.txt
+    done
+    stop "$P1" "$P2"
+fi
+
+# One instance over 1 connection against LANES connections, interleaved.
+if part connections; then
+    config c1 postgres ucs ucs 1
+    config cn postgres ucs ucs "$LANES"
+    for r in $(seq 1 "$REPS"); do
+        for c in c1 cn; do
+            start "$c"
+            for m in get history; do
+                bench "postgres, 1 instance, $(awk -F' = ' '/^connections/ {print $2}' "$c.toml") connections, rep $r" "$m" "$ADDR" "$PID"
+            done
+            stop "$PID"
+        done
+    done
+fi
 
 # Takeover: kill -9 the primary, time until the standby says ROLE primary (empty queues).
 takeover() { # label backend db
@@ -171,6 +204,7 @@ takeover() { # label backend db
     grep -h "recovered" sb-"$1"-*.err | tail -1
     stop "$prim"
 }
+part takeover || exit 0
 takeover sqlite sqlite takeover
 psql_ postgres "CREATE DATABASE takeover"
 # The schema (a check-config does not connect: a creds list does), then the queued ones.

@@ -847,7 +847,7 @@ mod tests {
         let s = c.summary();
         assert!(
             s.contains(
-                "db            postgres deskmux@db1:5432/cc (no password), tenant leases of 10000 ms"
+                "db            postgres deskmux@db1:5432/cc (no password, 1 connection), tenant leases of 10000 ms"
             ),
             "{s}"
         );

@@ -827,7 +827,7 @@ impl Conn {
                         self.out.state().track(h.correlation);
                     }
                     let (max, peer) = (self.answer_max, sess.peer.clone());
-                    crate::ucs::handle(db, sess.tenant, max, &f, peer, deadline);
+                    crate::ucs::handle(db, (sess.tenant, sess.wire), max, &f, peer, deadline);
                 }
                 None => self.err(&h, ErrorCode::UNAVAILABLE, "not primary"),
             },

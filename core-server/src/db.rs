@@ -1,6 +1,15 @@
 //! The DB worker: one dedicated thread owns the [`Store`] and runs every storage operation,
 //! with **group commit**.
 //!
+//! On PostgreSQL an instance may open several connections (`[storage] connections`): then
+//! there is one worker per connection (a *lane*), each with its own queue and group commit,
+//! as below. The Interaction Server and GMS use lane 0 only (their operations depend on
+//! each other's order); UCS operations go to the lane of their session, so one session's
+//! operations still run in the order they came, while other sessions' commit at the same
+//! time on other connections. What one lane commits before it answers, every other lane's
+//! next transaction sees (the database's own isolation), so a read anywhere sees every
+//! acknowledged write, as across UCS instances.
+//!
 //! How the group commit works: callers (connection tasks for UCS, the engine for interactions)
 //! push [`Work`] items on a channel and go on. The worker blocks for the first item, then takes
 //! every item already waiting (up to `group_commit_max`), opens ONE transaction, runs them all in
@@ -97,10 +106,16 @@ pub struct DbStats {
     pub expired: AtomicU64,
 }
 
-/// Handle to the DB worker. Cheap to clone.
+/// Handle to the DB workers. Cheap to clone.
+///
+/// One worker per database connection (a *lane*; SQLite has one, PostgreSQL as many as
+/// `[storage] connections`). Lane 0 takes the Interaction Server's and GMS's work, which
+/// must stay in one order; UCS work is spread over all lanes by session
+/// ([`Db::try_submit_for`]), so that one session's operations run in the order they came
+/// while different sessions commit on different connections at once.
 #[derive(Debug, Clone)]
 pub struct Db {
-    tx: mpsc::Sender<Job>,
+    lanes: Arc<[mpsc::Sender<Job>]>,
     /// Operations waiting, against `db_queue`.
     gauge: Arc<Gauge>,
     /// Group-commit counters.
@@ -128,32 +143,67 @@ impl Db {
     /// # Errors
     /// The thread cannot be spawned.
     pub fn start_with(
-        mut store: Box<dyn Store>,
+        store: Box<dyn Store>,
         max_batch: usize,
         queue: (usize, usize),
         on_stop: OnStop,
     ) -> std::io::Result<Db> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        Db::start_lanes(vec![store], max_batch, queue, on_stop)
+    }
+
+    /// [`Db::start_with`] on several stores, one worker thread (lane) each; the first is lane
+    /// 0. The queue bound is shared by all lanes; `on_stop` runs once, for the first lane to
+    /// stop (a fenced or panicked lane stops the whole server through it).
+    ///
+    /// # Errors
+    /// A thread cannot be spawned (the lanes already started stop when the handle drops).
+    ///
+    /// # Panics
+    /// `stores` is empty.
+    pub fn start_lanes(
+        stores: Vec<Box<dyn Store>>,
+        max_batch: usize,
+        queue: (usize, usize),
+        on_stop: OnStop,
+    ) -> std::io::Result<Db> {
+        assert!(!stores.is_empty(), "a DB needs a store");
         let stats = Arc::new(DbStats::default());
-        let st = stats.clone();
         let gauge = Arc::new(Gauge::new(queue.0, queue.1));
-        let g = gauge.clone();
-        std::thread::Builder::new()
-            .name("db-worker".into())
-            .spawn(move || {
-                // Unwinding out of `run` is caught so that the owner learns of the death; the
-                // store may be mid-transaction then, but nothing uses it afterwards.
-                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run(store.as_mut(), &rx, max_batch.max(1), &st, &g)
-                }));
-                let why = match ran {
-                    Ok(Ok(())) => Stopped::Closed,
-                    Ok(Err(e)) => Stopped::Fenced(e),
-                    Err(p) => Stopped::Panicked(panic_text(p.as_ref())),
-                };
-                on_stop(&why);
-            })?;
-        Ok(Db { tx, gauge, stats })
+        let on_stop = Arc::new(std::sync::Mutex::new(Some(on_stop)));
+        let mut lanes = Vec::with_capacity(stores.len());
+        for (i, mut store) in stores.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let (st, g, stop) = (stats.clone(), gauge.clone(), on_stop.clone());
+            std::thread::Builder::new()
+                .name(format!("db-worker-{i}"))
+                .spawn(move || {
+                    // Unwinding out of `run` is caught so that the owner learns of the death;
+                    // the store may be mid-transaction then, but nothing uses it afterwards.
+                    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        run(store.as_mut(), &rx, max_batch.max(1), &st, &g)
+                    }));
+                    let why = match ran {
+                        Ok(Ok(())) => Stopped::Closed,
+                        Ok(Err(e)) => Stopped::Fenced(e),
+                        Err(p) => Stopped::Panicked(panic_text(p.as_ref())),
+                    };
+                    let first = stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(f) = first {
+                        f(&why);
+                    }
+                })?;
+            lanes.push(tx);
+        }
+        Ok(Db {
+            lanes: lanes.into(),
+            gauge,
+            stats,
+        })
+    }
+
+    /// How many lanes (database connections) this handle spreads work over.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// Queue work holding about `bytes` whatever the queue holds (admitted already: see
@@ -165,7 +215,7 @@ impl Db {
             deadline,
             bytes,
         };
-        let ok = self.tx.send(job).is_ok();
+        let ok = self.lanes[0].send(job).is_ok();
         if !ok {
             self.gauge.done(bytes);
         }
@@ -183,6 +233,32 @@ impl Db {
         deadline: Option<Instant>,
         bytes: usize,
     ) -> Result<(), Full> {
+        self.try_submit_on(0, work, deadline, bytes)
+    }
+
+    /// [`Db::try_submit`] on the lane of `session`: every operation of one session goes to
+    /// the same lane, so they run (and are answered) in the order they were submitted.
+    ///
+    /// # Errors
+    /// As [`Db::try_submit`].
+    pub fn try_submit_for(
+        &self,
+        session: u64,
+        work: Work,
+        deadline: Option<Instant>,
+        bytes: usize,
+    ) -> Result<(), Full> {
+        let lane = (session % self.lanes.len() as u64) as usize;
+        self.try_submit_on(lane, work, deadline, bytes)
+    }
+
+    fn try_submit_on(
+        &self,
+        lane: usize,
+        work: Work,
+        deadline: Option<Instant>,
+        bytes: usize,
+    ) -> Result<(), Full> {
         if !self.gauge.try_take(bytes) {
             return Err(Full { stopped: false });
         }
@@ -191,7 +267,7 @@ impl Db {
             deadline,
             bytes,
         };
-        if self.tx.send(job).is_err() {
+        if self.lanes[lane].send(job).is_err() {
             self.gauge.done(bytes);
             return Err(Full { stopped: true });
         }

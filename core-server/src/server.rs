@@ -346,9 +346,10 @@ pub struct Server {
     admin_token: Option<Vec<u8>>,
 }
 
-/// An opened store, the open interactions to recover, the highest interaction id, and the
-/// login checker (opened on the same database).
-type Opened = (Box<dyn Store>, Vec<IxnRow>, u64, Auth);
+/// The opened stores (one per database connection, `[storage] connections`; the first is
+/// the one the Interaction Server and GMS use), the open interactions to recover, the
+/// highest interaction id, and the login checker (opened on the same database).
+type Opened = (Vec<Box<dyn Store>>, Vec<IxnRow>, u64, Auth);
 
 /// Open the data under `guard`, take it over (raise the fencing epoch) if this instance is its
 /// only writer, then read what the engine needs to recover: after the epoch is raised, an
@@ -366,16 +367,7 @@ fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
             }
             Box::new(store)
         }
-        Location::Postgres(c) => {
-            let mut store = PgStore::open(c)?;
-            if let Guard::Leases(l) = guard {
-                store.hold_leases(l.held.clone());
-                // Half the lease: a paused owner holds a taker off for at most that long
-                // past the lease's expiry (see `limit_idle_in_transaction`).
-                store.limit_idle_in_transaction(cfg.storage.lease() / 2)?;
-            }
-            Box::new(store)
-        }
+        Location::Postgres(c) => Box::new(open_pg(cfg, c, guard)?),
     };
     match guard {
         Guard::File(_) => {
@@ -402,14 +394,33 @@ fn open_store(cfg: &Config, guard: &Guard) -> Result<Opened, ServerError> {
         rows.retain(|r| l.held.tenants.contains(&i64::from(r.tenant)));
     }
     let auth = Auth::start(&auth_settings(cfg)?).map_err(|e| ServerError::Auth(e.to_string()))?;
-    Ok((store, rows, max, auth))
+    let mut stores = vec![store];
+    if let Location::Postgres(c) = &at {
+        for _ in 1..cfg.storage.connections {
+            stores.push(Box::new(open_pg(cfg, c, guard)?));
+        }
+    }
+    Ok((stores, rows, max, auth))
+}
+
+/// One PostgreSQL connection of this instance; under leases it is fenced by them (every
+/// transaction checks them), as every connection of the instance is.
+fn open_pg(cfg: &Config, c: &postgres::Config, guard: &Guard) -> Result<PgStore, ServerError> {
+    let mut store = PgStore::open(c)?;
+    if let Guard::Leases(l) = guard {
+        store.hold_leases(l.held.clone());
+        // Half the lease: a paused owner holds a taker off for at most that long past the
+        // lease's expiry (see `limit_idle_in_transaction`).
+        store.limit_idle_in_transaction(cfg.storage.lease() / 2)?;
+    }
+    Ok(store)
 }
 
 /// Start the roles on an opened store (must run inside the runtime).
 fn activate(shared: &Shared, opened: Opened) -> Result<(), ServerError> {
-    let (store, rows, max_id, a) = opened;
-    let db = Db::start_with(
-        store,
+    let (stores, rows, max_id, a) = opened;
+    let db = Db::start_lanes(
+        stores,
         shared.cfg.group_commit_max,
         (shared.cfg.db_queue, shared.cfg.db_queue_bytes),
         Box::new(|why| {

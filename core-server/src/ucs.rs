@@ -87,11 +87,12 @@ fn id_of(b: &deskmux_codec::BodyRef<'_>, k: &'static str) -> Result<i64, Fail> {
     Ok(b.int(k)?)
 }
 
-/// Handle one UCS request (not ECHO: the connection answers that itself), not to be run after
-/// `deadline`. Replies exactly once; no answer is longer than `max_frame`.
+/// Handle one UCS request of session `(tenant, session)` (not ECHO: the connection answers
+/// that itself), not to be run after `deadline`. Replies exactly once; no answer is longer
+/// than `max_frame`. The session picks the database connection (see [`Db::try_submit_for`]).
 pub fn handle(
     db: &Db,
-    tenant: u32,
+    (tenant, session): (u32, u64),
     max_frame: u32,
     frame: &Frame,
     peer: Peer,
@@ -103,7 +104,7 @@ pub fn handle(
             let p = peer.clone();
             // The operation holds about what the frame held (its values, parsed and copied).
             let bytes = frame.as_bytes().len();
-            match db.try_submit(work(req, peer, op), Some(deadline), bytes) {
+            match db.try_submit_for(session, work(req, peer, op), Some(deadline), bytes) {
                 Ok(()) => {}
                 Err(crate::db::Full { stopped: false }) => p.reply(wire::error(
                     &req,

@@ -1,5 +1,6 @@
 //! UCS scaled out: two core-server processes running UCS only (`role = "ucs"`) share one
-//! PostgreSQL database, both active (UCS-only instances take no instance lock on PostgreSQL).
+//! PostgreSQL database, both active (UCS-only instances take no instance lock on PostgreSQL),
+//! each over three connections of its own (`[storage] connections = 3`).
 //! A write acknowledged by one is read by the other at once, asked directly and through a
 //! proxy cluster that balances desktops over both; with one instance killed, the proxy's new
 //! sessions go to the other, which serves everything both wrote.
@@ -105,8 +106,28 @@ async fn two_ucs_instances_on_one_database_read_each_others_writes() {
     pg.create("scale");
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_pg(dir.path(), 5000, "role = \"ucs\"", &pg, "scale");
+    // Each instance with three connections (lanes): sessions' work spread over them.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[storage]\n", "[storage]\nconnections = 3\n"),
+    )
+    .unwrap();
     let mut u1 = Server::start(&cfg, &["--instance", "u1"]);
     let u2 = Server::start(&cfg, &["--instance", "u2"]);
+    let conns = |who: &str| {
+        pg.psql(
+            "scale",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{who}'"),
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    assert!(
+        conns("u1") >= 3 && conns("u2") >= 3,
+        "three connections each"
+    );
 
     // Directly: each reads what the other acknowledged, at once.
     let mut d1 = desktop(u1.addr, "a1").await;

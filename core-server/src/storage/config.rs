@@ -17,6 +17,7 @@
 //! password_file = "/etc/deskmux/pg.password" # optional (trust or peer authentication)
 //! connect_timeout_ms = 10000
 //! lease_ms = 10000               # Interaction Server: a tenant's lease (see `storage::lease`)
+//! connections = 1                # connections (each with its own group commit) for UCS work
 //! ```
 
 use std::path::PathBuf;
@@ -82,6 +83,11 @@ pub struct StorageConfig {
     /// a quarter of it) after their owner stopped renewing; an owner that cannot renew for
     /// two thirds of it stops itself first. At least 300. Default 10000.
     pub lease_ms: u32,
+    /// PostgreSQL: database connections this instance opens, each with a worker thread and
+    /// its own group commit. UCS work is spread over them by session (one session's
+    /// operations stay on one, in order); the Interaction Server and GMS use the first. One
+    /// connection bounds a UCS instance to one commit at a time. 1 to 32; default 1.
+    pub connections: u32,
     /// The password, read from `password_file` (never from the configuration: a `password`
     /// key is refused as unknown).
     #[serde(skip)]
@@ -99,6 +105,7 @@ impl Default for StorageConfig {
             password_file: None,
             connect_timeout_ms: 10_000,
             lease_ms: 10_000,
+            connections: 1,
             password: DbPassword::default(),
         }
     }
@@ -120,6 +127,16 @@ impl StorageConfig {
         }
         if self.lease_ms < 300 {
             return Err("storage.lease_ms must be at least 300".into());
+        }
+        if !(1..=32).contains(&self.connections) {
+            return Err("storage.connections must be 1 to 32".into());
+        }
+        if self.connections > 1 && self.backend != Backend::Postgres {
+            return Err(
+                "storage.connections: SQLite has one writer; more connections are for \
+                 backend = \"postgres\""
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -172,8 +189,13 @@ impl StorageConfig {
             None => "no password".to_string(),
         };
         format!(
-            "postgres {}@{}:{}/{} ({pw})",
-            self.user, self.host, self.port, self.dbname
+            "postgres {}@{}:{}/{} ({pw}, {} connection{})",
+            self.user,
+            self.host,
+            self.port,
+            self.dbname,
+            self.connections,
+            if self.connections == 1 { "" } else { "s" }
         )
     }
 }
@@ -228,6 +250,22 @@ mod tests {
         let e = parse("backend = \"postgres\"\npassword = \"hunter2hunter2\"").unwrap_err();
         assert!(e.to_string().contains("password"), "{e}");
         assert!(parse("backend = \"mysql\"").is_err());
+    }
+
+    #[test]
+    fn connections_are_for_postgres_and_bounded() {
+        let ok = parse("backend = \"postgres\"\nconnections = 4").unwrap();
+        assert_eq!(ok.connections, 4);
+        assert!(ok.validate().is_ok());
+        assert!(ok.describe_postgres().contains("4 connections"));
+        for bad in [
+            "backend = \"postgres\"\nconnections = 0",
+            "backend = \"postgres\"\nconnections = 33",
+            "connections = 2",
+        ] {
+            assert!(parse(bad).unwrap().validate().is_err(), "{bad}");
+        }
+        assert_eq!(parse("").unwrap().connections, 1);
     }
 
     #[test]
