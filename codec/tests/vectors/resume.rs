@@ -3,11 +3,13 @@
 //! the refusal of a resume. Kept apart from the codec's own vectors and the rules' refusals so
 //! that each file has one job.
 
-use super::{Gen, V, body_of, head};
 use deskmux_codec::msg::{self, key};
-use deskmux_codec::{BodyWriter, ErrorCode, Kind, Service, error_response};
+use deskmux_codec::{BodyRef, ErrorCode, Kind, Service};
 
-pub(super) fn add(g: &mut Gen) {
+use crate::generate::{Gen, V, body_of, head, success};
+
+/// The vectors of this module, in their order in PROTOCOL.md §11.
+pub(crate) fn add(g: &mut Gen) {
     // A hello presenting a resume token instead of a password; written by the typed writers.
     let resume = [
         (key::VERSION, V::Int(1)),
@@ -16,22 +18,6 @@ pub(super) fn add(g: &mut Gen) {
         (key::RESUME, V::Str("dms1.opaque")),
         (key::LAST_EVENT, V::Int(17)),
     ];
-    let mut b = bytes::BytesMut::new();
-    let mut w = BodyWriter::new(&mut b);
-    w.int(key::VERSION, 1);
-    w.str(key::AGENT, "agent-1").expect("write");
-    w.int(key::SERVICES, 6);
-    msg::Resume {
-        token: "dms1.opaque",
-        last_event: 17,
-    }
-    .write(&mut w)
-    .expect("write");
-    assert_eq!(b.to_vec(), body_of(&resume), "Resume writer disagrees");
-    let parsed = msg::Resume::read(deskmux_codec::BodyRef::new(&b))
-        .expect("read")
-        .expect("a resume");
-    assert_eq!((parsed.token, parsed.last_event), ("dms1.opaque", 17));
     let hello = head(
         Kind::Request,
         Service::Control,
@@ -40,17 +26,33 @@ pub(super) fn add(g: &mut Gen) {
         1,
         0,
     );
-    g.frame(
+    g.written(
         "request-control-hello-resume",
         "desktop hello resuming a session: its resume token and the last unicast useq it got (no token key)",
         hello,
         &resume,
+        |w| {
+            w.int(key::VERSION, 1);
+            w.str(key::AGENT, "agent-1")?;
+            w.int(key::SERVICES, 6);
+            msg::Resume {
+                token: "dms1.opaque",
+                last_event: 17,
+            }
+            .write(w)
+        },
     );
+    // The same body read back by the typed reader.
+    let body = body_of(&resume);
+    let parsed = msg::Resume::read(BodyRef::new(&body))
+        .expect("read")
+        .expect("a resume");
+    assert_eq!((parsed.token, parsed.last_event), ("dms1.opaque", 17));
 
     g.frame(
         "response-control-hello-resumed",
         "server hello of a resumed session: a new session id, the same resume token, 2 events replayed next",
-        head(Kind::Response, Service::Control, msg::control::HELLO, 7, 1, 1002),
+        success(hello, 7, 1002),
         &[
             (key::SESSION, V::Int(1002)),
             (key::MAX_FRAME, V::Int(2_097_152)),
@@ -99,17 +101,12 @@ pub(super) fn add(g: &mut Gen) {
         ],
     );
 
-    let m = "no such session: it ended (grace over, logged out, overflowed)";
-    let f = error_response(&hello, ErrorCode::RESUME_REFUSED, m);
-    let items = [
-        (key::CODE, V::Int(i64::from(ErrorCode::RESUME_REFUSED.0))),
-        (key::MESSAGE, V::Str(m)),
-    ];
-    assert_eq!(f.body_bytes(), body_of(&items), "error encoder");
-    g.frame(
+    g.answer(
         "response-error-resume-refused",
         "answer to request-control-hello-resume when the session is gone: RESUME_REFUSED (rejected), then close; say a fresh hello",
-        *f.head(),
-        &items,
+        hello,
+        7,
+        ErrorCode::RESUME_REFUSED,
+        "no such session: it ended (grace over, logged out, overflowed)",
     );
 }

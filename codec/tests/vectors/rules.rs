@@ -3,61 +3,49 @@
 //! receiver sends. Kept apart from the codec's own vectors so that each file has one job.
 //!
 //! The answers are built with the codec's own encoders (`error_response`, `refusal`): a
-//! vector then pins what every receiver writes, and the check in the parent module decodes
-//! each one independently.
+//! vector then pins what every receiver writes (each encoder's body is checked against the
+//! documented items first), and `check` decodes each one independently.
 
-use super::{Expect, Gen, V, head, nested};
 use deskmux_codec::msg::{self, key};
-use deskmux_codec::{ErrorCode, Flags, Head, Kind, Service, error_response, refusal};
+use deskmux_codec::{ErrorCode, Flags, Head, Kind, Service, control_error, refusal};
 
-/// The body items of an error answer.
-fn err_items(code: ErrorCode, message: &'static str) -> [(&'static str, V); 2] {
-    [
-        (key::CODE, V::Int(i64::from(code.0))),
-        (key::MESSAGE, V::Str(message)),
-    ]
+use crate::frames::hello_items;
+use crate::framing::with_byte;
+use crate::generate::{Gen, V, body_of, err_items, head, nested, success};
+use crate::parse::{BodyExpect, Expect};
+
+/// A desktop's request on its tenant-7 session, naming session 0 (§2.3): what the vectors
+/// below start from, so that the one field a vector spoils stands out.
+fn request(service: Service, msg_type: u16, corr: u64) -> Head {
+    head(Kind::Request, service, msg_type, 7, corr, 0)
 }
 
-/// An error response to `req` as receivers build it, after checking that the encoder writes
-/// exactly the items the vector documents.
-fn answer(
-    g: &mut Gen,
-    name: &str,
-    note: &'static str,
-    req: Head,
-    tenant: u32,
-    code: ErrorCode,
-    m: &'static str,
-) {
-    let mut h = req;
-    h.tenant = tenant;
-    let f = error_response(&h, code, m);
-    let items = err_items(code, m);
-    assert_eq!(f.body_bytes(), super::body_of(&items), "{name}: encoder");
-    g.frame(name, note, *f.head(), &items);
+/// The vectors of this module, in their order in PROTOCOL.md §11.
+pub(crate) fn add(g: &mut Gen) {
+    unknown_value_type(g);
+    framing_order(g);
+    refused_frames(g);
+    tenants(g);
+    request_checks(g);
+    hello_refusals(g);
+    open_session(g);
 }
 
-#[allow(clippy::too_many_lines)]
-pub(super) fn add(g: &mut Gen) {
-    // §3: type 0x00 is an unknown type like any from 0x05 up: length-prefixed, skipped.
+/// §3: type 0x00 is an unknown type like any from 0x05 up: length-prefixed, skipped.
+fn unknown_value_type(g: &mut Gen) {
     g.frame(
         "body-type-00",
         "value type 0x00 is unknown (reserved): length-prefixed and skipped, never MALFORMED",
-        head(
-            Kind::Request,
-            Service::Interaction,
-            msg::ixn::SUBSCRIBE,
-            7,
-            68,
-            0,
-        ),
+        request(Service::Interaction, msg::ixn::SUBSCRIBE, 68),
         &[
             ("z", V::Unknown(0x00, &[0x00, 0xAB])),
             (key::TOPIC, V::Str("queue:sales")),
         ],
     );
+}
 
-    // §2.2: framing is judged byte by byte, magic then version, before the length.
+/// §2.2: framing is judged byte by byte, magic then version, before the length.
+fn framing_order(g: &mut Gen) {
     g.bytes(
         "bad-magic-first-byte",
         "one garbage byte: refused at once (control PROTOCOL, then close)",
@@ -76,48 +64,34 @@ pub(super) fn add(g: &mut Gen) {
         vec![0x44, 0x4D, 0x02],
         Expect::Error("UnsupportedVersion".into()),
     );
-    let mut both = head(
-        Kind::Request,
-        Service::Interaction,
-        msg::ixn::ECHO,
-        7,
-        69,
-        0,
-    );
+    let mut both = request(Service::Interaction, msg::ixn::ECHO, 69);
     both.body_len = u32::MAX;
-    let mut both = both.to_bytes().to_vec();
-    both[2] = 2;
     g.bytes(
         "bad-version-and-too-large",
         "version 2 and a length over the maximum: the version wins (PROTOCOL, not FRAME_TOO_LARGE)",
-        both,
+        with_byte(&both.to_bytes(), 2, 2),
         Expect::Error("UnsupportedVersion".into()),
     );
-    let lost =
-        deskmux_codec::control_error(0, ErrorCode::PROTOCOL, "bad magic or version: framing lost");
-    g.frame(
+    let lost = "bad magic or version: framing lost";
+    g.error(
         "control-error-framing-lost",
         "sent before closing on lost framing: control ERROR, PROTOCOL, correlation 0, tenant 0",
-        *lost.head(),
-        &err_items(ErrorCode::PROTOCOL, "bad magic or version: framing lost"),
+        &control_error(0, ErrorCode::PROTOCOL, lost),
+        ErrorCode::PROTOCOL,
+        lost,
     );
+}
 
-    // §5.1: a refused frame that is not a request gets a control error naming it.
-    let unk = head(
-        Kind::Unknown(9),
-        Service::Interaction,
-        msg::ixn::ECHO,
-        7,
-        44,
-        0,
-    );
-    let f = refusal(&unk, ErrorCode::PROTOCOL, "unknown frame kind");
-    g.frame(
+/// §5.1: a refused frame that is not a request gets a control error naming it.
+fn refused_frames(g: &mut Gen) {
+    let unk = g.head_of("unknown-kind");
+    g.error(
         "control-error-unknown-kind",
         "answer to vector unknown-kind: control ERROR PROTOCOL with the refused frame's \
          correlation (44) and session; tenant 0; the connection stays",
-        *f.head(),
-        &err_items(ErrorCode::PROTOCOL, "unknown frame kind"),
+        &refusal(&unk, ErrorCode::PROTOCOL, "unknown frame kind"),
+        ErrorCode::PROTOCOL,
+        "unknown frame kind",
     );
     let st = head(
         Kind::Control,
@@ -133,14 +107,14 @@ pub(super) fn add(g: &mut Gen) {
         st,
         &[],
     );
-    let f = refusal(&st, ErrorCode::PROTOCOL, "unexpected control frame");
-    g.frame(
+    g.error(
         "control-error-unexpected-control",
         "answer to control-service-state-from-desktop: PROTOCOL naming correlation 72",
-        *f.head(),
-        &err_items(ErrorCode::PROTOCOL, "unexpected control frame"),
+        &refusal(&st, ErrorCode::PROTOCOL, "unexpected control frame"),
+        ErrorCode::PROTOCOL,
+        "unexpected control frame",
     );
-    let cerr = head(
+    let mut cerr = head(
         Kind::Control,
         Service::Control,
         msg::control::ERROR,
@@ -148,7 +122,6 @@ pub(super) fn add(g: &mut Gen) {
         73,
         0,
     );
-    let mut cerr = cerr;
     cerr.flags = Flags(Flags::ERROR);
     g.frame(
         "control-error-from-desktop",
@@ -156,24 +129,19 @@ pub(super) fn add(g: &mut Gen) {
         cerr,
         &err_items(ErrorCode::INTERNAL, "client failed"),
     );
+}
 
-    // §2.3, §5.1: tenants on answers.
-    let spoof = head(
-        Kind::Request,
-        Service::Interaction,
-        msg::ixn::ECHO,
-        8,
-        70,
-        0,
-    );
+/// §2.3, §5.1: tenants on answers.
+fn tenants(g: &mut Gen) {
+    let mut spoof = request(Service::Interaction, msg::ixn::ECHO, 70);
+    spoof.tenant = 8;
     g.frame(
         "request-tenant-spoofed",
         "an ECHO of a tenant-7 session claiming tenant 8",
         spoof,
         &[(key::DATA, V::Bin(b"x"))],
     );
-    answer(
-        g,
+    g.answer(
         "response-error-tenant-mismatch",
         "answer to request-tenant-spoofed: the session's tenant (7), not the claimed one",
         spoof,
@@ -181,39 +149,23 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::TENANT_MISMATCH,
         "tenant is not the session's",
     );
-    let hb = head(
-        Kind::Request,
-        Service::Control,
-        msg::control::HEARTBEAT,
-        0,
-        74,
-        0,
-    );
+    let mut hb = request(Service::Control, msg::control::HEARTBEAT, 74);
+    hb.tenant = 0;
     g.frame(
         "request-heartbeat-tenant-0",
         "a desktop heartbeat may carry tenant 0 or its session's tenant",
         hb,
         &[],
     );
-    let mut hb_ans = hb;
-    hb_ans.kind = Kind::Response;
-    hb_ans.tenant = 7;
     g.frame(
         "response-heartbeat",
         "answer to request-heartbeat-tenant-0 on an open tenant-7 session: the session's tenant",
-        hb_ans,
+        success(hb, 7, 0),
         &[],
     );
-    let hb_spoof = head(
-        Kind::Request,
-        Service::Control,
-        msg::control::HEARTBEAT,
-        8,
-        75,
-        0,
-    );
-    answer(
-        g,
+    let mut hb_spoof = request(Service::Control, msg::control::HEARTBEAT, 75);
+    hb_spoof.tenant = 8;
+    g.answer(
         "response-error-heartbeat-tenant",
         "a heartbeat claiming tenant 8 on a tenant-7 session: TENANT_MISMATCH",
         hb_spoof,
@@ -221,48 +173,35 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::TENANT_MISMATCH,
         "tenant is not the session's",
     );
+}
 
+/// §5.2, §7, §5.3: what holds for a request whatever its message: one correlation id in
+/// flight, ECHO's body never read, an answer's flags never copied.
+fn request_checks(g: &mut Gen) {
     // §5.2: one correlation id in flight once.
-    let dup = head(
-        Kind::Request,
-        Service::Interaction,
-        msg::ixn::SUBMIT,
-        7,
-        71,
-        0,
-    );
-    answer(
-        g,
+    g.answer(
         "response-error-correlation-in-flight",
         "a second request with correlation 71 while the first is unanswered: refused, the \
          first is answered normally",
-        dup,
+        request(Service::Interaction, msg::ixn::SUBMIT, 71),
         7,
         ErrorCode::INVALID_STATE,
         "correlation id in flight",
     );
 
     // §3, §7: an ECHO body is opaque bytes, answered verbatim, never MALFORMED.
-    let echo = head(Kind::Request, Service::Ucs, msg::ucs::ECHO, 7, 85, 0);
     g.frame_raw(
         "request-echo-opaque-body",
         "an ECHO whose body is not §3's grammar (key length 5, 2 bytes): answered with the same \
          body bytes, never MALFORMED",
-        echo,
+        request(Service::Ucs, msg::ucs::ECHO, 85),
         &[5, b'a', b'b'],
-        super::BodyExpect::Error("Truncated".into()),
+        BodyExpect::Error("Truncated".into()),
         None,
     );
 
     // §5.3: flags of a request are not copied.
-    let mut flagged = head(
-        Kind::Request,
-        Service::Interaction,
-        msg::ixn::ECHO,
-        7,
-        76,
-        0,
-    );
+    let mut flagged = request(Service::Interaction, msg::ixn::ECHO, 76);
     flagged.flags = Flags(Flags::ERROR | Flags::BROADCAST | Flags::RETRY);
     g.frame(
         "request-echo-all-flags",
@@ -270,27 +209,17 @@ pub(super) fn add(g: &mut Gen) {
         flagged,
         &[(key::DATA, V::Bin(b"x"))],
     );
-    let mut echoed = flagged;
-    echoed.kind = Kind::Response;
-    echoed.flags = Flags::default();
     g.frame(
         "response-echo-no-flags",
         "answer to request-echo-all-flags: no flag, the body as sent",
-        echoed,
+        success(flagged, 7, 0),
         &[(key::DATA, V::Bin(b"x"))],
     );
+}
 
-    // §4.1: hello refusals, each followed by the connection's close.
-    let hello = |corr| {
-        head(
-            Kind::Request,
-            Service::Control,
-            msg::control::HELLO,
-            7,
-            corr,
-            0,
-        )
-    };
+/// §4.1: hello refusals, each followed by the connection's close.
+fn hello_refusals(g: &mut Gen) {
+    let hello = |corr| request(Service::Control, msg::control::HELLO, corr);
     let empty = hello(77);
     g.frame(
         "request-hello-empty",
@@ -298,8 +227,7 @@ pub(super) fn add(g: &mut Gen) {
         empty,
         &[],
     );
-    answer(
-        g,
+    g.answer(
         "response-error-hello-malformed",
         "answer to request-hello-empty: MALFORMED, then close",
         empty,
@@ -307,20 +235,13 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::MALFORMED,
         "bad hello: missing key \"token\"",
     );
-    let v2 = [
-        (key::VERSION, V::Int(2)),
-        (key::AGENT, V::Str("agent-1")),
-        (key::TOKEN, V::Str("s3cret")),
-        (key::SERVICES, V::Int(6)),
-    ];
     g.frame(
         "request-hello-version-2",
         "a hello asking for version 2",
         hello(78),
-        &v2,
+        &hello_items(2, 6),
     );
-    answer(
-        g,
+    g.answer(
         "response-error-hello-version",
         "answer to request-hello-version-2: PROTOCOL, then close (the head stays version 1)",
         hello(78),
@@ -328,20 +249,13 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::PROTOCOL,
         "unsupported protocol version",
     );
-    let none = [
-        (key::VERSION, V::Int(1)),
-        (key::AGENT, V::Str("agent-1")),
-        (key::TOKEN, V::Str("s3cret")),
-        (key::SERVICES, V::Int(0)),
-    ];
     g.frame(
         "request-hello-no-services",
         "a hello asking for no service",
         hello(79),
-        &none,
+        &hello_items(1, 0),
     );
-    answer(
-        g,
+    g.answer(
         "response-error-hello-no-route",
         "answer to request-hello-no-services (or a services bit nothing routes): NO_ROUTE, then close",
         hello(79),
@@ -351,37 +265,30 @@ pub(super) fn add(g: &mut Gen) {
     );
     let mut deep = nested(17);
     deep.insert(0, (key::VERSION, V::Int(1)));
-    let deep_body = super::body_of(&deep);
+    let deep_body = body_of(&deep);
     g.frame_raw(
         "request-hello-too-deep",
         "a hello with a list 17 deep: MALFORMED (§3), then close",
         hello(80),
         &deep_body,
-        super::BodyExpect::Error("TooDeep".into()),
+        BodyExpect::Error("TooDeep".into()),
         None,
     );
+}
 
-    // §4.1: requests of an open session.
-    let ucs = head(Kind::Request, Service::Ucs, msg::ucs::CONTACT_GET, 7, 81, 0);
-    answer(
-        g,
+/// §4.1: requests of an open session.
+fn open_session(g: &mut Gen) {
+    g.answer(
         "response-error-service-not-opened",
         "a UCS request on a session whose hello asked for services 2 (Interaction only)",
-        ucs,
+        request(Service::Ucs, msg::ucs::CONTACT_GET, 81),
         7,
         ErrorCode::INVALID_STATE,
         "service not opened by this session's hello",
     );
-    let other = head(
-        Kind::Request,
-        Service::Interaction,
-        msg::ixn::ECHO,
-        7,
-        82,
-        99,
-    );
-    answer(
-        g,
+    let mut other = request(Service::Interaction, msg::ixn::ECHO, 82);
+    other.session = 99;
+    g.answer(
         "response-error-wrong-session",
         "a request naming session 99, not 0 nor its own: INVALID_STATE, direct or through a proxy",
         other,
@@ -389,16 +296,9 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::INVALID_STATE,
         "session id is not this session's",
     );
-    let open = head(
-        Kind::Request,
-        Service::Control,
-        msg::control::SESSION_OPEN,
-        7,
-        83,
-        5,
-    );
-    answer(
-        g,
+    let mut open = request(Service::Control, msg::control::SESSION_OPEN, 83);
+    open.session = 5;
+    g.answer(
         "response-error-desktop-session-open",
         "SESSION_OPEN from a desktop: INVALID_STATE (only links open sessions)",
         open,
@@ -406,12 +306,10 @@ pub(super) fn add(g: &mut Gen) {
         ErrorCode::INVALID_STATE,
         "SESSION_OPEN outside a link",
     );
-    let unk_ctl = head(Kind::Request, Service::Control, 0x0099, 7, 84, 0);
-    answer(
-        g,
+    g.answer(
         "response-error-unknown-control",
         "a control request of a type nobody knows: UNKNOWN_MESSAGE",
-        unk_ctl,
+        request(Service::Control, 0x0099, 84),
         7,
         ErrorCode::UNKNOWN_MESSAGE,
         "unknown control message",
