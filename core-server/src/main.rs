@@ -106,6 +106,12 @@ enum Cmd {
         #[command(subcommand)]
         op: deskmux_core_server::gms::audit::Op,
     },
+    /// The database itself: `copy-from-sqlite FILE` brings an SQLite data file (not in use)
+    /// into the configuration's PostgreSQL database, which must be empty.
+    Storage {
+        #[command(subcommand)]
+        op: deskmux_core_server::storage::copy::Op,
+    },
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -154,6 +160,14 @@ fn main() -> anyhow::Result<()> {
     let cfg = load(&cli)?;
     if let Some(Cmd::Creds { op }) = &cli.cmd {
         return creds::run(&cfg.location(), op);
+    }
+    if let Some(Cmd::Storage { op }) = &cli.cmd {
+        let copied = deskmux_core_server::storage::copy::run(&cfg.location(), op)?;
+        for (table, n) in copied {
+            println!("{table:<14} {n} rows");
+        }
+        println!("copied into {}", cfg.location().describe());
+        return Ok(());
     }
     if let Some(Cmd::Gms { op }) = &cli.cmd {
         return deskmux_core_server::gms::audit::run(&cfg.location(), op)

@@ -646,3 +646,116 @@ fn a_restart_takes_its_own_leases_back() {
         Ok(())
     }));
 }
+
+/// An SQLite site moves to PostgreSQL with its data: `core-server storage copy-from-sqlite`
+/// copies the data file (refused while a core-server uses it, and into a database that is not
+/// empty); core-server on PostgreSQL then logs the same agents in (a reconnect token of the
+/// SQLite server included), serves the contacts and history, recovers the queued
+/// interaction, and hands out ids above the copied ones.
+#[test]
+fn an_sqlite_data_file_is_copied_into_postgres() {
+    if deskmux_tests::storage_mode::sqlite_only("the source of the copy is an SQLite file") {
+        return;
+    }
+    let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sq_cfg = write_config(src_dir.path(), 5000, "");
+    let file = src_dir.path().join("core.db");
+    let mut sq = Server::start(&sq_cfg, &[]);
+    // A reconnect token handed out on SQLite (its key is copied too).
+    let token = ok(Client::connect(sq.addr).hello(T1, "writer", TOKEN1))
+        .body()
+        .str(key::RECONNECT)
+        .expect("a reconnect token")
+        .to_string();
+    let mut c = Client::desktop(sq.addr, T1, "writer", TOKEN1);
+    let contact = create(&mut c, &[("email", "moved@x")]);
+    let history = int(
+        &ok(c.ucs(ucs::HISTORY_INSERT, |w| {
+            w.int(key::CONTACT, contact);
+            w.str(key::SUBJECT, "s")?;
+            w.str(key::TEXT, "kept across the move")?;
+            Ok(())
+        })),
+        key::HISTORY,
+    );
+    let queued = submit(&mut c, "q");
+
+    let pg = PgServer::start();
+    pg.create("moved");
+    let pg_cfg = dst_dir.path().join("core.toml");
+    std::fs::write(
+        &pg_cfg,
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&sq_cfg).unwrap(),
+            pg.storage_toml(dst_dir.path(), "moved")
+        ),
+    )
+    .unwrap();
+    let copy = |pg_cfg: &std::path::Path| {
+        run(&[
+            "--config",
+            pg_cfg.to_str().unwrap(),
+            "storage",
+            "copy-from-sqlite",
+            file.to_str().unwrap(),
+        ])
+    };
+    let (good, _, err) = copy(&pg_cfg);
+    assert!(!good, "copied a file in use");
+    assert!(err.contains("is using it"), "{err}");
+    // (Nothing was written: the copy below would find the target not empty.)
+
+    sq.kill9();
+    let (good, out, err) = copy(&pg_cfg);
+    assert!(good, "{err}");
+    assert!(out.contains("contacts       1 rows"), "{out}");
+    assert!(out.contains("interactions   1 rows"), "{out}");
+    assert!(
+        count(&pg, "moved", "SELECT count(*) FROM credentials") > 0,
+        "{out}"
+    );
+    let (good, _, err) = copy(&pg_cfg);
+    assert!(!good, "copied twice");
+    assert!(err.contains("not empty"), "{err}");
+
+    let p = Server::start(&pg_cfg, &[]);
+    let with_token = deskmux_codec::msg::DesktopHello {
+        version: 1,
+        agent: "writer",
+        token: "",
+        reconnect: Some(&token),
+        services: 6,
+    };
+    ok(Client::connect(p.addr).hello_as(T1, &with_token));
+    let mut r = Client::desktop(p.addr, T1, "reader", TOKEN1);
+    let g = ok(r.ucs(ucs::CONTACT_GET, |b| {
+        b.int(key::CONTACT, contact);
+        Ok(())
+    }));
+    assert_eq!(
+        g.body().list(key::ATTRS).unwrap().str("email").unwrap(),
+        "moved@x"
+    );
+    let text = ok(r.ucs(ucs::CONTENT_GET, |b| {
+        b.int(key::HISTORY, history);
+        Ok(())
+    }));
+    assert_eq!(text.body().str(key::TEXT).unwrap(), "kept across the move");
+    assert!(create(&mut r, &[("email", "new@x")]) > contact, "ids go on");
+    let mut a = agent(p.addr, "a");
+    ok(a.ixn(ixn::AGENT_READY, |_| Ok(())));
+    let inv = a
+        .event(ixn::INVITE, WAIT)
+        .expect("the copied queued interaction is offered");
+    assert_eq!(int(&inv, key::INTERACTION), queued);
+    assert!(
+        submit(&mut c_on(p.addr), "q") > queued,
+        "new interaction ids above the copied"
+    );
+}
+
+/// A media desktop of tenant 1 on `addr`.
+fn c_on(addr: std::net::SocketAddr) -> Client {
+    Client::desktop(addr, T1, "media", TOKEN1)
+}

@@ -10,6 +10,7 @@
 //! values, PROTOCOL.md §3): a `CONTACT_GET` answer embeds the stored bytes as they are.
 
 pub mod config;
+pub mod copy;
 pub mod lease;
 pub mod postgres;
 pub mod schema;
