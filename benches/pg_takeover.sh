@@ -34,42 +34,25 @@ RAMP=${RAMP:-15}              # s, agents connect evenly over it
 MODE=${MODE:-kill}            # kill (SIGKILL) or stop (SIGSTOP, then SIGCONT after the takeover)
 SUBMIT_RATE=${SUBMIT_RATE:-50} # interactions/s the media desktops submit
 OUT=$(mktemp -d /tmp/deskmux-pg-takeover.XXXXXX)
-# PostgreSQL runs as the postgres user when root: it must reach its directory in here.
-chmod 711 "$OUT"
 cd "$OUT"
 echo "out dir: $OUT"
 
-PG=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-mkdir -p pg && [ "$(id -u)" = 0 ] && chown postgres:postgres pg
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > pg.password
-chmod 600 pg.password
-cp pg.password pg/pwfile && [ "$(id -u)" = 0 ] && chown postgres pg/pwfile
-as_pg "$PG/initdb" -D "$OUT/pg/data" -U deskmux --auth-local=trust --auth-host=scram-sha-256 \
-    --pwfile "$OUT/pg/pwfile" -E UTF8 >/dev/null
-as_pg "$PG/pg_ctl" -D "$OUT/pg/data" -l "$OUT/pg/log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $OUT/pg" start >/dev/null
+# shellcheck source=pg_lib.sh
+. "$ROOT/benches/pg_lib.sh"
+pg_start
 
 PIDS=()
 cleanup() {
     set +e
     for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
-    as_pg "$PG/pg_ctl" -D "$OUT/pg/data" -m immediate stop >/dev/null
+    pg_stop
 }
 trap cleanup EXIT
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # stamp each stdout line of a process with the wall clock (ms)
 stamp() { while IFS= read -r l; do echo "$(now_ms) $l"; done; }
-wait_line() { # file pattern timeout_s
-    local end=$(( $(date +%s) + $3 ))
-    until grep -q "$2" "$1" 2>/dev/null; do
-        [ "$(date +%s)" -ge "$end" ] && { echo "timeout waiting for '$2' in $1" >&2; exit 1; }
-        sleep 0.01
-    done
-}
 sessions() { # http addr -> the Interaction Server's sessions (0 if no answer)
     curl -s -m 1 "http://$1/metrics" | awk '$1 == "deskmux_core_sessions" {print $2; f=1} END {if (!f) print 0}'
 }
@@ -120,7 +103,7 @@ start() {
 }
 
 echo "# $(date -u +%FT%TZ) N=$N LEASE_MS=$LEASE_MS MODE=$MODE SUBMIT_RATE=$SUBMIT_RATE; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-PGPASSWORD=$(cat pg.password) "$PG/psql" -h 127.0.0.1 -p "$PGPORT" -U deskmux -XAtqc "CREATE DATABASE deskmux" postgres
+psql_ postgres "CREATE DATABASE deskmux"
 
 # N agents of tenant 1, random passwords, argon2id's cheapest cost (the bench measures the
 # takeover, not the logins' hashing), given to loadgen as its --credentials.
@@ -144,8 +127,7 @@ DURATION=$(( RAMP + 3 * LEASE_MS / 1000 + 120 ))
     --backoff-base-ms 100 --backoff-max-ms 1000 --json loadgen.json > loadgen.out 2> loadgen.err &
 LG=$!; PIDS+=("$LG")
 wait_sessions "$PH" "$N" $(( RAMP + 60 ))
-LEASES=$(PGPASSWORD=$(cat pg.password) "$PG/psql" -h 127.0.0.1 -p "$PGPORT" -U deskmux -XAtqc \
-    "SELECT tenant || ' ' || owner || ' epoch ' || epoch FROM tenant_lease" deskmux)
+LEASES=$(psql_ deskmux "SELECT tenant || ' ' || owner || ' epoch ' || epoch FROM tenant_lease")
 echo "$N agents logged in on the primary; lease: $LEASES"
 
 if [ "$MODE" = stop ]; then

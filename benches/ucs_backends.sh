@@ -40,41 +40,24 @@ LANES=${LANES:-4}
 REPS=${REPS:-2}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=$(mktemp -d /tmp/deskmux-ucs-backends.XXXXXX)
-# PostgreSQL runs as the postgres user when root: it must reach its directory in here.
-chmod 711 "$OUT"
 cd "$OUT"
 echo "out dir: $OUT"
 
-PG=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-mkdir -p pg && [ "$(id -u)" = 0 ] && chown postgres:postgres pg
-echo "bench-pg-password-0123456789" > pg.password
-cp pg.password pg/pwfile && [ "$(id -u)" = 0 ] && chown postgres pg/pwfile
-as_pg "$PG/initdb" -D "$OUT/pg/data" -U deskmux --auth-local=trust --auth-host=scram-sha-256 \
-    --pwfile "$OUT/pg/pwfile" -E UTF8 >/dev/null
-as_pg "$PG/pg_ctl" -D "$OUT/pg/data" -l "$OUT/pg/log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $OUT/pg" start >/dev/null
+# shellcheck source=pg_lib.sh
+. "$ROOT/benches/pg_lib.sh"
+pg_start
 
 PIDS=()
 cleanup() {
     set +e
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
-    as_pg "$PG/pg_ctl" -D "$OUT/pg/data" -m immediate stop >/dev/null
+    pg_stop
 }
 trap cleanup EXIT
 
 # SIGKILL and reap (quietly: the kill is the point)
 stop() { kill -KILL "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
-psql_() { PGPASSWORD=$(cat pg.password) "$PG/psql" -h 127.0.0.1 -p "$PGPORT" -U deskmux -XAtqc "$2" "$1"; }
-wait_line() { # file pattern timeout_s
-    local end=$(( $(date +%s) + $3 ))
-    until grep -q "$2" "$1" 2>/dev/null; do
-        [ "$(date +%s)" -ge "$end" ] && { echo "timeout waiting for '$2' in $1" >&2; exit 1; }
-        sleep 0.01
-    done
-}
 
 # config NAME BACKEND(sqlite|postgres) ROLE DBNAME [CONNECTIONS]
 config() {
