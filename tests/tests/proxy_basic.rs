@@ -1,91 +1,20 @@
 //! The proxy's request path against a real core-server: answers equal direct answers, ids never
 //! cross between desktops, tenants cannot be spoofed, bad frames only hurt their sender, caps.
+//! Bodies shared with the io_uring run (`proxy_uring`) are in `proxy_support::cases`.
 
 mod proxy_support;
 
 use std::time::Duration;
 
 use deskmux_codec::msg::{control, ixn, key, ucs};
-use deskmux_codec::{ErrorCode, Flags, Head, Kind, Service};
+use deskmux_codec::{ErrorCode, Head, Kind, Service};
 use deskmux_tests::TestClient;
+use proxy_support::cases::{self, Driver};
 use proxy_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_through_proxy_equal_direct() {
-    let st = stack(1, 2, "");
-    let mut direct = TestClient::connect_hello(st.core_addr, T1, "direct-a", TOKEN1)
-        .await
-        .unwrap();
-    let mut via = desktop(st.proxy.addr, T1).await;
-    assert_ne!(via.session, 0);
-    for (svc, data) in [
-        (Service::Interaction, b"hello ixn".to_vec()),
-        (Service::Ucs, vec![7u8; 100_000]),
-    ] {
-        let a = echo(&mut direct, svc, &data).await;
-        let b = echo(&mut via, svc, &data).await;
-        assert_eq!(a.body_bytes(), b.body_bytes());
-        assert_eq!(a.head().msg_type, b.head().msg_type);
-        assert_eq!(a.head().kind, b.head().kind);
-        assert_eq!(b.head().tenant, T1);
-    }
-    // A write and a read, and an error answer, compared field by field.
-    let ca = create(&mut direct).await.unwrap();
-    let cb = create(&mut via).await.unwrap();
-    assert!(ca.error().is_none() && cb.error().is_none());
-    let id = cb.body().int(key::CONTACT).unwrap();
-    let ga = via
-        .request(Service::Ucs, ucs::CONTACT_GET, |w| {
-            w.int(key::CONTACT, id);
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(ga.body().int(key::CONTACT).unwrap(), id);
-    let ea = missing(&mut direct).await.unwrap();
-    let eb = missing(&mut via).await.unwrap();
-    assert_eq!(code(&ea), Some(ErrorCode::NOT_FOUND));
-    assert_eq!(ea.body_bytes(), eb.body_bytes());
-    assert_eq!(ea.head().flags, eb.head().flags);
-    // Unknown message type: forwarded by service, the server's answer comes back.
-    let ua = direct
-        .request(Service::Ucs, 0x7777, |_| Ok(()))
-        .await
-        .unwrap();
-    let ub = via.request(Service::Ucs, 0x7777, |_| Ok(())).await.unwrap();
-    assert_eq!(code(&ua), Some(ErrorCode::UNKNOWN_MESSAGE));
-    assert_eq!(ua.body_bytes(), ub.body_bytes());
-    // Heartbeat answered locally.
-    let hb = via
-        .request(Service::Control, control::HEARTBEAT, |_| Ok(()))
-        .await
-        .unwrap();
-    assert!(hb.error().is_none());
-    // Unroutable service byte.
-    let nr = via
-        .request(Service::Unknown(9), 1, |_| Ok(()))
-        .await
-        .unwrap();
-    assert_eq!(code(&nr), Some(ErrorCode::NO_ROUTE));
-}
-
-async fn create(c: &mut TestClient) -> anyhow::Result<deskmux_codec::Frame> {
-    c.request(Service::Ucs, ucs::CONTACT_CREATE, |w| {
-        w.list(key::ATTRS, |w| {
-            w.str("email", "x@example.com")?;
-            Ok(())
-        })?;
-        Ok(())
-    })
-    .await
-}
-
-async fn missing(c: &mut TestClient) -> anyhow::Result<deskmux_codec::Frame> {
-    c.request(Service::Ucs, ucs::CONTACT_GET, |w| {
-        w.int(key::CONTACT, 987_654_321);
-        Ok(())
-    })
-    .await
+    cases::responses_through_proxy_equal_direct(Driver::Mio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,61 +130,13 @@ async fn spoofed_tenant_is_never_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_frames_only_close_their_sender() {
-    let st = stack(1, 2, "max_frame = 65536\n");
-    let mut good = desktop(st.proxy.addr, T1).await;
-    let mut bad_magic = desktop(st.proxy.addr, T1).await;
-    let mut too_big = desktop(st.proxy.addr, T1).await;
-    let mut odd_kind = desktop(st.proxy.addr, T1).await;
-
-    bad_magic
-        .send_raw(&[0xde, 0xad, 0xbe, 0xef].repeat(10))
-        .await
-        .unwrap();
-    let mut h = Head::new(Kind::Request, Service::Ucs, ucs::ECHO);
-    h.tenant = T1;
-    h.body_len = 10 * 1024 * 1024;
-    too_big.send_raw(&h.to_bytes()).await.unwrap();
-    let mut h = Head::new(Kind::Unknown(9), Service::Ucs, ucs::ECHO);
-    h.tenant = T1;
-    odd_kind.send_raw(&h.to_bytes()).await.unwrap();
-
-    assert!(
-        bad_magic
-            .closed_within(Duration::from_secs(5))
-            .await
-            .unwrap()
-    );
-    let e = bad_magic.backlog().iter().find_map(code);
-    assert_eq!(e, Some(ErrorCode::PROTOCOL));
-    assert!(too_big.closed_within(Duration::from_secs(5)).await.unwrap());
-    assert_eq!(
-        too_big.backlog().iter().find_map(code),
-        Some(ErrorCode::FRAME_TOO_LARGE)
-    );
-    // Unknown kind: a PROTOCOL control error, connection kept.
-    let f = odd_kind
-        .wait_for(Duration::from_secs(5), |f| f.head().kind == Kind::Control)
-        .await
-        .unwrap();
-    assert_eq!(code(&f), Some(ErrorCode::PROTOCOL));
-    assert!(f.head().flags.has(Flags::ERROR));
-    assert!(
-        echo(&mut odd_kind, Service::Interaction, b"still here")
-            .await
-            .error()
-            .is_none()
-    );
-    // The others never noticed.
-    for i in 0..20 {
-        let r = echo(&mut good, Service::Interaction, format!("g{i}").as_bytes()).await;
-        assert!(r.error().is_none());
-    }
+async fn bad_senders_and_backpressure_stay_with_their_desktop() {
+    cases::bad_senders_and_backpressure_stay_with_their_desktop(Driver::Mio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_rules_deadline_and_in_flight_cap() {
-    let st = stack(1, 1, "handshake_ms = 600\nmax_in_flight = 4\n");
+async fn hello_rules_and_deadline() {
+    let st = stack(1, 1, "handshake_ms = 600\n");
     // Wrong token: AUTH_FAILED passed back, connection closed.
     let mut c = TestClient::connect(st.proxy.addr).await.unwrap();
     let r = c.hello(T1, "agent-x", "wrong", 0b110).await.unwrap();
@@ -285,30 +166,6 @@ async fn hello_rules_deadline_and_in_flight_cap() {
     assert_eq!(
         slow.backlog().iter().find_map(code),
         Some(ErrorCode::DEADLINE)
-    );
-    // In-flight cap: 20 pipelined requests, 4 allowed upstream at a time. The proxy holds
-    // the rest back (it stops reading the desktop) instead of refusing them, so every one is
-    // answered exactly once, and successfully.
-    let mut d = desktop(st.proxy.addr, T1).await;
-    let mut buf = Vec::new();
-    for i in 0..20u64 {
-        let mut h = Head::new(Kind::Request, Service::Ucs, ucs::ECHO);
-        h.tenant = T1;
-        h.correlation = 1000 + i;
-        buf.extend_from_slice(deskmux_codec::Frame::with_body(h, b"").unwrap().as_bytes());
-    }
-    d.send_raw(&buf).await.unwrap();
-    for i in 0..20u64 {
-        let r = d.response(1000 + i, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(code(&r), None, "request {i}");
-    }
-    // Still connected and usable, and nothing answered twice.
-    let r = echo(&mut d, Service::Ucs, b"after").await;
-    assert!(r.error().is_none());
-    assert!(
-        d.backlog().is_empty(),
-        "answered exactly once: {:?}",
-        d.backlog()
     );
 }
 

@@ -1,129 +1,21 @@
 //! Event fan-out through the proxy: one upstream subscription per (link, tenant, topic),
 //! events reach exactly the subscribers, in order, with no gaps; unicast events reach their
-//! session.
+//! session. The fan-out body, shared with the io_uring run (`proxy_uring`), is in
+//! `proxy_support::cases`.
 
 mod proxy_support;
 
 use std::time::Duration;
 
 use deskmux_codec::msg::{ixn, key};
-use deskmux_codec::{Flags, Kind, Service};
+use deskmux_codec::{Kind, Service};
 use deskmux_tests::TestClient;
+use proxy_support::cases::{self, Driver, submit};
 use proxy_support::*;
-
-async fn subscribe(c: &mut TestClient, topic: &str) -> (i64, i64) {
-    let r = c
-        .request(Service::Interaction, ixn::SUBSCRIBE, |w| {
-            w.str(key::TOPIC, topic)?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert!(r.error().is_none(), "{:?}", r.error());
-    (
-        r.body().int(key::SUBSCRIPTION).unwrap(),
-        r.body().int(key::SEQ).unwrap(),
-    )
-}
-
-async fn submit(c: &mut TestClient, queue: &str) {
-    let r = c
-        .request(Service::Interaction, ixn::SUBMIT, |w| {
-            w.str(key::QUEUE, queue)?;
-            w.list(key::PROPS, |w| {
-                w.str("subject", "hi")?;
-                Ok(())
-            })?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert!(r.error().is_none(), "{:?}", r.error());
-}
-
-async fn queue_events(c: &mut TestClient, n: usize) -> Vec<i64> {
-    let mut seqs = Vec::new();
-    for _ in 0..n {
-        let f = c
-            .event(ixn::QUEUE_EVENT, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(f.head().flags.has(Flags::BROADCAST));
-        seqs.push(f.body().int(key::SEQ).unwrap());
-    }
-    seqs
-}
-
-async fn no_queue_event(c: &mut TestClient) {
-    let got = c.event(ixn::QUEUE_EVENT, Duration::from_millis(400)).await;
-    assert!(
-        got.is_err(),
-        "unexpected event {:?}",
-        got.map(|f| *f.head())
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_reaches_exactly_the_subscribers_without_gaps() {
-    let st = stack(1, 2, "");
-    let topic = "queue:fan";
-    let mut subs = Vec::new();
-    let mut bases = Vec::new();
-    for _ in 0..6 {
-        let mut c = desktop(st.proxy.addr, T1).await;
-        let (id, seq) = subscribe(&mut c, topic).await;
-        bases.push((id, seq));
-        subs.push(c);
-    }
-    let mut other_tenant = desktop(st.proxy.addr, T2).await;
-    subscribe(&mut other_tenant, topic).await;
-    let mut bystander = desktop(st.proxy.addr, T1).await;
-    let mut submitter = desktop(st.proxy.addr, T1).await;
-    // One upstream subscription per (link, tenant, topic): at most 2 links × 2 tenants.
-    // (`/status` is published once per tick: wait for the tick after the subscriptions.)
-    let mut held = 0;
-    let settled = wait_until(Duration::from_secs(5), || {
-        held = status(st.proxy.admin)["workers"][0]["status"]["subscriptions"]
-            .as_u64()
-            .unwrap_or(0);
-        (2..=4).contains(&held)
-    });
-    assert!(settled, "held {held} upstream subscriptions for 7 desktops");
-
-    for _ in 0..10 {
-        submit(&mut submitter, "fan").await;
-    }
-    for (c, (_, base)) in subs.iter_mut().zip(&bases) {
-        let seqs = queue_events(c, 10).await;
-        let want: Vec<i64> = (base + 1..=base + 10).collect();
-        assert_eq!(seqs, want, "in order, no gap, no duplicate");
-    }
-    no_queue_event(&mut other_tenant).await;
-    no_queue_event(&mut bystander).await;
-
-    // A late subscriber is answered locally with the current seq, and continues from it.
-    let mut late = desktop(st.proxy.addr, T1).await;
-    let (_, base) = subscribe(&mut late, topic).await;
-    // Unsubscribe one: it stops receiving; the others continue.
-    let mut gone = subs.pop().unwrap();
-    let r = gone
-        .request(Service::Interaction, ixn::UNSUBSCRIBE, |w| {
-            w.str(key::TOPIC, topic)?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert!(r.error().is_none());
-    submit(&mut submitter, "fan").await;
-    assert_eq!(queue_events(&mut late, 1).await, vec![base + 1]);
-    for c in &mut subs {
-        assert_eq!(queue_events(c, 1).await.len(), 1);
-    }
-    no_queue_event(&mut gone).await;
-    // A desktop leaving does not end the shared subscription.
-    drop(subs.pop());
-    submit(&mut submitter, "fan").await;
-    assert_eq!(queue_events(&mut late, 1).await, vec![base + 2]);
+    cases::fan_out_reaches_exactly_the_subscribers_without_gaps(Driver::Mio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,15 @@
 //! Operations: a slow reader is isolated, SIGTERM drains gracefully, a dead worker is
 //! restarted, SIGHUP reloads limits without dropping desktops, the admin port answers.
+//! Bodies shared with the io_uring run (`proxy_uring`) are in `proxy_support::cases`.
 
 mod proxy_support;
 
 use std::time::{Duration, Instant};
 
-use deskmux_codec::msg::{control, ixn, key, ucs};
+use deskmux_codec::msg::ucs;
 use deskmux_codec::{ErrorCode, Head, Kind, Service};
 use deskmux_tests::TestClient;
+use proxy_support::cases::{self, Driver};
 use proxy_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,43 +63,7 @@ async fn slow_reader_is_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_gracefully() {
-    let mut st = stack(1, 2, "drain_grace_ms = 1500\ngo_away_reconnect_ms = 777\n");
-    let mut d = desktop(st.proxy.addr, T1).await;
-    assert!(
-        echo(&mut d, Service::Interaction, b"x")
-            .await
-            .error()
-            .is_none()
-    );
-    // A request in flight when SIGTERM lands is still answered.
-    let corr = d
-        .send(Service::Interaction, ixn::ECHO, |w| {
-            w.bin(key::DATA, b"in flight")?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    st.proxy.proc.signal("TERM").unwrap();
-    let r = d.response(corr, Duration::from_secs(5)).await.unwrap();
-    assert!(r.error().is_none());
-    let ga = d
-        .wait_for(Duration::from_secs(5), |f| {
-            f.head().kind == Kind::Control && f.head().msg_type == control::GO_AWAY
-        })
-        .await
-        .unwrap();
-    let g = deskmux_codec::msg::GoAway::read(ga.body()).unwrap();
-    assert_eq!(g.reconnect_ms, 777);
-    // New work after GO_AWAY: refused as not sent.
-    let r = d
-        .request(Service::Interaction, ixn::ECHO, |_| Ok(()))
-        .await
-        .unwrap();
-    assert_eq!(code(&r), Some(ErrorCode::SHUTTING_DOWN));
-    // The proxy exits cleanly within the grace period (plus margin).
-    let code = st.proxy.proc.wait_exit(Duration::from_secs(8)).unwrap();
-    assert_eq!(code, Some(0));
-    assert!(d.closed_within(Duration::from_secs(3)).await.unwrap());
+    cases::sigterm_drains_gracefully(Driver::Mio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,18 +124,8 @@ async fn sighup_reloads_limits_without_dropping_desktops_and_admin_answers() {
     }));
     // The same desktop is still connected: 10 pipelined requests, held back two at a time
     // now, are all answered.
-    let mut buf = Vec::new();
-    for i in 0..10u64 {
-        let mut h = Head::new(Kind::Request, Service::Ucs, ucs::ECHO);
-        h.tenant = T1;
-        h.correlation = 500 + i;
-        buf.extend_from_slice(deskmux_codec::Frame::with_body(h, b"").unwrap().as_bytes());
-    }
-    d.send_raw(&buf).await.unwrap();
-    for i in 0..10u64 {
-        let r = d.response(500 + i, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(code(&r), None, "request {i}");
-    }
+    cases::send_pipelined(&mut d, 500, 10).await;
+    cases::expect_pipelined_answered(&mut d, 500, 10, Duration::from_secs(5)).await;
     // A new session is told the new cap in its server hello.
     let mut n = TestClient::connect(st.proxy.addr).await.unwrap();
     let hello = n.hello(T1, "agent-new", TOKEN1, 0b110).await.unwrap();

@@ -2,6 +2,8 @@
 //! processes on loopback with temp configs, driven by `deskmux_tests::TestClient`.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
