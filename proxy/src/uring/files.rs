@@ -142,8 +142,8 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
-    use super::*;
     use super::super::ring::BufRing;
+    use super::*;
 
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -168,7 +168,9 @@ mod tests {
 
     #[test]
     fn slots_map_links_then_desktops_and_fall_back_past_the_table() {
-        let f = Files { size: LINK_SLOTS + 10 };
+        let f = Files {
+            size: LINK_SLOTS + 10,
+        };
         assert_eq!(f.link(0, 7), Sock::Fixed(0));
         assert_eq!(f.link(255, 7), Sock::Fixed(255));
         assert_eq!(f.link(256, 7), Sock::Fd(7));
@@ -193,7 +195,8 @@ mod tests {
         ring.register(&bufs).unwrap();
         let files = Files::register(&mut ring, 4, None).unwrap();
         let (ours, mut peer) = pair();
-        peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         files.open_desktop(&mut ring, 2, ours.as_raw_fd()).unwrap();
         let sock = files.desktop(2, ours.as_raw_fd());
         assert_eq!(sock, Sock::Fixed(LINK_SLOTS + 2));
