@@ -10,6 +10,8 @@
 //!   by an idle desktop, as with mio's scratch buffer.
 //! - Writes are vectored sends of shared handles to the queued frames (`Core::desktop_chunks`),
 //!   at most one in flight per connection, kept alive until their completion.
+//! - Desktop and link sockets are registered files (`files`): operations name them by their
+//!   slot in the ring's table, which spares the kernel a file lookup per submission.
 //! - Backpressure: when the core does not want a desktop read ([`Core::poll_read`]), its
 //!   receive is cancelled and what arrived meanwhile stays in its buffers (bounded by the
 //!   buffer ring) until [`Io::Read`] says it may be read again; then the receive is re-armed.
@@ -21,6 +23,7 @@
 //!
 //! All the unsafe code is in `ring`, each block with why the memory outlives the operation.
 
+mod files;
 mod ring;
 
 use std::collections::HashMap;
@@ -31,8 +34,10 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tracing::warn;
 
-use self::ring::{BufRing, Ring, SendBufs};
+use self::files::Files;
+use self::ring::{BufRing, Ring, SendBufs, Sock};
 use super::{LinkSock, Worker};
+use crate::config::FdLimit;
 use crate::core::{DesktopId, Endpoint, Io, LinkId, refusal_frame};
 use crate::error::{Disconnect, WorkerError};
 use crate::transport::{DesktopStream, LinkStream, connect_upstream};
@@ -104,6 +109,8 @@ struct Send {
 /// buffers it writes into and the sends it reads.
 struct Uring {
     ring: Ring,
+    /// Which sockets are registered files (the table itself belongs to the ring).
+    files: Files,
     bufs: BufRing,
     link_bufs: BufRing,
     sends: Slab<Send>,
@@ -139,8 +146,25 @@ impl Worker {
         ring.register(&bufs)?;
         let link_bufs = BufRing::new(1, LINK_BUFFERS, LINK_BUFFER_SIZE);
         ring.register(&link_bufs)?;
+        let files = if Files::disabled_by_env() {
+            tracing::info!("io_uring: registered files off ({})", files::ENV_SWITCH);
+            Files::off()
+        } else {
+            let limit = FdLimit::of_this_process().map(|l| l.0);
+            match Files::register(&mut ring, self.cfg.limits.max_desktops, limit) {
+                Ok(f) => {
+                    tracing::debug!(slots = f.size(), "io_uring: registered files");
+                    f
+                }
+                Err(e) => {
+                    warn!(error = %e, "io_uring: no registered files; plain descriptors");
+                    Files::off()
+                }
+            }
+        };
         let mut u = Uring {
             ring,
+            files,
             bufs,
             link_bufs,
             sends: Slab::new(),
@@ -285,11 +309,18 @@ impl Worker {
                 if u.desk.len() <= slot {
                     u.desk.resize(slot + 1, DeskIo::default());
                 }
+                let fd = sock.as_raw_fd();
                 self.desktops[slot] = Some((id.generation, DesktopStream::Plain(sock)));
                 u.desk[slot] = DeskIo {
                     generation: id.generation,
                     ..DeskIo::default()
                 };
+                if let Err(e) = u.files.open_desktop(&mut u.ring, id.slot, fd) {
+                    warn!(error = %e, "io_uring: desktop socket not registered");
+                    self.desktops[slot] = None;
+                    self.core.desktop_lost(self.now, id, Disconnect::IoError);
+                    return;
+                }
                 self.read_held(u, id);
             }
             Err(r) => {
@@ -308,6 +339,11 @@ impl Worker {
             Some((g, DesktopStream::Plain(s))) if *g == id.generation => Some(s.as_raw_fd()),
             _ => None,
         }
+    }
+
+    /// How operations name an open desktop's socket.
+    fn desktop_sock(&self, u: &Uring, id: DesktopId) -> Option<Sock> {
+        Some(u.files.desktop(id.slot, self.desktop_fd(id)?))
     }
 
     fn desktop_recv(&mut self, u: &mut Uring, id: DesktopId, res: i32, flags: u32) {
@@ -409,12 +445,12 @@ impl Worker {
                 return;
             }
         }
-        let fd = self.desktop_fd(id);
-        if let (Some(fd), Some(d)) = (fd, Self::desk_io(&mut u.desk, id))
+        let sock = self.desktop_sock(u, id);
+        if let (Some(sock), Some(d)) = (sock, Self::desk_io(&mut u.desk, id))
             && !d.recv
             && self.core.poll_read(id)
             && u.ring
-                .recv_multi(fd, u.bufs.group(), ud(K_DESKTOP, id.slot, id.generation))
+                .recv_multi(sock, u.bufs.group(), ud(K_DESKTOP, id.slot, id.generation))
                 .is_ok()
         {
             d.recv = true;
@@ -434,6 +470,8 @@ impl Worker {
         }
         let e = self.desktops.get_mut(id.slot as usize)?;
         if e.as_ref().is_some_and(|(g, _)| *g == id.generation) {
+            // After the cancel above is queued: `close_desktop` submits it first.
+            u.files.close_desktop(&mut u.ring, id.slot);
             return e.take().map(|(_, s)| s);
         }
         None
@@ -454,6 +492,11 @@ impl Worker {
         }
     }
 
+    /// How operations name an open link's socket.
+    fn link_sock(&self, u: &Uring, id: LinkId) -> Option<Sock> {
+        Some(u.files.link(id.index, self.link_fd(id)?))
+    }
+
     fn uring_connect(&mut self, u: &mut Uring, id: LinkId, addr: std::net::SocketAddr) {
         let i = usize::from(id.index);
         if self.links.len() <= i {
@@ -471,10 +514,16 @@ impl Worker {
             }
         };
         let fd = tcp.as_raw_fd();
+        if u.files.open_link(&mut u.ring, id.index, fd).is_err() {
+            self.core.link_lost(self.now, id, "connect failed");
+            return;
+        }
+        let sock = u.files.link(id.index, fd);
         if u.ring
-            .poll_out(fd, ud(K_CONNECT, u32::from(id.index), id.generation))
+            .poll_out(sock, ud(K_CONNECT, u32::from(id.index), id.generation))
             .is_err()
         {
+            u.files.close_link(&mut u.ring, id.index);
             self.core.link_lost(self.now, id, "connect failed");
             return;
         }
@@ -510,12 +559,12 @@ impl Worker {
     }
 
     fn arm_link(&mut self, u: &mut Uring, id: LinkId) {
-        let fd = self.link_fd(id);
-        if let (Some(fd), Some(l)) = (fd, Self::link_io(&mut u.links, id))
+        let sock = self.link_sock(u, id);
+        if let (Some(sock), Some(l)) = (sock, Self::link_io(&mut u.links, id))
             && !l.recv
             && u.ring
                 .recv_multi(
-                    fd,
+                    sock,
                     u.link_bufs.group(),
                     ud(K_LINK, u32::from(id.index), id.generation),
                 )
@@ -575,8 +624,10 @@ impl Worker {
         if let Some(e) = self.links.get_mut(usize::from(id.index))
             && e.as_ref().is_some_and(|ls| ls.generation == id.generation)
         {
-            // Dropping the socket ends the connection: the kernel's reference from the
+            // Dropping the socket ends the connection once the table's reference is gone
+            // (after the cancel above is submitted); the kernel's reference from the
             // cancelled receive goes with the cancel's completion.
+            u.files.close_link(&mut u.ring, id.index);
             if let Some(ls) = e.take() {
                 let _ = ls.sock.tcp().shutdown(std::net::Shutdown::Both);
             }
@@ -588,8 +639,8 @@ impl Worker {
     /// Queue a send of `ep`'s frames, unless one is in flight (then it goes when that one
     /// completes).
     fn send(&mut self, u: &mut Uring, ep: Endpoint) {
-        let (fd, io) = match ep {
-            Endpoint::Desktop(id) => (self.desktop_fd(id), Self::desk_io(&mut u.desk, id)),
+        let (sock, io) = match ep {
+            Endpoint::Desktop(id) => (self.desktop_sock(u, id), Self::desk_io(&mut u.desk, id)),
             Endpoint::Link(id) => {
                 let connected = self
                     .links
@@ -597,12 +648,12 @@ impl Worker {
                     .and_then(Option::as_ref)
                     .is_some_and(|ls| ls.connected);
                 (
-                    self.link_fd(id).filter(|_| connected),
+                    self.link_sock(u, id).filter(|_| connected),
                     Self::link_io(&mut u.links, id),
                 )
             }
         };
-        let (Some(fd), Some(io)) = (fd, io) else {
+        let (Some(sock), Some(io)) = (sock, io) else {
             return;
         };
         if io.sending {
@@ -623,7 +674,7 @@ impl Worker {
         let key = entry.key();
         let send = entry.insert(Send { ep, bufs });
         if u.ring
-            .writev(fd, &mut send.bufs, ud(K_SEND, 0, key as u32))
+            .writev(sock, &mut send.bufs, ud(K_SEND, 0, key as u32))
             .is_err()
         {
             u.sends.remove(key);

@@ -1,7 +1,9 @@
 //! The unsafe edge of the io_uring driver, kept in one file: the ring (submission entries
 //! point at memory the kernel uses after `push` returns), the ring of provided receive
 //! buffers (memory shared with the kernel), and adopting the file descriptors the kernel
-//! accepts. Everything else in `uring` is safe code over these three.
+//! accepts. Everything else in `uring` is safe code over these three. The table of
+//! registered files is managed here too (safe calls, but its ordering rule belongs with the
+//! ring: see [`Ring::set_file`]).
 //!
 //! Why unsafe at all: the crate forbids it everywhere else, and the guide allows it only for a
 //! measured win documented where used. An io_uring operation runs after the call that queued
@@ -15,8 +17,28 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use bytes::Bytes;
-use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
+
+/// Where an operation finds its socket: a plain descriptor (the kernel looks it up in the
+/// process's file table at each submission), or a slot of the ring's table of registered
+/// files (looked up in the ring's own array, without the file reference count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sock {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Build opcode `$op` on `$sock` (the crate takes either kind through a sealed trait, so each
+/// kind is a separate call).
+macro_rules! on_sock {
+    ($sock:expr, $op:path $(, $arg:expr)*) => {
+        match $sock {
+            Sock::Fd(fd) => <$op>::new(Fd(fd) $(, $arg)*).build(),
+            Sock::Fixed(slot) => <$op>::new(Fixed(slot) $(, $arg)*).build(),
+        }
+    };
+}
 
 /// One vectored send in flight: the frames (shared `Bytes`, cloned from the core's queue)
 /// and the `iovec`s pointing into them. The driver keeps it in a slab until its completion
@@ -74,9 +96,13 @@ impl Ring {
     /// # Errors
     /// io_uring unavailable (old kernel, seccomp, `kernel.io_uring_disabled`).
     pub(super) fn new(entries: u32) -> io::Result<Ring> {
+        // Submit-all: a submission that fails to prepare completes with its error instead of
+        // leaving the entries behind it in the queue, so a submit empties the queue (which
+        // `set_file` relies on).
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
+            .setup_submit_all()
             .setup_cqsize(entries * 4)
             .build(entries)?;
         Ok(Ring { ring })
@@ -105,18 +131,16 @@ impl Ring {
         self.push(&e)
     }
 
-    /// A multishot receive on `fd` into the provided buffers of `group`. No pointer: the
+    /// A multishot receive on `sock` into the provided buffers of `group`. No pointer: the
     /// kernel picks a buffer of that [`BufRing`] for each completion.
-    pub(super) fn recv_multi(&mut self, fd: RawFd, group: u16, ud: u64) -> io::Result<()> {
-        let e = opcode::RecvMulti::new(Fd(fd), group).build().user_data(ud);
+    pub(super) fn recv_multi(&mut self, sock: Sock, group: u16, ud: u64) -> io::Result<()> {
+        let e = on_sock!(sock, opcode::RecvMulti, group).user_data(ud);
         self.push(&e)
     }
 
-    /// A one-shot poll for `fd` writable (a link's connect finishing).
-    pub(super) fn poll_out(&mut self, fd: RawFd, ud: u64) -> io::Result<()> {
-        let e = opcode::PollAdd::new(Fd(fd), libc::POLLOUT as u32)
-            .build()
-            .user_data(ud);
+    /// A one-shot poll for `sock` writable (a link's connect finishing).
+    pub(super) fn poll_out(&mut self, sock: Sock, ud: u64) -> io::Result<()> {
+        let e = on_sock!(sock, opcode::PollAdd, libc::POLLOUT as u32).user_data(ud);
         self.push(&e)
     }
 
@@ -126,18 +150,50 @@ impl Ring {
         self.push(&e)
     }
 
-    /// A vectored send of `bufs` on `fd`.
+    /// A vectored send of `bufs` on `sock`.
     ///
     /// The caller keeps `bufs` (and so its heap blocks: the frames and the iovec array) alive
     /// and unchanged until this operation's completion is reaped: the driver stores it in its
     /// slab of sends under `ud` and removes it only then (also when the connection was closed
     /// meanwhile: the kernel holds its own reference to the socket until the send ends).
-    pub(super) fn writev(&mut self, fd: RawFd, bufs: &mut SendBufs, ud: u64) -> io::Result<()> {
+    pub(super) fn writev(&mut self, sock: Sock, bufs: &mut SendBufs, ud: u64) -> io::Result<()> {
         bufs.build_iov();
-        let e = opcode::Writev::new(Fd(fd), bufs.iov.as_ptr(), bufs.iov.len() as u32)
-            .build()
-            .user_data(ud);
+        let (iov, n) = (bufs.iov.as_ptr(), bufs.iov.len() as u32);
+        let e = on_sock!(sock, opcode::Writev, iov, n).user_data(ud);
         self.push(&e)
+    }
+
+    /// An empty table of `n` registered files (then filled one slot at a time by
+    /// [`Ring::set_file`]).
+    ///
+    /// # Errors
+    /// The kernel refused: before 5.19 (no sparse tables), or `n` above `RLIMIT_NOFILE`.
+    pub(super) fn register_files(&mut self, n: u32) -> io::Result<()> {
+        self.ring.submitter().register_files_sparse(n)
+    }
+
+    /// Put `fd` in slot `slot` of the table of registered files, or empty the slot (`fd` -1).
+    /// The slot holds its own reference to the socket: it stays open, whatever happens to
+    /// `fd`, until the slot is emptied or replaced, which is why closing a connection must
+    /// come here.
+    ///
+    /// An entry already queued names its socket by slot and the kernel looks the slot up when
+    /// the entry is submitted, so everything queued is submitted first: those entries reach
+    /// the slot's previous socket (an operation in flight keeps the file it was issued with),
+    /// and none meant for a closed connection reaches the next one put in its slot.
+    ///
+    /// # Errors
+    /// The submission or the update failed; or the queue could not be emptied (the kernel
+    /// was busy), and then the slot is left as it was.
+    pub(super) fn set_file(&mut self, slot: u32, fd: RawFd) -> io::Result<()> {
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+            if !self.ring.submission().is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+        }
+        self.ring.submitter().register_files_update(slot, &[fd])?;
+        Ok(())
     }
 
     /// Submit everything queued and wait for one completion or `timeout` (`None`: do not wait).
