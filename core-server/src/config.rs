@@ -674,7 +674,14 @@ impl Config {
                 ),
             },
             format!("  link secret   {secret}"),
-            format!("  tenants       {}", tenants.join(", ")),
+            if tenants.is_empty() {
+                // Legal (a server may be set up before its tenants), but a desktop of any
+                // tenant is refused until one is added: say so where the operator looks.
+                "  tenants       none (every desktop is refused until [[tenants]] are added)"
+                    .to_string()
+            } else {
+                format!("  tenants       {}", tenants.join(", "))
+            },
             format!(
                 "  limits        max_frame {}, max_in_flight {}, max_connections {}, request_timeout_ms {}",
                 self.max_frame, self.max_in_flight, self.max_connections, self.request_timeout_ms
@@ -850,6 +857,10 @@ mod tests {
                 "db            postgres deskmux@db1:5432/cc (no password, 1 connection), tenant leases of 10000 ms"
             ),
             "{s}"
+        );
+        assert!(
+            s.contains("tenants       none (every desktop is refused"),
+            "a configuration without tenants says what that means: {s}"
         );
         // UCS-only instances on PostgreSQL are all active: a standby of one is refused.
         let e =
