@@ -133,7 +133,9 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Credentials file: lines `TENANT<TAB>AGENT<TAB>PASSWORD` (what `core-server creds
-    /// import` reads); desktop `i` logs in with line `i`. `demo` and `compare` write their own.
+    /// import` reads); desktop `i` logs in with line `i`. `demo`, `compare` and `transports`
+    /// import it into the core-server they start (tenants 1 and 2 exist there); without it
+    /// they write their own (tenants 1 and 2 alternating).
     #[arg(long)]
     pub credentials: Option<std::path::PathBuf>,
     /// On reconnects, present the password again instead of the last reconnect token.

@@ -108,3 +108,45 @@ fn shards_get_no_credentials_in_argv_or_environment() {
     );
     assert_eq!(v["verification_failed"], false, "{v:#}");
 }
+
+/// `loadgen demo --credentials FILE` logs its desktops in with that file, so the demo's
+/// core-server must hold those agents: it imports the file instead of writing its own (here
+/// every desktop of tenant 1, which the demo's own file never is: it alternates tenants).
+#[test]
+fn demo_imports_the_credentials_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("mine.tsv");
+    let lines: String = (0..12)
+        .map(|i| format!("1\tmine-{i}\tpassword-of-mine-{i}-0123456789\n"))
+        .collect();
+    std::fs::write(&creds, lines).unwrap();
+    let json = dir.path().join("out.json");
+    let ran = run(
+        &[
+            "demo",
+            "--credentials",
+            creds.to_str().unwrap(),
+            "-n",
+            "12",
+            "--threads",
+            "1",
+            "--ramp",
+            "0.3",
+            "--warmup",
+            "0.3",
+            "--duration",
+            "1",
+            "--drain",
+            "2",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let v = read_json(&json);
+    assert_eq!(v["clients"]["connected"], 12, "{v:#}");
+    assert_eq!(v["clients"]["login_failed"], 0, "{v:#}");
+    assert_eq!(v["requests"]["by_type"]["agent_login"], 12, "{v:#}");
+}

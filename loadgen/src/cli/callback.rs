@@ -89,8 +89,11 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
             sweep_ms,
             site,
         });
-        // Both sites provision the same agents.
-        o.credentials = stacks.first().map(|s| s.credentials.clone());
+        // Both sites provision the same agents: the file given, or the first site's.
+        o.credentials = stacks
+            .first()
+            .map(|s| s.credentials.clone())
+            .or_else(|| load.credentials.clone());
         stacks.push(Stack::start_with(&o).map_err(|e| anyhow!(e))?);
     }
     let mut load = load.clone();

@@ -187,8 +187,9 @@ pub fn emit(
 
 /// Run `load` against a fresh stack; returns the summary.
 pub fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summary> {
-    let stack = Stack::start_with(&stack.opts(direct, load.transport, load.desktops))
-        .map_err(|e| anyhow!(e))?;
+    let mut o = stack.opts(direct, load.transport, load.desktops);
+    o.credentials.clone_from(&load.credentials);
+    let stack = Stack::start_with(&o).map_err(|e| anyhow!(e))?;
     let s = drive(&stack, load)?;
     drop(stack);
     Ok(s)
