@@ -121,29 +121,10 @@ fn demo_imports_the_credentials_it_is_given() {
         .collect();
     std::fs::write(&creds, lines).unwrap();
     let json = dir.path().join("out.json");
-    let ran = run(
-        &[
-            "demo",
-            "--credentials",
-            creds.to_str().unwrap(),
-            "-n",
-            "12",
-            "--threads",
-            "1",
-            "--ramp",
-            "0.3",
-            "--warmup",
-            "0.3",
-            "--duration",
-            "1",
-            "--drain",
-            "2",
-            "-q",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let mut args = vec!["demo".to_string()];
+    args.extend(short_load(&creds, 12));
+    args.extend(["--json".to_string(), json.to_str().unwrap().to_string()]);
+    let ran = run(&strs(&args), dir.path());
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let v = read_json(&json);
     assert_eq!(v["clients"]["connected"], 12, "{v:#}");

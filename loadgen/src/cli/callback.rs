@@ -81,7 +81,7 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
     let sweep_ms = 200;
     let mut stacks: Vec<Stack> = Vec::new();
     for site in 0..cb.gms_sites {
-        let mut o = stack.opts(direct, load.transport, load.desktops);
+        let mut o = stack.opts(direct, load.transport, load);
         o.gms = Some(GmsStack {
             group: load.group.clone(),
             pool: cb.pool,
@@ -90,10 +90,10 @@ pub fn run(load: &LoadArgs, stack: &StackArgs, cb: &CallbackArgs, direct: bool) 
             site,
         });
         // Both sites provision the same agents: the file given, or the first site's.
-        o.credentials = stacks
-            .first()
-            .map(|s| s.credentials.clone())
-            .or_else(|| load.credentials.clone());
+        if let Some(first) = stacks.first() {
+            o.credentials
+                .get_or_insert_with(|| first.credentials.clone());
+        }
         stacks.push(Stack::start_with(&o).map_err(|e| anyhow!(e))?);
     }
     let mut load = load.clone();

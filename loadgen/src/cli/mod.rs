@@ -39,11 +39,13 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
-    /// The stack options for desktops over `transport`: through the proxy unless `direct`; for
-    /// QUIC the proxy takes QUIC (and plain TCP), for TLS its TCP port speaks TLS.
-    pub fn opts(&self, direct: bool, transport: Transport, agents: Option<u64>) -> demo::StackOpts {
+    /// The stack options for `load`'s desktops over `transport`: through the proxy unless
+    /// `direct`; for QUIC the proxy takes QUIC (and plain TCP), for TLS its TCP port speaks
+    /// TLS. The stack imports `load`'s credentials file when it names one (the desktops log in
+    /// with it), else writes its own.
+    pub fn opts(&self, direct: bool, transport: Transport, load: &LoadArgs) -> demo::StackOpts {
         demo::StackOpts {
-            agents: agents.unwrap_or(1000),
+            agents: load.desktops.unwrap_or(1000),
             proxy_workers: (!direct).then_some(self.proxy_workers),
             server_outbound_queue: self.server_outbound_queue,
             quic: transport == Transport::Quic,
@@ -51,7 +53,7 @@ impl StackArgs {
             heartbeat_ms: self.heartbeat_ms,
             link_tls: !self.plaintext_links,
             gms: None,
-            credentials: None,
+            credentials: load.credentials.clone(),
         }
     }
 }
@@ -187,9 +189,8 @@ pub fn emit(
 
 /// Run `load` against a fresh stack; returns the summary.
 pub fn run_on_stack(load: &LoadArgs, stack: &StackArgs, direct: bool) -> Result<Summary> {
-    let mut o = stack.opts(direct, load.transport, load.desktops);
-    o.credentials.clone_from(&load.credentials);
-    let stack = Stack::start_with(&o).map_err(|e| anyhow!(e))?;
+    let stack =
+        Stack::start_with(&stack.opts(direct, load.transport, load)).map_err(|e| anyhow!(e))?;
     let s = drive(&stack, load)?;
     drop(stack);
     Ok(s)

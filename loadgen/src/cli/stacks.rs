@@ -88,15 +88,13 @@ pub fn transports(stack: &StackArgs, load: LoadArgs) -> Result<u8> {
         s
     };
     let (tcp, quic) = {
-        let mut o = stack.opts(false, Transport::Quic, load.desktops);
-        o.credentials.clone_from(&load.credentials);
-        let st = Stack::start_with(&o).map_err(|e| anyhow!(e))?;
+        let st = Stack::start_with(&stack.opts(false, Transport::Quic, &load))
+            .map_err(|e| anyhow!(e))?;
         (run(&st, Transport::Tcp)?, run(&st, Transport::Quic)?)
     };
     let tls = {
-        let mut o = stack.opts(false, Transport::Tls, load.desktops);
-        o.credentials.clone_from(&load.credentials);
-        let st = Stack::start_with(&o).map_err(|e| anyhow!(e))?;
+        let st =
+            Stack::start_with(&stack.opts(false, Transport::Tls, &load)).map_err(|e| anyhow!(e))?;
         run(&st, Transport::Tls)?
     };
     let g = server_figure;

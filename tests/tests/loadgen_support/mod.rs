@@ -80,12 +80,17 @@ pub fn credentials(dir: &Path, n: usize) -> PathBuf {
 
 /// `run` arguments for a short, quiet, one-thread run of `n` desktops against `site`.
 pub fn short_run(site: &str, creds: &Path, n: usize) -> Vec<String> {
+    let mut args = vec!["run".to_string(), "--site".to_string(), site.to_string()];
+    args.extend(short_load(creds, n));
+    args
+}
+
+/// The load options of [`short_run`] (credentials, `n` desktops, one thread, a 0.3 s ramp
+/// and warm-up, 1 s measured, 3 s drain, quiet), for any subcommand.
+pub fn short_load(creds: &Path, n: usize) -> Vec<String> {
     [
-        "run",
         "--credentials",
         creds.to_str().expect("utf-8 path"),
-        "--site",
-        site,
         "-n",
         &n.to_string(),
         "--threads",
