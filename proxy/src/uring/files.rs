@@ -152,6 +152,19 @@ mod tests {
         (a, b)
     }
 
+    /// A ring with a ring of 8 provided buffers (group 0) and a table for 4 desktops; `None`
+    /// (the test is skipped, saying so) where io_uring is unavailable.
+    fn ring_with_files() -> Option<(Ring, BufRing, Files)> {
+        let Ok(mut ring) = Ring::new(64) else {
+            eprintln!("io_uring unavailable here: test skipped");
+            return None;
+        };
+        let bufs = BufRing::new(0, 8, 256);
+        ring.register(&bufs).unwrap();
+        let files = Files::register(&mut ring, 4, None).unwrap();
+        Some((ring, bufs, files))
+    }
+
     /// Wait (bounded) for the completion with user data `ud`; its result and flags.
     fn wait_for(ring: &mut Ring, ud: u64) -> (i32, u32) {
         let mut out = Vec::new();
@@ -187,13 +200,9 @@ mod tests {
     /// closed, until the slot is cleared; and a cleared slot no longer reaches it.
     #[test]
     fn a_slot_holds_the_socket_until_cleared() {
-        let Ok(mut ring) = Ring::new(64) else {
-            eprintln!("io_uring unavailable here: test skipped");
+        let Some((mut ring, bufs, files)) = ring_with_files() else {
             return;
         };
-        let bufs = BufRing::new(0, 8, 256);
-        ring.register(&bufs).unwrap();
-        let files = Files::register(&mut ring, 4, None).unwrap();
         let (ours, mut peer) = pair();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -228,13 +237,9 @@ mod tests {
     /// queued for.
     #[test]
     fn queued_entries_reach_the_slots_old_socket() {
-        let Ok(mut ring) = Ring::new(64) else {
-            eprintln!("io_uring unavailable here: test skipped");
+        let Some((mut ring, bufs, files)) = ring_with_files() else {
             return;
         };
-        let bufs = BufRing::new(0, 8, 256);
-        ring.register(&bufs).unwrap();
-        let files = Files::register(&mut ring, 4, None).unwrap();
         let (old, mut old_peer) = pair();
         let (new, mut new_peer) = pair();
         files.open_desktop(&mut ring, 0, old.as_raw_fd()).unwrap();
