@@ -1,8 +1,8 @@
 # Shared by the PostgreSQL benches (ucs_backends.sh, pg_takeover.sh, sqlite_copy.sh): a
 # PostgreSQL server of the Debian package, initdb'd into "$OUT/pg" and started on a free
 # loopback port (fsync and synchronous_commit on: its defaults), with role deskmux whose
-# password is in "$OUT/pg.password". Source it from the bench's out dir, then `pg_start`;
-# call `pg_stop` from the bench's cleanup. Needs python3, and runuser when root (PostgreSQL
+# password is in "$OUT/pg.password". Source it from the bench's out dir, then `pg_start`.
+# `trap pg_cleanup EXIT` stops every process whose pid the bench put in PIDS, then PostgreSQL. Needs python3, and runuser when root (PostgreSQL
 # runs as the postgres user then, and must reach its directory: the out dir is made 711).
 
 PG=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -22,6 +22,16 @@ pg_start() {
 }
 
 pg_stop() { as_pg "$PG/pg_ctl" -D "$OUT/pg/data" -m immediate stop >/dev/null; }
+
+# The bench's processes (core-server, loadgen): killed by pg_cleanup. SIGCONT first, for one
+# the bench paused with SIGSTOP.
+PIDS=()
+pg_cleanup() {
+    set +e
+    for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    pg_stop
+}
 
 # psql_ DB SQL: one statement as deskmux, unaligned output
 psql_() { PGPASSWORD=$(cat "$OUT/pg.password") "$PG/psql" -h 127.0.0.1 -p "$PGPORT" -U deskmux -XAtqc "$2" "$1"; }

@@ -41,14 +41,7 @@ echo "out dir: $OUT"
 . "$ROOT/benches/pg_lib.sh"
 pg_start
 
-PIDS=()
-cleanup() {
-    set +e
-    for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    pg_stop
-}
-trap cleanup EXIT
+trap pg_cleanup EXIT
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # stamp each stdout line of a process with the wall clock (ms)

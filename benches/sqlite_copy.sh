@@ -22,7 +22,7 @@ echo "out dir: $OUT"
 # shellcheck source=pg_lib.sh
 . "$ROOT/benches/pg_lib.sh"
 pg_start
-trap 'pg_stop' EXIT
+trap pg_cleanup EXIT
 
 cat > sqlite.toml <<CFG
 listen = "127.0.0.1:0"

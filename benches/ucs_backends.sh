@@ -47,14 +47,7 @@ echo "out dir: $OUT"
 . "$ROOT/benches/pg_lib.sh"
 pg_start
 
-PIDS=()
-cleanup() {
-    set +e
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    pg_stop
-}
-trap cleanup EXIT
+trap pg_cleanup EXIT
 
 # SIGKILL and reap (quietly: the kill is the point)
 stop() { kill -KILL "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
