@@ -425,11 +425,14 @@ pub struct TenantRoute {
 }
 
 impl TenantRoute {
-    /// The `(service byte, instance name)` pairs this route pins.
-    pub fn pins(&self) -> impl Iterator<Item = (u8, &str)> {
-        [(1u8, &self.interaction), (2u8, &self.ucs)]
-            .into_iter()
-            .filter_map(|(s, n)| Some((s, n.as_deref()?)))
+    /// The `(service byte, service key, instance name)` triples this route pins.
+    pub fn pins(&self) -> impl Iterator<Item = (u8, &'static str, &str)> {
+        [
+            (1u8, "interaction", &self.interaction),
+            (2u8, "ucs", &self.ucs),
+        ]
+        .into_iter()
+        .filter_map(|(s, key, n)| Some((s, key, n.as_deref()?)))
     }
 }
 

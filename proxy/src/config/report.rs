@@ -162,10 +162,7 @@ impl Config {
         for t in &self.tenant {
             let pins: Vec<String> = t
                 .pins()
-                .map(|(service, inst)| {
-                    let what = if service == 1 { "interaction" } else { "ucs" };
-                    format!("{what} on {inst}")
-                })
+                .map(|(_, what, inst)| format!("{what} on {inst}"))
                 .collect();
             let _ = writeln!(s, "tenant {}: {}", t.id, pins.join(", "));
         }

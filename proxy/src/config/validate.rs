@@ -221,8 +221,7 @@ impl Config {
                     t.id
                 ));
             }
-            for (service, inst) in t.pins() {
-                let what = if service == 1 { "interaction" } else { "ucs" };
+            for (service, what, inst) in t.pins() {
                 let Some(i) = names.iter().position(|x| x == inst) else {
                     return bad(format!(
                         "tenant {}: {what} instance {inst:?} is not an upstream",

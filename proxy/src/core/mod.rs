@@ -846,6 +846,6 @@ pub fn refusal_frame(r: Refused) -> Bytes {
 pub(super) fn tenant_map(c: &Config) -> std::collections::HashMap<(u32, u8), String> {
     c.tenant
         .iter()
-        .flat_map(|t| t.pins().map(|(s, i)| ((t.id, s), i.to_string())))
+        .flat_map(|t| t.pins().map(|(s, _, i)| ((t.id, s), i.to_string())))
         .collect()
 }
